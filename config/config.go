@@ -1,0 +1,252 @@
+// Package config is climesh's configuration: the YAML an operator writes for the
+// xds-server, parsed once, defaulted by name and validated so that every error names
+// the field and the value at fault. config imports nothing of climesh's.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole xds-server configuration.
+type Config struct {
+	Server    Server     `yaml:"server"`
+	Consul    Consul     `yaml:"consul"`
+	Identity  Identity   `yaml:"identity"`
+	Listeners []Listener `yaml:"listeners"`
+	Pools     []Pool     `yaml:"pools"`
+}
+
+// Server is the xds-server's own listening addresses and batching.
+type Server struct {
+	// XDSAddress serves ADS (gRPC) to Envoy.
+	XDSAddress string `yaml:"xds_address"`
+	// HTTPAddress serves /metrics, /healthz, /readyz and /debug/.
+	HTTPAddress string `yaml:"http_address"`
+	// Coalesce batches bursts of fleet changes into one snapshot.
+	Coalesce Coalesce `yaml:"coalesce"`
+	// DefaultNodeGroup receives Envoy nodes whose --service-cluster names no group.
+	DefaultNodeGroup string `yaml:"default_node_group"`
+}
+
+// Coalesce waits for Quiet without a change, but never longer than MaxDelay after
+// the first change of a burst.
+type Coalesce struct {
+	Quiet    time.Duration `yaml:"quiet"`
+	MaxDelay time.Duration `yaml:"max_delay"`
+}
+
+// Consul is where discovery finds pool services.
+type Consul struct {
+	// Address of the Consul HTTP API (host:port). CONSUL_HTTP_TOKEN and the other
+	// CONSUL_* variables the Consul CLI reads are honoured too.
+	Address    string `yaml:"address"`
+	Datacenter string `yaml:"datacenter"`
+	// WaitTime bounds each blocking query.
+	WaitTime time.Duration `yaml:"wait_time"`
+	// RetryMin and RetryMax bound the jittered backoff after an error.
+	RetryMin time.Duration `yaml:"retry_min"`
+	RetryMax time.Duration `yaml:"retry_max"`
+}
+
+// Identity names the headers that carry who is calling. Envoy removes them from
+// every client request; only a filter climesh configures may set them.
+type Identity struct {
+	UserHeader    string `yaml:"user_header"`
+	TenantHeader  string `yaml:"tenant_header"`
+	SessionHeader string `yaml:"session_header"`
+	// TrustClientHeaders keeps the headers a client sends. Only for local
+	// development, or behind a proxy that already strips and sets them.
+	TrustClientHeaders bool `yaml:"trust_client_headers"`
+}
+
+// Listener is one Envoy listener accepting WebSocket tunnels.
+type Listener struct {
+	Name    string `yaml:"name"`
+	Address string `yaml:"address"`
+	Port    int    `yaml:"port"`
+	// NodeGroup is the Envoy --service-cluster that receives this listener.
+	NodeGroup string `yaml:"node_group"`
+	// Path is the tunnel path (exact match).
+	Path string `yaml:"path"`
+	// IdleTimeout closes a tunnel that carried no bytes for this long. Agent turns
+	// can be silent for minutes, so the default is generous.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// Routes are tried in order; a route without When matches everything.
+	Routes []Route `yaml:"routes"`
+}
+
+// Route sends matching tunnels to a pool.
+type Route struct {
+	Pool string       `yaml:"pool"`
+	When *HeaderMatch `yaml:"when"`
+}
+
+// HeaderMatch matches a header by exact value, or by presence when Exact is empty.
+type HeaderMatch struct {
+	Header string `yaml:"header"`
+	Exact  string `yaml:"exact"`
+}
+
+// Pool is a set of CLI instances, from Consul or listed statically.
+type Pool struct {
+	Name string `yaml:"name"`
+	// ConsulService names the Consul service whose instances form the pool.
+	ConsulService string `yaml:"consul_service"`
+	// Static lists instances directly (no Consul needed).
+	Static           []StaticInstance  `yaml:"static"`
+	LB               LB                `yaml:"lb"`
+	ConnectTimeout   time.Duration     `yaml:"connect_timeout"`
+	CircuitBreakers  CircuitBreakers   `yaml:"circuit_breakers"`
+	OutlierDetection *OutlierDetection `yaml:"outlier_detection"`
+}
+
+// StaticInstance is an instance named in the config file.
+type StaticInstance struct {
+	ID      string            `yaml:"id"`
+	Address string            `yaml:"address"`
+	Port    int               `yaml:"port"`
+	Health  string            `yaml:"health"`
+	Tags    []string          `yaml:"tags"`
+	Meta    map[string]string `yaml:"meta"`
+}
+
+// LB is how Envoy picks an instance.
+type LB struct {
+	Policy  Policy  `yaml:"policy"`
+	HashKey HashKey `yaml:"hash_key"`
+	// MinRingSize and MaxRingSize bound ring_hash's ring.
+	MinRingSize uint64 `yaml:"min_ring_size"`
+	MaxRingSize uint64 `yaml:"max_ring_size"`
+	// TableSize is maglev's lookup table size (a prime).
+	TableSize uint64 `yaml:"table_size"`
+	// HashBalanceFactor bounds an instance's load to factor/100 of the average
+	// (bounded-load consistent hashing); 0 turns it off.
+	HashBalanceFactor uint32 `yaml:"hash_balance_factor"`
+	// PanicThresholdPercent: below this share of healthy hosts Envoy routes to all
+	// hosts. 0 (the default) turns panic routing off: a dead CLI never takes users.
+	PanicThresholdPercent *float64 `yaml:"panic_threshold_percent"`
+}
+
+// Policy is an Envoy load-balancing policy.
+type Policy string
+
+// The load-balancing policies.
+const (
+	RingHash     Policy = "ring_hash"
+	Maglev       Policy = "maglev"
+	RoundRobin   Policy = "round_robin"
+	LeastRequest Policy = "least_request"
+)
+
+// Hashing reports whether the policy uses a hash key.
+func (p Policy) Hashing() bool { return p == RingHash || p == Maglev }
+
+// HashKey names the identity a hashing pool sticks on.
+type HashKey string
+
+// The hash keys.
+const (
+	HashUser    HashKey = "user"
+	HashSession HashKey = "session"
+	HashTenant  HashKey = "tenant"
+)
+
+// CircuitBreakers are Envoy's default-priority thresholds for the pool's cluster.
+type CircuitBreakers struct {
+	MaxConnections     uint32 `yaml:"max_connections"`
+	MaxPendingRequests uint32 `yaml:"max_pending_requests"`
+	MaxRequests        uint32 `yaml:"max_requests"`
+	MaxRetries         uint32 `yaml:"max_retries"`
+}
+
+// OutlierDetection ejects instances that fail connections. Ejection is decided by
+// each Envoy alone, so with several Envoys it can make hashing differ between them.
+type OutlierDetection struct {
+	Enabled                  *bool         `yaml:"enabled"`
+	Consecutive5xx           uint32        `yaml:"consecutive_5xx"`
+	ConsecutiveLocalFailures uint32        `yaml:"consecutive_local_origin_failures"`
+	Interval                 time.Duration `yaml:"interval"`
+	BaseEjectionTime         time.Duration `yaml:"base_ejection_time"`
+	MaxEjectionPercent       uint32        `yaml:"max_ejection_percent"`
+}
+
+// On reports whether outlier detection is configured and enabled.
+func (o *OutlierDetection) On() bool { return o != nil && (o.Enabled == nil || *o.Enabled) }
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML is the embedded configuration the demo runs on.
+func DefaultYAML() []byte { return bytes.Clone(defaultYAML) }
+
+// ErrInvalid is wrapped by every validation error Load returns.
+var ErrInvalid = errors.New("invalid config")
+
+// Load parses YAML, rejects unknown fields, applies defaults and validates.
+func Load(data []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: empty document", ErrInvalid)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrInvalid)
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Pool finds a pool by name.
+func (c *Config) Pool(name string) (*Pool, bool) {
+	for i := range c.Pools {
+		if c.Pools[i].Name == name {
+			return &c.Pools[i], true
+		}
+	}
+	return nil, false
+}
+
+// NodeGroups lists every node group a listener names, in first-seen order.
+func (c *Config) NodeGroups() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range c.Listeners {
+		if !seen[l.NodeGroup] {
+			seen[l.NodeGroup] = true
+			out = append(out, l.NodeGroup)
+		}
+	}
+	return out
+}
+
+// HeaderFor returns the identity header a hash key reads.
+func (id Identity) HeaderFor(k HashKey) string {
+	switch k {
+	case HashTenant:
+		return id.TenantHeader
+	case HashSession:
+		return id.SessionHeader
+	default:
+		return id.UserHeader
+	}
+}
+
+// Headers lists every identity header.
+func (id Identity) Headers() []string {
+	return []string{id.UserHeader, id.TenantHeader, id.SessionHeader}
+}

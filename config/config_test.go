@@ -1,0 +1,128 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+const base = `
+listeners:
+  - name: edge
+    port: 10000
+    routes:
+      - pool: shared
+pools:
+  - name: shared
+    consul_service: copilot
+`
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := c.Pool("shared")
+	checks := map[string]struct{ got, want any }{
+		"policy":        {p.LB.Policy, RingHash},
+		"hash key":      {p.LB.HashKey, HashUser},
+		"min ring":      {p.LB.MinRingSize, uint64(DefaultMinRingSize)},
+		"panic":         {*p.LB.PanicThresholdPercent, 0.0},
+		"connect":       {p.ConnectTimeout, DefaultConnectTimeout},
+		"path":          {c.Listeners[0].Path, DefaultListenerPath},
+		"address":       {c.Listeners[0].Address, DefaultListenerAddress},
+		"node group":    {c.Server.DefaultNodeGroup, DefaultNodeGroup},
+		"user header":   {c.Identity.HeaderFor(HashUser), DefaultUserHeader},
+		"coalesce":      {c.Server.Coalesce.MaxDelay, DefaultCoalesceMaxDelay},
+		"consul":        {c.Consul.Address, DefaultConsulAddress},
+		"outlier unset": {p.OutlierDetection.On(), false},
+	}
+	for name, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", name, c.got, c.want)
+		}
+	}
+}
+
+func TestLoadEmbeddedDefault(t *testing.T) {
+	c, err := Load(DefaultYAML())
+	if err != nil {
+		t.Fatalf("embedded default does not load: %v", err)
+	}
+	if p, ok := c.Pool("demo"); !ok || len(p.Static) != 3 {
+		t.Fatalf("embedded default has no static demo pool of three: %+v", c.Pools)
+	}
+}
+
+func TestLoadOutlierDefaults(t *testing.T) {
+	c, err := Load([]byte(base + "    outlier_detection: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.Pools[0].OutlierDetection
+	if !o.On() || o.Consecutive5xx != DefaultConsecutive5xx || o.Interval != 10*time.Second {
+		t.Fatalf("outlier defaults not applied: %+v", o)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	cases := map[string]struct {
+		yaml string
+		kind error
+		want string // substring of the error naming field and value
+	}{
+		"malformed yaml":       {"listeners: [", ErrInvalid, "yaml"},
+		"empty":                {"", ErrInvalid, "empty document"},
+		"unknown top field":    {base + "bogus: 1\n", ErrInvalid, "field bogus not found"},
+		"unknown nested field": {base + "    lb: {polcy: maglev}\n", ErrInvalid, "field polcy not found"},
+		"wrong type":           {base + "    connect_timeout: soon\n", ErrInvalid, "soon"},
+		"unknown policy":       {base + "    lb: {policy: random}\n", ErrUnknownValue, `pools[0].lb.policy: unknown value "random"`},
+		"unknown hash key":     {base + "    lb: {hash_key: usr}\n", ErrUnknownValue, `pools[0].lb.hash_key: unknown value "usr" (want user|session|tenant)`},
+		"ring too large":       {base + "    lb: {max_ring_size: 9000000}\n", ErrOutOfRange, `pools[0].lb.max_ring_size: out of range "9000000"`},
+		"ring min over max":    {base + "    lb: {min_ring_size: 4096, max_ring_size: 1024}\n", ErrOutOfRange, "pools[0].lb.min_ring_size"},
+		"maglev not prime":     {base + "    lb: {policy: maglev, table_size: 65536}\n", ErrOutOfRange, `pools[0].lb.table_size: out of range "65536"`},
+		"ring size on maglev":  {base + "    lb: {policy: maglev, min_ring_size: 10}\n", ErrConflict, "pools[0].lb.min_ring_size"},
+		"key on round robin":   {base + "    lb: {policy: round_robin, hash_key: user}\n", ErrConflict, "pools[0].lb.hash_key"},
+		"balance too small":    {base + "    lb: {hash_balance_factor: 50}\n", ErrOutOfRange, `hash_balance_factor: out of range "50"`},
+		"panic over 100":       {base + "    lb: {panic_threshold_percent: 150}\n", ErrOutOfRange, "panic_threshold_percent"},
+		"ejection over 100":    {base + "    outlier_detection: {max_ejection_percent: 101}\n", ErrOutOfRange, "outlier_detection.max_ejection_percent"},
+		"no source": {strings.Replace(base, "    consul_service: copilot\n", "", 1), ErrRequired,
+			`pools[0]: required "shared" (a pool needs a source: consul_service or static)`},
+		"both sources":   {base + "    static: [{id: a, address: 127.0.0.1, port: 1}]\n", ErrConflict, "pools[0].static"},
+		"duplicate pool": {base + "  - name: shared\n    consul_service: other\n", ErrDuplicate, `pools[1].name: duplicate "shared"`},
+		"duplicate listener": {strings.Replace(base, "pools:", "  - name: edge\n    port: 10001\n    routes: [{pool: shared}]\npools:", 1),
+			ErrDuplicate, `listeners[1].name: duplicate "edge"`},
+		"same port": {strings.Replace(base, "pools:", "  - name: edge2\n    port: 10000\n    routes: [{pool: shared}]\npools:", 1),
+			ErrDuplicate, "listeners[1].port"},
+		"port out of range": {strings.Replace(base, "10000", "70000", 1), ErrOutOfRange, `listeners[0].port: out of range "70000"`},
+		"unknown pool ref":  {strings.Replace(base, "- pool: shared", "- pool: nope", 1), ErrUnknownRef, `listeners[0].routes[0].pool: unknown reference "nope"`},
+		"catch-all not last": {strings.Replace(base, "      - pool: shared\n", "      - pool: shared\n      - pool: shared\n        when: {header: x-a}\n", 1),
+			ErrRequired, "listeners[0].routes[0].when"},
+		"bad header": {base + "identity: {user_header: X-User}\n", ErrMalformed, `identity.user_header: malformed "X-User"`},
+		"same header twice": {base + "identity: {user_header: x-a, tenant_header: x-a}\n", ErrDuplicate, "x-a"},
+		"static bad address": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: nowhere, port: 1}]", 1),
+			ErrMalformed, `pools[0].static[0].address: malformed "nowhere"`},
+		"static bad health": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: 127.0.0.1, port: 1, health: sick}]", 1),
+			ErrUnknownValue, `pools[0].static[0].health: unknown value "sick"`},
+		"static duplicate id": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: 127.0.0.1, port: 1}, {id: a, address: 127.0.0.1, port: 2}]", 1),
+			ErrDuplicate, `pools[0].static[1].id: duplicate "a"`},
+		"coalesce inverted": {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
+		"bad xds address":   {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
+		"two documents":     {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load([]byte(tc.yaml))
+			if err == nil {
+				t.Fatal("Load accepted bad input")
+			}
+			if !errors.Is(err, tc.kind) || !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %q is not %v", err, tc.kind)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,282 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Sentinel kinds of validation error, matched with errors.Is.
+var (
+	ErrRequired     = errors.New("required")
+	ErrOutOfRange   = errors.New("out of range")
+	ErrUnknownValue = errors.New("unknown value")
+	ErrDuplicate    = errors.New("duplicate")
+	ErrConflict     = errors.New("conflicting fields")
+	ErrUnknownRef   = errors.New("unknown reference")
+	ErrMalformed    = errors.New("malformed")
+)
+
+// FieldError names the field at fault, the value and why.
+type FieldError struct {
+	Field  string
+	Value  any
+	Kind   error
+	Detail string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Field)
+	b.WriteString(": ")
+	b.WriteString(e.Kind.Error())
+	if e.Value != nil {
+		fmt.Fprintf(&b, " %q", fmt.Sprint(e.Value))
+	}
+	if e.Detail != "" {
+		b.WriteString(" (")
+		b.WriteString(e.Detail)
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+// Unwrap lets errors.Is match both the kind and ErrInvalid.
+func (e *FieldError) Unwrap() []error { return []error{e.Kind, ErrInvalid} }
+
+// Largest sizes Envoy accepts.
+const (
+	maxRingSize      = 8 * 1024 * 1024
+	maxMaglevTable   = 5000011
+	minBalanceFactor = 100
+)
+
+var (
+	namePattern   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+	headerPattern = regexp.MustCompile(`^[a-z0-9!#$%&'*+.^_|~-]+$`)
+)
+
+type validator struct{ errs []error }
+
+func (v *validator) add(field string, value any, kind error, detail string) {
+	v.errs = append(v.errs, &FieldError{Field: field, Value: value, Kind: kind, Detail: detail})
+}
+
+func (v *validator) addr(field, value string) {
+	if _, _, err := net.SplitHostPort(value); err != nil {
+		v.add(field, value, ErrMalformed, "want host:port")
+	}
+}
+
+func (v *validator) positive(field string, d time.Duration) {
+	if d <= 0 {
+		v.add(field, d, ErrOutOfRange, "want a positive duration")
+	}
+}
+
+// Validate checks a defaulted Config. Load calls it; call it again after editing one.
+func (c *Config) Validate() error {
+	v := &validator{}
+	v.addr("server.xds_address", c.Server.XDSAddress)
+	v.addr("server.http_address", c.Server.HTTPAddress)
+	v.positive("server.coalesce.quiet", c.Server.Coalesce.Quiet)
+	if c.Server.Coalesce.MaxDelay < c.Server.Coalesce.Quiet {
+		v.add("server.coalesce.max_delay", c.Server.Coalesce.MaxDelay, ErrOutOfRange, "must be at least server.coalesce.quiet")
+	}
+	v.addr("consul.address", c.Consul.Address)
+	v.positive("consul.wait_time", c.Consul.WaitTime)
+	v.positive("consul.retry_min", c.Consul.RetryMin)
+	if c.Consul.RetryMax < c.Consul.RetryMin {
+		v.add("consul.retry_max", c.Consul.RetryMax, ErrOutOfRange, "must be at least consul.retry_min")
+	}
+	c.Identity.validate(v)
+	if len(c.Listeners) == 0 {
+		v.add("listeners", nil, ErrRequired, "at least one listener")
+	}
+	if len(c.Pools) == 0 {
+		v.add("pools", nil, ErrRequired, "at least one pool")
+	}
+	pools := map[string]bool{}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		field := fmt.Sprintf("pools[%d]", i)
+		if pools[p.Name] {
+			v.add(field+".name", p.Name, ErrDuplicate, "pool names must be unique")
+		}
+		pools[p.Name] = true
+		p.validate(v, field)
+	}
+	names, binds := map[string]bool{}, map[string]string{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		field := fmt.Sprintf("listeners[%d]", i)
+		if names[l.Name] {
+			v.add(field+".name", l.Name, ErrDuplicate, "listener names must be unique")
+		}
+		names[l.Name] = true
+		bind := net.JoinHostPort(l.Address, fmt.Sprint(l.Port))
+		if other, ok := binds[bind]; ok {
+			v.add(field+".port", l.Port, ErrDuplicate, "listener "+other+" binds "+bind+" already")
+		}
+		binds[bind] = l.Name
+		l.validate(v, field, pools)
+	}
+	if len(v.errs) == 0 {
+		return nil
+	}
+	return errors.Join(v.errs...)
+}
+
+func (id *Identity) validate(v *validator) {
+	seen := map[string]string{}
+	for field, h := range map[string]string{
+		"identity.user_header": id.UserHeader, "identity.tenant_header": id.TenantHeader, "identity.session_header": id.SessionHeader,
+	} {
+		if !headerPattern.MatchString(h) {
+			v.add(field, h, ErrMalformed, "want a lower-case HTTP header name")
+		}
+		if other, ok := seen[h]; ok {
+			v.add(field, h, ErrDuplicate, "also used by "+other)
+		}
+		seen[h] = field
+	}
+}
+
+func (l *Listener) validate(v *validator, field string, pools map[string]bool) {
+	if !namePattern.MatchString(l.Name) {
+		v.add(field+".name", l.Name, ErrMalformed, "want lower-case letters, digits, '.', '_' or '-'")
+	}
+	if _, err := netip.ParseAddr(l.Address); err != nil {
+		v.add(field+".address", l.Address, ErrMalformed, "want an IP address")
+	}
+	if l.Port < 1 || l.Port > 65535 {
+		v.add(field+".port", l.Port, ErrOutOfRange, "want 1-65535")
+	}
+	if !namePattern.MatchString(l.NodeGroup) {
+		v.add(field+".node_group", l.NodeGroup, ErrMalformed, "want lower-case letters, digits, '.', '_' or '-'")
+	}
+	if !strings.HasPrefix(l.Path, "/") {
+		v.add(field+".path", l.Path, ErrMalformed, "want an absolute path")
+	}
+	v.positive(field+".idle_timeout", l.IdleTimeout)
+	if len(l.Routes) == 0 {
+		v.add(field+".routes", nil, ErrRequired, "at least one route")
+	}
+	for j, r := range l.Routes {
+		rf := fmt.Sprintf("%s.routes[%d]", field, j)
+		if r.Pool == "" {
+			v.add(rf+".pool", nil, ErrRequired, "")
+		} else if !pools[r.Pool] {
+			v.add(rf+".pool", r.Pool, ErrUnknownRef, "no pool of that name")
+		}
+		if r.When == nil {
+			if j != len(l.Routes)-1 {
+				v.add(rf+".when", nil, ErrRequired, "only the last route may match everything; later routes would never match")
+			}
+		} else if !headerPattern.MatchString(r.When.Header) {
+			v.add(rf+".when.header", r.When.Header, ErrMalformed, "want a lower-case HTTP header name")
+		}
+	}
+}
+
+func (p *Pool) validate(v *validator, field string) {
+	if !namePattern.MatchString(p.Name) {
+		v.add(field+".name", p.Name, ErrMalformed, "want lower-case letters, digits, '.', '_' or '-'")
+	}
+	switch {
+	case p.ConsulService == "" && len(p.Static) == 0:
+		v.add(field, p.Name, ErrRequired, "a pool needs a source: consul_service or static")
+	case p.ConsulService != "" && len(p.Static) > 0:
+		v.add(field+".static", nil, ErrConflict, "consul_service and static exclude each other")
+	}
+	ids := map[string]bool{}
+	for j, s := range p.Static {
+		sf := fmt.Sprintf("%s.static[%d]", field, j)
+		if s.ID == "" {
+			v.add(sf+".id", nil, ErrRequired, "")
+		} else if ids[s.ID] {
+			v.add(sf+".id", s.ID, ErrDuplicate, "instance ids must be unique in a pool")
+		}
+		ids[s.ID] = true
+		if _, err := netip.ParseAddr(s.Address); err != nil {
+			v.add(sf+".address", s.Address, ErrMalformed, "want an IP address")
+		}
+		if s.Port < 1 || s.Port > 65535 {
+			v.add(sf+".port", s.Port, ErrOutOfRange, "want 1-65535")
+		}
+		switch s.Health {
+		case "healthy", "draining", "unhealthy":
+		default:
+			v.add(sf+".health", s.Health, ErrUnknownValue, "want healthy|draining|unhealthy")
+		}
+	}
+	p.LB.validate(v, field+".lb")
+	v.positive(field+".connect_timeout", p.ConnectTimeout)
+	if o := p.OutlierDetection; o.On() {
+		of := field + ".outlier_detection"
+		v.positive(of+".interval", o.Interval)
+		v.positive(of+".base_ejection_time", o.BaseEjectionTime)
+		if o.MaxEjectionPercent > 100 {
+			v.add(of+".max_ejection_percent", o.MaxEjectionPercent, ErrOutOfRange, "want 0-100")
+		}
+	}
+}
+
+func (lb *LB) validate(v *validator, field string) {
+	switch lb.Policy {
+	case RingHash, Maglev, RoundRobin, LeastRequest:
+	default:
+		v.add(field+".policy", lb.Policy, ErrUnknownValue, "want ring_hash|maglev|round_robin|least_request")
+		return
+	}
+	if !lb.Policy.Hashing() {
+		if lb.HashKey != "" || lb.HashBalanceFactor != 0 {
+			v.add(field+".hash_key", lb.HashKey, ErrConflict, "hash_key and hash_balance_factor need policy ring_hash or maglev")
+		}
+	} else {
+		switch lb.HashKey {
+		case HashUser, HashSession, HashTenant:
+		default:
+			v.add(field+".hash_key", lb.HashKey, ErrUnknownValue, "want user|session|tenant")
+		}
+		if lb.HashBalanceFactor != 0 && lb.HashBalanceFactor < minBalanceFactor {
+			v.add(field+".hash_balance_factor", lb.HashBalanceFactor, ErrOutOfRange, "want 0 (off) or at least 100")
+		}
+	}
+	if lb.Policy != RingHash && (lb.MinRingSize != 0 || lb.MaxRingSize != 0) {
+		v.add(field+".min_ring_size", lb.MinRingSize, ErrConflict, "ring sizes need policy ring_hash")
+	}
+	if lb.Policy == RingHash {
+		if lb.MaxRingSize > maxRingSize {
+			v.add(field+".max_ring_size", lb.MaxRingSize, ErrOutOfRange, fmt.Sprintf("want at most %d", maxRingSize))
+		}
+		if lb.MinRingSize > lb.MaxRingSize {
+			v.add(field+".min_ring_size", lb.MinRingSize, ErrOutOfRange, "must not exceed max_ring_size")
+		}
+	}
+	if lb.Policy != Maglev && lb.TableSize != 0 {
+		v.add(field+".table_size", lb.TableSize, ErrConflict, "table_size needs policy maglev")
+	}
+	if lb.Policy == Maglev && (lb.TableSize > maxMaglevTable || !isPrime(lb.TableSize)) {
+		v.add(field+".table_size", lb.TableSize, ErrOutOfRange, fmt.Sprintf("want a prime no larger than %d", maxMaglevTable))
+	}
+	if p := lb.PanicThresholdPercent; p != nil && (*p < 0 || *p > 100) {
+		v.add(field+".panic_threshold_percent", *p, ErrOutOfRange, "want 0-100")
+	}
+}
+
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
