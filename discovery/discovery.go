@@ -1,0 +1,234 @@
+// Package discovery learns CLI instances and emits them as immutable model.Fleet
+// values: static pools straight from the config, Consul pools from one blocking health
+// query loop per pool. It never imports xds; the two meet only through model.Fleet.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/model"
+)
+
+// HealthAPI is the part of Consul's API discovery uses: *api.Health satisfies it.
+type HealthAPI interface {
+	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+}
+
+// Discovery holds the current Fleet and tells a consumer when it changed.
+type Discovery struct {
+	log     *zap.Logger
+	health  HealthAPI
+	consul  config.Consul
+	watched []config.Pool
+	metrics *metrics
+
+	mu      sync.Mutex
+	fleet   model.Fleet
+	pending map[string]bool // pools not yet read once
+	changed chan struct{}   // capacity 1: a pending change, never blocks a writer
+}
+
+type metrics struct {
+	errors    *prometheus.CounterVec
+	rejected  *prometheus.CounterVec
+	instances *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	return &metrics{
+		errors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "climesh_discovery_errors_total", Help: "Failed Consul queries, by pool.",
+		}, []string{"pool"}),
+		rejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "climesh_discovery_rejected_instances_total", Help: "Consul instances left out because they cannot be routed to, by pool.",
+		}, []string{"pool"}),
+		instances: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "climesh_discovery_instances", Help: "Instances known, by pool and health.",
+		}, []string{"pool", "health"}),
+	}
+}
+
+// New builds a Discovery for cfg. health may be nil when no pool uses Consul. seed is
+// the last fleet known (after a config reload): its Consul pools keep serving until
+// their first query answers.
+func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger, reg prometheus.Registerer) (*Discovery, error) {
+	d := &Discovery{
+		log:     log,
+		health:  health,
+		consul:  cfg.Consul,
+		metrics: newMetrics(reg),
+		pending: map[string]bool{},
+		changed: make(chan struct{}, 1),
+	}
+	var pools []model.Pool
+	for _, p := range cfg.Pools {
+		if p.ConsulService != "" {
+			if health == nil {
+				return nil, fmt.Errorf("pool %q uses consul_service %q but no Consul client was given", p.Name, p.ConsulService)
+			}
+			d.watched = append(d.watched, p)
+			d.pending[p.Name] = true
+			if old, ok := seed.Pool(p.Name); ok {
+				pools = append(pools, old)
+			} else {
+				pools = append(pools, model.NewPool(p.Name, nil))
+			}
+			continue
+		}
+		pools = append(pools, StaticPool(p))
+	}
+	d.fleet = model.NewFleet(pools...)
+	for _, p := range d.fleet.Pools() {
+		d.observe(p)
+	}
+	d.changed <- struct{}{}
+	return d, nil
+}
+
+// StaticPool turns a config pool's static instances into a model.Pool.
+func StaticPool(p config.Pool) model.Pool {
+	instances := make([]model.Instance, 0, len(p.Static))
+	for _, s := range p.Static {
+		h, _ := model.ParseHealth(s.Health) // config.Validate accepted it already
+		instances = append(instances, model.Instance{
+			ID: s.ID, Address: s.Address, Port: s.Port, Tags: s.Tags, Meta: s.Meta, Health: h,
+		})
+	}
+	return model.NewPool(p.Name, instances)
+}
+
+// Changed receives a value whenever Current may have changed.
+func (d *Discovery) Changed() <-chan struct{} { return d.changed }
+
+// Current is the latest fleet.
+func (d *Discovery) Current() model.Fleet {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fleet
+}
+
+// ErrNotSynced is returned by Ready until every Consul pool was read once.
+var ErrNotSynced = errors.New("discovery has not read every pool yet")
+
+// Ready reports nil once every pool was read at least once.
+func (d *Discovery) Ready() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.pending) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(d.pending))
+	for n := range d.pending {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return fmt.Errorf("%w: waiting for %s", ErrNotSynced, strings.Join(names, ", "))
+}
+
+// Run watches every Consul pool until ctx ends.
+func (d *Discovery) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range d.watched {
+		wg.Go(func() { d.watch(ctx, p) })
+	}
+	wg.Wait()
+}
+
+func (d *Discovery) set(p model.Pool) {
+	d.mu.Lock()
+	d.fleet = d.fleet.WithPool(p)
+	delete(d.pending, p.Name)
+	d.mu.Unlock()
+	d.observe(p)
+	select {
+	case d.changed <- struct{}{}:
+	default: // a change is pending already; the reader will see this one too
+	}
+}
+
+func (d *Discovery) observe(p model.Pool) {
+	counts := map[model.Health]int{}
+	p.Each(func(in model.Instance) { counts[in.Health]++ })
+	for _, h := range []model.Health{model.Healthy, model.Draining, model.Unhealthy} {
+		d.metrics.instances.WithLabelValues(p.Name, h.String()).Set(float64(counts[h]))
+	}
+}
+
+// watch runs blocking queries on one pool's service health. It resets its index when
+// Consul's index goes backwards (a restarted or replaced server) and backs off with
+// jitter on errors, keeping the last pool it read.
+func (d *Discovery) watch(ctx context.Context, p config.Pool) {
+	log := d.log.With(zap.String("pool", p.Name), zap.String("service", p.ConsulService))
+	var index uint64
+	failures := 0
+	for ctx.Err() == nil {
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: d.consul.WaitTime, Datacenter: d.consul.Datacenter}).WithContext(ctx)
+		entries, meta, err := d.health.Service(p.ConsulService, "", false, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.metrics.errors.WithLabelValues(p.Name).Inc()
+			wait := Backoff(failures, d.consul.RetryMin, d.consul.RetryMax, rand.Float64)
+			failures++
+			log.Warn("consul query failed; keeping the last known instances", zap.Error(err), zap.Int("failures", failures), zap.Duration("retry_in", wait))
+			if !sleep(ctx, wait) {
+				return
+			}
+			continue
+		}
+		if failures > 0 {
+			log.Info("consul query recovered", zap.Int("failures", failures))
+		}
+		failures = 0
+		if meta.LastIndex == index && index != 0 {
+			continue // the wait timed out with no change
+		}
+		if meta.LastIndex < index {
+			log.Info("consul index went backwards; starting over", zap.Uint64("was", index), zap.Uint64("now", meta.LastIndex))
+		}
+		index = meta.LastIndex
+		instances, errs := InstancesFromEntries(p.ConsulService, entries)
+		for _, e := range errs {
+			d.metrics.rejected.WithLabelValues(p.Name).Inc()
+			log.Warn("ignoring consul instance", zap.Error(e))
+		}
+		d.set(model.NewPool(p.Name, instances))
+	}
+}
+
+// Backoff is the wait before retry number attempt (from 0): doubling from min up to
+// max, with the upper half jittered so that many watchers do not retry in step.
+func Backoff(attempt int, lo, hi time.Duration, random func() float64) time.Duration {
+	d := lo
+	for i := 0; i < attempt && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + time.Duration(random()*float64(d/2))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
