@@ -1,0 +1,86 @@
+package xds
+
+import (
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/climesh/climesh/config"
+)
+
+// adsSource points EDS and RDS at the ADS stream the resource arrived on.
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+// buildCluster makes a pool's EDS cluster with its load-balancing policy, circuit
+// breakers and outlier detection.
+func buildCluster(p *config.Pool) (*clusterv3.Cluster, error) {
+	c := &clusterv3.Cluster{
+		Name:                 clusterName(p.Name),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig:   adsSource(),
+			ServiceName: clusterName(p.Name),
+		},
+		ConnectTimeout: durationpb.New(p.ConnectTimeout),
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			HealthyPanicThreshold: &typev3.Percent{Value: *p.LB.PanicThresholdPercent},
+		},
+		CircuitBreakers: &clusterv3.CircuitBreakers{
+			Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				Priority:           corev3.RoutingPriority_DEFAULT,
+				MaxConnections:     wrapperspb.UInt32(p.CircuitBreakers.MaxConnections),
+				MaxPendingRequests: wrapperspb.UInt32(p.CircuitBreakers.MaxPendingRequests),
+				MaxRequests:        wrapperspb.UInt32(p.CircuitBreakers.MaxRequests),
+				MaxRetries:         wrapperspb.UInt32(p.CircuitBreakers.MaxRetries),
+			}},
+		},
+	}
+	switch p.LB.Policy {
+	case config.RingHash:
+		c.LbPolicy = clusterv3.Cluster_RING_HASH
+		c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
+			MinimumRingSize: wrapperspb.UInt64(p.LB.MinRingSize),
+			MaximumRingSize: wrapperspb.UInt64(p.LB.MaxRingSize),
+			HashFunction:    clusterv3.Cluster_RingHashLbConfig_XX_HASH,
+		}}
+	case config.Maglev:
+		c.LbPolicy = clusterv3.Cluster_MAGLEV
+		c.LbConfig = &clusterv3.Cluster_MaglevLbConfig_{MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{
+			TableSize: wrapperspb.UInt64(p.LB.TableSize),
+		}}
+	case config.RoundRobin:
+		c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+	case config.LeastRequest:
+		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+	}
+	if p.LB.Policy.Hashing() {
+		// Hash on the instance id (the endpoint hostname), not its address: a CLI
+		// that comes back on a new port keeps its users, and every Envoy builds the
+		// same ring from the same ids.
+		chc := &clusterv3.Cluster_CommonLbConfig_ConsistentHashingLbConfig{UseHostnameForHashing: true}
+		if p.LB.HashBalanceFactor > 0 {
+			chc.HashBalanceFactor = wrapperspb.UInt32(p.LB.HashBalanceFactor)
+		}
+		c.CommonLbConfig.ConsistentHashingLbConfig = chc
+	}
+	if o := p.OutlierDetection; o.On() {
+		c.OutlierDetection = &clusterv3.OutlierDetection{
+			Consecutive_5Xx:    wrapperspb.UInt32(o.Consecutive5xx),
+			Interval:           durationpb.New(o.Interval),
+			BaseEjectionTime:   durationpb.New(o.BaseEjectionTime),
+			MaxEjectionPercent: wrapperspb.UInt32(o.MaxEjectionPercent),
+		}
+		if o.ConsecutiveLocalFailures > 0 {
+			c.OutlierDetection.SplitExternalLocalOriginErrors = true
+			c.OutlierDetection.ConsecutiveLocalOriginFailure = wrapperspb.UInt32(o.ConsecutiveLocalFailures)
+		}
+	}
+	return c, c.ValidateAll()
+}

@@ -1,0 +1,42 @@
+package xds
+
+import (
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
+	"github.com/climesh/climesh/model"
+)
+
+var healthStatus = map[model.Health]corev3.HealthStatus{
+	model.Healthy:   corev3.HealthStatus_HEALTHY,
+	model.Draining:  corev3.HealthStatus_DRAINING,
+	model.Unhealthy: corev3.HealthStatus_UNHEALTHY,
+}
+
+// buildLoadAssignment lists a pool's instances with their health. Unhealthy and
+// draining instances stay listed so that Envoy's admin and stats show them; Envoy
+// picks neither for a new connection.
+func buildLoadAssignment(pool string, p model.Pool) *endpointv3.ClusterLoadAssignment {
+	lbs := make([]*endpointv3.LbEndpoint, 0, p.Len())
+	p.Each(func(in model.Instance) {
+		lbs = append(lbs, &endpointv3.LbEndpoint{
+			HealthStatus: healthStatus[in.Health],
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Hostname: in.ID,
+				Address:  socketAddress(in.Address, in.Port),
+			}},
+		})
+	})
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: clusterName(pool)}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
+
+func socketAddress(ip string, port int) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}

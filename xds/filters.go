@@ -1,0 +1,51 @@
+package xds
+
+import (
+	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/climesh/climesh/config"
+)
+
+// httpFilter is one entry of the HTTP filter chain.
+type httpFilter struct {
+	name   string
+	config proto.Message
+}
+
+// httpFilters is the edge's filter chain, in order. Listed here, explicitly: the
+// identity headers are stripped first, so that only filters after it can set them.
+func httpFilters(id config.Identity) []httpFilter {
+	var chain []httpFilter
+	if !id.TrustClientHeaders {
+		chain = append(chain, stripIdentityHeaders(id))
+	}
+	return append(chain, httpFilter{name: "envoy.filters.http.router", config: &routerv3.Router{}})
+}
+
+// stripIdentityHeaders removes every identity header the client sent.
+func stripIdentityHeaders(id config.Identity) httpFilter {
+	var removals []*mutationv3.HeaderMutation
+	for _, h := range id.Headers() {
+		removals = append(removals, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Remove{Remove: h}})
+	}
+	return httpFilter{
+		name: "envoy.filters.http.header_mutation",
+		config: &headermutationv3.HeaderMutation{
+			Mutations: &headermutationv3.Mutations{RequestMutations: removals},
+		},
+	}
+}
+
+func (f httpFilter) build() (*hcmv3.HttpFilter, error) {
+	a, err := anypb.New(f.config)
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: f.name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}, nil
+}
+

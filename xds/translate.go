@@ -1,0 +1,78 @@
+// Package xds translates climesh's config and the discovered Fleet into Envoy
+// resources, and publishes them over ADS.
+//
+// Translate is a pure function: no clients, no clock, no state kept between calls;
+// the same input gives the same bytes and the same versions. The builders beside it
+// (cluster.go, endpoint.go, listener.go, route.go, filters.go) each make one Envoy
+// type. publish.go is the only part that talks to Envoy.
+package xds
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/model"
+)
+
+// Resources is what one node group receives, each list sorted by name.
+type Resources struct {
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+}
+
+// Stable, hierarchical resource names.
+func clusterName(pool string) string       { return "pool/" + pool }
+func listenerName(listener string) string  { return "listener/" + listener }
+func routeConfigName(listener string) string { return "listener/" + listener }
+
+// Translate builds every node group's resources. A pool in cfg that the fleet lacks
+// gets a cluster with no endpoints; a fleet pool that cfg does not name is ignored.
+func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, error) {
+	clusters := make([]*clusterv3.Cluster, 0, len(cfg.Pools))
+	endpoints := make([]*endpointv3.ClusterLoadAssignment, 0, len(cfg.Pools))
+	for i := range cfg.Pools {
+		p := &cfg.Pools[i]
+		c, err := buildCluster(p)
+		if err != nil {
+			return nil, fmt.Errorf("pool %q: %w", p.Name, err)
+		}
+		clusters = append(clusters, c)
+		instances, _ := fleet.Pool(p.Name)
+		endpoints = append(endpoints, buildLoadAssignment(p.Name, instances))
+	}
+	sortByName(clusters, (*clusterv3.Cluster).GetName)
+	sortByName(endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
+
+	out := map[string]*Resources{}
+	for _, group := range cfg.NodeGroups() {
+		out[group] = &Resources{Clusters: clusters, Endpoints: endpoints}
+	}
+	for i := range cfg.Listeners {
+		l := &cfg.Listeners[i]
+		lis, err := buildListener(l, cfg.Identity)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		r := out[l.NodeGroup]
+		r.Listeners = append(r.Listeners, lis)
+		r.Routes = append(r.Routes, buildRouteConfig(l, cfg))
+	}
+	for _, r := range out {
+		sortByName(r.Listeners, (*listenerv3.Listener).GetName)
+		sortByName(r.Routes, (*routev3.RouteConfiguration).GetName)
+	}
+	return out, nil
+}
+
+func sortByName[T any](items []T, name func(T) string) {
+	slices.SortFunc(items, func(a, b T) int { return strings.Compare(name(a), name(b)) })
+}
