@@ -33,7 +33,7 @@ type Discovery struct {
 	health  HealthAPI
 	consul  config.Consul
 	watched []config.Pool
-	metrics *metrics
+	metrics *Metrics
 
 	mu      sync.Mutex
 	fleet   model.Fleet
@@ -41,15 +41,18 @@ type Discovery struct {
 	changed chan struct{}   // capacity 1: a pending change, never blocks a writer
 }
 
-type metrics struct {
+// Metrics are discovery's Prometheus metrics. Make them once per registry: a
+// Discovery made after a config reload shares them.
+type Metrics struct {
 	errors    *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
 	instances *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// NewMetrics registers discovery's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	return &Metrics{
 		errors: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "climesh_discovery_errors_total", Help: "Failed Consul queries, by pool.",
 		}, []string{"pool"}),
@@ -63,14 +66,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 // New builds a Discovery for cfg. health may be nil when no pool uses Consul. seed is
-// the last fleet known (after a config reload): its Consul pools keep serving until
-// their first query answers.
-func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger, reg prometheus.Registerer) (*Discovery, error) {
+// the last fleet known (after a config reload): its pools keep serving, and count as
+// read, until their first query answers.
+func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger, m *Metrics) (*Discovery, error) {
 	d := &Discovery{
 		log:     log,
 		health:  health,
 		consul:  cfg.Consul,
-		metrics: newMetrics(reg),
+		metrics: m,
 		pending: map[string]bool{},
 		changed: make(chan struct{}, 1),
 	}
@@ -81,10 +84,10 @@ func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger
 				return nil, fmt.Errorf("pool %q uses consul_service %q but no Consul client was given", p.Name, p.ConsulService)
 			}
 			d.watched = append(d.watched, p)
-			d.pending[p.Name] = true
 			if old, ok := seed.Pool(p.Name); ok {
 				pools = append(pools, old)
 			} else {
+				d.pending[p.Name] = true
 				pools = append(pools, model.NewPool(p.Name, nil))
 			}
 			continue

@@ -181,7 +181,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 			{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil), entry("b", "127.0.0.1", 2, nil)}, index: 3}, // with a lower index
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 4},
 		}}
-		d, err := New(testConfig(t), f, model.Fleet{}, zap.NewNop(), prometheus.NewRegistry())
+		d, err := New(testConfig(t), f, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,14 +220,17 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 
 func TestNewSeedsConsulPoolsFromTheLastFleet(t *testing.T) {
 	seed := model.NewFleet(model.NewPool("cli", []model.Instance{{ID: "old", Address: "127.0.0.1", Port: 1}}))
-	d, err := New(testConfig(t), &fakeHealth{}, seed, zap.NewNop(), prometheus.NewRegistry())
+	d, err := New(testConfig(t), &fakeHealth{}, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p, _ := d.Current().Pool("cli"); p.Len() != 1 {
 		t.Fatal("a reload dropped the last known instances")
 	}
-	if _, err := New(testConfig(t), nil, seed, zap.NewNop(), prometheus.NewRegistry()); err == nil || !strings.Contains(err.Error(), `pool "cli"`) {
+	if err := d.Ready(); err != nil {
+		t.Fatalf("a seeded pool is not ready: %v", err)
+	}
+	if _, err := New(testConfig(t), nil, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry())); err == nil || !strings.Contains(err.Error(), `pool "cli"`) {
 		t.Fatalf("no Consul client and a consul pool: %v", err)
 	}
 }

@@ -1,0 +1,97 @@
+// Command xds-server is climesh's control plane: it learns Copilot CLI instances
+// from Consul (or a static list), and serves Envoy its listeners, routes, clusters
+// and endpoints over ADS.
+//
+//	xds-server [--config FILE] [--log-level info] [--check] [--print-default-config]
+//
+// Without --config it runs the embedded default (a static demo fleet). SIGHUP
+// reloads --config; a config that does not load is refused and the running one stays.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/controlplane"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "xds-server:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	configPath := flag.String("config", "", "YAML config `file` (default: the embedded demo config)")
+	logLevel := flag.String("log-level", "info", "log `level`: debug, info, warn, error")
+	check := flag.Bool("check", false, "validate the config, print the errors and exit")
+	printDefault := flag.Bool("print-default-config", false, "print the embedded default config and exit")
+	flag.Parse()
+
+	if *printDefault {
+		_, err := os.Stdout.Write(config.DefaultYAML())
+		return err
+	}
+	cfg, err := load(*configPath)
+	if err != nil {
+		return err
+	}
+	if *check {
+		fmt.Println("config ok")
+		return nil
+	}
+	level, err := zapcore.ParseLevel(*logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	log, err := zc.Build()
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv := controlplane.New(cfg, log.Named("controlplane"))
+	if *configPath != "" {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			for range hup {
+				next, err := load(*configPath)
+				if err != nil {
+					srv.ReloadFailed(err)
+					continue
+				}
+				srv.Reload(next)
+			}
+		}()
+	}
+	return srv.Run(ctx)
+}
+
+func load(path string) (*config.Config, error) {
+	data := config.DefaultYAML()
+	if path != "" {
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := config.Load(data)
+	if err != nil && path != "" {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, err
+}
