@@ -121,7 +121,14 @@ type StaticInstance struct {
 type LB struct {
 	Policy  Policy  `yaml:"policy"`
 	HashKey HashKey `yaml:"hash_key"`
-	// MinRingSize and MaxRingSize bound ring_hash's ring.
+	// RingEntriesPerHost (ring_hash, the default) gives every healthy instance the
+	// same number of ring entries however many instances there are, so that adding
+	// one moves only the users it takes (about 1/N). Envoy's fixed ring size gives
+	// each host size/N entries instead, and a change of N also moves users between
+	// the hosts that stayed.
+	RingEntriesPerHost uint64 `yaml:"ring_entries_per_host"`
+	// MinRingSize fixes the ring's minimum size the way Envoy does (excludes
+	// ring_entries_per_host). MaxRingSize caps either.
 	MinRingSize uint64 `yaml:"min_ring_size"`
 	MaxRingSize uint64 `yaml:"max_ring_size"`
 	// TableSize is maglev's lookup table size (a prime).

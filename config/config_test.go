@@ -27,7 +27,8 @@ func TestLoadDefaults(t *testing.T) {
 	checks := map[string]struct{ got, want any }{
 		"policy":        {p.LB.Policy, RingHash},
 		"hash key":      {p.LB.HashKey, HashUser},
-		"min ring":      {p.LB.MinRingSize, uint64(DefaultMinRingSize)},
+		"ring entries":  {p.LB.RingEntriesPerHost, uint64(DefaultRingEntries)},
+		"min ring":      {p.LB.MinRingSize, uint64(0)},
 		"panic":         {*p.LB.PanicThresholdPercent, 0.0},
 		"connect":       {p.ConnectTimeout, DefaultConnectTimeout},
 		"path":          {c.Listeners[0].Path, DefaultListenerPath},
@@ -82,6 +83,7 @@ func TestLoadErrors(t *testing.T) {
 		"ring too large":       {base + "    lb: {max_ring_size: 9000000}\n", ErrOutOfRange, `pools[0].lb.max_ring_size: out of range "9000000"`},
 		"ring min over max":    {base + "    lb: {min_ring_size: 4096, max_ring_size: 1024}\n", ErrOutOfRange, "pools[0].lb.min_ring_size"},
 		"maglev not prime":     {base + "    lb: {policy: maglev, table_size: 65536}\n", ErrOutOfRange, `pools[0].lb.table_size: out of range "65536"`},
+		"entries and min ring": {base + "    lb: {ring_entries_per_host: 100, min_ring_size: 1024}\n", ErrConflict, "pools[0].lb.ring_entries_per_host"},
 		"ring size on maglev":  {base + "    lb: {policy: maglev, min_ring_size: 10}\n", ErrConflict, "pools[0].lb.min_ring_size"},
 		"key on round robin":   {base + "    lb: {policy: round_robin, hash_key: user}\n", ErrConflict, "pools[0].lb.hash_key"},
 		"balance too small":    {base + "    lb: {hash_balance_factor: 50}\n", ErrOutOfRange, `hash_balance_factor: out of range "50"`},

@@ -25,7 +25,7 @@ const (
 
 	DefaultPolicy         = RingHash
 	DefaultHashKey        = HashUser
-	DefaultMinRingSize    = 1024
+	DefaultRingEntries    = 256
 	DefaultMaxRingSize    = 8 * 1024 * 1024
 	DefaultMaglevTable    = 65537
 	DefaultConnectTimeout = 2 * time.Second
@@ -78,7 +78,9 @@ func (p *Pool) applyDefaults() {
 		setString((*string)(&p.LB.HashKey), string(DefaultHashKey))
 	}
 	if p.LB.Policy == RingHash {
-		setUint64(&p.LB.MinRingSize, DefaultMinRingSize)
+		if p.LB.MinRingSize == 0 {
+			setUint64(&p.LB.RingEntriesPerHost, DefaultRingEntries)
+		}
 		setUint64(&p.LB.MaxRingSize, DefaultMaxRingSize)
 	}
 	if p.LB.Policy == Maglev {

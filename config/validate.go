@@ -247,10 +247,16 @@ func (lb *LB) validate(v *validator, field string) {
 			v.add(field+".hash_balance_factor", lb.HashBalanceFactor, ErrOutOfRange, "want 0 (off) or at least 100")
 		}
 	}
-	if lb.Policy != RingHash && (lb.MinRingSize != 0 || lb.MaxRingSize != 0) {
+	if lb.Policy != RingHash && (lb.MinRingSize != 0 || lb.MaxRingSize != 0 || lb.RingEntriesPerHost != 0) {
 		v.add(field+".min_ring_size", lb.MinRingSize, ErrConflict, "ring sizes need policy ring_hash")
 	}
 	if lb.Policy == RingHash {
+		if lb.MinRingSize != 0 && lb.RingEntriesPerHost != 0 {
+			v.add(field+".ring_entries_per_host", lb.RingEntriesPerHost, ErrConflict, "ring_entries_per_host and min_ring_size exclude each other")
+		}
+		if lb.RingEntriesPerHost > 65536 {
+			v.add(field+".ring_entries_per_host", lb.RingEntriesPerHost, ErrOutOfRange, "want at most 65536")
+		}
 		if lb.MaxRingSize > maxRingSize {
 			v.add(field+".max_ring_size", lb.MaxRingSize, ErrOutOfRange, fmt.Sprintf("want at most %d", maxRingSize))
 		}

@@ -171,9 +171,9 @@ func (d *Discovery) observe(p model.Pool) {
 	}
 }
 
-// watch runs blocking queries on one pool's service health. It resets its index when
-// Consul's index goes backwards (a restarted or replaced server) and backs off with
-// jitter on errors, keeping the last pool it read.
+// watch runs blocking queries on one pool's service health. It resets its index
+// after an error and when Consul's index goes backwards (a restarted or replaced
+// server), and backs off with jitter on errors, keeping the last pool it read.
 func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 	log := d.log.With(zap.String("pool", p.Name), zap.String("service", p.ConsulService))
 	var index uint64
@@ -186,6 +186,10 @@ func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 				return
 			}
 			d.metrics.errors.WithLabelValues(p.Name).Inc()
+			// The server that answers next may be a restarted one whose index is
+			// lower; a blocking query with our old index would hang there until
+			// wait_time. Ask afresh.
+			index = 0
 			wait := Backoff(failures, d.consul.RetryMin, d.consul.RetryMax, rand.Float64)
 			failures++
 			log.Warn("consul query failed; keeping the last known instances", zap.Error(err), zap.Int("failures", failures), zap.Duration("retry_in", wait))

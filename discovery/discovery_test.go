@@ -180,6 +180,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 			{err: errors.New("connection refused")},                                                                   // Consul restarts
 			{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil), entry("b", "127.0.0.1", 2, nil)}, index: 3}, // with a lower index
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 4},
+			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 2}, // a replaced server: backwards, no error
 		}}
 		d, err := New(testConfig(t), f, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 		if err != nil {
@@ -205,8 +206,8 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 		cancel()
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		// 0 (fails), 0, 10 (fails), 10 -> answers 3 (backwards: reset to 3), 3 -> 4, then blocks at 4.
-		want := []uint64{0, 0, 10, 10, 3, 4}
+		// 0 (fails), 0 -> 10, 10 (fails: reset), 0 -> 3, 3 -> 4, 4 -> 2 (backwards), then blocks at 2.
+		want := []uint64{0, 0, 10, 0, 3, 4, 2}
 		if len(f.indexes) != len(want) {
 			t.Fatalf("wait indexes %v, want %v", f.indexes, want)
 		}

@@ -18,9 +18,22 @@ func adsSource() *corev3.ConfigSource {
 	}
 }
 
+// ringSize is Envoy's minimum_ring_size. Envoy gives each of N equal hosts
+// ceil(min/N) entries; with min = entries × N every healthy host keeps exactly
+// `entries` entries as N changes, and a key moves only when its own host leaves or
+// a new host's entry lands in front of it. Envoy builds the ring from healthy hosts
+// only (outside panic), so N counts those.
+func ringSize(lb config.LB, healthy int) uint64 {
+	if lb.RingEntriesPerHost == 0 {
+		return lb.MinRingSize
+	}
+	return min(lb.RingEntriesPerHost*uint64(max(healthy, 1)), lb.MaxRingSize)
+}
+
 // buildCluster makes a pool's EDS cluster with its load-balancing policy, circuit
-// breakers and outlier detection.
-func buildCluster(p *config.Pool) (*clusterv3.Cluster, error) {
+// breakers and outlier detection. healthy is the number of instances Envoy will put
+// on the ring.
+func buildCluster(p *config.Pool, healthy int) (*clusterv3.Cluster, error) {
 	c := &clusterv3.Cluster{
 		Name:                 clusterName(p.Name),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -46,7 +59,7 @@ func buildCluster(p *config.Pool) (*clusterv3.Cluster, error) {
 	case config.RingHash:
 		c.LbPolicy = clusterv3.Cluster_RING_HASH
 		c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
-			MinimumRingSize: wrapperspb.UInt64(p.LB.MinRingSize),
+			MinimumRingSize: wrapperspb.UInt64(ringSize(p.LB, healthy)),
 			MaximumRingSize: wrapperspb.UInt64(p.LB.MaxRingSize),
 			HashFunction:    clusterv3.Cluster_RingHashLbConfig_XX_HASH,
 		}}
@@ -60,15 +73,10 @@ func buildCluster(p *config.Pool) (*clusterv3.Cluster, error) {
 	case config.LeastRequest:
 		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
 	}
-	if p.LB.Policy.Hashing() {
-		// Hash on the instance id (the endpoint hostname), not its address: a CLI
-		// that comes back on a new port keeps its users, and every Envoy builds the
-		// same ring from the same ids.
-		chc := &clusterv3.Cluster_CommonLbConfig_ConsistentHashingLbConfig{UseHostnameForHashing: true}
-		if p.LB.HashBalanceFactor > 0 {
-			chc.HashBalanceFactor = wrapperspb.UInt32(p.LB.HashBalanceFactor)
+	if p.LB.Policy.Hashing() && p.LB.HashBalanceFactor > 0 {
+		c.CommonLbConfig.ConsistentHashingLbConfig = &clusterv3.Cluster_CommonLbConfig_ConsistentHashingLbConfig{
+			HashBalanceFactor: wrapperspb.UInt32(p.LB.HashBalanceFactor),
 		}
-		c.CommonLbConfig.ConsistentHashingLbConfig = chc
 	}
 	if o := p.OutlierDetection; o.On() {
 		c.OutlierDetection = &clusterv3.OutlierDetection{

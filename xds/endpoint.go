@@ -3,6 +3,7 @@ package xds
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/climesh/climesh/model"
 )
@@ -21,6 +22,7 @@ func buildLoadAssignment(pool string, p model.Pool) *endpointv3.ClusterLoadAssig
 	p.Each(func(in model.Instance) {
 		lbs = append(lbs, &endpointv3.LbEndpoint{
 			HealthStatus: healthStatus[in.Health],
+			Metadata:     hashKeyMetadata(in.ID),
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Hostname: in.ID,
 				Address:  socketAddress(in.Address, in.Port),
@@ -32,6 +34,16 @@ func buildLoadAssignment(pool string, p model.Pool) *endpointv3.ClusterLoadAssig
 		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
 	}
 	return cla
+}
+
+// hashKeyMetadata makes ring hash and Maglev place the host by its instance id
+// rather than its address (Envoy reads envoy.lb/hash_key): a CLI that comes back on
+// a new port keeps its users. (use_hostname_for_hashing would do the same, but
+// Envoy allows it on DNS clusters only.)
+func hashKeyMetadata(id string) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"envoy.lb": {Fields: map[string]*structpb.Value{"hash_key": structpb.NewStringValue(id)}},
+	}}
 }
 
 func socketAddress(ip string, port int) *corev3.Address {

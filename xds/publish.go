@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/model"
@@ -37,7 +38,7 @@ type Publisher struct {
 
 	mu      sync.Mutex
 	current map[string]*published // by node group
-	streams      map[int64]*streamState
+	streams      map[streamKey]*streamState
 	nodes        map[string]*NodeStatus // by node id
 }
 
@@ -51,6 +52,13 @@ type published struct {
 	resources *Resources
 	versions  Versions
 	setAt     map[string]time.Time // by type URL
+}
+
+// streamKey: go-control-plane numbers state-of-the-world and delta streams apart,
+// both from 1.
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 type streamState struct {
@@ -122,7 +130,7 @@ func NewPublisher(log *zap.Logger, reg prometheus.Registerer) *Publisher {
 		log:     log,
 		metrics: newPublishMetrics(reg),
 		current: map[string]*published{},
-		streams: map[int64]*streamState{},
+		streams: map[streamKey]*streamState{},
 		nodes:   map[string]*NodeStatus{},
 	}
 	p.cache = cachev3.NewSnapshotCache(true, nodeHash{p}, quietLogger{log.Sugar()})
@@ -331,55 +339,67 @@ func (h nodeHash) ID(node *corev3.Node) string { return h.p.groupOf(node) }
 // the nonce of a response we sent is that response's ACK, or its NACK when it has
 // error_detail; both protocols are handled alike.
 func (p *Publisher) callbacks() serverv3.CallbackFuncs {
-	open := func(_ context.Context, id int64, _ string) error {
-		p.mu.Lock()
-		p.streams[id] = &streamState{sent: map[string]sentResponse{}}
-		p.mu.Unlock()
-		p.metrics.connectedNodes.Inc()
-		return nil
-	}
-	closed := func(id int64, node *corev3.Node) {
-		p.mu.Lock()
-		if s := p.streams[id]; s != nil {
-			if n := p.nodes[s.node]; n != nil {
-				n.Connected = false
-			}
+	open := func(delta bool) func(context.Context, int64, string) error {
+		return func(_ context.Context, id int64, _ string) error {
+			p.mu.Lock()
+			p.streams[streamKey{delta, id}] = &streamState{sent: map[string]sentResponse{}}
+			p.mu.Unlock()
+			p.metrics.connectedNodes.Inc()
+			return nil
 		}
-		delete(p.streams, id)
-		p.mu.Unlock()
-		p.metrics.connectedNodes.Dec()
+	}
+	closed := func(delta bool) func(int64, *corev3.Node) {
+		return func(id int64, _ *corev3.Node) {
+			p.mu.Lock()
+			if s := p.streams[streamKey{delta, id}]; s != nil {
+				if n := p.nodes[s.node]; n != nil {
+					n.Connected = false
+				}
+			}
+			delete(p.streams, streamKey{delta, id})
+			p.mu.Unlock()
+			p.metrics.connectedNodes.Dec()
+		}
 	}
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc:        open,
-		DeltaStreamOpenFunc:   open,
-		StreamClosedFunc:      closed,
-		DeltaStreamClosedFunc: closed,
+		StreamOpenFunc:        open(false),
+		DeltaStreamOpenFunc:   open(true),
+		StreamClosedFunc:      closed(false),
+		DeltaStreamClosedFunc: closed(true),
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
-			p.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+			rejected := p.onRequest(streamKey{false, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+			if rejected != "" {
+				// Envoy NACKs with the version it still runs; the cache would answer
+				// at once with the version it just rejected, and Envoy would reject
+				// it again, in a tight loop. Mark the rejected version as the one the
+				// client has: the cache then waits for a new snapshot.
+				req.VersionInfo = rejected
+			}
 			return nil
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-			p.onRequest(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+			p.onRequest(streamKey{true, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-			p.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+			p.onResponse(streamKey{false, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-			p.onResponse(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+			p.onResponse(streamKey{true, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 		},
 	}
 }
 
-func (p *Publisher) onRequest(id int64, node *corev3.Node, typeURL, nonce, errMsg string, nack bool) {
+// onRequest records an ACK or NACK; for a NACK it returns the rejected version.
+func (p *Publisher) onRequest(key streamKey, node *corev3.Node, typeURL, nonce string, errDetail *status.Status) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := p.streams[id]
+	s := p.streams[key]
 	if s == nil {
-		return
+		return ""
 	}
 	if node.GetId() != "" && s.node == "" {
-		// Envoy sends its node only on a stream's first request.
+		// Envoy may send its node only on a stream's first request.
 		s.node, s.group = node.GetId(), p.groupOf(node)
 		n := p.nodes[s.node]
 		if n == nil {
@@ -389,23 +409,28 @@ func (p *Publisher) onRequest(id int64, node *corev3.Node, typeURL, nonce, errMs
 		n.Group, n.Connected = s.group, true
 	}
 	if nonce == "" {
-		return // a subscription, not an answer
+		return "" // a subscription, not an answer
 	}
 	sent, ok := s.sent[nonce]
 	if !ok {
-		return // a response from before this process, or already answered
+		return "" // a response from before this process, or already answered
 	}
 	delete(s.sent, nonce)
 	n := p.nodes[s.node]
-	if nack {
+	if errDetail != nil {
+		errMsg := errDetail.GetMessage()
 		p.metrics.nacks.WithLabelValues(s.node, shortType(typeURL)).Inc()
-		p.log.Error("envoy rejected config (NACK); it keeps its previous config",
+		level := zap.ErrorLevel
+		if n != nil && n.LastNACK == errMsg && n.NACKType == typeURL {
+			level = zap.DebugLevel // the same rejection again
+		}
+		p.log.Log(level, "envoy rejected config (NACK); it keeps its previous config",
 			zap.String("node_id", s.node), zap.String("node_group", s.group), zap.String("type_url", typeURL),
 			zap.String("version", sent.version), zap.String("error", errMsg))
 		if n != nil {
 			n.LastNACK, n.NACKType, n.NACKAt = errMsg, typeURL, time.Now()
 		}
-		return
+		return sent.version
 	}
 	p.metrics.acks.WithLabelValues(shortType(typeURL)).Inc()
 	if !sent.setAt.IsZero() {
@@ -414,12 +439,13 @@ func (p *Publisher) onRequest(id int64, node *corev3.Node, typeURL, nonce, errMs
 	if n != nil {
 		n.Acked[typeURL] = sent.version
 	}
+	return ""
 }
 
-func (p *Publisher) onResponse(id int64, typeURL, nonce, version string) {
+func (p *Publisher) onResponse(key streamKey, typeURL, nonce, version string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := p.streams[id]
+	s := p.streams[key]
 	if s == nil {
 		return
 	}

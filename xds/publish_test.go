@@ -109,7 +109,7 @@ func TestADSStateOfTheWorldNonceVersionAck(t *testing.T) {
 	}
 	p, _ := fleet.Pool("shared")
 	in := p.Instances()
-	in[1].Health = model.Healthy
+	in[1].Health = model.Unhealthy
 	if err := f.pub.Update(t.Context(), cfg, model.NewFleet(model.NewPool("shared", in))); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +132,15 @@ func TestADSStateOfTheWorldNonceVersionAck(t *testing.T) {
 	}
 	if nodes[0].Acked[resourcev3.EndpointType] != want.Endpoints {
 		t.Fatalf("a NACK moved the acked endpoints version to %q", nodes[0].Acked[resourcev3.EndpointType])
+	}
+	// The rejected version is not sent again; the next response is the next change.
+	in[1].Health = model.Draining
+	if err := f.pub.Update(t.Context(), cfg, model.NewFleet(model.NewPool("shared", in))); err != nil {
+		t.Fatal(err)
+	}
+	_, third, _ := f.pub.Snapshot("edge")
+	if eds3 := recv(t, s); eds3.GetVersionInfo() != third.Endpoints {
+		t.Fatalf("after a NACK got version %q, want the next change %q (not the rejected %q)", eds3.GetVersionInfo(), third.Endpoints, next.Endpoints)
 	}
 	if n := testutil.CollectAndCount(f.pub.metrics.latency); n == 0 {
 		t.Fatal("no push latency observed for the ACKs")

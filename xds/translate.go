@@ -41,12 +41,12 @@ func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, er
 	endpoints := make([]*endpointv3.ClusterLoadAssignment, 0, len(cfg.Pools))
 	for i := range cfg.Pools {
 		p := &cfg.Pools[i]
-		c, err := buildCluster(p)
+		instances, _ := fleet.Pool(p.Name)
+		c, err := buildCluster(p, healthyCount(instances))
 		if err != nil {
 			return nil, fmt.Errorf("pool %q: %w", p.Name, err)
 		}
 		clusters = append(clusters, c)
-		instances, _ := fleet.Pool(p.Name)
 		endpoints = append(endpoints, buildLoadAssignment(p.Name, instances))
 	}
 	sortByName(clusters, (*clusterv3.Cluster).GetName)
@@ -71,6 +71,16 @@ func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, er
 		sortByName(r.Routes, (*routev3.RouteConfiguration).GetName)
 	}
 	return out, nil
+}
+
+func healthyCount(p model.Pool) int {
+	n := 0
+	p.Each(func(in model.Instance) {
+		if in.Health == model.Healthy {
+			n++
+		}
+	})
+	return n
 }
 
 func sortByName[T any](items []T, name func(T) string) {

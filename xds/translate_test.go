@@ -34,13 +34,19 @@ func TestVersionsFollowWhatChanged(t *testing.T) {
 
 	p, _ := fleet.Pool("shared")
 	in := p.Instances()
-	in[1].Health = model.Healthy
+	in[1].Health = model.Unhealthy // draining -> unhealthy: the ring's host count stays
 	endpointsOnly := versions(t, cfg, model.NewFleet(model.NewPool("shared", in)))
 	if endpointsOnly.Endpoints == base.Endpoints {
 		t.Error("a health change did not change the endpoints version")
 	}
 	if endpointsOnly.Clusters != base.Clusters || endpointsOnly.Listeners != base.Listeners || endpointsOnly.Routes != base.Routes {
 		t.Errorf("a health change touched other types: %+v -> %+v", base, endpointsOnly)
+	}
+
+	in[1].Health = model.Healthy // one more healthy host: a bigger ring
+	ringChange := versions(t, cfg, model.NewFleet(model.NewPool("shared", in)))
+	if ringChange.Clusters == base.Clusters {
+		t.Error("a new healthy host did not resize the ring")
 	}
 
 	cfg.Pools[0].CircuitBreakers.MaxConnections = 7
@@ -61,4 +67,17 @@ func versions(t *testing.T, cfg *config.Config, fleet model.Fleet) Versions {
 		t.Fatal(err)
 	}
 	return v
+}
+
+func TestRingSizeKeepsEntriesPerHost(t *testing.T) {
+	lb := config.LB{RingEntriesPerHost: 256, MaxRingSize: 8 << 20}
+	for n, want := range map[int]uint64{0: 256, 1: 256, 3: 768, 4: 1024, 100000: 8 << 20} {
+		if got := ringSize(lb, n); got != want {
+			t.Errorf("%d healthy hosts: ring %d, want %d", n, got, want)
+		}
+	}
+	fixed := config.LB{MinRingSize: 1024, MaxRingSize: 8 << 20}
+	if got := ringSize(fixed, 7); got != 1024 {
+		t.Errorf("a fixed min_ring_size became %d", got)
+	}
 }

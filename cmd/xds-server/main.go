@@ -55,6 +55,7 @@ func run() error {
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.DisableStacktrace = true
 	log, err := zc.Build()
 	if err != nil {
 		return err

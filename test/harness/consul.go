@@ -1,0 +1,103 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Consul is a `consul agent -dev` on free loopback ports (state in memory).
+type Consul struct {
+	Proc   *Proc
+	Addr   string // HTTP API host:port
+	Client *api.Client
+	dir    string
+	args   []string
+	bin    string
+}
+
+// StartConsul starts a dev agent and waits until it has a leader.
+func StartConsul(ctx context.Context, dir string) (*Consul, error) { return StartConsulOnPort(ctx, dir, 0) }
+
+// StartConsulOnPort is StartConsul with its HTTP API on httpPort (0: a free one).
+func StartConsulOnPort(ctx context.Context, dir string, httpPort int) (*Consul, error) {
+	bin, err := Tool("consul")
+	if err != nil {
+		return nil, err
+	}
+	ports := make([]int, 4)
+	for i := range ports {
+		if ports[i], err = FreePort(); err != nil {
+			return nil, err
+		}
+	}
+	if httpPort != 0 {
+		ports[0] = httpPort
+	}
+	c := &Consul{dir: dir, bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(ports[0])}
+	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]), "-server-port", strconv.Itoa(ports[1]),
+		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
+		"-node", "climesh-test", "-log-level", "warn"}
+	if c.Client, err = api.NewClient(&api.Config{Address: c.Addr}); err != nil {
+		return nil, err
+	}
+	return c, c.start(ctx)
+}
+
+func (c *Consul) start(ctx context.Context) error {
+	p, err := Start(c.dir, "consul", c.bin, c.args)
+	if err != nil {
+		return err
+	}
+	c.Proc = p
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = Poll(ctx, 50*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("consul exited:\n%s", p.Tail(20))
+		}
+		leader, err := c.Client.Status().Leader()
+		if err != nil {
+			return err
+		}
+		if leader == "" {
+			return fmt.Errorf("no leader yet")
+		}
+		return nil
+	})
+	if err != nil {
+		p.Stop(time.Second)
+		return fmt.Errorf("consul did not become ready: %w", err)
+	}
+	return nil
+}
+
+// Restart stops the agent and starts it again on the same ports. A dev agent
+// keeps nothing: every registration is gone afterwards, and the Raft index starts
+// over (lower than before).
+func (c *Consul) Restart(ctx context.Context) error {
+	c.Proc.Stop(5 * time.Second)
+	return c.start(ctx)
+}
+
+// Close stops the agent.
+func (c *Consul) Close() { c.Proc.Stop(5 * time.Second) }
+
+// Register adds a service instance with a TTL check, passing at once.
+func (c *Consul) Register(service, id string, port int, meta map[string]string) error {
+	reg := &api.AgentServiceRegistration{
+		ID: id, Name: service, Address: "127.0.0.1", Port: port, Meta: meta,
+		Check: &api.AgentServiceCheck{CheckID: "ttl:" + id, TTL: "10m", Status: api.HealthPassing},
+	}
+	return c.Client.Agent().ServiceRegister(reg)
+}
+
+// SetCheck moves an instance's TTL check to passing, warning or critical.
+func (c *Consul) SetCheck(id, status string) error {
+	return c.Client.Agent().UpdateTTL("ttl:"+id, "set by test", status)
+}
