@@ -101,7 +101,7 @@ func TestLoadErrors(t *testing.T) {
 		"unknown pool ref":  {strings.Replace(base, "- pool: shared", "- pool: nope", 1), ErrUnknownRef, `listeners[0].routes[0].pool: unknown reference "nope"`},
 		"catch-all not last": {strings.Replace(base, "      - pool: shared\n", "      - pool: shared\n      - pool: shared\n        when: {header: x-a}\n", 1),
 			ErrRequired, "listeners[0].routes[0].when"},
-		"bad header": {base + "identity: {user_header: X-User}\n", ErrMalformed, `identity.user_header: malformed "X-User"`},
+		"bad header":        {base + "identity: {user_header: X-User}\n", ErrMalformed, `identity.user_header: malformed "X-User"`},
 		"same header twice": {base + "identity: {user_header: x-a, tenant_header: x-a}\n", ErrDuplicate, "x-a"},
 		"static bad address": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: nowhere, port: 1}]", 1),
 			ErrMalformed, `pools[0].static[0].address: malformed "nowhere"`},

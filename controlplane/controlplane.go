@@ -107,7 +107,7 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 	grpcServer := grpc.NewServer(
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.MaxConcurrentStreams(1<<20),
 	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, s.publisher.Server(ctx))
 	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}

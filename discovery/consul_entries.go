@@ -15,7 +15,7 @@ const MetaDraining = "draining"
 
 // Consul's maintenance checks: node-wide, and per service instance.
 const (
-	nodeMaintenanceCheck    = "_node_maintenance"
+	nodeMaintenanceCheck     = "_node_maintenance"
 	serviceMaintenancePrefix = "_service_maintenance:"
 )
 

@@ -177,7 +177,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 		f := &fakeHealth{results: []fakeResult{
 			{err: errors.New("connection refused")},
 			{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil)}, index: 10},
-			{err: errors.New("connection refused")},                                                                   // Consul restarts
+			{err: errors.New("connection refused")},                                                                    // Consul restarts
 			{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil), entry("b", "127.0.0.1", 2, nil)}, index: 3}, // with a lower index
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 4},
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 2}, // a replaced server: backwards, no error

@@ -48,4 +48,3 @@ func (f httpFilter) build() (*hcmv3.HttpFilter, error) {
 	}
 	return &hcmv3.HttpFilter{Name: f.name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}, nil
 }
-

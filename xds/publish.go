@@ -38,8 +38,8 @@ type Publisher struct {
 
 	mu      sync.Mutex
 	current map[string]*published // by node group
-	streams      map[streamKey]*streamState
-	nodes        map[string]*NodeStatus // by node id
+	streams map[streamKey]*streamState
+	nodes   map[string]*NodeStatus // by node id
 }
 
 type groupRouting struct {

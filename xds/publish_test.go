@@ -125,7 +125,9 @@ func TestADSStateOfTheWorldNonceVersionAck(t *testing.T) {
 	// NACK: error_detail with the nonce; reported per node, Envoy keeps the old version.
 	s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"pool/shared"},
 		VersionInfo: eds.GetVersionInfo(), ResponseNonce: eds2.GetNonce(), ErrorDetail: &status.Status{Code: 3, Message: "bad endpoint"}})
-	waitFor(t, func() bool { return testutil.ToFloat64(f.pub.metrics.nacks.WithLabelValues("envoy-1", "endpoint")) == 1 })
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(f.pub.metrics.nacks.WithLabelValues("envoy-1", "endpoint")) == 1
+	})
 	nodes := f.pub.Nodes()
 	if len(nodes) != 1 || nodes[0].LastNACK != "bad endpoint" || nodes[0].Acked[resourcev3.ClusterType] != want.Clusters {
 		t.Fatalf("node status %+v", nodes)

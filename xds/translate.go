@@ -30,8 +30,8 @@ type Resources struct {
 }
 
 // Stable, hierarchical resource names.
-func clusterName(pool string) string       { return "pool/" + pool }
-func listenerName(listener string) string  { return "listener/" + listener }
+func clusterName(pool string) string         { return "pool/" + pool }
+func listenerName(listener string) string    { return "listener/" + listener }
 func routeConfigName(listener string) string { return "listener/" + listener }
 
 // Translate builds every node group's resources. A pool in cfg that the fleet lacks

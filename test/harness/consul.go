@@ -20,7 +20,9 @@ type Consul struct {
 }
 
 // StartConsul starts a dev agent and waits until it has a leader.
-func StartConsul(ctx context.Context, dir string) (*Consul, error) { return StartConsulOnPort(ctx, dir, 0) }
+func StartConsul(ctx context.Context, dir string) (*Consul, error) {
+	return StartConsulOnPort(ctx, dir, 0)
+}
 
 // StartConsulOnPort is StartConsul with its HTTP API on httpPort (0: a free one).
 func StartConsulOnPort(ctx context.Context, dir string, httpPort int) (*Consul, error) {
