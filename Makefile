@@ -1,0 +1,41 @@
+# climesh — the two commands a new user needs are `make demo` and `make test`.
+# Every tool they need is installed by `make tools` into .tools/ (git-ignored).
+
+GO ?= go
+
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate golden clean
+
+all: build
+
+tools:
+	tools/install.sh
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# A local demo on the embedded defaults: static fleet, no Consul, real Envoy.
+demo: tools
+	$(GO) run ./tools/demo
+
+# Every test: unit, golden, contract, and end-to-end with real Consul and Envoy.
+test: tools
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+# The inner loop: seconds, no external tools.
+test-short:
+	$(GO) test -short ./...
+
+golden:
+	$(GO) test ./xds -update
+
+bench: bench-translate bench-convergence
+
+bench-translate:
+	$(GO) test -run '^$$' -bench . -benchmem ./xds
+
+bench-convergence: tools
+	$(GO) run ./bench/convergence
+
+clean:
+	rm -rf bin
