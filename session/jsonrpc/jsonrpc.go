@@ -1,0 +1,238 @@
+// Package jsonrpc reads and writes the Copilot CLI's wire format — JSON-RPC 2.0
+// messages framed by LSP-style `Content-Length: N\r\n\r\n` headers — and classifies
+// each message (request, notification, response; method; sessionId) without
+// re-encoding it: what is forwarded is the exact bytes that were read.
+package jsonrpc
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Limits bound what a peer can make us buffer.
+type Limits struct {
+	MaxHeaderBytes int // all header lines of one frame together
+	MaxFrameBytes  int // one message body
+}
+
+// DefaultLimits suit the CLI: large tool results and histories fit in 8 MiB.
+var DefaultLimits = Limits{MaxHeaderBytes: 4 << 10, MaxFrameBytes: 8 << 20}
+
+// Framing errors. Any of them leaves the stream unusable: close the connection.
+var (
+	ErrHeaderTooLarge = errors.New("jsonrpc: frame header too large")
+	ErrFrameTooLarge  = errors.New("jsonrpc: frame too large")
+	ErrBadHeader      = errors.New("jsonrpc: malformed frame header")
+)
+
+// Reader reads framed messages.
+type Reader struct {
+	br  *bufio.Reader
+	lim Limits
+}
+
+// NewReader reads frames from r within lim.
+func NewReader(r io.Reader, lim Limits) *Reader {
+	return &Reader{br: bufio.NewReaderSize(r, 64<<10), lim: lim}
+}
+
+// Read returns the next message body. io.EOF means the peer closed cleanly
+// between frames; io.ErrUnexpectedEOF, a close inside one.
+func (r *Reader) Read() ([]byte, error) {
+	length, headerBytes := -1, 0
+	for {
+		line, err := r.br.ReadSlice('\n')
+		headerBytes += len(line)
+		if headerBytes > r.lim.MaxHeaderBytes || errors.Is(err, bufio.ErrBufferFull) {
+			return nil, fmt.Errorf("%w: more than %d bytes", ErrHeaderTooLarge, r.lim.MaxHeaderBytes)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && headerBytes == 0 {
+				return nil, io.EOF
+			}
+			if errors.Is(err, io.EOF) {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		text := strings.TrimRight(string(line), "\r\n")
+		if text == "" {
+			if length < 0 {
+				return nil, fmt.Errorf("%w: no Content-Length", ErrBadHeader)
+			}
+			break
+		}
+		name, value, ok := strings.Cut(text, ":")
+		if !ok {
+			return nil, fmt.Errorf("%w: %q is not a header line", ErrBadHeader, truncate(text))
+		}
+		if strings.EqualFold(strings.TrimSpace(name), "Content-Length") {
+			n, err := strconv.Atoi(strings.TrimSpace(value))
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("%w: Content-Length %q", ErrBadHeader, truncate(value))
+			}
+			length = n
+		}
+	}
+	if length > r.lim.MaxFrameBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, length, r.lim.MaxFrameBytes)
+	}
+	body := make([]byte, length)
+	if _, err := io.ReadFull(r.br, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return body, nil
+}
+
+// Frame returns body with its header, ready for one Write.
+func Frame(body []byte) []byte {
+	out := make([]byte, 0, len(body)+32)
+	out = append(out, "Content-Length: "...)
+	out = strconv.AppendInt(out, int64(len(body)), 10)
+	out = append(out, "\r\n\r\n"...)
+	return append(out, body...)
+}
+
+// Kind is what a message is.
+type Kind int
+
+// The kinds of JSON-RPC message.
+const (
+	Request Kind = iota + 1
+	Notification
+	Response
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Request:
+		return "request"
+	case Notification:
+		return "notification"
+	case Response:
+		return "response"
+	}
+	return "invalid"
+}
+
+// Message is a classified message. Raw is the body exactly as read.
+type Message struct {
+	Kind      Kind
+	ID        json.RawMessage // requests and responses
+	Method    string          // requests and notifications
+	SessionID string          // params.sessionId, when present
+	Raw       []byte
+}
+
+// ErrNotJSONRPC is wrapped by Classify's errors.
+var ErrNotJSONRPC = errors.New("jsonrpc: not a JSON-RPC 2.0 message")
+
+type envelope struct {
+	Version string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Method  *string         `json:"method"`
+	Params  json.RawMessage `json:"params"`
+	Result  json.RawMessage `json:"result"`
+	Error   json.RawMessage `json:"error"`
+}
+
+// Classify reads a body's envelope. Batches are not used by the CLI and are refused.
+func Classify(body []byte) (Message, error) {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Message{}, fmt.Errorf("%w: want a JSON object, got %q", ErrNotJSONRPC, truncate(string(body)))
+	}
+	var e envelope
+	if err := json.Unmarshal(body, &e); err != nil {
+		return Message{}, fmt.Errorf("%w: %v", ErrNotJSONRPC, err)
+	}
+	if e.Version != "2.0" {
+		return Message{}, fmt.Errorf("%w: jsonrpc %q, want \"2.0\"", ErrNotJSONRPC, e.Version)
+	}
+	m := Message{Raw: body}
+	hasID := len(e.ID) > 0 && string(e.ID) != "null"
+	switch {
+	case e.Method != nil && hasID:
+		m.Kind, m.ID, m.Method = Request, e.ID, *e.Method
+	case e.Method != nil:
+		m.Kind, m.Method = Notification, *e.Method
+	case len(e.Result) > 0 || len(e.Error) > 0:
+		m.Kind, m.ID = Response, e.ID
+	default:
+		return Message{}, fmt.Errorf("%w: neither method nor result nor error", ErrNotJSONRPC)
+	}
+	if m.Method == "" && m.Kind != Response {
+		return Message{}, fmt.Errorf("%w: empty method", ErrNotJSONRPC)
+	}
+	if len(e.Params) > 0 && e.Params[0] == '{' {
+		var p struct {
+			SessionID string `json:"sessionId"`
+		}
+		if json.Unmarshal(e.Params, &p) == nil {
+			m.SessionID = p.SessionID
+		}
+	}
+	return m, nil
+}
+
+// Error codes climesh answers with, beside the CLI's own (-32601 unknown method,
+// -32603 internal, -32001 authentication required, -32002 authentication failed).
+const (
+	CodeParseError     = -32700 // a message that is not JSON-RPC
+	CodeInvalidRequest = -32600
+	CodeUnavailable    = -32010 // the edge or the CLI cannot be reached
+	CodeRefused        = -32011 // the edge refused the tunnel (status and reason in data)
+)
+
+// ErrorResponse builds a JSON-RPC error response to id (null when id is empty).
+func ErrorResponse(id json.RawMessage, code int, message string, data any) []byte {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	type rpcError struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+		Data    any    `json:"data,omitempty"`
+	}
+	b, _ := json.Marshal(struct {
+		Version string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   rpcError        `json:"error"`
+	}{"2.0", id, rpcError{code, message, data}})
+	return b
+}
+
+// ResultResponse builds a JSON-RPC success response.
+func ResultResponse(id json.RawMessage, result any) ([]byte, error) {
+	return json.Marshal(struct {
+		Version string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Result  any             `json:"result"`
+	}{"2.0", id, result})
+}
+
+// RequestBody builds a request.
+func RequestBody(id any, method string, params any) ([]byte, error) {
+	return json.Marshal(struct {
+		Version string `json:"jsonrpc"`
+		ID      any    `json:"id"`
+		Method  string `json:"method"`
+		Params  any    `json:"params,omitempty"`
+	}{"2.0", id, method, params})
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

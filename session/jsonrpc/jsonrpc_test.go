@@ -1,0 +1,132 @@
+package jsonrpc
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestReadFrames(t *testing.T) {
+	a, b := `{"jsonrpc":"2.0","id":1,"method":"ping"}`, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s1"}}`
+	in := string(Frame([]byte(a))) + "Content-Type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length: " + itoa(len(b)) + "\r\n\r\n" + b
+	r := NewReader(strings.NewReader(in), DefaultLimits)
+	for _, want := range []string{a, b} {
+		got, err := r.Read()
+		if err != nil || string(got) != want {
+			t.Fatalf("got %q, %v; want %q", got, err, want)
+		}
+	}
+	if _, err := r.Read(); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want io.EOF", err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func TestReadErrors(t *testing.T) {
+	small := Limits{MaxHeaderBytes: 64, MaxFrameBytes: 16}
+	cases := map[string]struct {
+		in   string
+		want error
+	}{
+		"garbage":           {"hello world\r\n\r\n", ErrBadHeader},
+		"no content-length": {"Content-Type: x\r\n\r\n{}", ErrBadHeader},
+		"negative length":   {"Content-Length: -1\r\n\r\n", ErrBadHeader},
+		"letters length":    {"Content-Length: ten\r\n\r\n", ErrBadHeader},
+		"frame over limit":  {"Content-Length: 17\r\n\r\n" + strings.Repeat("x", 17), ErrFrameTooLarge},
+		"header over limit": {"X: " + strings.Repeat("y", 80) + "\r\n\r\n", ErrHeaderTooLarge},
+		"cut in body":       {"Content-Length: 10\r\n\r\n{}", io.ErrUnexpectedEOF},
+		"cut in header":     {"Content-Len", io.ErrUnexpectedEOF},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := NewReader(strings.NewReader(tc.in), small).Read()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	cases := map[string]struct {
+		body    string
+		kind    Kind
+		method  string
+		session string
+		err     bool
+	}{
+		"request":         {body: `{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":"abc","prompt":"hi"}}`, kind: Request, method: "session.send", session: "abc"},
+		"string id":       {body: `{"jsonrpc":"2.0","id":"x","method":"ping"}`, kind: Request, method: "ping"},
+		"notification":    {body: `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s"}}`, kind: Notification, method: "session.event", session: "s"},
+		"result":          {body: `{"jsonrpc":"2.0","id":7,"result":{"ok":true}}`, kind: Response},
+		"error":           {body: `{"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}`, kind: Response},
+		"array params":    {body: `{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}`, kind: Request, method: "m"},
+		"not json":        {body: `hello`, err: true},
+		"batch":           {body: `[{"jsonrpc":"2.0","id":1,"method":"m"}]`, err: true},
+		"wrong version":   {body: `{"jsonrpc":"1.0","id":1,"method":"m"}`, err: true},
+		"nothing":         {body: `{"jsonrpc":"2.0","id":1}`, err: true},
+		"truncated":       {body: `{"jsonrpc":"2.0","id":1,"method":"m"`, err: true},
+		"empty method":    {body: `{"jsonrpc":"2.0","id":1,"method":""}`, err: true},
+		"null id is note": {body: `{"jsonrpc":"2.0","id":null,"method":"m"}`, kind: Notification, method: "m"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			m, err := Classify([]byte(tc.body))
+			if tc.err {
+				if err == nil || !errors.Is(err, ErrNotJSONRPC) {
+					t.Fatalf("accepted %s: %+v", tc.body, m)
+				}
+				return
+			}
+			if err != nil || m.Kind != tc.kind || m.Method != tc.method || m.SessionID != tc.session || !bytes.Equal(m.Raw, []byte(tc.body)) {
+				t.Fatalf("got %+v, %v", m, err)
+			}
+		})
+	}
+}
+
+func TestErrorResponseClassifies(t *testing.T) {
+	m, err := Classify(ErrorResponse([]byte(`3`), CodeRefused, "refused", map[string]int{"status": 403}))
+	if err != nil || m.Kind != Response || string(m.ID) != "3" {
+		t.Fatalf("%+v %v", m, err)
+	}
+}
+
+// FuzzRead: any input either yields frames that re-frame to a prefix of the input,
+// or a clean error; never a panic or a frame over the limit.
+func FuzzRead(f *testing.F) {
+	f.Add([]byte("Content-Length: 2\r\n\r\n{}"))
+	f.Add([]byte("Content-Length: 5\r\nContent-Type: x\r\n\r\nhello"))
+	f.Add([]byte("garbage"))
+	f.Add([]byte("Content-Length: 99999999999999999999\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		lim := Limits{MaxHeaderBytes: 256, MaxFrameBytes: 1024}
+		r := NewReader(bytes.NewReader(in), lim)
+		for range 100 {
+			body, err := r.Read()
+			if err != nil {
+				return
+			}
+			if len(body) > lim.MaxFrameBytes {
+				t.Fatalf("frame of %d bytes over the limit", len(body))
+			}
+			_, _ = Classify(body)
+		}
+	})
+}
+
+// FuzzClassify: never panics; an accepted message keeps its exact bytes.
+func FuzzClassify(f *testing.F) {
+	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"a"}}`))
+	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"result":null}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		m, err := Classify(in)
+		if err == nil && !bytes.Equal(m.Raw, in) {
+			t.Fatal("classify changed the bytes")
+		}
+	})
+}
