@@ -1,0 +1,155 @@
+// Command climesh-sidecar runs beside one Copilot CLI: it terminates climesh tunnels
+// on --listen, relays them to the CLI with the CLI's own token, and keeps the
+// instance registered in Consul with a check that follows the CLI's ping.
+//
+//	climesh-sidecar --listen 127.0.0.1:7001 --pool copilot --consul 127.0.0.1:8500 \
+//	    --cli-command copilot --cli-home /var/lib/climesh/cli-1
+//	climesh-sidecar ... --cli-address 127.0.0.1:4321   # token from $COPILOT_CONNECTION_TOKEN
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/sidecar"
+)
+
+// version is reported in the Consul meta.
+const version = "0.1.0"
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "climesh-sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	listen := flag.String("listen", "127.0.0.1:7001", "`address` for tunnels (/v1/rpc), /metrics and /healthz")
+	path := flag.String("path", "/v1/rpc", "tunnel `path`")
+	pool := flag.String("pool", "copilot", "Consul service `name` (the climesh pool)")
+	instanceID := flag.String("instance-id", "", "Consul service `id` (default: pool-port)")
+	consulAddr := flag.String("consul", "", "Consul HTTP `address`; empty: do not register")
+	advertise := flag.String("advertise", "", "`address` registered in Consul (default: the --listen host)")
+	cliAddr := flag.String("cli-address", "", "attach to a running CLI at `host:port` (token from $COPILOT_CONNECTION_TOKEN)")
+	cliCommand := flag.String("cli-command", "", "run the CLI as a child: the copilot `executable`")
+	cliHome := flag.String("cli-home", "", "COPILOT_HOME for --cli-command (default: a new temp dir)")
+	capacity := flag.Int("capacity", 50, "active sessions this CLI takes (published in Consul meta)")
+	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
+	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
+	maxFrame := flag.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message accepted")
+	flag.Parse()
+
+	if (*cliAddr == "") == (*cliCommand == "") {
+		return errors.New("give exactly one of --cli-address and --cli-command")
+	}
+	host, portStr, err := net.SplitHostPort(*listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", *listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 {
+		return fmt.Errorf("--listen %q: want a fixed port", *listen)
+	}
+	if *instanceID == "" {
+		*instanceID = *pool + "-" + portStr
+	}
+	if *advertise == "" {
+		*advertise = host
+	}
+	log, err := zap.NewProduction(zap.WithCaller(false))
+	if err != nil {
+		return err
+	}
+	log = log.Named("sidecar").With(zap.String("instance", *instanceID))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	limits := jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}
+	cli := sidecar.CLIDialer{Addr: *cliAddr, Token: os.Getenv("COPILOT_CONNECTION_TOKEN"), Limits: limits}
+	var child *sidecar.Child
+	if *cliCommand != "" {
+		home := *cliHome
+		if home == "" {
+			if home, err = os.MkdirTemp("", "climesh-cli-home-"); err != nil {
+				return err
+			}
+		}
+		if child, err = sidecar.StartChild(ctx, *cliCommand, home); err != nil {
+			return err
+		}
+		defer child.Stop(10 * time.Second)
+		cli.Addr, cli.Token = child.Addr, child.Token
+	} else if cli.Token == "" {
+		return errors.New("--cli-address needs $COPILOT_CONNECTION_TOKEN: the CLI must not run without a token")
+	}
+
+	reg := prometheus.NewRegistry()
+	relay := sidecar.NewRelay(log, cli, limits, reg)
+	mux := http.NewServeMux()
+	mux.Handle(*path, relay)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(lis)
+
+	var registration *sidecar.Registration
+	if *consulAddr != "" {
+		client, err := api.NewClient(&api.Config{Address: *consulAddr})
+		if err != nil {
+			return fmt.Errorf("--consul: %w", err)
+		}
+		registration = &sidecar.Registration{
+			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,
+			Meta: map[string]string{"mode": "shared", "capacity": strconv.Itoa(*capacity), "version": version},
+			TTL:  *ttl, Interval: *interval, CLI: cli,
+		}
+		if err := registration.Register(); err != nil {
+			return fmt.Errorf("register in consul at %s: %w", *consulAddr, err)
+		}
+		go registration.Run(ctx)
+	}
+	log.Info("serving", zap.String("listen", *listen), zap.String("cli", cli.Addr), zap.String("pool", *pool))
+
+	var childDone <-chan struct{}
+	if child != nil {
+		childDone = child.Done()
+	}
+	select {
+	case <-ctx.Done():
+	case <-childDone:
+		log.Error("copilot CLI exited")
+	}
+	// Leave routing first, then close tunnels so clients reconnect elsewhere.
+	if registration != nil {
+		registration.SetDraining()
+	}
+	srv.Close()
+	relay.CloseAll("instance shutting down")
+	relay.Wait()
+	if registration != nil {
+		if err := registration.Deregister(); err != nil {
+			log.Warn("deregister", zap.Error(err))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,129 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+)
+
+// Registration keeps this instance in Consul: service = pool, address and port =
+// the sidecar's, meta = mode, capacity, version; a TTL check that passes only while
+// the CLI answers ping with the sidecar's token.
+type Registration struct {
+	Agent      *api.Agent
+	Log        *zap.Logger
+	Pool       string
+	InstanceID string
+	Address    string
+	Port       int
+	Meta       map[string]string
+	TTL        time.Duration // the check turns critical if not refreshed within this
+	Interval   time.Duration // how often the CLI is pinged
+	CLI        CLIDialer
+}
+
+func (r *Registration) checkID() string { return "climesh-cli:" + r.InstanceID }
+
+// Register adds the service with its check, critical until the first ping answers.
+func (r *Registration) Register() error {
+	return r.Agent.ServiceRegister(&api.AgentServiceRegistration{
+		ID: r.InstanceID, Name: r.Pool, Address: r.Address, Port: r.Port, Meta: r.Meta,
+		Tags: []string{"climesh"},
+		Check: &api.AgentServiceCheck{
+			CheckID: r.checkID(), Name: "copilot CLI answers ping", TTL: r.TTL.String(),
+			Status: api.HealthCritical, DeregisterCriticalServiceAfter: "10m",
+		},
+	})
+}
+
+// Deregister removes the service.
+func (r *Registration) Deregister() error { return r.Agent.ServiceDeregister(r.InstanceID) }
+
+// SetDraining marks the instance draining in Consul (meta draining=true), which
+// climesh's discovery turns into DRAINING in Envoy.
+func (r *Registration) SetDraining() error {
+	meta := map[string]string{"draining": "true"}
+	for k, v := range r.Meta {
+		meta[k] = v
+	}
+	r.Meta = meta
+	return r.Register()
+}
+
+// Run pings the CLI every Interval and reports the result to the TTL check,
+// until ctx ends. The ping uses one long-lived authenticated connection, redialled
+// when it breaks.
+func (r *Registration) Run(ctx context.Context) {
+	var conn *CLIConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	t := time.NewTicker(r.Interval)
+	defer t.Stop()
+	for seq := 1; ; seq++ {
+		err := r.ping(ctx, &conn, seq)
+		status, output := api.HealthPassing, "copilot CLI answered ping"
+		if err != nil {
+			status, output = api.HealthCritical, err.Error()
+			if conn != nil {
+				conn.Close()
+				conn = nil
+			}
+		}
+		if uerr := r.Agent.UpdateTTL(r.checkID(), output, status); uerr != nil {
+			r.Log.Warn("cannot update the consul check", zap.Error(uerr))
+		} else if err != nil {
+			r.Log.Warn("CLI health check failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error {
+	if *conn == nil {
+		c, err := r.CLI.Dial(ctx)
+		if err != nil {
+			return err
+		}
+		*conn = c
+	}
+	c := *conn
+	deadline := time.Now().Add(min(r.Interval, 5*time.Second))
+	c.SetDeadline(deadline)
+	defer c.SetDeadline(time.Time{})
+	id := "climesh-health-" + strconv.Itoa(seq)
+	req, _ := jsonrpc.RequestBody(id, "ping", map[string]string{"message": "climesh"})
+	if _, err := c.Write(jsonrpc.Frame(req)); err != nil {
+		return fmt.Errorf("ping the copilot CLI: %w", err)
+	}
+	for {
+		body, err := c.Reader.Read()
+		if err != nil {
+			return fmt.Errorf("ping the copilot CLI: no answer: %w", err)
+		}
+		var resp struct {
+			ID    string          `json:"id"`
+			Error json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(body, &resp) != nil || resp.ID != id {
+			continue // an event or an older answer
+		}
+		if len(resp.Error) > 0 {
+			return fmt.Errorf("ping the copilot CLI: %s", resp.Error)
+		}
+		return nil
+	}
+}

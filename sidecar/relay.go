@@ -1,0 +1,265 @@
+// Package sidecar is the server side of climesh: one per CLI instance. It
+// terminates tunnels, dials the local CLI once per tunnel, authenticates to it with
+// the CLI's connection token (which clients never learn), and relays JSON-RPC both
+// ways — requests, responses, events and the CLI's own requests to the client.
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/tunnel"
+)
+
+// CLIDialer reaches the local CLI.
+type CLIDialer struct {
+	Addr    string
+	Token   string
+	Limits  jsonrpc.Limits
+	Timeout time.Duration
+}
+
+// CLIConn is an authenticated connection to the CLI.
+type CLIConn struct {
+	net.Conn
+	Reader *jsonrpc.Reader
+	// Hello is the CLI's answer to our connect: what the client's connect gets.
+	Hello json.RawMessage
+}
+
+// handshakeID is the id of the sidecar's own connect; clients never see it.
+const handshakeID = `"climesh-sidecar-connect"`
+
+// Dial connects and sends `connect {token}`.
+func (d CLIDialer) Dial(ctx context.Context) (*CLIConn, error) {
+	timeout := d.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "tcp", d.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("copilot CLI unreachable at %s: %w", d.Addr, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	req, _ := jsonrpc.RequestBody(json.RawMessage(handshakeID), "connect", map[string]string{"token": d.Token})
+	if _, err := conn.Write(jsonrpc.Frame(req)); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("copilot CLI at %s: send connect: %w", d.Addr, err)
+	}
+	r := jsonrpc.NewReader(conn, d.Limits)
+	body, err := r.Read()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("copilot CLI at %s: read connect answer: %w", d.Addr, err)
+	}
+	var resp struct {
+		Result json.RawMessage `json:"result"`
+		Error  *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(body, &resp); err != nil || (resp.Error == nil && len(resp.Result) == 0) {
+		conn.Close()
+		return nil, fmt.Errorf("copilot CLI at %s: connect answer is not a JSON-RPC response: %.100s", d.Addr, body)
+	}
+	if resp.Error != nil {
+		conn.Close()
+		return nil, fmt.Errorf("copilot CLI at %s refused the sidecar's token: %d %s", d.Addr, resp.Error.Code, resp.Error.Message)
+	}
+	conn.SetDeadline(time.Time{})
+	return &CLIConn{Conn: conn, Reader: r, Hello: resp.Result}, nil
+}
+
+// Relay serves tunnels on one path.
+type Relay struct {
+	Log    *zap.Logger
+	CLI    CLIDialer
+	Limits jsonrpc.Limits
+
+	metrics *relayMetrics
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	open    map[*tunnel.Conn]struct{}
+}
+
+type relayMetrics struct {
+	tunnels  prometheus.Gauge
+	messages *prometheus.CounterVec
+	refused  *prometheus.CounterVec
+}
+
+// NewRelay registers its metrics on reg.
+func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometheus.Registerer) *Relay {
+	f := promauto.With(reg)
+	return &Relay{
+		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]struct{}{},
+		metrics: &relayMetrics{
+			tunnels: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_tunnels", Help: "Open tunnels."}),
+			messages: f.NewCounterVec(prometheus.CounterOpts{
+				Name: "climesh_sidecar_messages_total", Help: "Messages relayed, by direction (to_cli, to_client).",
+			}, []string{"direction"}),
+			refused: f.NewCounterVec(prometheus.CounterOpts{
+				Name: "climesh_sidecar_refused_total", Help: "Tunnels or messages refused, by reason.",
+			}, []string{"reason"}),
+		},
+	}
+}
+
+// ServeHTTP accepts one tunnel and relays it until either side closes.
+func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := tunnel.Accept(w, r, rl.Limits.MaxFrameBytes)
+	if err != nil {
+		rl.metrics.refused.WithLabelValues("upgrade").Inc()
+		return // Accept has answered the HTTP request
+	}
+	rl.track(c, true)
+	defer rl.track(c, false)
+	rl.wg.Add(1)
+	defer rl.wg.Done()
+	log := rl.Log.With(zap.String("remote", r.RemoteAddr))
+	ctx := r.Context()
+
+	cli, err := rl.CLI.Dial(ctx)
+	if err != nil {
+		// Answer what the client asks with the cause, then close: no hang.
+		rl.metrics.refused.WithLabelValues("cli_unavailable").Inc()
+		log.Warn("tunnel without a CLI", zap.Error(err))
+		rl.answerAll(ctx, c, jsonrpc.CodeUnavailable, err.Error())
+		return
+	}
+	defer cli.Close()
+	rl.relay(ctx, log, c, cli)
+}
+
+// answerAll answers the first request a client sends with an error and closes.
+func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		body, err := c.Read(ctx)
+		if err != nil {
+			c.Fail(msg)
+			return
+		}
+		m, err := jsonrpc.Classify(body)
+		if err != nil || m.Kind != jsonrpc.Request {
+			continue
+		}
+		c.Write(ctx, jsonrpc.ErrorResponse(m.ID, code, msg, nil))
+		c.Fail(msg)
+		return
+	}
+}
+
+func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var closeOnce sync.Once
+	finish := func(reason string, fail bool) {
+		closeOnce.Do(func() {
+			cancel()
+			cli.Close()
+			if fail {
+				c.Fail(reason)
+			} else {
+				c.Close(reason)
+			}
+			log.Debug("tunnel closed", zap.String("reason", reason))
+		})
+	}
+	// CLI -> client: frames as they come, byte for byte.
+	go func() {
+		for {
+			body, err := cli.Reader.Read()
+			if err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+					finish("copilot CLI closed the connection", true)
+				} else {
+					finish("copilot CLI sent a bad frame: "+err.Error(), true)
+				}
+				return
+			}
+			if err := c.Write(ctx, body); err != nil {
+				finish("client gone", false)
+				return
+			}
+			rl.metrics.messages.WithLabelValues("to_client").Inc()
+		}
+	}()
+	// client -> CLI.
+	for {
+		body, err := c.Read(ctx)
+		if err != nil {
+			finish("client closed", false)
+			return
+		}
+		m, err := jsonrpc.Classify(body)
+		if err != nil {
+			rl.metrics.refused.WithLabelValues("not_jsonrpc").Inc()
+			c.Write(ctx, jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, err.Error(), nil))
+			finish("not a JSON-RPC message", true)
+			return
+		}
+		if m.Kind == jsonrpc.Request && m.Method == "connect" {
+			// The sidecar authenticated already; the client's own token (its
+			// identity, not the CLI's secret) never reaches the CLI.
+			resp, _ := jsonrpc.ResultResponse(m.ID, cli.Hello)
+			if err := c.Write(ctx, resp); err != nil {
+				finish("client gone", false)
+				return
+			}
+			continue
+		}
+		if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
+			finish("copilot CLI write failed: "+err.Error(), true)
+			return
+		}
+		rl.metrics.messages.WithLabelValues("to_cli").Inc()
+	}
+}
+
+func (rl *Relay) track(c *tunnel.Conn, add bool) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if add {
+		rl.open[c] = struct{}{}
+		rl.metrics.tunnels.Inc()
+	} else {
+		delete(rl.open, c)
+		rl.metrics.tunnels.Dec()
+	}
+}
+
+// CloseAll closes every open tunnel with reason (clients reconnect elsewhere).
+func (rl *Relay) CloseAll(reason string) {
+	rl.mu.Lock()
+	conns := make([]*tunnel.Conn, 0, len(rl.open))
+	for c := range rl.open {
+		conns = append(conns, c)
+	}
+	rl.mu.Unlock()
+	for _, c := range conns {
+		c.Close(reason)
+	}
+}
+
+// Wait blocks until every tunnel handler has returned.
+func (rl *Relay) Wait() { rl.wg.Wait() }
