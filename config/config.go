@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -64,6 +66,31 @@ type Identity struct {
 	// TrustClientHeaders keeps the headers a client sends. Only for local
 	// development, or behind a proxy that already strips and sets them.
 	TrustClientHeaders bool `yaml:"trust_client_headers"`
+	// EdgeCredentialFile holds a secret that Envoy adds to every tunnel it
+	// forwards (header x-climesh-edge-credential) and that sidecars require, so
+	// that a client dialling a sidecar directly gets nothing.
+	EdgeCredentialFile string `yaml:"edge_credential_file"`
+	// EdgeCredential is the file's content, read by ResolveFiles.
+	EdgeCredential string `yaml:"-"`
+}
+
+// EdgeCredentialHeader carries the edge credential from Envoy to the sidecars.
+const EdgeCredentialHeader = "x-climesh-edge-credential"
+
+// ResolveFiles reads the files the config names (Load does no I/O). Call it after
+// Load, and again on every reload.
+func (c *Config) ResolveFiles() error {
+	if f := c.Identity.EdgeCredentialFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("%w: identity.edge_credential_file: %v", ErrInvalid, err)
+		}
+		c.Identity.EdgeCredential = strings.TrimSpace(string(b))
+		if len(c.Identity.EdgeCredential) < 16 {
+			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: ErrOutOfRange, Detail: "want a secret of at least 16 characters"}
+		}
+	}
+	return nil
 }
 
 // Listener is one Envoy listener accepting WebSocket tunnels.

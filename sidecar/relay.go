@@ -6,6 +6,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,10 @@ type CLIConn struct {
 	// Hello is the CLI's answer to our connect: what the client's connect gets.
 	Hello json.RawMessage
 }
+
+// edgeCredentialHeader is config.EdgeCredentialHeader (the sidecar does not import
+// the control plane's config).
+const edgeCredentialHeader = "X-Climesh-Edge-Credential"
 
 // handshakeID is the id of the sidecar's own connect; clients never see it.
 const handshakeID = `"climesh-sidecar-connect"`
@@ -93,6 +98,9 @@ type Relay struct {
 	Log    *zap.Logger
 	CLI    CLIDialer
 	Limits jsonrpc.Limits
+	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
+	// Envoy adds it, so a client that dials the sidecar directly is refused.
+	EdgeCredential string
 
 	metrics *relayMetrics
 	wg      sync.WaitGroup
@@ -125,6 +133,11 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 
 // ServeHTTP accepts one tunnel and relays it until either side closes.
 func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rl.EdgeCredential != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get(edgeCredentialHeader)), []byte(rl.EdgeCredential)) != 1 {
+		rl.metrics.refused.WithLabelValues("edge_credential").Inc()
+		http.Error(w, "climesh sidecar: missing or wrong edge credential: tunnels come through the edge", http.StatusUnauthorized)
+		return
+	}
 	c, err := tunnel.Accept(w, r, rl.Limits.MaxFrameBytes)
 	if err != nil {
 		rl.metrics.refused.WithLabelValues("upgrade").Inc()
@@ -218,11 +231,8 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			finish("not a JSON-RPC message", true)
 			return
 		}
-		if m.Kind == jsonrpc.Request && m.Method == "connect" {
-			// The sidecar authenticated already; the client's own token (its
-			// identity, not the CLI's secret) never reaches the CLI.
-			resp, _ := jsonrpc.ResultResponse(m.ID, cli.Hello)
-			if err := c.Write(ctx, resp); err != nil {
+		if answer, ok := localAnswer(m, cli.Hello); ok {
+			if err := c.Write(ctx, answer); err != nil {
 				finish("client gone", false)
 				return
 			}
@@ -234,6 +244,28 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 		}
 		rl.metrics.messages.WithLabelValues("to_cli").Inc()
 	}
+}
+
+// localAnswer answers the requests an SDK sends because it believes it owns the
+// CLI, which a shared CLI must never see:
+//   - connect: the sidecar authenticated already, with the CLI's token; the client's
+//     token (its identity, not the CLI's secret) never reaches the CLI. The client
+//     gets the CLI's own answer (protocol version).
+//   - runtime.shutdown: a stdio SDK sends it on Stop to end "its" CLI; for a shared
+//     CLI that means ending this connection only, which the SDK does next.
+func localAnswer(m jsonrpc.Message, hello json.RawMessage) ([]byte, bool) {
+	if m.Kind != jsonrpc.Request {
+		return nil, false
+	}
+	switch m.Method {
+	case "connect":
+		b, _ := jsonrpc.ResultResponse(m.ID, hello)
+		return b, true
+	case "runtime.shutdown":
+		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
+		return b, true
+	}
+	return nil, false
 }
 
 func (rl *Relay) track(c *tunnel.Conn, add bool) {

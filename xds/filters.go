@@ -20,17 +20,24 @@ type httpFilter struct {
 // httpFilters is the edge's filter chain, in order. Listed here, explicitly: the
 // identity headers are stripped first, so that only filters after it can set them.
 func httpFilters(id config.Identity) []httpFilter {
-	var chain []httpFilter
+	var strip []string
 	if !id.TrustClientHeaders {
-		chain = append(chain, stripIdentityHeaders(id))
+		strip = id.Headers()
+	}
+	if id.EdgeCredential != "" {
+		strip = append(strip, config.EdgeCredentialHeader) // only Envoy may set it
+	}
+	var chain []httpFilter
+	if len(strip) > 0 {
+		chain = append(chain, stripHeaders(strip))
 	}
 	return append(chain, httpFilter{name: "envoy.filters.http.router", config: &routerv3.Router{}})
 }
 
-// stripIdentityHeaders removes every identity header the client sent.
-func stripIdentityHeaders(id config.Identity) httpFilter {
-	var removals []*mutationv3.HeaderMutation
-	for _, h := range id.Headers() {
+// stripHeaders removes headers a client must not be able to set.
+func stripHeaders(names []string) httpFilter {
+	removals := make([]*mutationv3.HeaderMutation, 0, len(names))
+	for _, h := range names {
 		removals = append(removals, &mutationv3.HeaderMutation{Action: &mutationv3.HeaderMutation_Remove{Remove: h}})
 	}
 	return httpFilter{

@@ -50,6 +50,9 @@ func loadGoldenInput(t *testing.T, path string) (*config.Config, model.Fleet) {
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
+	if err := cfg.ResolveFiles(); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
 	var pools []model.Pool
 	for name, list := range in.Fleet {
 		var instances []model.Instance

@@ -35,11 +35,18 @@ func buildRouteConfig(l *config.Listener, cfg *config.Config) *routev3.RouteConf
 				}},
 			}}
 		}
-		routes = append(routes, &routev3.Route{
+		route := &routev3.Route{
 			Name:   "pool/" + pool.Name,
 			Match:  match,
 			Action: &routev3.Route_Route{Route: action},
-		})
+		}
+		if cred := cfg.Identity.EdgeCredential; cred != "" {
+			route.RequestHeadersToAdd = []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: config.EdgeCredentialHeader, Value: cred},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			}}
+		}
+		routes = append(routes, route)
 	}
 	routes = append(routes, &routev3.Route{
 		Name:  "not-found",

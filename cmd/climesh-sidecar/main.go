@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,6 +53,7 @@ func run() error {
 	capacity := flag.Int("capacity", 50, "active sessions this CLI takes (published in Consul meta)")
 	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
+	credFile := flag.String("edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	maxFrame := flag.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message accepted")
 	flag.Parse()
 
@@ -101,6 +103,17 @@ func run() error {
 
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
+	if *credFile != "" {
+		b, err := os.ReadFile(*credFile)
+		if err != nil {
+			return fmt.Errorf("--edge-credential-file: %w", err)
+		}
+		if relay.EdgeCredential = strings.TrimSpace(string(b)); relay.EdgeCredential == "" {
+			return fmt.Errorf("--edge-credential-file %s is empty", *credFile)
+		}
+	} else {
+		log.Warn("no --edge-credential-file: any client that reaches --listen can open a tunnel")
+	}
 	mux := http.NewServeMux()
 	mux.Handle(*path, relay)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

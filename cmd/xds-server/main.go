@@ -91,6 +91,9 @@ func load(path string) (*config.Config, error) {
 		}
 	}
 	cfg, err := config.Load(data)
+	if err == nil {
+		err = cfg.ResolveFiles()
+	}
 	if err != nil && path != "" {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

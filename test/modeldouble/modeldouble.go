@@ -36,7 +36,12 @@ type Message struct {
 	Role       string          `json:"role"`
 	Content    json.RawMessage `json:"content"`
 	ToolCallID string          `json:"tool_call_id,omitempty"`
-	Name       string          `json:"name,omitempty"`
+	ToolCalls  []struct {
+		ID       string `json:"id"`
+		Function struct {
+			Name string `json:"name"`
+		} `json:"function"`
+	} `json:"tool_calls,omitempty"`
 }
 
 // Text is the message content as plain text (string or list of text parts).
@@ -113,7 +118,15 @@ func decide(req chatRequest) reply {
 	}
 	last := req.Messages[len(req.Messages)-1]
 	if last.Role == "tool" {
-		return reply{text: fmt.Sprintf("tool %s said: %s", last.Name, last.Text())}
+		name := "?"
+		for _, m := range req.Messages {
+			for _, c := range m.ToolCalls {
+				if c.ID == last.ToolCallID {
+					name = c.Function.Name
+				}
+			}
+		}
+		return reply{text: fmt.Sprintf("tool %s said: %s", name, last.Text())}
 	}
 	if len(users) == 0 {
 		return reply{text: "echo: (nothing)"}

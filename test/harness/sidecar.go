@@ -1,0 +1,82 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Sidecar is a climesh-sidecar process in front of one CLI.
+type Sidecar struct {
+	Proc *Proc
+	Port int
+	ID   string
+}
+
+// SidecarOptions: exactly one of CLICommand (a child CLI) and CLIAddr (attach).
+type SidecarOptions struct {
+	ID, Pool, ConsulAddr string
+	CLICommand, CLIHome  string
+	CLIAddr, CLIToken    string
+	Extra                []string
+}
+
+// StartSidecar starts climesh-sidecar on a free port and waits until it listens.
+func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, error) {
+	bin, err := Binary("climesh-sidecar")
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--listen", "127.0.0.1:" + strconv.Itoa(port), "--pool", o.Pool, "--instance-id", o.ID,
+		"--ping-interval", "500ms", "--check-ttl", "3s"}
+	if o.ConsulAddr != "" {
+		args = append(args, "--consul", o.ConsulAddr)
+	}
+	var env []string
+	if o.CLICommand != "" {
+		args = append(args, "--cli-command", o.CLICommand, "--cli-home", o.CLIHome)
+	} else {
+		args = append(args, "--cli-address", o.CLIAddr)
+		env = append(env, "COPILOT_CONNECTION_TOKEN="+o.CLIToken)
+	}
+	p, err := Start(dir, "sidecar-"+o.ID, bin, append(args, o.Extra...), env...)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sidecar{Proc: p, Port: port, ID: o.ID}
+	if err := WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(port), p, 90*time.Second); err != nil {
+		p.Stop(time.Second)
+		return nil, fmt.Errorf("sidecar %s: %w", o.ID, err)
+	}
+	return s, nil
+}
+
+// Close stops the sidecar (SIGTERM: drain, deregister, stop its CLI).
+func (s *Sidecar) Close() { s.Proc.Stop(15 * time.Second) }
+
+// StartConnect runs climesh-connect in TCP mode and returns its address.
+func StartConnect(ctx context.Context, dir, name, edgeURL string, extra ...string) (*Proc, string, error) {
+	bin, err := Binary("climesh-connect")
+	if err != nil {
+		return nil, "", err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, "", err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p, err := Start(dir, name, bin, append([]string{"--listen", addr, "--edge", edgeURL}, extra...))
+	if err != nil {
+		return nil, "", err
+	}
+	if err := WaitTCP(ctx, addr, p, 20*time.Second); err != nil {
+		p.Stop(time.Second)
+		return nil, "", err
+	}
+	return p, addr, nil
+}
