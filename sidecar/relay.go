@@ -98,6 +98,10 @@ type Relay struct {
 	Log    *zap.Logger
 	CLI    CLIDialer
 	Limits jsonrpc.Limits
+	// Keepalive pings the client this often, so that a tunnel stays busy while
+	// a long turn is silent and no idle timer on the way (Envoy's stream idle
+	// timeout, a load balancer's) cuts it. 0 turns it off.
+	Keepalive time.Duration
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
@@ -197,6 +201,26 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			}
 			log.Debug("tunnel closed", zap.String("reason", reason))
 		})
+	}
+	if rl.Keepalive > 0 {
+		go func() {
+			t := time.NewTicker(rl.Keepalive)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				pctx, cancel := context.WithTimeout(ctx, rl.Keepalive)
+				err := c.Ping(pctx)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					finish("client did not answer a keepalive ping", true)
+					return
+				}
+			}
+		}()
 	}
 	// CLI -> client: frames as they come, byte for byte.
 	go func() {

@@ -45,6 +45,10 @@ func (c *Conn) Write(ctx context.Context, msg []byte) error {
 	return c.ws.Write(ctx, websocket.MessageText, msg)
 }
 
+// Ping sends a WebSocket ping and waits for its pong. A Read must be running
+// concurrently (it receives the pong).
+func (c *Conn) Ping(ctx context.Context) error { return c.ws.Ping(ctx) }
+
 // Close closes cleanly with a reason the other side can log.
 func (c *Conn) Close(reason string) error {
 	return c.ws.Close(websocket.StatusNormalClosure, clip(reason))

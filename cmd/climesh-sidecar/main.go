@@ -53,6 +53,7 @@ func run() error {
 	capacity := flag.Int("capacity", 50, "active sessions this CLI takes (published in Consul meta)")
 	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
+	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
 	credFile := flag.String("edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	maxFrame := flag.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message accepted")
 	flag.Parse()
@@ -103,6 +104,7 @@ func run() error {
 
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
+	relay.Keepalive = *keepalive
 	if *credFile != "" {
 		b, err := os.ReadFile(*credFile)
 		if err != nil {

@@ -19,41 +19,32 @@ import (
 
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/test/harness"
-	"github.com/climesh/climesh/test/modeldouble"
 )
 
-// meshEnv is the whole data path, real everywhere but the model: Consul, the
-// xds-server, Envoy, and two sidecars — "cli-a" runs its CLI as a child, "cli-b"
-// attaches to a CLI started beside it — and climesh-connect in TCP mode.
+// meshEnv is harness.Mesh with the helpers these tests share.
 type meshEnv struct {
-	dir        string
-	model      *modeldouble.Server
-	consul     *harness.Consul
-	envoy      *harness.Envoy
-	edgeURL    string
-	connectTCP string // climesh-connect --listen address
-	homes      map[string]string
-	cliB       *harness.CLI
-	sidecars   map[string]*harness.Sidecar
-	credential string
+	*harness.Mesh
 }
-
-const edgeCredential = "edge-credential-for-tests"
 
 var (
 	meshOnce sync.Once
 	mesh     *meshEnv
 	meshErr  error
-	meshStop []func()
 )
 
-// startMesh builds the environment once for every data-path test in this run.
+// startMesh builds the environment once for every data-path test in this run:
+// two instances ("cli-a" runs its CLI as a child, "cli-b" attaches to one), a
+// 3-second listener idle timeout and a 1-second sidecar keepalive.
 func startMesh(t *testing.T) *meshEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: needs Consul, Envoy, the CLI and the binaries (run without -short)")
 	}
-	meshOnce.Do(func() { mesh, meshErr = buildMesh() })
+	meshOnce.Do(func() {
+		var m *harness.Mesh
+		m, meshErr = harness.StartMesh(context.Background(), harness.MeshOptions{IdleTimeout: 3 * time.Second, Keepalive: time.Second})
+		mesh = &meshEnv{m}
+	})
 	if meshErr != nil {
 		t.Fatal(meshErr)
 	}
@@ -62,115 +53,20 @@ func startMesh(t *testing.T) *meshEnv {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for i := len(meshStop) - 1; i >= 0; i-- {
-		meshStop[i]()
+	if mesh != nil && mesh.Mesh != nil {
+		mesh.Close()
 	}
 	os.Exit(code)
 }
 
-func buildMesh() (*meshEnv, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	dir, err := os.MkdirTemp("", "climesh-mesh-")
-	if err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, func() { os.RemoveAll(dir) })
-	env := &meshEnv{dir: dir, homes: map[string]string{}, sidecars: map[string]*harness.Sidecar{}, credential: edgeCredential}
-	if env.model, err = modeldouble.Start(); err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, env.model.Close)
-	if env.consul, err = harness.StartConsul(ctx, dir); err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, env.consul.Close)
-	credFile := filepath.Join(dir, "edge-credential")
-	if err := os.WriteFile(credFile, []byte(edgeCredential+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-
-	copilotBin, err := harness.Tool("copilot")
-	if err != nil {
-		return nil, err
-	}
-	env.homes["cli-a"] = filepath.Join(dir, "cli-a-home")
-	a, err := harness.StartSidecar(ctx, dir, harness.SidecarOptions{ID: "cli-a", Pool: "copilot", ConsulAddr: env.consul.Addr,
-		CLICommand: copilotBin, CLIHome: env.homes["cli-a"], Extra: []string{"--edge-credential-file", credFile}})
-	if err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, a.Close)
-	env.sidecars["cli-a"] = a
-	if env.cliB, err = harness.StartCLI(ctx, dir, "cli-b", "cli-b-secret-token-0123456789"); err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, env.cliB.Close)
-	env.homes["cli-b"] = env.cliB.Home
-	b, err := harness.StartSidecar(ctx, dir, harness.SidecarOptions{ID: "cli-b", Pool: "copilot", ConsulAddr: env.consul.Addr,
-		CLIAddr: env.cliB.Addr, CLIToken: env.cliB.Token, Extra: []string{"--edge-credential-file", credFile}})
-	if err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, b.Close)
-	env.sidecars["cli-b"] = b
-
-	lport, err := harness.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	xds, err := harness.StartXDSServer(ctx, dir, fmt.Sprintf(`consul: {address: %s, retry_min: 50ms, retry_max: 500ms}
-identity:
-  trust_client_headers: true # no JWT issuer yet: climesh-connect names the user
-  edge_credential_file: %s
-listeners: [{name: edge, port: %d, routes: [{pool: copilot}]}]
-pools: [{name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}]
-`, env.consul.Addr, credFile, lport))
-	if err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, xds.Close)
-	if env.envoy, err = harness.StartEnvoy(ctx, dir, xds.XDSAddr, harness.EnvoyOptions{NodeID: "mesh-envoy"}); err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, env.envoy.Close)
-	env.edgeURL = fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", lport)
-	err = harness.Poll(ctx, 50*time.Millisecond, func() error {
-		hosts, err := env.envoy.Hosts("pool/copilot")
-		if err != nil {
-			return err
-		}
-		healthy := 0
-		for _, h := range hosts {
-			if h.Health == "HEALTHY" {
-				healthy++
-			}
-		}
-		if healthy != 2 {
-			return fmt.Errorf("envoy sees %v", hosts)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sidecars never became healthy in envoy: %w", err)
-	}
-	p, addr, err := harness.StartConnect(ctx, dir, "connect-tcp", env.edgeURL)
-	if err != nil {
-		return nil, err
-	}
-	meshStop = append(meshStop, func() { p.Stop(time.Second) })
-	env.connectTCP = addr
-	return env, nil
-}
-
 func (env *meshEnv) provider() *copilot.ProviderConfig {
-	return &copilot.ProviderConfig{Type: "openai", BaseURL: env.model.URL, APIKey: "double-key"}
+	return &copilot.ProviderConfig{Type: "openai", BaseURL: env.Model.URL, APIKey: "double-key"}
 }
 
 // tcpClient is an SDK client that dials climesh-connect; its connect token is the user.
 func (env *meshEnv) tcpClient(t *testing.T, user string) *copilot.Client {
 	t.Helper()
-	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.connectTCP, ConnectionToken: user}})
+	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: user}})
 	if err := c.Start(t.Context()); err != nil {
 		t.Fatalf("start TCP client for %s: %v", user, err)
 	}
@@ -186,7 +82,7 @@ func (env *meshEnv) stdioClient(t *testing.T, user string) *copilot.Client {
 		t.Fatal(err)
 	}
 	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.StdioConnection{Path: bin,
-		Env: append(os.Environ(), "CLIMESH_EDGE="+env.edgeURL, "CLIMESH_TOKEN="+user)}})
+		Env: append(os.Environ(), "CLIMESH_EDGE="+env.EdgeURL, "CLIMESH_TOKEN="+user)}})
 	if err := c.Start(t.Context()); err != nil {
 		t.Fatalf("start stdio client for %s: %v", user, err)
 	}
@@ -198,7 +94,7 @@ func (env *meshEnv) stdioClient(t *testing.T, user string) *copilot.Client {
 func (env *meshEnv) instanceOf(t *testing.T, sessionID string) string {
 	t.Helper()
 	var found []string
-	for id, home := range env.homes {
+	for id, home := range env.Homes {
 		if _, err := os.Stat(filepath.Join(home, "session-state", sessionID)); err == nil {
 			found = append(found, id)
 		}
@@ -281,8 +177,29 @@ func TestDataPathSessionLifecycle(t *testing.T) {
 	if err := again.DeleteSession(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(env.homes[where], "session-state", id)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(env.Homes[where], "session-state", id)); !os.IsNotExist(err) {
 		t.Fatalf("session %s still on disk after delete: %v", id, err)
+	}
+}
+
+// TestDataPathLongSilentTurn: a turn whose model answers after 5 s, through a
+// listener whose idle timeout is 3 s; the sidecar's keepalive keeps it alive.
+func TestDataPathLongSilentTurn(t *testing.T) {
+	env := startMesh(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	client := env.tcpClient(t, "patient-user")
+	s, err := client.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ev, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "slow 5000"})
+	if err != nil {
+		t.Fatalf("a silent 5 s turn through a 3 s idle timeout: %v", err)
+	}
+	if got := answer(t, ev); !strings.Contains(got, "echo: slow 5000") || time.Since(start) < 5*time.Second {
+		t.Fatalf("answer %q after %v", got, time.Since(start))
 	}
 }
 
@@ -398,11 +315,11 @@ func childToken(t *testing.T, home string) string {
 
 func TestDataPathCLITokenNeverReachesClients(t *testing.T) {
 	env := startMesh(t)
-	tokens := []string{env.cliB.Token, childToken(t, env.homes["cli-a"])}
+	tokens := []string{env.CLIs["cli-b"].Token, childToken(t, env.Homes["cli-a"])}
 	reached := map[string]bool{}
 	for i := range 6 {
 		user := fmt.Sprintf("token-probe-%d", i)
-		_, send, recv := rawTunnel(t, env.edgeURL, http.Header{"X-Climesh-User": {user}})
+		_, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"X-Climesh-User": {user}})
 		var seen []string
 		send(`{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"` + user + `"}}`)
 		seen = append(seen, recv())
@@ -439,7 +356,7 @@ func TestDataPathCLITokenNeverReachesClients(t *testing.T) {
 	}
 
 	// The CLI itself, dialled without its token, answers nothing but an auth error.
-	c, err := net.DialTimeout("tcp", env.cliB.Addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", env.CLIs["cli-b"].Addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +371,7 @@ func TestDataPathCLITokenNeverReachesClients(t *testing.T) {
 	}
 
 	// A sidecar dialled directly, without the edge's credential, refuses the tunnel.
-	for id, sc := range env.sidecars {
+	for id, sc := range env.Sidecars {
 		_, resp, err := websocket.Dial(t.Context(), fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", sc.Port), nil)
 		if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 			t.Fatalf("sidecar %s without the edge credential: %v (status %v), want 401", id, err, resp)
@@ -466,7 +383,7 @@ func TestDataPathBadInput(t *testing.T) {
 	env := startMesh(t)
 
 	t.Run("websocket message that is not JSON", func(t *testing.T) {
-		ws, send, recv := rawTunnel(t, env.edgeURL, http.Header{"X-Climesh-User": {"bad-json"}})
+		ws, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"X-Climesh-User": {"bad-json"}})
 		send("this is not json")
 		got := recv()
 		if !strings.Contains(got, fmt.Sprint(jsonrpc.CodeParseError)) || !strings.Contains(got, "not a JSON-RPC") {
@@ -478,7 +395,7 @@ func TestDataPathBadInput(t *testing.T) {
 	})
 
 	t.Run("garbage instead of a frame", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", env.connectTCP, 5*time.Second)
+		c, err := net.DialTimeout("tcp", env.ConnectAddr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -497,7 +414,7 @@ func TestDataPathBadInput(t *testing.T) {
 	})
 
 	t.Run("frame over the limit", func(t *testing.T) {
-		p, addr, err := harness.StartConnect(t.Context(), t.TempDir(), "connect-small", env.edgeURL, "--max-frame-bytes", "1024")
+		p, addr, err := harness.StartConnect(t.Context(), t.TempDir(), "connect-small", env.EdgeURL, "--max-frame-bytes", "1024")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -539,12 +456,12 @@ func TestDataPathBadInput(t *testing.T) {
 // TestDataPathCLIDown runs last among the data-path tests: it stops cli-b.
 func TestDataPathCLIDown(t *testing.T) {
 	env := startMesh(t)
-	env.cliB.Close()
+	env.CLIs["cli-b"].Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	// The check turns critical, naming the cause, and Envoy stops routing there.
 	err := harness.Poll(ctx, 100*time.Millisecond, func() error {
-		checks, _, err := env.consul.Client.Health().Checks("copilot", nil)
+		checks, _, err := env.Consul.Client.Health().Checks("copilot", nil)
 		if err != nil {
 			return err
 		}
@@ -563,15 +480,15 @@ func TestDataPathCLIDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A tunnel straight to that sidecar gets a JSON-RPC error naming the cause.
-	_, send, recv := rawTunnel(t, fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", env.sidecars["cli-b"].Port),
-		http.Header{"X-Climesh-Edge-Credential": {env.credential}})
+	_, send, recv := rawTunnel(t, fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", env.Sidecars["cli-b"].Port),
+		http.Header{"X-Climesh-Edge-Credential": {env.Credential}})
 	send(`{"jsonrpc":"2.0","id":9,"method":"ping","params":{}}`)
 	got := recv()
 	if !strings.Contains(got, fmt.Sprint(jsonrpc.CodeUnavailable)) || !strings.Contains(got, "copilot CLI") {
 		t.Fatalf("answer %q, want an error naming the unreachable CLI", got)
 	}
 	err = harness.Poll(ctx, 100*time.Millisecond, func() error {
-		hosts, err := env.envoy.Hosts("pool/copilot")
+		hosts, err := env.Envoy.Hosts("pool/copilot")
 		if err != nil {
 			return err
 		}
