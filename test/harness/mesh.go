@@ -34,6 +34,7 @@ type MeshOptions struct {
 	Instances   int           // sidecars (default 2)
 	IdleTimeout time.Duration // listener idle_timeout (default 1h)
 	Keepalive   time.Duration // sidecar --keepalive (default its own)
+	AttachAll   bool          // every sidecar attaches to a CLI with a known token
 }
 
 // MeshCredential is the edge credential every test mesh uses.
@@ -86,7 +87,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	for i := range o.Instances {
 		id := InstanceID(i)
 		so := SidecarOptions{ID: id, Pool: "copilot", ConsulAddr: m.Consul.Addr, Extra: extra}
-		if i == 0 {
+		if i == 0 && !o.AttachAll {
 			m.Homes[id] = filepath.Join(dir, id+"-home")
 			so.CLICommand, so.CLIHome = copilotBin, m.Homes[id]
 		} else {

@@ -1,0 +1,145 @@
+// Command datapath measures what climesh adds to a Copilot SDK call: the same
+// SDK, the same real CLI, dialled directly and through climesh-connect → Envoy →
+// climesh-sidecar. Prints ping round trips (p50/p99), ping throughput with
+// concurrent callers, and full turns (the model is the loopback double).
+//
+//	go run ./bench/datapath [-pings 2000] [-turns 50] [-concurrency 8] [-duration 3s]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	copilot "github.com/github/copilot-sdk/go"
+
+	"github.com/climesh/climesh/test/harness"
+)
+
+func main() {
+	pings := flag.Int("pings", 2000, "sequential pings per path")
+	turns := flag.Int("turns", 50, "sequential turns per path")
+	conc := flag.Int("concurrency", 8, "concurrent pingers for the throughput run")
+	dur := flag.Duration("duration", 3*time.Second, "length of the throughput run")
+	flag.Parse()
+	if err := run(*pings, *turns, *conc, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "datapath:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	ping, turn []time.Duration
+	perSecond  float64
+}
+
+func run(pings, turns, conc int, dur time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	cli := m.CLIs[harness.InstanceID(0)]
+
+	direct := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: cli.Addr, ConnectionToken: cli.Token}})
+	viaMesh := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: m.ConnectAddr, ConnectionToken: "bench-user"}})
+	provider := &copilot.ProviderConfig{Type: "openai", BaseURL: m.Model.URL, APIKey: "double"}
+	results := map[string]*result{}
+	for _, p := range []struct {
+		name   string
+		client *copilot.Client
+	}{{"direct", direct}, {"climesh", viaMesh}} {
+		if err := p.client.Start(ctx); err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		defer p.client.Stop()
+		r, err := measure(ctx, p.client, provider, pings, turns, conc, dur)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		results[p.name] = r
+	}
+	d, c := results["direct"], results["climesh"]
+	fmt.Printf("# reproduce: go run ./bench/datapath -pings %d -turns %d -concurrency %d -duration %s\n", pings, turns, conc, dur)
+	fmt.Println("| measure | direct | climesh | added |")
+	fmt.Println("|---|---:|---:|---:|")
+	for _, row := range []struct {
+		name string
+		a, b []time.Duration
+	}{{"ping", d.ping, c.ping}, {"full turn", d.turn, c.turn}} {
+		for _, q := range []int{50, 99} {
+			a, b := pct(row.a, q), pct(row.b, q)
+			fmt.Printf("| %s p%d | %s | %s | %s |\n", row.name, q, ms(a), ms(b), ms(b-a))
+		}
+	}
+	fmt.Printf("| ping throughput (%d callers) | %.0f/s | %.0f/s | %.1f%% |\n", conc, d.perSecond, c.perSecond, 100*(c.perSecond-d.perSecond)/d.perSecond)
+	return nil
+}
+
+func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderConfig, pings, turns, conc int, dur time.Duration) (*result, error) {
+	r := &result{}
+	for range 50 { // warm up
+		if _, err := c.Ping(ctx, "warm"); err != nil {
+			return nil, err
+		}
+	}
+	for range pings {
+		start := time.Now()
+		if _, err := c.Ping(ctx, "bench"); err != nil {
+			return nil, err
+		}
+		r.ping = append(r.ping, time.Since(start))
+	}
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	stop := time.Now().Add(dur)
+	for range conc {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if _, err := c.Ping(ctx, "load"); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return nil, err
+	}
+	r.perSecond = float64(n.Load()) / dur.Seconds()
+
+	s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: provider, OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
+	if err != nil {
+		return nil, err
+	}
+	defer c.DeleteSession(ctx, s.SessionID)
+	for i := range turns + 3 {
+		start := time.Now()
+		if _, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: fmt.Sprintf("turn %d", i)}); err != nil {
+			return nil, err
+		}
+		if i >= 3 { // the first turns warm the CLI up
+			r.turn = append(r.turn, time.Since(start))
+		}
+	}
+	slices.Sort(r.ping)
+	slices.Sort(r.turn)
+	return r, nil
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	i := (len(sorted)*p+99)/100 - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
