@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: all tools build demo test test-short bench bench-convergence bench-translate golden clean
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath golden clean
 
 all: build
 
@@ -29,10 +29,13 @@ test-short:
 golden:
 	$(GO) test ./xds -update
 
-bench: bench-translate bench-convergence
+bench: bench-translate bench-convergence bench-datapath
 
 bench-translate:
 	$(GO) test -run '^$$' -bench . -benchmem ./xds
+
+bench-datapath: tools
+	$(GO) run ./bench/datapath
 
 bench-convergence: tools
 	$(GO) run ./bench/convergence
