@@ -1,0 +1,104 @@
+package connector
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/tunnel"
+)
+
+// sdkSide is the SDK's end of a connection: what it writes goes to Serve's input,
+// what Serve writes comes back framed.
+type sdkSide struct {
+	toServe   *io.PipeWriter
+	fromServe *jsonrpc.Reader
+}
+
+func run(t *testing.T, o Options, token string) (*sdkSide, chan error) {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(t.Context(), o, token, jsonrpc.NewReader(inR, jsonrpc.DefaultLimits), outW, nil)
+		outW.Close()
+	}()
+	t.Cleanup(func() { inW.Close() })
+	return &sdkSide{toServe: inW, fromServe: jsonrpc.NewReader(outR, jsonrpc.DefaultLimits)}, done
+}
+
+func (s *sdkSide) call(t *testing.T, body string) string {
+	t.Helper()
+	if _, err := s.toServe.Write(jsonrpc.Frame([]byte(body))); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.fromServe.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(got)
+}
+
+func TestServeCarriesIdentityAndMessages(t *testing.T) {
+	var seen http.Header
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = r.Header.Clone()
+		c, err := tunnel.Accept(w, r, 1<<20)
+		if err != nil {
+			return
+		}
+		for {
+			msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			c.Write(r.Context(), msg) // echo
+		}
+	}))
+	defer srv.Close()
+	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Session: "team-chat", Limits: jsonrpc.DefaultLimits}
+	sdk, _ := run(t, o, "alice-token")
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`); got != `{"jsonrpc":"2.0","id":1,"method":"ping"}` {
+		t.Fatalf("echo %q", got)
+	}
+	if seen.Get("Authorization") != "Bearer alice-token" || seen.Get("X-Climesh-User") != "alice-token" || seen.Get("X-Climesh-Session") != "team-chat" {
+		t.Fatalf("upgrade headers %v", seen)
+	}
+}
+
+func TestServeAnswersWhenTheEdgeRefuses(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "tenant not admitted", http.StatusForbidden)
+	}))
+	defer srv.Close()
+	sdk, done := run(t, Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits}, "bob")
+	got := sdk.call(t, `{"jsonrpc":"2.0","id":5,"method":"connect","params":{}}`)
+	for _, want := range []string{`"id":5`, "-32011", "403", "tenant not admitted"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("refusal %s lacks %q", got, want)
+		}
+	}
+	sdk.toServe.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Serve returned no error for a refused tunnel")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve hung after the SDK closed")
+	}
+}
+
+func TestConnectToken(t *testing.T) {
+	if got := ConnectToken([]byte(`{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"t1"}}`)); got != "t1" {
+		t.Fatalf("got %q", got)
+	}
+	if got := ConnectToken([]byte(`{"jsonrpc":"2.0","id":1,"method":"ping","params":{"token":"t1"}}`)); got != "" {
+		t.Fatalf("a ping's token was taken: %q", got)
+	}
+}

@@ -1,0 +1,208 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/tunnel"
+)
+
+// fakeCLI speaks the CLI's wire format: it wants `connect {token}` first, answers
+// ping, and on "ask" sends the client a request of its own and reports the answer.
+type fakeCLI struct {
+	addr, token string
+	mu          sync.Mutex
+	seen        []string // methods received
+}
+
+func startFakeCLI(t *testing.T, token string) *fakeCLI {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f := &fakeCLI{addr: l.Addr().String(), token: token}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go f.serve(c)
+		}
+	}()
+	return f
+}
+
+func (f *fakeCLI) methods() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.seen...)
+}
+
+func (f *fakeCLI) serve(c net.Conn) {
+	defer c.Close()
+	r := jsonrpc.NewReader(c, jsonrpc.DefaultLimits)
+	authed := false
+	for {
+		body, err := r.Read()
+		if err != nil {
+			return
+		}
+		m, err := jsonrpc.Classify(body)
+		if err != nil {
+			return
+		}
+		if m.Kind == jsonrpc.Request {
+			f.mu.Lock()
+			f.seen = append(f.seen, m.Method)
+			f.mu.Unlock()
+		}
+		var out []byte
+		switch {
+		case m.Kind == jsonrpc.Request && m.Method == "connect":
+			var p struct {
+				Params struct{ Token string } `json:"params"`
+			}
+			json.Unmarshal(body, &p)
+			if p.Params.Token != f.token {
+				out = jsonrpc.ErrorResponse(m.ID, -32002, "AUTHENTICATION_FAILED", nil)
+			} else {
+				authed = true
+				out, _ = jsonrpc.ResultResponse(m.ID, map[string]any{"ok": true, "protocolVersion": 3})
+			}
+		case !authed:
+			out = jsonrpc.ErrorResponse(m.ID, -32001, "AUTHENTICATION_REQUIRED", nil)
+		case m.Method == "ping":
+			out, _ = jsonrpc.ResultResponse(m.ID, map[string]string{"message": "pong"})
+		case m.Method == "ask":
+			out, _ = jsonrpc.RequestBody("srv-1", "tool.call", map[string]string{"sessionId": "s1"})
+		case m.Kind == jsonrpc.Response:
+			out, _ = jsonrpc.RequestBody(nil, "session.event", json.RawMessage(`{"sessionId":"s1","answer":`+string(body)+`}`))
+		default:
+			out = jsonrpc.ErrorResponse(m.ID, -32601, "unknown method", nil)
+		}
+		if _, err := c.Write(jsonrpc.Frame(out)); err != nil {
+			return
+		}
+	}
+}
+
+func startRelay(t *testing.T, cliAddr, token, credential string) (*Relay, string) {
+	t.Helper()
+	rl := NewRelay(zap.NewNop(), CLIDialer{Addr: cliAddr, Token: token, Limits: jsonrpc.DefaultLimits}, jsonrpc.DefaultLimits, prometheus.NewRegistry())
+	rl.EdgeCredential = credential
+	srv := httptest.NewServer(rl)
+	t.Cleanup(srv.Close)
+	return rl, "ws" + strings.TrimPrefix(srv.URL, "http")
+}
+
+func dialRelay(t *testing.T, url string, h http.Header) *tunnel.Conn {
+	t.Helper()
+	c, err := tunnel.Dial(t.Context(), url, h, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close("") })
+	return c
+}
+
+func exchange(t *testing.T, c *tunnel.Conn, send string) string {
+	t.Helper()
+	if send != "" {
+		if err := c.Write(t.Context(), []byte(send)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	b, err := c.Read(ctx)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return string(b)
+}
+
+const cred = "a-credential-of-enough-length"
+
+func TestRelayBothWays(t *testing.T) {
+	cli := startFakeCLI(t, "cli-secret")
+	_, url := startRelay(t, cli.addr, "cli-secret", cred)
+	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
+
+	got := exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"user-token"}}`)
+	if !strings.Contains(got, `"protocolVersion":3`) || strings.Contains(got, "cli-secret") {
+		t.Fatalf("connect answered %s", got)
+	}
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":2,"method":"ping","params":{}}`); !strings.Contains(got, "pong") {
+		t.Fatalf("ping answered %s", got)
+	}
+	// The CLI's own request reaches the client; the client's answer reaches the CLI.
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":3,"method":"ask"}`); !strings.Contains(got, `"method":"tool.call"`) {
+		t.Fatalf("server request not relayed: %s", got)
+	}
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":"srv-1","result":{"text":"42"}}`); !strings.Contains(got, `"text":"42"`) {
+		t.Fatalf("client answer not relayed back: %s", got)
+	}
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":4,"method":"runtime.shutdown"}`); !strings.Contains(got, `"id":4,"result":{}`) {
+		t.Fatalf("runtime.shutdown answered %s", got)
+	}
+	for _, m := range cli.methods() {
+		if m == "runtime.shutdown" {
+			t.Fatal("runtime.shutdown reached the shared CLI")
+		}
+	}
+	if n := strings.Count(strings.Join(cli.methods(), ","), "connect"); n != 1 {
+		t.Fatalf("the CLI saw %d connects (want only the sidecar's): %v", n, cli.methods())
+	}
+}
+
+func TestRelayRefusals(t *testing.T) {
+	cli := startFakeCLI(t, "cli-secret")
+	_, url := startRelay(t, cli.addr, "cli-secret", cred)
+
+	for name, h := range map[string]http.Header{"none": nil, "wrong": {"X-Climesh-Edge-Credential": {"nope"}}} {
+		_, err := tunnel.Dial(t.Context(), url, h, 1<<20)
+		var refused *tunnel.RefusedError
+		if !errorsAs(err, &refused) || refused.Status != http.StatusUnauthorized {
+			t.Fatalf("%s credential: %v, want 401", name, err)
+		}
+	}
+
+	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
+	if got := exchange(t, c, `not json`); !strings.Contains(got, "-32700") {
+		t.Fatalf("non-JSON answered %s", got)
+	}
+	if got := exchange(t, c, ""); !strings.HasPrefix(got, "error:") {
+		t.Fatalf("tunnel still open after a non-JSON message: %s", got)
+	}
+
+	// A CLI that is down: the first request is answered with the cause.
+	_, downURL := startRelay(t, "127.0.0.1:1", "x", "")
+	d := dialRelay(t, downURL, nil)
+	if got := exchange(t, d, `{"jsonrpc":"2.0","id":7,"method":"ping"}`); !strings.Contains(got, "-32010") || !strings.Contains(got, "copilot CLI unreachable at 127.0.0.1:1") {
+		t.Fatalf("CLI down answered %s", got)
+	}
+
+	// A wrong CLI token is reported as such.
+	_, badURL := startRelay(t, cli.addr, "not-the-token", "")
+	b := dialRelay(t, badURL, nil)
+	if got := exchange(t, b, `{"jsonrpc":"2.0","id":8,"method":"ping"}`); !strings.Contains(got, "refused the sidecar's token") {
+		t.Fatalf("wrong token answered %s", got)
+	}
+}
+
+func errorsAs(err error, target **tunnel.RefusedError) bool { return errors.As(err, target) }
