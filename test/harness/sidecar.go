@@ -19,6 +19,7 @@ type SidecarOptions struct {
 	ID, Pool, ConsulAddr string
 	CLICommand, CLIHome  string
 	CLIAddr, CLIToken    string
+	Port                 int // 0: a free one
 	Extra                []string
 }
 
@@ -28,9 +29,11 @@ func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, 
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	port := o.Port
+	if port == 0 {
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
 	args := []string{"--listen", "127.0.0.1:" + strconv.Itoa(port), "--pool", o.Pool, "--instance-id", o.ID,
 		"--ping-interval", "500ms", "--check-ttl", "3s"}

@@ -1,7 +1,9 @@
-// Command demo runs climesh locally on its embedded defaults: three stand-in
-// instances, the xds-server (static fleet, no Consul), and a real Envoy that takes
-// all of its config from the xds-server. It checks that users stick to instances,
-// prints how to reach everything, and runs until interrupted.
+// Command demo runs climesh locally on its embedded defaults, with every real part
+// but the language model: three climesh-sidecars each running a real Copilot CLI,
+// the xds-server (static fleet, no Consul), a real Envoy that takes all of its config
+// from the xds-server, climesh-connect for SDKs, and a loopback model double. It runs
+// one real session through the whole path, prints how to reach everything, and runs
+// until interrupted.
 //
 //	go run ./tools/demo [--self-check]
 //
@@ -13,16 +15,21 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"os/signal"
-	"strings"
+	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
+	copilot "github.com/github/copilot-sdk/go"
+
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/test/harness"
+	"github.com/climesh/climesh/test/modeldouble"
 )
+
+const connectAddr = "127.0.0.1:4321"
 
 func main() {
 	selfCheck := flag.Bool("self-check", false, "exit after checking the demo works")
@@ -44,15 +51,38 @@ func run(selfCheck bool) error {
 	if err != nil {
 		return err
 	}
+	copilotBin, err := harness.Tool("copilot")
+	if err != nil {
+		return err
+	}
+	model, err := modeldouble.Start()
+	if err != nil {
+		return err
+	}
+	defer model.Close()
 
-	// The instances the embedded config lists, on their fixed ports.
+	// One sidecar (and its own CLI) per instance the embedded config lists.
+	fmt.Println("climesh demo: starting three Copilot CLIs behind their sidecars...")
 	pool, _ := cfg.Pool("demo")
-	for _, s := range pool.Static {
-		e, err := harness.StartEcho(s.ID, s.Port)
-		if err != nil {
-			return fmt.Errorf("instance %s on port %d: %w", s.ID, s.Port, err)
+	homes := map[string]string{}
+	sidecars := make([]*harness.Sidecar, len(pool.Static))
+	errs := make([]error, len(pool.Static))
+	var wg sync.WaitGroup
+	for i, s := range pool.Static {
+		homes[s.ID] = filepath.Join(dir, s.ID+"-home")
+		wg.Go(func() {
+			sidecars[i], errs[i] = harness.StartSidecar(ctx, dir, harness.SidecarOptions{ID: s.ID, Pool: "demo", Port: s.Port,
+				CLICommand: copilotBin, CLIHome: homes[s.ID]})
+		})
+	}
+	wg.Wait()
+	for _, sc := range sidecars {
+		if sc != nil {
+			defer sc.Close()
 		}
-		defer e.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 
 	xdsBin, err := harness.Binary("xds-server")
@@ -69,57 +99,92 @@ func run(selfCheck bool) error {
 		return fmt.Errorf("%w\nxds-server log:\n%s", err, xds.Tail(20))
 	}
 	defer envoy.Close()
-
 	l := cfg.Listeners[0]
-	url := fmt.Sprintf("ws://%s:%d%s", l.Address, l.Port, l.Path)
-	fmt.Println("climesh demo: checking that each user sticks to one instance...")
-	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	err = harness.Poll(wctx, 50*time.Millisecond, func() error {
-		_, err := harness.WhoServes(wctx, url, http.Header{"X-Climesh-User": {"probe"}})
-		return err
-	})
+	edge := fmt.Sprintf("ws://%s:%d%s", l.Address, l.Port, l.Path)
+	connectBin, err := harness.Binary("climesh-connect")
 	if err != nil {
-		return fmt.Errorf("envoy did not route: %w\nxds-server log:\n%s\nenvoy log:\n%s", err, xds.Tail(20), envoy.Proc.Tail(20))
+		return err
 	}
-	seen := map[string]bool{}
-	for _, user := range []string{"alice", "bob", "carol", "dave", "erin", "frank"} {
-		var got []string
-		for range 3 {
-			id, err := harness.WhoServes(ctx, url, http.Header{"X-Climesh-User": {user}})
-			if err != nil {
-				return err
-			}
-			got = append(got, id)
-		}
-		if got[0] != got[1] || got[1] != got[2] {
-			return fmt.Errorf("user %s reached %v: not sticky", user, got)
-		}
-		seen[got[0]] = true
-		fmt.Printf("  %-6s -> %s (3 of 3 tunnels)\n", user, got[0])
+	connect, err := harness.Start(dir, "climesh-connect", connectBin, []string{"--listen", connectAddr, "--edge", edge})
+	if err != nil {
+		return err
 	}
-	if len(seen) < 2 {
-		return errors.New("all users reached one instance: the hash is not spreading")
+	defer connect.Stop(time.Second)
+	if err := harness.WaitTCP(ctx, connectAddr, connect, 10*time.Second); err != nil {
+		return err
+	}
+
+	fmt.Println("climesh demo: one session per user through connect → Envoy → sidecar → CLI:")
+	if err := check(ctx, model.URL, homes); err != nil {
+		return fmt.Errorf("%w\nenvoy log:\n%s\nxds-server log:\n%s", err, envoy.Proc.Tail(10), xds.Tail(10))
 	}
 	if selfCheck {
 		fmt.Println("self-check ok")
 		return nil
 	}
-
 	fmt.Printf(`
 climesh is running (logs in %s):
-  edge (Envoy)      %s          WebSocket tunnels; header x-climesh-user picks the instance
+  SDK endpoint      %s   climesh-connect (TCP): URIConnection{URL: %q, ConnectionToken: "<your user>"}
+  edge (Envoy)      %s   WebSocket tunnels; the user picks the instance
   xds-server        http://%s/debug/fleet   /debug/xds   /metrics   /readyz
   Envoy admin       http://%s/clusters
+  model double      %s   give sessions Provider{Type: "openai", BaseURL: this, APIKey: "any"}
 
-Try a tunnel by hand (the instance greets you with its id):
-  curl -sN --http1.1 -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
-       -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' -H 'x-climesh-user: alice' \
-       http://%s:%d%s --max-time 1 | strings
+From an SDK that spawns its CLI, use climesh-connect as the CLI:
+  CLIMESH_EDGE=%s CLIMESH_TOKEN=alice bin/climesh-connect   (StdioConnection{Path: ...})
 
 Ctrl-C stops everything.
-`, dir, url, cfg.Server.HTTPAddress, envoy.AdminAddr, l.Address, l.Port, l.Path)
+`, dir, connectAddr, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, edge)
 	<-ctx.Done()
-	fmt.Println(strings.TrimSpace("\nstopping"))
+	fmt.Println("stopping")
+	return nil
+}
+
+// check runs a session for each of a few users and shows where it ran.
+func check(ctx context.Context, modelURL string, homes map[string]string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	seen := map[string]bool{}
+	for _, user := range []string{"alice", "bob", "carol", "dave"} {
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: connectAddr, ConnectionToken: user}})
+		var err error
+		for range 50 { // Envoy may still be taking its first config
+			if err = c.Start(ctx); err == nil {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", user, err)
+		}
+		s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", OnPermissionRequest: copilot.PermissionHandler.ApproveAll,
+			Provider: &copilot.ProviderConfig{Type: "openai", BaseURL: modelURL, APIKey: "demo"}})
+		if err != nil {
+			c.Stop()
+			return fmt.Errorf("%s: create session: %w", user, err)
+		}
+		ev, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "hello from " + user})
+		if err != nil {
+			c.Stop()
+			return fmt.Errorf("%s: %w", user, err)
+		}
+		text := ""
+		if d, ok := ev.Data.(*copilot.AssistantMessageData); ok {
+			text = d.Content
+		}
+		where := "?"
+		for id, home := range homes {
+			if _, err := os.Stat(filepath.Join(home, "session-state", s.SessionID)); err == nil {
+				where = id
+			}
+		}
+		fmt.Printf("  %-6s -> %s: %q\n", user, where, text)
+		seen[s.SessionID] = true
+		c.DeleteSession(ctx, s.SessionID)
+		c.Stop()
+	}
+	if len(seen) != 4 {
+		return errors.New("sessions were not created")
+	}
 	return nil
 }
