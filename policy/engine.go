@@ -1,0 +1,237 @@
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/loader"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+)
+
+// Engine holds the compiled policies and one prepared query per entry point.
+type Engine struct {
+	log     *zap.Logger
+	source  string
+	queries []string
+	metrics *engineMetrics
+
+	mu          sync.RWMutex
+	prepared    map[string]rego.PreparedEvalQuery
+	fingerprint string
+	loadedAt    time.Time
+}
+
+type engineMetrics struct {
+	evalErrors *prometheus.CounterVec
+	reloads    *prometheus.CounterVec
+	lastGood   prometheus.Gauge
+}
+
+// ErrUndefined is an evaluation that produced no result: a deny.
+var ErrUndefined = errors.New("policy: decision undefined")
+
+// NewEngine loads source (a directory of .rego and data .json/.yaml files, or an OPA
+// bundle .tar.gz) and prepares queries (e.g. "data.climesh.edge.allow"). The first
+// load must succeed; later ones (Reload, Watch) keep the last good policy on error.
+func NewEngine(ctx context.Context, source string, queries []string, log *zap.Logger, reg prometheus.Registerer) (*Engine, error) {
+	f := promauto.With(reg)
+	e := &Engine{
+		log: log, source: source, queries: queries,
+		metrics: &engineMetrics{
+			evalErrors: f.NewCounterVec(prometheus.CounterOpts{
+				Name: "climesh_policy_eval_errors_total", Help: "Evaluations that failed or were undefined (each denied), by query.",
+			}, []string{"query"}),
+			reloads: f.NewCounterVec(prometheus.CounterOpts{
+				Name: "climesh_policy_reloads_total", Help: "Policy loads, by result (ok, error).",
+			}, []string{"result"}),
+			lastGood: f.NewGauge(prometheus.GaugeOpts{
+				Name: "climesh_policy_last_load_success_timestamp_seconds", Help: "When the serving policy was loaded.",
+			}),
+		},
+	}
+	if err := e.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Reload loads and compiles the source again. On error the serving policy stays,
+// the error (with file:line for compile errors) is logged and counted.
+func (e *Engine) Reload(ctx context.Context) error {
+	fp, err := fingerprint(e.source)
+	if err != nil {
+		return e.failed(err)
+	}
+	compiler, store, err := load(e.source)
+	if err != nil {
+		return e.failed(err)
+	}
+	prepared := make(map[string]rego.PreparedEvalQuery, len(e.queries))
+	for _, q := range e.queries {
+		pq, err := rego.New(rego.Query(q), rego.Compiler(compiler), rego.Store(store)).PrepareForEval(ctx)
+		if err != nil {
+			return e.failed(fmt.Errorf("prepare %s: %w", q, err))
+		}
+		prepared[q] = pq
+	}
+	e.mu.Lock()
+	e.prepared, e.fingerprint, e.loadedAt = prepared, fp, time.Now()
+	e.mu.Unlock()
+	e.metrics.reloads.WithLabelValues("ok").Inc()
+	e.metrics.lastGood.SetToCurrentTime()
+	e.log.Info("policy loaded", zap.String("source", e.source), zap.String("fingerprint", fp[:12]))
+	return nil
+}
+
+func (e *Engine) failed(err error) error {
+	e.metrics.reloads.WithLabelValues("error").Inc()
+	var astErrs ast.Errors
+	if errors.As(err, &astErrs) {
+		for _, ae := range astErrs {
+			loc := "?"
+			if ae.Location != nil {
+				loc = fmt.Sprintf("%s:%d", ae.Location.File, ae.Location.Row)
+			}
+			e.log.Error("policy refused; the previous one keeps serving", zap.String("at", loc), zap.String("error", ae.Message))
+		}
+	} else {
+		e.log.Error("policy refused; the previous one keeps serving", zap.Error(err))
+	}
+	return fmt.Errorf("policy %s: %w", e.source, err)
+}
+
+// Watch reloads whenever the source's files change, polling every interval.
+func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	failedAt := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fp, err := fingerprint(e.source)
+		e.mu.RLock()
+		same := fp == e.fingerprint
+		e.mu.RUnlock()
+		if err != nil || same || fp == failedAt {
+			continue
+		}
+		if e.Reload(ctx) != nil {
+			failedAt = fp // report a broken version once, not every tick
+		}
+	}
+}
+
+// EvalValue is Eval with an input already in OPA's AST form (no reflection).
+func (e *Engine) EvalValue(ctx context.Context, query string, input ast.Value) (any, error) {
+	return e.eval(ctx, query, rego.EvalParsedInput(input))
+}
+
+// Eval evaluates a prepared query. Any error, or an undefined result, is returned
+// as an error and counted: callers deny on error.
+func (e *Engine) Eval(ctx context.Context, query string, input any) (any, error) {
+	return e.eval(ctx, query, rego.EvalInput(input))
+}
+
+func (e *Engine) eval(ctx context.Context, query string, input rego.EvalOption) (any, error) {
+	e.mu.RLock()
+	pq, ok := e.prepared[query]
+	e.mu.RUnlock()
+	if !ok {
+		e.metrics.evalErrors.WithLabelValues(query).Inc()
+		return nil, fmt.Errorf("policy: query %s was not prepared", query)
+	}
+	rs, err := pq.Eval(ctx, input)
+	if err != nil {
+		e.metrics.evalErrors.WithLabelValues(query).Inc()
+		return nil, fmt.Errorf("policy: %s: %w", query, err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		e.metrics.evalErrors.WithLabelValues(query).Inc()
+		return nil, fmt.Errorf("%w: %s", ErrUndefined, query)
+	}
+	return rs[0].Expressions[0].Value, nil
+}
+
+// CountError records a decision the caller could not use (wrong shape).
+func (e *Engine) CountError(query string) { e.metrics.evalErrors.WithLabelValues(query).Inc() }
+
+// load compiles a directory (tests excluded) or a bundle.
+func load(source string) (*ast.Compiler, storage.Store, error) {
+	if strings.HasSuffix(source, ".tar.gz") {
+		b, err := loader.NewFileLoader().AsBundle(source)
+		if err != nil {
+			return nil, nil, err
+		}
+		modules := map[string]*ast.Module{}
+		for _, m := range b.Modules {
+			modules[m.Path] = m.Parsed
+		}
+		c := ast.NewCompiler()
+		if c.Compile(modules); c.Failed() {
+			return nil, nil, c.Errors
+		}
+		return c, inmem.NewFromObject(b.Data), nil
+	}
+	res, err := loader.NewFileLoader().Filtered([]string{source}, func(_ string, info fs.FileInfo, _ int) bool {
+		return !info.IsDir() && strings.HasSuffix(info.Name(), "_test.rego")
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	c := ast.NewCompiler()
+	if c.Compile(res.ParsedModules()); c.Failed() {
+		return nil, nil, c.Errors
+	}
+	store, err := res.Store()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, store, nil
+}
+
+// fingerprint hashes the names, sizes and times of the policy files.
+func fingerprint(source string) (string, error) {
+	var lines []string
+	err := filepath.WalkDir(source, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		lines = append(lines, fmt.Sprintf("%s %d %d", path, info.Size(), info.ModTime().UnixNano()))
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(source); err != nil {
+		return "", err
+	}
+	sort.Strings(lines)
+	h := sha256.Sum256([]byte(strings.Join(lines, "\n")))
+	return hex.EncodeToString(h[:]), nil
+}

@@ -1,0 +1,167 @@
+package policy
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func shippedEngine(t testing.TB) *Engine {
+	t.Helper()
+	e, err := NewEngine(context.Background(), "../policies/rego", []string{MessageQuery, EdgeQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestDecideMessageShippedPolicy(t *testing.T) {
+	e := shippedEngine(t)
+	rec := map[string]any{"owner": "alice", "tenant": "acme", "members": []any{}}
+	cases := map[string]struct {
+		in    MessageInput
+		allow bool
+		why   string
+	}{
+		"owner sends":        {MessageInput{User: "alice", Method: "session.send", SessionID: "s1", Record: rec}, true, "allowed"},
+		"other user resumes": {MessageInput{User: "bob", Method: "session.resume", SessionID: "s1", Record: rec}, false, "access denied: session belongs to another user"},
+		"ping":               {MessageInput{User: "bob", Method: "ping"}, true, "allowed"},
+		"server-wide":        {MessageInput{User: "bob", Method: "account.logout"}, false, `access denied: method "account.logout" is not allowed here`},
+		"admin server-wide":  {MessageInput{User: "root", Roles: []string{"admin"}, Method: "account.logout"}, true, "allowed"},
+	}
+	for name, tc := range cases {
+		d := e.DecideMessage(t.Context(), tc.in)
+		if d.Allow != tc.allow || d.Reason != tc.why {
+			t.Errorf("%s: %+v, want allow=%v %q", name, d, tc.allow, tc.why)
+		}
+	}
+}
+
+const allowAll = "package climesh.session\n\ndecision := {\"allow\": true, \"reason\": \"v1\"}\n"
+
+func TestHotReloadAndBrokenPolicy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.rego")
+	os.WriteFile(path, []byte(allowAll), 0o644)
+	core, logs := observer.New(zap.InfoLevel)
+	reg := prometheus.NewRegistry()
+	e, err := NewEngine(t.Context(), dir, []string{MessageQuery}, zap.New(core), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go e.Watch(ctx, 10*time.Millisecond)
+	in := MessageInput{User: "u", Method: "ping"}
+	if d := e.DecideMessage(t.Context(), in); !d.Allow || d.Reason != "v1" {
+		t.Fatalf("%+v", d)
+	}
+	// A change is picked up without restart.
+	os.WriteFile(path, []byte(strings.ReplaceAll(allowAll, `true, "reason": "v1"`, `false, "reason": "v2"`)), 0o644)
+	waitUntil(t, func() bool { return e.DecideMessage(t.Context(), in).Reason == "v2" })
+
+	// A broken file is refused with file:line; v2 keeps deciding.
+	os.WriteFile(path, []byte("package climesh.session\n\ndecision := {\n"), 0o644)
+	waitUntil(t, func() bool { return testutil.ToFloat64(e.metrics.reloads.WithLabelValues("error")) >= 1 })
+	if d := e.DecideMessage(t.Context(), in); d.Reason != "v2" {
+		t.Fatalf("broken policy replaced the good one: %+v", d)
+	}
+	found := false
+	for _, l := range logs.FilterMessage("policy refused; the previous one keeps serving").All() {
+		for _, v := range l.ContextMap() {
+			if s, ok := v.(string); ok && strings.Contains(s, "p.rego:4") {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no log naming p.rego:4 (the line of the error): %v", logs.All())
+	}
+}
+
+func TestEvaluationErrorsDeny(t *testing.T) {
+	dir := t.TempDir()
+	// A conflict at evaluation time (two values for one complete rule) is an error.
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package climesh.session\n\ndecision := {\"allow\": true} if input.a\ndecision := {\"allow\": false} if input.b\n"), 0o644)
+	e, err := NewEngine(t.Context(), dir, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2 := e.DecideMessage(t.Context(), MessageInput{User: "u", Method: "ping"}) // undefined
+	if e2.Allow {
+		t.Fatal("undefined decision allowed")
+	}
+	// Wrong shape: allow missing.
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package climesh.session\n\ndecision := {\"ok\": true}\n"), 0o644)
+	if err := e.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.DecideMessage(t.Context(), MessageInput{User: "u", Method: "ping"}); d.Allow {
+		t.Fatal("malformed decision allowed")
+	}
+	if n := testutil.ToFloat64(e.metrics.evalErrors.WithLabelValues(MessageQuery)); n != 2 {
+		t.Fatalf("counted %v errors, want 2", n)
+	}
+}
+
+func TestBundle(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bundle.tar.gz")
+	f, _ := os.Create(path)
+	gz := gzip.NewWriter(f)
+	tw := tar.NewWriter(gz)
+	for name, body := range map[string]string{"/p.rego": allowAll, "/data.json": `{"x": 1}`} {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body))})
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	gz.Close()
+	f.Close()
+	e, err := NewEngine(t.Context(), path, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := e.DecideMessage(t.Context(), MessageInput{User: "u", Method: "ping"}); !d.Allow {
+		t.Fatalf("bundle decision %+v", d)
+	}
+}
+
+func TestFirstLoadMustSucceed(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package x\n\nnot valid rego\n"), 0o644)
+	if _, err := NewEngine(t.Context(), dir, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry()); err == nil {
+		t.Fatal("a broken policy loaded")
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func BenchmarkDecideMessage(b *testing.B) {
+	e := shippedEngine(b)
+	in := MessageInput{User: "bob", Tenant: "acme", Method: "session.send", SessionID: "s1",
+		Record: map[string]any{"owner": "alice", "tenant": "acme", "members": []any{"carol"}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if e.DecideMessage(b.Context(), in).Allow {
+			b.Fatal("allowed")
+		}
+	}
+}
