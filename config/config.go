@@ -23,7 +23,57 @@ type Config struct {
 	Identity  Identity   `yaml:"identity"`
 	Listeners []Listener `yaml:"listeners"`
 	Pools     []Pool     `yaml:"pools"`
+	JWT       JWT        `yaml:"jwt"`
+	Policy    EdgePolicy `yaml:"policy"`
 }
+
+// JWT is Envoy's jwt_authn: the providers whose tokens the edge accepts. With no
+// provider, no token is verified (and only trust_client_headers can name a user).
+type JWT struct {
+	Providers []JWTProvider `yaml:"providers"`
+	// Claims name the claims that become the identity headers and assertion.
+	UserClaim   string `yaml:"user_claim"`
+	TenantClaim string `yaml:"tenant_claim"`
+	RolesClaim  string `yaml:"roles_claim"`
+}
+
+// JWTProvider is one issuer. Exactly one of LocalJWKSFile and RemoteJWKS.
+type JWTProvider struct {
+	Name          string      `yaml:"name"`
+	Issuer        string      `yaml:"issuer"`
+	Audiences     []string    `yaml:"audiences"`
+	LocalJWKSFile string      `yaml:"local_jwks_file"`
+	RemoteJWKS    *RemoteJWKS `yaml:"remote_jwks"`
+	// LocalJWKS is the file's content, read by ResolveFiles.
+	LocalJWKS string `yaml:"-"`
+}
+
+// RemoteJWKS is fetched by Envoy.
+type RemoteJWKS struct {
+	URI           string        `yaml:"uri"`
+	Timeout       time.Duration `yaml:"timeout"`
+	CacheDuration time.Duration `yaml:"cache_duration"`
+}
+
+// EdgePolicy is OPA at the edge: the ext_authz decision (served by the
+// xds-server) and the identity assertion the edge adds for the sidecars.
+type EdgePolicy struct {
+	// Source is a directory of Rego and data files, or an OPA bundle (.tar.gz).
+	// Empty: no ext_authz filter.
+	Source        string        `yaml:"source"`
+	WatchInterval time.Duration `yaml:"watch_interval"`
+	// ExtAuthzAddress is where Envoy reaches the xds-server's ext_authz gRPC
+	// service (the ADS port); default server.xds_address.
+	ExtAuthzAddress string        `yaml:"ext_authz_address"`
+	Timeout         time.Duration `yaml:"timeout"`
+	// IdentityKeysFile holds the keys that sign identity assertions (shared with
+	// the sidecars' --identity-keys).
+	IdentityKeysFile string        `yaml:"identity_keys_file"`
+	AssertionTTL     time.Duration `yaml:"assertion_ttl"`
+}
+
+// On reports whether the edge runs ext_authz.
+func (p EdgePolicy) On() bool { return p.Source != "" }
 
 // Server is the xds-server's own listening addresses and batching.
 type Server struct {
@@ -80,6 +130,17 @@ const EdgeCredentialHeader = "x-climesh-edge-credential"
 // ResolveFiles reads the files the config names (Load does no I/O). Call it after
 // Load, and again on every reload.
 func (c *Config) ResolveFiles() error {
+	for i := range c.JWT.Providers {
+		p := &c.JWT.Providers[i]
+		if p.LocalJWKSFile == "" {
+			continue
+		}
+		b, err := os.ReadFile(p.LocalJWKSFile)
+		if err != nil {
+			return fmt.Errorf("%w: jwt.providers[%d].local_jwks_file: %v", ErrInvalid, i, err)
+		}
+		p.LocalJWKS = string(b)
+	}
 	if f := c.Identity.EdgeCredentialFile; f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {

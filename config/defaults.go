@@ -35,6 +35,15 @@ const (
 	DefaultMaxRequests        = 1024
 	DefaultMaxRetries         = 3
 
+	DefaultUserClaim     = "sub"
+	DefaultTenantClaim   = "tenant"
+	DefaultRolesClaim    = "roles"
+	DefaultJWKSTimeout   = 5 * time.Second
+	DefaultJWKSCache     = 10 * time.Minute
+	DefaultPolicyWatch   = time.Second
+	DefaultAuthzTimeout  = 200 * time.Millisecond
+	DefaultAssertionTTL  = time.Minute
+
 	DefaultConsecutive5xx     = 5
 	DefaultOutlierInterval    = 10 * time.Second
 	DefaultBaseEjectionTime   = 30 * time.Second
@@ -57,6 +66,21 @@ func (c *Config) applyDefaults() {
 	setString(&c.Identity.TenantHeader, DefaultTenantHeader)
 	setString(&c.Identity.SessionHeader, DefaultSessionHeader)
 
+	setString(&c.JWT.UserClaim, DefaultUserClaim)
+	setString(&c.JWT.TenantClaim, DefaultTenantClaim)
+	setString(&c.JWT.RolesClaim, DefaultRolesClaim)
+	for i := range c.JWT.Providers {
+		if r := c.JWT.Providers[i].RemoteJWKS; r != nil {
+			setDuration(&r.Timeout, DefaultJWKSTimeout)
+			setDuration(&r.CacheDuration, DefaultJWKSCache)
+		}
+	}
+	if c.Policy.On() {
+		setDuration(&c.Policy.WatchInterval, DefaultPolicyWatch)
+		setString(&c.Policy.ExtAuthzAddress, s.XDSAddress)
+		setDuration(&c.Policy.Timeout, DefaultAuthzTimeout)
+		setDuration(&c.Policy.AssertionTTL, DefaultAssertionTTL)
+	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		setString(&l.Address, DefaultListenerAddress)

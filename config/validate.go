@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -94,6 +95,18 @@ func (c *Config) Validate() error {
 		v.add("consul.retry_max", c.Consul.RetryMax, ErrOutOfRange, "must be at least consul.retry_min")
 	}
 	c.Identity.validate(v)
+	c.JWT.validate(v)
+	if c.Policy.On() {
+		v.addr("policy.ext_authz_address", c.Policy.ExtAuthzAddress)
+		v.positive("policy.timeout", c.Policy.Timeout)
+		v.positive("policy.assertion_ttl", c.Policy.AssertionTTL)
+		if c.Policy.IdentityKeysFile == "" {
+			v.add("policy.identity_keys_file", nil, ErrRequired, "the edge signs an identity assertion for the sidecars")
+		}
+		if len(c.JWT.Providers) == 0 && !c.Identity.TrustClientHeaders {
+			v.add("jwt.providers", nil, ErrRequired, "policy needs a verified identity: add a JWT provider")
+		}
+	}
 	if len(c.Listeners) == 0 {
 		v.add("listeners", nil, ErrRequired, "at least one listener")
 	}
@@ -143,6 +156,34 @@ func (id *Identity) validate(v *validator) {
 			v.add(field, h, ErrDuplicate, "also used by "+other)
 		}
 		seen[h] = field
+	}
+}
+
+func (j *JWT) validate(v *validator) {
+	names := map[string]bool{}
+	for i, p := range j.Providers {
+		f := fmt.Sprintf("jwt.providers[%d]", i)
+		if !namePattern.MatchString(p.Name) {
+			v.add(f+".name", p.Name, ErrMalformed, "want lower-case letters, digits, '.', '_' or '-'")
+		}
+		if names[p.Name] {
+			v.add(f+".name", p.Name, ErrDuplicate, "provider names must be unique")
+		}
+		names[p.Name] = true
+		if p.Issuer == "" {
+			v.add(f+".issuer", nil, ErrRequired, "")
+		}
+		switch {
+		case p.LocalJWKSFile == "" && p.RemoteJWKS == nil:
+			v.add(f, p.Name, ErrRequired, "a provider needs local_jwks_file or remote_jwks")
+		case p.LocalJWKSFile != "" && p.RemoteJWKS != nil:
+			v.add(f+".remote_jwks", nil, ErrConflict, "local_jwks_file and remote_jwks exclude each other")
+		case p.RemoteJWKS != nil:
+			u, err := url.Parse(p.RemoteJWKS.URI)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+				v.add(f+".remote_jwks.uri", p.RemoteJWKS.URI, ErrMalformed, "want an http(s) URL")
+			}
+		}
 	}
 }
 

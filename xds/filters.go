@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/identity"
 )
 
 // httpFilter is one entry of the HTTP filter chain.
@@ -17,9 +18,13 @@ type httpFilter struct {
 	config proto.Message
 }
 
-// httpFilters is the edge's filter chain, in order. Listed here, explicitly: the
-// identity headers are stripped first, so that only filters after it can set them.
-func httpFilters(id config.Identity) []httpFilter {
+// httpFilters is the edge's filter chain, in order. Listed here, explicitly:
+//  1. strip every identity header a client sent, so that only later filters set them;
+//  2. jwt_authn verifies the bearer token and sets the user and tenant headers;
+//  3. ext_authz asks OPA, which adds the signed identity assertion;
+//  4. the router hashes on the headers 2 set.
+func httpFilters(c *config.Config) []httpFilter {
+	id := c.Identity
 	var strip []string
 	if !id.TrustClientHeaders {
 		strip = id.Headers()
@@ -27,9 +32,18 @@ func httpFilters(id config.Identity) []httpFilter {
 	if id.EdgeCredential != "" {
 		strip = append(strip, config.EdgeCredentialHeader) // only Envoy may set it
 	}
+	if c.Policy.On() {
+		strip = append(strip, identity.Header) // only ext_authz may set it
+	}
 	var chain []httpFilter
 	if len(strip) > 0 {
 		chain = append(chain, stripHeaders(strip))
+	}
+	if len(c.JWT.Providers) > 0 {
+		chain = append(chain, jwtAuthn(c))
+	}
+	if c.Policy.On() {
+		chain = append(chain, extAuthz(c))
 	}
 	return append(chain, httpFilter{name: "envoy.filters.http.router", config: &routerv3.Router{}})
 }

@@ -12,9 +12,9 @@ import (
 
 // buildListener makes an edge listener: one HTTP connection manager that accepts
 // WebSocket upgrades and takes its routes over ADS.
-func buildListener(l *config.Listener, id config.Identity) (*listenerv3.Listener, error) {
+func buildListener(l *config.Listener, c *config.Config) (*listenerv3.Listener, error) {
 	var filters []*hcmv3.HttpFilter
-	for _, f := range httpFilters(id) {
+	for _, f := range httpFilters(c) {
 		hf, err := f.build()
 		if err != nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/climesh/climesh/config"
@@ -15,7 +16,7 @@ func headersWithUnderscoresRejected() *corev3.HttpProtocolOptions {
 
 // buildRouteConfig routes the tunnel path to the listener's pools, hashing on the
 // pool's identity header; every other path gets a 404 that says where tunnels live.
-func buildRouteConfig(l *config.Listener, cfg *config.Config) *routev3.RouteConfiguration {
+func buildRouteConfig(l *config.Listener, cfg *config.Config) (*routev3.RouteConfiguration, error) {
 	routes := make([]*routev3.Route, 0, len(l.Routes)+1)
 	for _, r := range l.Routes {
 		pool, _ := cfg.Pool(r.Pool) // config.Validate checked the reference
@@ -40,6 +41,13 @@ func buildRouteConfig(l *config.Listener, cfg *config.Config) *routev3.RouteConf
 			Match:  match,
 			Action: &routev3.Route_Route{Route: action},
 		}
+		if cfg.Policy.On() {
+			perRoute, err := extAuthzPerRoute(pool.Name)
+			if err != nil {
+				return nil, err
+			}
+			route.TypedPerFilterConfig = map[string]*anypb.Any{extAuthzFilterName: perRoute}
+		}
 		if cred := cfg.Identity.EdgeCredential; cred != "" {
 			route.RequestHeadersToAdd = []*corev3.HeaderValueOption{{
 				Header:       &corev3.HeaderValue{Key: config.EdgeCredentialHeader, Value: cred},
@@ -63,7 +71,7 @@ func buildRouteConfig(l *config.Listener, cfg *config.Config) *routev3.RouteConf
 			Domains: []string{"*"},
 			Routes:  routes,
 		}},
-	}
+	}, nil
 }
 
 func headerMatcher(m *config.HeaderMatch) *routev3.HeaderMatcher {

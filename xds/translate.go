@@ -49,6 +49,22 @@ func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, er
 		clusters = append(clusters, c)
 		endpoints = append(endpoints, buildLoadAssignment(p.Name, instances))
 	}
+	if cfg.Policy.On() {
+		c, err := extAuthzCluster(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		clusters = append(clusters, c)
+	}
+	for _, p := range cfg.JWT.Providers {
+		if p.RemoteJWKS != nil {
+			c, err := jwksCluster(p)
+			if err != nil {
+				return nil, fmt.Errorf("jwt provider %q: %w", p.Name, err)
+			}
+			clusters = append(clusters, c)
+		}
+	}
 	sortByName(clusters, (*clusterv3.Cluster).GetName)
 	sortByName(endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
 
@@ -58,13 +74,17 @@ func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, er
 	}
 	for i := range cfg.Listeners {
 		l := &cfg.Listeners[i]
-		lis, err := buildListener(l, cfg.Identity)
+		lis, err := buildListener(l, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		r := out[l.NodeGroup]
 		r.Listeners = append(r.Listeners, lis)
-		r.Routes = append(r.Routes, buildRouteConfig(l, cfg))
+		rc, err := buildRouteConfig(l, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		r.Routes = append(r.Routes, rc)
 	}
 	for _, r := range out {
 		sortByName(r.Listeners, (*listenerv3.Listener).GetName)
