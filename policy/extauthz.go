@@ -1,0 +1,265 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/climesh/climesh/identity"
+)
+
+// JWTMetadataNamespace and JWTPayloadKey are where Envoy's jwt_authn leaves the
+// verified payload (climesh's xds translation configures both).
+const (
+	JWTMetadataNamespace = "envoy.filters.http.jwt_authn"
+	JWTPayloadKey        = "jwt_payload"
+)
+
+// Claims names the JWT claims that make the identity assertion.
+type Claims struct{ User, Tenant, Roles string }
+
+// ExtAuthz is Envoy's ext_authz v3 gRPC service over an Engine. The input document
+// has the OPA-Envoy plugin's shape (input.attributes.request.http..., parsed_path,
+// parsed_query) plus input.jwt_payload; the result may be a boolean or the plugin's
+// object form. An allowed tunnel gets the signed identity assertion header.
+type ExtAuthz struct {
+	authv3.UnimplementedAuthorizationServer
+	Engine       *Engine
+	Query        string
+	Keys         *identity.Keys
+	Claims       Claims
+	AssertionTTL time.Duration
+	Log          *zap.Logger
+	Now          func() time.Time
+
+	decisions *prometheus.CounterVec
+	latency   prometheus.Histogram
+}
+
+// NewExtAuthz registers the service's metrics on reg.
+func NewExtAuthz(e *Engine, keys *identity.Keys, claims Claims, ttl time.Duration, log *zap.Logger, reg prometheus.Registerer) *ExtAuthz {
+	f := promauto.With(reg)
+	return &ExtAuthz{
+		Engine: e, Query: EdgeQuery, Keys: keys, Claims: claims, AssertionTTL: ttl, Log: log, Now: time.Now,
+		decisions: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "climesh_extauthz_decisions_total", Help: "ext_authz decisions, by result (allowed, denied, error).",
+		}, []string{"result"}),
+		latency: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "climesh_extauthz_seconds", Help: "Time to decide one ext_authz check.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
+	}
+}
+
+// Check decides one request.
+func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	defer func() { a.latency.Observe(time.Since(start).Seconds()) }()
+	input, payload := Input(req)
+	v, err := a.Engine.Eval(ctx, a.Query, input)
+	if err != nil {
+		a.decisions.WithLabelValues("error").Inc()
+		a.Log.Warn("ext_authz: policy error; denied", zap.Error(err))
+		return denied(403, "climesh: policy error", nil), nil
+	}
+	res, err := ParseResult(v)
+	if err != nil {
+		a.Engine.CountError(a.Query)
+		a.decisions.WithLabelValues("error").Inc()
+		a.Log.Warn("ext_authz: unusable policy result; denied", zap.Error(err))
+		return denied(403, "climesh: policy error", nil), nil
+	}
+	if !res.Allowed {
+		a.decisions.WithLabelValues("denied").Inc()
+		return denied(res.Status, res.Body, res.ResponseHeaders), nil
+	}
+	headers := res.Headers
+	if user, _ := payload[a.Claims.User].(string); user != "" && a.Keys != nil {
+		tenant, _ := payload[a.Claims.Tenant].(string)
+		assertion, err := a.Keys.Sign(identity.Claims{User: user, Tenant: tenant, Roles: stringList(payload[a.Claims.Roles]),
+			Expires: a.Now().Add(a.AssertionTTL).Unix()})
+		if err != nil {
+			a.decisions.WithLabelValues("error").Inc()
+			return denied(403, "climesh: cannot sign identity", nil), nil
+		}
+		headers = append(headers, header{identity.Header, assertion})
+	}
+	a.decisions.WithLabelValues("allowed").Inc()
+	ok := &authv3.OkHttpResponse{}
+	for _, h := range headers {
+		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.name, Value: h.value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	return &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}, nil
+}
+
+type header struct{ name, value string }
+
+// Result is a policy answer in any of the OPA-Envoy forms.
+type Result struct {
+	Allowed         bool
+	Status          int
+	Body            string
+	Headers         []header // added to the request
+	ResponseHeaders []header // added to a denial
+}
+
+// ParseResult reads `true`/`false` or {allowed, headers, http_status, body,
+// response_headers_to_add}.
+func ParseResult(v any) (Result, error) {
+	switch x := v.(type) {
+	case bool:
+		return Result{Allowed: x, Status: 403}, nil
+	case map[string]any:
+		allowed, ok := x["allowed"].(bool)
+		if !ok {
+			return Result{}, fmt.Errorf("result object has no boolean \"allowed\"")
+		}
+		r := Result{Allowed: allowed, Status: 403}
+		if s, ok := x["http_status"]; ok {
+			n, err := number(s)
+			if err != nil || n < 200 || n > 599 {
+				return Result{}, fmt.Errorf("http_status %v: want 200-599", s)
+			}
+			r.Status = n
+		}
+		if b, ok := x["body"].(string); ok {
+			r.Body = b
+		}
+		var err error
+		if r.Headers, err = headerMap(x["headers"]); err != nil {
+			return Result{}, fmt.Errorf("headers: %w", err)
+		}
+		if r.ResponseHeaders, err = headerMap(x["response_headers_to_add"]); err != nil {
+			return Result{}, fmt.Errorf("response_headers_to_add: %w", err)
+		}
+		return r, nil
+	}
+	return Result{}, fmt.Errorf("result is %T, want a boolean or an object", v)
+}
+
+func headerMap(v any) ([]header, error) {
+	if v == nil {
+		return nil, nil
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("want an object of strings")
+	}
+	out := make([]header, 0, len(m))
+	for k, val := range m {
+		s, ok := val.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a string", k)
+		}
+		if strings.EqualFold(k, identity.Header) {
+			return nil, fmt.Errorf("%s is climesh's own", k)
+		}
+		out = append(out, header{strings.ToLower(k), s})
+	}
+	return out, nil
+}
+
+func number(v any) (int, error) {
+	switch n := v.(type) {
+	case int:
+		return n, nil
+	case float64:
+		return int(n), nil
+	case interface{ Int64() (int64, error) }:
+		i, err := n.Int64()
+		return int(i), err
+	}
+	return 0, fmt.Errorf("not a number")
+}
+
+func stringList(v any) []string {
+	list, _ := v.([]any)
+	out := make([]string, 0, len(list))
+	for _, x := range list {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func denied(statusCode int, body string, hdrs []header) *authv3.CheckResponse {
+	d := &authv3.DeniedHttpResponse{Status: &typev3.HttpStatus{Code: typev3.StatusCode(statusCode)}, Body: body}
+	for _, h := range hdrs {
+		d.Headers = append(d.Headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.name, Value: h.value}})
+	}
+	c := code.Code_PERMISSION_DENIED
+	if statusCode == 401 {
+		c = code.Code_UNAUTHENTICATED
+	}
+	return &authv3.CheckResponse{Status: &status.Status{Code: int32(c), Message: body}, HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: d}}
+}
+
+// Input builds the OPA-Envoy-shaped input document and returns the JWT payload.
+func Input(req *authv3.CheckRequest) (map[string]any, map[string]any) {
+	attrs := req.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	headers := make(map[string]any, len(h.GetHeaders()))
+	for k, v := range h.GetHeaders() {
+		headers[k] = v
+	}
+	ext := make(map[string]any, len(attrs.GetContextExtensions()))
+	for k, v := range attrs.GetContextExtensions() {
+		ext[k] = v
+	}
+	path, query, _ := strings.Cut(h.GetPath(), "?")
+	var parsedPath []any
+	for _, seg := range strings.Split(strings.Trim(path, "/"), "/") {
+		if seg != "" {
+			if u, err := url.PathUnescape(seg); err == nil {
+				seg = u
+			}
+			parsedPath = append(parsedPath, seg)
+		}
+	}
+	parsedQuery := map[string]any{}
+	if q, err := url.ParseQuery(query); err == nil {
+		for k, vs := range q {
+			list := make([]any, len(vs))
+			for i, v := range vs {
+				list[i] = v
+			}
+			parsedQuery[k] = list
+		}
+	}
+	payload := map[string]any{}
+	if md := attrs.GetMetadataContext().GetFilterMetadata()[JWTMetadataNamespace]; md != nil {
+		if p := md.GetFields()[JWTPayloadKey].GetStructValue(); p != nil {
+			payload = p.AsMap()
+		}
+	}
+	src := attrs.GetSource().GetAddress().GetSocketAddress()
+	input := map[string]any{
+		"attributes": map[string]any{
+			"request": map[string]any{"http": map[string]any{
+				"id": h.GetId(), "method": h.GetMethod(), "path": h.GetPath(), "host": h.GetHost(),
+				"scheme": h.GetScheme(), "protocol": h.GetProtocol(), "headers": headers,
+			}},
+			"source":            map[string]any{"address": map[string]any{"socketAddress": map[string]any{"address": src.GetAddress(), "portValue": src.GetPortValue()}}},
+			"contextExtensions": ext,
+		},
+		"parsed_path":  parsedPath,
+		"parsed_query": parsedQuery,
+		"jwt_payload":  payload,
+	}
+	return input, payload
+}

@@ -1,0 +1,136 @@
+package policy
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/climesh/climesh/identity"
+)
+
+var testKeys = &identity.Keys{Active: "k1", Keys: map[string][]byte{"k1": bytes.Repeat([]byte{7}, 32)}}
+
+func newTestAuthz(t testing.TB, e *Engine) *ExtAuthz {
+	a := NewExtAuthz(e, testKeys, Claims{User: "sub", Tenant: "tenant", Roles: "roles"}, time.Minute, zap.NewNop(), prometheus.NewRegistry())
+	a.Now = func() time.Time { return time.Unix(1_800_000_000, 0) }
+	return a
+}
+
+func loadCheck(t testing.TB, name string) *authv3.CheckRequest {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata/check", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req authv3.CheckRequest
+	if err := protojson.Unmarshal(b, &req); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return &req
+}
+
+// TestCheckCanned replays canned CheckRequests through the shipped edge policy.
+func TestCheckCanned(t *testing.T) {
+	a := newTestAuthz(t, shippedEngine(t))
+	cases := map[string]struct {
+		status int // 0: allowed
+		body   string
+	}{
+		"admitted.json":     {},
+		"other_tenant.json": {403, `climesh: tenant "globex" may not use pool "acme-dedicated"`},
+		"no_jwt.json":       {401, "climesh: no verified identity"},
+	}
+	for name, tc := range cases {
+		resp, err := a.Check(t.Context(), loadCheck(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.status == 0 {
+			ok := resp.GetOkResponse()
+			if ok == nil {
+				t.Fatalf("%s: denied: %v", name, resp)
+			}
+			var assertion string
+			for _, h := range ok.GetHeaders() {
+				if h.GetHeader().GetKey() == identity.Header {
+					assertion = h.GetHeader().GetValue()
+				}
+			}
+			c, err := testKeys.Verify(assertion, a.Now())
+			if err != nil || c.User != "alice" || c.Tenant != "acme" || !c.HasRole("dev") {
+				t.Fatalf("%s: assertion %+v %v", name, c, err)
+			}
+			continue
+		}
+		d := resp.GetDeniedResponse()
+		if d == nil || int(d.GetStatus().GetCode()) != tc.status || d.GetBody() != tc.body {
+			t.Fatalf("%s: %v, want %d %q", name, resp, tc.status, tc.body)
+		}
+	}
+}
+
+func TestInputShape(t *testing.T) {
+	in, payload := Input(loadCheck(t, "admitted.json"))
+	http := in["attributes"].(map[string]any)["request"].(map[string]any)["http"].(map[string]any)
+	if http["method"] != "GET" || http["headers"].(map[string]any)["upgrade"] != "websocket" {
+		t.Fatalf("http %v", http)
+	}
+	if p := in["parsed_path"].([]any); len(p) != 2 || p[0] != "v1" || p[1] != "rpc" {
+		t.Fatalf("parsed_path %v", p)
+	}
+	if q := in["parsed_query"].(map[string]any); q["client"].([]any)[0] != "sdk" {
+		t.Fatalf("parsed_query %v", q)
+	}
+	if payload["sub"] != "alice" || in["jwt_payload"].(map[string]any)["tenant"] != "acme" {
+		t.Fatalf("payload %v", payload)
+	}
+}
+
+func TestParseResultForms(t *testing.T) {
+	for name, tc := range map[string]struct {
+		v       any
+		allowed bool
+		status  int
+		err     string
+	}{
+		"true":          {v: true, allowed: true, status: 403},
+		"false":         {v: false, status: 403},
+		"object":        {v: map[string]any{"allowed": false, "http_status": 429.0, "body": "slow down", "response_headers_to_add": map[string]any{"retry-after": "5"}}, status: 429},
+		"with headers":  {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Team": "a"}}, allowed: true, status: 403},
+		"no allowed":    {v: map[string]any{"ok": true}, err: "no boolean"},
+		"bad status":    {v: map[string]any{"allowed": false, "http_status": 99.0}, err: "http_status"},
+		"string":        {v: "yes", err: "want a boolean or an object"},
+		"own header":    {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Climesh-Identity": "forged"}}, err: "climesh's own"},
+		"bad header":    {v: map[string]any{"allowed": true, "headers": map[string]any{"a": 1.0}}, err: "want a string"},
+	} {
+		r, err := ParseResult(tc.v)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v, want error %q", name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || r.Allowed != tc.allowed || r.Status != tc.status {
+			t.Errorf("%s: %+v %v", name, r, err)
+		}
+	}
+}
+
+func BenchmarkCheck(b *testing.B) {
+	a := newTestAuthz(b, shippedEngine(b))
+	req := loadCheck(b, "admitted.json")
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp, _ := a.Check(b.Context(), req); resp.GetOkResponse() == nil {
+			b.Fatal("denied")
+		}
+	}
+}
