@@ -20,7 +20,7 @@ import (
 type Options struct {
 	EdgeURL string // ws://host:port/v1/rpc
 	Token   string // bearer token; in TCP mode the SDK's connect token wins
-	User    string // x-climesh-user, for edges that trust client headers (default: the token)
+	User    string // x-climesh-user, only for edges that trust client headers
 	Session string // shared-session name, if any
 	Limits  jsonrpc.Limits
 }
@@ -31,12 +31,8 @@ func (o Options) Header(token string) http.Header {
 	if token != "" {
 		h.Set(tunnel.HeaderAuthorization, "Bearer "+token)
 	}
-	user := o.User
-	if user == "" {
-		user = token
-	}
-	if user != "" {
-		h.Set(tunnel.HeaderUser, user)
+	if o.User != "" {
+		h.Set(tunnel.HeaderUser, o.User)
 	}
 	if o.Session != "" {
 		h.Set(tunnel.HeaderSession, o.Session)

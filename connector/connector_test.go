@@ -61,12 +61,12 @@ func TestServeCarriesIdentityAndMessages(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Session: "team-chat", Limits: jsonrpc.DefaultLimits}
+	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Session: "team-chat", User: "alice", Limits: jsonrpc.DefaultLimits}
 	sdk, _ := run(t, o, "alice-token")
 	if got := sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`); got != `{"jsonrpc":"2.0","id":1,"method":"ping"}` {
 		t.Fatalf("echo %q", got)
 	}
-	if seen.Get("Authorization") != "Bearer alice-token" || seen.Get("X-Climesh-User") != "alice-token" || seen.Get("X-Climesh-Session") != "team-chat" {
+	if seen.Get("Authorization") != "Bearer alice-token" || seen.Get("X-Climesh-User") != "alice" || seen.Get("X-Climesh-Session") != "team-chat" {
 		t.Fatalf("upgrade headers %v", seen)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,7 +25,9 @@ import (
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/discovery"
+	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/model"
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/xds"
 )
 
@@ -110,6 +113,13 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 		grpc.MaxConcurrentStreams(1<<20),
 	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, s.publisher.Server(ctx))
+	if cfg := s.config(); cfg.Policy.On() {
+		authz, err := s.startPolicy(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		authv3.RegisterAuthorizationServer(grpcServer, authz)
+	}
 	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 
 	errs := make(chan error, 3)
@@ -132,6 +142,22 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 		first = nil
 	}
 	return first
+}
+
+// startPolicy loads the policy (it must compile at start), watches it for changes,
+// and makes the ext_authz service. Later config reloads keep this policy source.
+func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.ExtAuthz, error) {
+	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{policy.EdgeQuery}, s.log.Named("policy"), s.reg)
+	if err != nil {
+		return nil, fmt.Errorf("policy.source: %w", err)
+	}
+	keys, err := identity.LoadKeys(cfg.Policy.IdentityKeysFile)
+	if err != nil {
+		return nil, fmt.Errorf("policy.identity_keys_file: %w", err)
+	}
+	go engine.Watch(ctx, cfg.Policy.WatchInterval)
+	claims := policy.Claims{User: cfg.JWT.UserClaim, Tenant: cfg.JWT.TenantClaim, Roles: cfg.JWT.RolesClaim}
+	return policy.NewExtAuthz(engine, keys, claims, cfg.Policy.AssertionTTL, s.log.Named("extauthz"), s.reg), nil
 }
 
 // loop runs one Discovery per config; each coalesced change is published.

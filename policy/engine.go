@@ -208,7 +208,8 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 	return c, store, nil
 }
 
-// fingerprint hashes the names, sizes and times of the policy files.
+// fingerprint hashes the names and contents of the policy files (policy trees are
+// small; times alone miss two writes within one clock tick).
 func fingerprint(source string) (string, error) {
 	var lines []string
 	err := filepath.WalkDir(source, func(path string, d fs.DirEntry, err error) error {
@@ -218,11 +219,12 @@ func fingerprint(source string) (string, error) {
 		if d.IsDir() {
 			return nil
 		}
-		info, err := d.Info()
+		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
 		}
-		lines = append(lines, fmt.Sprintf("%s %d %d", path, info.Size(), info.ModTime().UnixNano()))
+		sum := sha256.Sum256(b)
+		lines = append(lines, path+" "+hex.EncodeToString(sum[:]))
 		return nil
 	})
 	if err != nil {

@@ -20,7 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/tunnel"
 )
 
@@ -102,6 +105,15 @@ type Relay struct {
 	// a long turn is silent and no idle timer on the way (Envoy's stream idle
 	// timeout, a load balancer's) cuts it. 0 turns it off.
 	Keepalive time.Duration
+	// Keys verify the edge's identity assertion (x-climesh-identity); when set, a
+	// tunnel without a valid one is refused.
+	Keys *identity.Keys
+	// Engine decides every request (deny by default); nil relays everything.
+	Engine    *policy.Engine
+	Registry  registry.Registry
+	Instance  string
+	Mode      string
+	RecordTTL time.Duration
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
@@ -116,6 +128,7 @@ type relayMetrics struct {
 	tunnels  prometheus.Gauge
 	messages *prometheus.CounterVec
 	refused  *prometheus.CounterVec
+	decision prometheus.Histogram
 }
 
 // NewRelay registers its metrics on reg.
@@ -131,6 +144,10 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 			refused: f.NewCounterVec(prometheus.CounterOpts{
 				Name: "climesh_sidecar_refused_total", Help: "Tunnels or messages refused, by reason.",
 			}, []string{"reason"}),
+			decision: f.NewHistogram(prometheus.HistogramOpts{
+				Name: "climesh_sidecar_decision_seconds", Help: "Per-message policy decision time (registry lookup included).",
+				Buckets: prometheus.ExponentialBuckets(0.00001, 2, 16),
+			}),
 		},
 	}
 }
@@ -142,6 +159,15 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "climesh sidecar: missing or wrong edge credential: tunnels come through the edge", http.StatusUnauthorized)
 		return
 	}
+	var caller identity.Claims
+	if rl.Keys != nil {
+		var err error
+		if caller, err = rl.Keys.Verify(r.Header.Get(identity.Header), time.Now()); err != nil {
+			rl.metrics.refused.WithLabelValues("identity").Inc()
+			http.Error(w, "climesh sidecar: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+	}
 	c, err := tunnel.Accept(w, r, rl.Limits.MaxFrameBytes)
 	if err != nil {
 		rl.metrics.refused.WithLabelValues("upgrade").Inc()
@@ -151,7 +177,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer rl.track(c, false)
 	rl.wg.Add(1)
 	defer rl.wg.Done()
-	log := rl.Log.With(zap.String("remote", r.RemoteAddr))
+	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("user", caller.User))
 	ctx := r.Context()
 
 	cli, err := rl.CLI.Dial(ctx)
@@ -163,7 +189,12 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer cli.Close()
-	rl.relay(ctx, log, c, cli)
+	var guard *Guard
+	if rl.Engine != nil {
+		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Mode: rl.Mode,
+			Log: log, RecordTTL: rl.RecordTTL}
+	}
+	rl.relay(ctx, log, c, cli, guard)
 }
 
 // answerAll answers the first request a client sends with an error and closes.
@@ -186,7 +217,7 @@ func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg st
 	}
 }
 
-func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn) {
+func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var closeOnce sync.Once
@@ -234,6 +265,18 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				}
 				return
 			}
+			if guard != nil {
+				m, err := jsonrpc.Classify(body)
+				if err != nil {
+					finish("copilot CLI sent a message that is not JSON-RPC", true)
+					return
+				}
+				var send bool
+				if body, send = guard.Outbound(ctx, m); !send {
+					rl.metrics.refused.WithLabelValues("event_filtered").Inc()
+					continue
+				}
+			}
 			if err := c.Write(ctx, body); err != nil {
 				finish("client gone", false)
 				return
@@ -255,10 +298,24 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			finish("not a JSON-RPC message", true)
 			return
 		}
-		if answer, ok := localAnswer(m, cli.Hello); ok {
-			if err := c.Write(ctx, answer); err != nil {
-				finish("client gone", false)
-				return
+		answer, ok := localAnswer(m, cli.Hello)
+		if !ok && guard != nil {
+			start := time.Now()
+			var forward bool
+			answer, forward = guard.Inbound(ctx, m)
+			rl.metrics.decision.Observe(time.Since(start).Seconds())
+			ok = !forward
+			if answer != nil {
+				rl.metrics.refused.WithLabelValues("policy").Inc()
+				log.Info("refused", zap.String("method", m.Method), zap.String("session_id", m.SessionID))
+			}
+		}
+		if ok {
+			if answer != nil {
+				if err := c.Write(ctx, answer); err != nil {
+					finish("client gone", false)
+					return
+				}
 			}
 			continue
 		}

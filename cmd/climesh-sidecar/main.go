@@ -26,7 +26,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/sidecar"
 )
 
@@ -55,6 +58,10 @@ func run() error {
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
 	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
 	credFile := flag.String("edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
+	keysFile := flag.String("identity-keys", "", "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
+	policySource := flag.String("policy", "", "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
+	policyWatch := flag.Duration("policy-watch", time.Second, "how often --policy is checked for changes")
+	logLevel := flag.String("log-level", "info", "log `level`")
 	maxFrame := flag.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message accepted")
 	flag.Parse()
 
@@ -75,7 +82,15 @@ func run() error {
 	if *advertise == "" {
 		*advertise = host
 	}
-	log, err := zap.NewProduction(zap.WithCaller(false))
+	if *policySource != "" && *keysFile == "" {
+		return errors.New("--policy needs --identity-keys: per-message decisions need a verified caller")
+	}
+	zc := zap.NewProductionConfig()
+	if zc.Level, err = zap.ParseAtomicLevel(*logLevel); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	zc.DisableStacktrace = true
+	log, err := zc.Build(zap.WithCaller(false))
 	if err != nil {
 		return err
 	}
@@ -105,6 +120,19 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
 	relay.Keepalive = *keepalive
+	relay.Instance, relay.Mode, relay.RecordTTL = *instanceID, "shared", 2*time.Second
+	if *keysFile != "" {
+		if relay.Keys, err = identity.LoadKeys(*keysFile); err != nil {
+			return fmt.Errorf("--identity-keys: %w", err)
+		}
+	}
+	if *policySource != "" {
+		if relay.Engine, err = policy.NewEngine(ctx, *policySource, []string{policy.MessageQuery}, log.Named("policy"), reg); err != nil {
+			return fmt.Errorf("--policy: %w", err)
+		}
+		go relay.Engine.Watch(ctx, *policyWatch)
+		relay.Registry = &registry.Memory{}
+	}
 	if *credFile != "" {
 		b, err := os.ReadFile(*credFile)
 		if err != nil {
@@ -132,6 +160,9 @@ func run() error {
 		client, err := api.NewClient(&api.Config{Address: *consulAddr})
 		if err != nil {
 			return fmt.Errorf("--consul: %w", err)
+		}
+		if relay.Engine != nil {
+			relay.Registry = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
 		}
 		registration = &sidecar.Registration{
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,

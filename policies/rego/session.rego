@@ -16,12 +16,24 @@ connection_methods := {
 	"session.getLastId", "session.getForeground",
 }
 
-# Methods that act on the session named by params.sessionId.
+# Methods that act on the session named by params.sessionId: the turn itself, and
+# what the Copilot SDK (v1.0.11) sends while a turn runs (answers to tool calls,
+# permission and input requests). Server-reaching session methods — MCP servers,
+# extensions, filesystem paths, credentials, LSP — are not listed, so they are denied.
 session_methods := {
 	"session.resume", "session.send", "session.abort", "session.getMessages",
 	"session.getMetadata", "session.delete", "session.destroy", "session.log",
-	"session.setForeground", "session.model.getCurrent", "session.model.switchTo",
-	"session.mode.get", "session.mode.set",
+	"session.setForeground",
+	"session.model.getCurrent", "session.model.list", "session.model.switchTo",
+	"session.mode.get", "session.mode.set", "session.name.get", "session.name.set",
+	"session.metadata.snapshot", "session.metadata.isProcessing",
+	"session.eventLog.registerInterest", "session.eventLog.releaseInterest",
+	"session.eventLog.read", "session.eventLog.tail",
+	"session.tools.handlePendingToolCall", "session.tools.getCurrentMetadata",
+	"session.permissions.handlePendingPermissionRequest",
+	"session.commands.handlePendingCommand",
+	"session.ui.elicitation", "session.ui.handlePendingElicitation", "session.ui.handlePendingUserInput",
+	"session.ui.handlePendingExitPlanMode", "session.ui.handlePendingAutoModeSwitch",
 }
 
 is_admin if "admin" in input.roles

@@ -64,3 +64,14 @@ test_admin_may_do_anything if {
 	session.decision.allow with input as {"user": "root", "roles": ["admin"], "method": "plugins.install", "session_id": null, "record": null}
 	session.decision.allow with input as {"user": "root", "roles": ["admin"], "method": "session.delete", "session_id": "s1", "record": alice_rec}
 }
+
+test_sdk_turn_methods_for_owner_only if {
+	session.decision.allow with input as msg("alice", "session.tools.handlePendingToolCall", "s1", alice_rec)
+	not session.decision.allow with input as msg("bob", "session.tools.handlePendingToolCall", "s1", alice_rec)
+}
+
+test_server_reaching_session_methods_denied_even_for_owner if {
+	every m in ["session.mcp.startServer", "session.extensions.enable", "session.permissions.paths.add", "session.gitHubAuth.setCredentials"] {
+		not session.decision.allow with input as msg("alice", m, "s1", alice_rec)
+	}
+}

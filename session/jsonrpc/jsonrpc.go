@@ -191,6 +191,7 @@ const (
 	CodeInvalidRequest = -32600
 	CodeUnavailable    = -32010 // the edge or the CLI cannot be reached
 	CodeRefused        = -32011 // the edge refused the tunnel (status and reason in data)
+	CodeAccessDenied   = -32012 // the policy refused this call; the CLI never saw it
 )
 
 // ErrorResponse builds a JSON-RPC error response to id (null when id is empty).

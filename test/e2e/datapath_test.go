@@ -66,7 +66,7 @@ func (env *meshEnv) provider() *copilot.ProviderConfig {
 // tcpClient is an SDK client that dials climesh-connect; its connect token is the user.
 func (env *meshEnv) tcpClient(t *testing.T, user string) *copilot.Client {
 	t.Helper()
-	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: user}})
+	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, "acme")}})
 	if err := c.Start(t.Context()); err != nil {
 		t.Fatalf("start TCP client for %s: %v", user, err)
 	}
@@ -82,7 +82,7 @@ func (env *meshEnv) stdioClient(t *testing.T, user string) *copilot.Client {
 		t.Fatal(err)
 	}
 	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.StdioConnection{Path: bin,
-		Env: append(os.Environ(), "CLIMESH_EDGE="+env.EdgeURL, "CLIMESH_TOKEN="+user)}})
+		Env: append(os.Environ(), "CLIMESH_EDGE="+env.EdgeURL, "CLIMESH_TOKEN="+env.Token(user, "acme"))}})
 	if err := c.Start(t.Context()); err != nil {
 		t.Fatalf("start stdio client for %s: %v", user, err)
 	}
@@ -319,7 +319,7 @@ func TestDataPathCLITokenNeverReachesClients(t *testing.T) {
 	reached := map[string]bool{}
 	for i := range 6 {
 		user := fmt.Sprintf("token-probe-%d", i)
-		_, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"X-Climesh-User": {user}})
+		_, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"Authorization": {"Bearer " + env.Token(user, "acme")}})
 		var seen []string
 		send(`{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"` + user + `"}}`)
 		seen = append(seen, recv())
@@ -383,7 +383,7 @@ func TestDataPathBadInput(t *testing.T) {
 	env := startMesh(t)
 
 	t.Run("websocket message that is not JSON", func(t *testing.T) {
-		ws, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"X-Climesh-User": {"bad-json"}})
+		ws, send, recv := rawTunnel(t, env.EdgeURL, http.Header{"Authorization": {"Bearer " + env.Token("bad-json", "acme")}})
 		send("this is not json")
 		got := recv()
 		if !strings.Contains(got, fmt.Sprint(jsonrpc.CodeParseError)) || !strings.Contains(got, "not a JSON-RPC") {
@@ -442,7 +442,7 @@ func TestDataPathBadInput(t *testing.T) {
 		defer p.Stop(time.Second)
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: addr, ConnectionToken: "someone"}})
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: addr, ConnectionToken: env.Token("someone", "acme")}})
 		err = c.Start(ctx)
 		if err == nil || !strings.Contains(err.Error(), "unreachable") {
 			t.Fatalf("SDK start through an unreachable edge: %v, want an error naming it", err)
@@ -481,7 +481,7 @@ func TestDataPathCLIDown(t *testing.T) {
 	}
 	// A tunnel straight to that sidecar gets a JSON-RPC error naming the cause.
 	_, send, recv := rawTunnel(t, fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", env.Sidecars["cli-b"].Port),
-		http.Header{"X-Climesh-Edge-Credential": {env.Credential}})
+		http.Header{"X-Climesh-Edge-Credential": {env.Credential}, "X-Climesh-Identity": {env.Assertion("probe", "acme", time.Minute)}})
 	send(`{"jsonrpc":"2.0","id":9,"method":"ping","params":{}}`)
 	got := recv()
 	if !strings.Contains(got, fmt.Sprint(jsonrpc.CodeUnavailable)) || !strings.Contains(got, "copilot CLI") {

@@ -2,11 +2,14 @@ package harness
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/test/modeldouble"
 )
 
@@ -26,6 +29,9 @@ type Mesh struct {
 	CLIs        map[string]*CLI   // attached CLIs, by instance id
 	Sidecars    map[string]*Sidecar
 	Credential  string
+	Issuer      *Issuer
+	Keys        *identity.Keys
+	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
 	stops       []func()
 }
 
@@ -76,11 +82,22 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if err = os.WriteFile(credFile, []byte(MeshCredential+"\n"), 0o600); err != nil {
 		return m, err
 	}
+	if m.Issuer, err = NewIssuer(dir); err != nil {
+		return m, err
+	}
+	keysFile := filepath.Join(dir, "identity-keys.json")
+	if m.Keys, err = writeKeys(keysFile); err != nil {
+		return m, err
+	}
+	m.PolicyDir = filepath.Join(dir, "policy")
+	if err = copyPolicies(m.PolicyDir); err != nil {
+		return m, err
+	}
 	copilotBin, err := Tool("copilot")
 	if err != nil {
 		return m, err
 	}
-	extra := []string{"--edge-credential-file", credFile}
+	extra := []string{"--edge-credential-file", credFile, "--identity-keys", keysFile, "--policy", m.PolicyDir, "--policy-watch", "100ms"}
 	if o.Keepalive > 0 {
 		extra = append(extra, "--keepalive", o.Keepalive.String())
 	}
@@ -112,11 +129,16 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	if m.XDS, err = StartXDSServer(ctx, dir, fmt.Sprintf(`consul: {address: %s, retry_min: 50ms, retry_max: 500ms}
 identity:
-  trust_client_headers: true # no JWT issuer yet: climesh-connect names the user
   edge_credential_file: %s
+jwt:
+  providers: [{name: test, issuer: %q, audiences: [%s], local_jwks_file: %s}]
+policy:
+  source: %s
+  identity_keys_file: %s
+  watch_interval: 100ms
 listeners: [{name: edge, port: %d, idle_timeout: %s, routes: [{pool: copilot}]}]
 pools: [{name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}]
-`, m.Consul.Addr, credFile, lport, o.IdleTimeout)); err != nil {
+`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout)); err != nil {
 		return m, err
 	}
 	m.stops = append(m.stops, m.XDS.Close)
@@ -159,4 +181,39 @@ func (m *Mesh) Close() {
 		m.stops[i]()
 	}
 	m.stops = nil
+}
+
+// writeKeys makes an identity key set shared by the xds-server and the sidecars.
+func writeKeys(path string) (*identity.Keys, error) {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	k := &identity.Keys{Active: "k1", Keys: map[string][]byte{"k1": secret}}
+	b, err := json.Marshal(k)
+	if err != nil {
+		return nil, err
+	}
+	return k, os.WriteFile(path, b, 0o600)
+}
+
+// copyPolicies copies the shipped policies/rego to dir.
+func copyPolicies(dir string) error {
+	root, err := Root()
+	if err != nil {
+		return err
+	}
+	return os.CopyFS(dir, os.DirFS(filepath.Join(root, "policies", "rego")))
+}
+
+// Assertion signs an identity assertion as the edge would (for tests that dial a
+// sidecar directly).
+func (m *Mesh) Assertion(user, tenant string, ttl time.Duration) string {
+	a, _ := m.Keys.Sign(identity.Claims{User: user, Tenant: tenant, Expires: time.Now().Add(ttl).Unix()})
+	return a
+}
+
+// Token is a valid JWT for user in tenant.
+func (m *Mesh) Token(user, tenant string, roles ...string) string {
+	return m.Issuer.Token(user, tenant, roles, time.Hour)
 }
