@@ -35,14 +35,14 @@ const (
 	DefaultMaxRequests        = 1024
 	DefaultMaxRetries         = 3
 
-	DefaultUserClaim     = "sub"
-	DefaultTenantClaim   = "tenant"
-	DefaultRolesClaim    = "roles"
-	DefaultJWKSTimeout   = 5 * time.Second
-	DefaultJWKSCache     = 10 * time.Minute
-	DefaultPolicyWatch   = time.Second
-	DefaultAuthzTimeout  = 200 * time.Millisecond
-	DefaultAssertionTTL  = time.Minute
+	DefaultUserClaim    = "sub"
+	DefaultTenantClaim  = "tenant"
+	DefaultRolesClaim   = "roles"
+	DefaultJWKSTimeout  = 5 * time.Second
+	DefaultJWKSCache    = 10 * time.Minute
+	DefaultPolicyWatch  = time.Second
+	DefaultAuthzTimeout = 200 * time.Millisecond
+	DefaultAssertionTTL = time.Minute
 
 	DefaultConsecutive5xx     = 5
 	DefaultOutlierInterval    = 10 * time.Second

@@ -101,15 +101,15 @@ func TestParseResultForms(t *testing.T) {
 		status  int
 		err     string
 	}{
-		"true":          {v: true, allowed: true, status: 403},
-		"false":         {v: false, status: 403},
-		"object":        {v: map[string]any{"allowed": false, "http_status": 429.0, "body": "slow down", "response_headers_to_add": map[string]any{"retry-after": "5"}}, status: 429},
-		"with headers":  {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Team": "a"}}, allowed: true, status: 403},
-		"no allowed":    {v: map[string]any{"ok": true}, err: "no boolean"},
-		"bad status":    {v: map[string]any{"allowed": false, "http_status": 99.0}, err: "http_status"},
-		"string":        {v: "yes", err: "want a boolean or an object"},
-		"own header":    {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Climesh-Identity": "forged"}}, err: "climesh's own"},
-		"bad header":    {v: map[string]any{"allowed": true, "headers": map[string]any{"a": 1.0}}, err: "want a string"},
+		"true":         {v: true, allowed: true, status: 403},
+		"false":        {v: false, status: 403},
+		"object":       {v: map[string]any{"allowed": false, "http_status": 429.0, "body": "slow down", "response_headers_to_add": map[string]any{"retry-after": "5"}}, status: 429},
+		"with headers": {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Team": "a"}}, allowed: true, status: 403},
+		"no allowed":   {v: map[string]any{"ok": true}, err: "no boolean"},
+		"bad status":   {v: map[string]any{"allowed": false, "http_status": 99.0}, err: "http_status"},
+		"string":       {v: "yes", err: "want a boolean or an object"},
+		"own header":   {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Climesh-Identity": "forged"}}, err: "climesh's own"},
+		"bad header":   {v: map[string]any{"allowed": true, "headers": map[string]any{"a": 1.0}}, err: "want a string"},
 	} {
 		r, err := ParseResult(tc.v)
 		if tc.err != "" {

@@ -55,7 +55,9 @@ func (c *Conn) Close(reason string) error {
 }
 
 // Fail closes with an internal-error status and reason.
-func (c *Conn) Fail(reason string) error { return c.ws.Close(websocket.StatusInternalError, clip(reason)) }
+func (c *Conn) Fail(reason string) error {
+	return c.ws.Close(websocket.StatusInternalError, clip(reason))
+}
 
 // CloseReason extracts the peer's close reason from a Read error, if any.
 func CloseReason(err error) (websocket.StatusCode, string, bool) {

@@ -110,4 +110,3 @@ func jwksCluster(p config.JWTProvider) (*clusterv3.Cluster, error) {
 	}
 	return c, c.ValidateAll()
 }
-

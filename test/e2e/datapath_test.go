@@ -451,4 +451,3 @@ func TestDataPathBadInput(t *testing.T) {
 		}
 	})
 }
-
