@@ -35,6 +35,15 @@ type Engine struct {
 	prepared    map[string]rego.PreparedEvalQuery
 	fingerprint string
 	loadedAt    time.Time
+	generation  uint64 // bumped on every successful load
+}
+
+// Generation changes whenever a new policy starts serving; decisions cached
+// under an older generation are stale.
+func (e *Engine) Generation() uint64 {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.generation
 }
 
 type engineMetrics struct {
@@ -92,6 +101,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 	}
 	e.mu.Lock()
 	e.prepared, e.fingerprint, e.loadedAt = prepared, fp, time.Now()
+	e.generation++
 	e.mu.Unlock()
 	e.metrics.reloads.WithLabelValues("ok").Inc()
 	e.metrics.lastGood.SetToCurrentTime()

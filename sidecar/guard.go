@@ -29,10 +29,20 @@ type Guard struct {
 	// RecordTTL bounds how long a looked-up record is reused (members can change).
 	RecordTTL time.Duration
 
-	mu      sync.Mutex
-	pending map[string]pendingCall // client request id -> what to do with its answer
-	records map[string]cachedRecord
-	visible map[string]bool // sessions decided for events
+	mu        sync.Mutex
+	pending   map[string]pendingCall // client request id -> what to do with its answer
+	records   map[string]cachedRecord
+	visible   map[string]bool // sessions decided for events
+	decisions map[decisionKey]policy.Decision
+}
+
+// decisionKey: a decision is a pure function of the caller (fixed per tunnel),
+// the method, the session's record and the policy. The record is compared by
+// identity: a refetched record starts new entries.
+type decisionKey struct {
+	method, sessionID string
+	record            *registry.Record
+	generation        uint64
 }
 
 type pendingCall struct {
@@ -93,10 +103,24 @@ func (g *Guard) decide(ctx context.Context, method, sessionID string) (policy.De
 			return policy.Decision{Reason: "access denied: session registry unavailable"}, nil
 		}
 	}
-	return g.Engine.DecideMessage(ctx, policy.MessageInput{
+	key := decisionKey{method, sessionID, rec, g.Engine.Generation()}
+	g.mu.Lock()
+	d, ok := g.decisions[key]
+	g.mu.Unlock()
+	if ok {
+		return d, rec
+	}
+	d = g.Engine.DecideMessage(ctx, policy.MessageInput{
 		User: g.Caller.User, Tenant: g.Caller.Tenant, Roles: g.Caller.Roles,
 		Method: method, SessionID: sessionID, Record: rec.PolicyValue(),
-	}), rec
+	})
+	g.mu.Lock()
+	if g.decisions == nil || len(g.decisions) > 4096 {
+		g.decisions = map[decisionKey]policy.Decision{} // bounded: start over
+	}
+	g.decisions[key] = d
+	g.mu.Unlock()
+	return d, rec
 }
 
 // Inbound handles a client→CLI message: forward it, or answer it here.
