@@ -16,6 +16,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
 
+	"github.com/open-policy-agent/opa/v1/ast"
+
 	"github.com/climesh/climesh/identity"
 )
 
@@ -66,8 +68,12 @@ func NewExtAuthz(e *Engine, keys *identity.Keys, claims Claims, ttl time.Duratio
 func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	defer func() { a.latency.Observe(time.Since(start).Seconds()) }()
-	input, payload := Input(req)
-	v, err := a.Engine.Eval(ctx, a.Query, input)
+	input, payload, err := InputValue(req)
+	if err != nil {
+		a.decisions.WithLabelValues("error").Inc()
+		return denied(403, "climesh: unreadable request", nil), nil
+	}
+	v, err := a.Engine.EvalValue(ctx, a.Query, input)
 	if err != nil {
 		a.decisions.WithLabelValues("error").Inc()
 		a.Log.Warn("ext_authz: policy error; denied", zap.Error(err))
@@ -262,4 +268,69 @@ func Input(req *authv3.CheckRequest) (map[string]any, map[string]any) {
 		"jwt_payload":  payload,
 	}
 	return input, payload
+}
+
+// InputValue is Input as an OPA value, built without reflection except for the
+// JWT payload (small): the conversion otherwise costs a fifth of a decision.
+func InputValue(req *authv3.CheckRequest) (ast.Value, map[string]any, error) {
+	attrs := req.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	headers := ast.NewObject()
+	for k, v := range h.GetHeaders() {
+		headers.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	ext := ast.NewObject()
+	for k, v := range attrs.GetContextExtensions() {
+		ext.Insert(ast.StringTerm(k), ast.StringTerm(v))
+	}
+	path, query, _ := strings.Cut(h.GetPath(), "?")
+	var segs []*ast.Term
+	for _, seg := range strings.Split(strings.Trim(path, "/"), "/") {
+		if seg != "" {
+			if u, err := url.PathUnescape(seg); err == nil {
+				seg = u
+			}
+			segs = append(segs, ast.StringTerm(seg))
+		}
+	}
+	parsedQuery := ast.NewObject()
+	if q, err := url.ParseQuery(query); err == nil {
+		for k, vs := range q {
+			terms := make([]*ast.Term, len(vs))
+			for i, v := range vs {
+				terms[i] = ast.StringTerm(v)
+			}
+			parsedQuery.Insert(ast.StringTerm(k), ast.ArrayTerm(terms...))
+		}
+	}
+	payload := map[string]any{}
+	if md := attrs.GetMetadataContext().GetFilterMetadata()[JWTMetadataNamespace]; md != nil {
+		if p := md.GetFields()[JWTPayloadKey].GetStructValue(); p != nil {
+			payload = p.AsMap()
+		}
+	}
+	payloadValue, err := ast.InterfaceToValue(payload)
+	if err != nil {
+		return nil, nil, err
+	}
+	src := attrs.GetSource().GetAddress().GetSocketAddress()
+	obj := func(items ...[2]*ast.Term) *ast.Term { return ast.ObjectTerm(items...) }
+	item := func(k string, v *ast.Term) [2]*ast.Term { return ast.Item(ast.StringTerm(k), v) }
+	return ast.NewObject(
+		item("attributes", obj(
+			item("request", obj(item("http", obj(
+				item("id", ast.StringTerm(h.GetId())), item("method", ast.StringTerm(h.GetMethod())),
+				item("path", ast.StringTerm(h.GetPath())), item("host", ast.StringTerm(h.GetHost())),
+				item("scheme", ast.StringTerm(h.GetScheme())), item("protocol", ast.StringTerm(h.GetProtocol())),
+				item("headers", ast.NewTerm(headers)),
+			)))),
+			item("source", obj(item("address", obj(item("socketAddress", obj(
+				item("address", ast.StringTerm(src.GetAddress())), item("portValue", ast.IntNumberTerm(int(src.GetPortValue()))),
+			)))))),
+			item("contextExtensions", ast.NewTerm(ext)),
+		)),
+		item("parsed_path", ast.ArrayTerm(segs...)),
+		item("parsed_query", ast.NewTerm(parsedQuery)),
+		item("jwt_payload", ast.NewTerm(payloadValue)),
+	), payload, nil
 }

@@ -13,6 +13,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/open-policy-agent/opa/v1/ast"
+
 	"github.com/climesh/climesh/identity"
 )
 
@@ -73,6 +75,22 @@ func TestCheckCanned(t *testing.T) {
 		d := resp.GetDeniedResponse()
 		if d == nil || int(d.GetStatus().GetCode()) != tc.status || d.GetBody() != tc.body {
 			t.Fatalf("%s: %v, want %d %q", name, resp, tc.status, tc.body)
+		}
+	}
+}
+
+// TestInputValueMatchesInput: the reflection-free input equals the documented map.
+func TestInputValueMatchesInput(t *testing.T) {
+	for _, name := range []string{"admitted.json", "other_tenant.json", "no_jwt.json"} {
+		req := loadCheck(t, name)
+		m, _ := Input(req)
+		want, err := ast.InterfaceToValue(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := InputValue(req)
+		if err != nil || got.Compare(want) != 0 {
+			t.Fatalf("%s: InputValue differs from Input:\n%v\n%v", name, got, want)
 		}
 	}
 }

@@ -1,0 +1,230 @@
+// Command decisions measures climesh's policy decisions with the shipped Rego:
+//
+//   - per message in the sidecar (Guard.Inbound: registry lookup + Rego, with the
+//     per-tunnel decision cache, and without it);
+//   - ext_authz over real gRPC on loopback at a fixed request rate, and its
+//     closed-loop maximum.
+//
+//	go run ./bench/decisions [-rate 3000] [-duration 5s] [-messages 20000]
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/policy"
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/registry"
+	"github.com/climesh/climesh/sidecar"
+	"github.com/climesh/climesh/test/harness"
+)
+
+func main() {
+	rate := flag.Int("rate", 3000, "ext_authz requests per second for the fixed-load run")
+	dur := flag.Duration("duration", 5*time.Second, "length of each ext_authz run")
+	messages := flag.Int("messages", 20000, "messages through the sidecar guard")
+	workers := flag.Int("workers", 64, "concurrent ext_authz callers")
+	flag.Parse()
+	if err := run(*rate, *dur, *messages, *workers); err != nil {
+		fmt.Fprintln(os.Stderr, "decisions:", err)
+		os.Exit(1)
+	}
+}
+
+func run(rate int, dur time.Duration, messages, workers int) error {
+	root, err := harness.Root()
+	if err != nil {
+		return err
+	}
+	rego := filepath.Join(root, "policies", "rego")
+	ctx := context.Background()
+	engine, err := policy.NewEngine(ctx, rego, []string{policy.MessageQuery, policy.EdgeQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("# reproduce: go run ./bench/decisions -rate %d -duration %s -messages %d -workers %d\n", rate, dur, messages, workers)
+	fmt.Println("| measure | p50 | p99 | note |")
+	fmt.Println("|---|---:|---:|---|")
+	for _, cached := range []bool{true, false} {
+		lat := guardLatencies(ctx, engine, messages, cached)
+		note := "per-tunnel decision cache (the sidecar as it runs)"
+		if !cached {
+			note = "every message evaluated by Rego"
+		}
+		fmt.Printf("| sidecar per-message decision | %s | %s | %s, %d messages |\n", us(pct(lat, 50)), us(pct(lat, 99)), note, len(lat))
+	}
+
+	keys := &identity.Keys{Active: "k", Keys: map[string][]byte{"k": bytes.Repeat([]byte{1}, 32)}}
+	authz := policy.NewExtAuthz(engine, keys, policy.Claims{User: "sub", Tenant: "tenant", Roles: "roles"}, time.Minute, zap.NewNop(), prometheus.NewRegistry())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(srv, authz)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := authv3.NewAuthorizationClient(conn)
+	req := &authv3.CheckRequest{}
+	b, err := os.ReadFile(filepath.Join(root, "policy", "testdata", "check", "admitted.json"))
+	if err != nil {
+		return err
+	}
+	if err := protojson.Unmarshal(b, req); err != nil {
+		return err
+	}
+	if resp, err := client.Check(ctx, req); err != nil || resp.GetOkResponse() == nil {
+		return fmt.Errorf("check does not allow the canned request: %v %v", resp, err)
+	}
+	lat, achieved, errs := fixedRate(ctx, client, req, rate, dur, workers)
+	fmt.Printf("| ext_authz at %d/s (gRPC, loopback) | %s | %s | achieved %.0f/s, %d errors |\n", rate, ms(pct(lat, 50)), ms(pct(lat, 99)), achieved, errs)
+	lat, achieved, errs = closedLoop(ctx, client, req, dur, workers)
+	fmt.Printf("| ext_authz closed loop, %d callers | %s | %s | max %.0f decisions/s, %d errors |\n", workers, ms(pct(lat, 50)), ms(pct(lat, 99)), achieved, errs)
+	return nil
+}
+
+// guardLatencies drives a realistic stream: 50 users, each sending to its own
+// session, reading it, pinging, and now and then trying another user's session.
+func guardLatencies(ctx context.Context, e *policy.Engine, n int, cached bool) []time.Duration {
+	reg := &registry.Memory{}
+	const users = 50
+	guards := make([]*sidecar.Guard, users)
+	for u := range users {
+		reg.Create(ctx, &registry.Record{ID: fmt.Sprintf("s-%d", u), Owner: fmt.Sprintf("u-%d", u), Members: []string{}})
+		guards[u] = newGuard(e, reg, u)
+	}
+	kinds := []string{
+		`{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-%d","prompt":"hi"}}`,
+		`{"jsonrpc":"2.0","id":2,"method":"session.getMessages","params":{"sessionId":"s-%d"}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"s-%d","prompt":"again"}}`,
+		`{"jsonrpc":"2.0","id":4,"method":"ping","params":{}}`,
+		`{"jsonrpc":"2.0","id":5,"method":"session.resume","params":{"sessionId":"s-%d"}}`, // someone else's
+	}
+	out := make([]time.Duration, 0, n)
+	for i := range n {
+		u := i % users
+		k := i / users % len(kinds)
+		target := u
+		if k == 4 {
+			target = (u + 1) % users
+		}
+		body := kinds[k]
+		if k != 3 {
+			body = fmt.Sprintf(body, target)
+		}
+		m, _ := jsonrpc.Classify([]byte(body))
+		g := guards[u]
+		if !cached {
+			g = newGuard(e, reg, u)
+		}
+		start := time.Now()
+		g.Inbound(ctx, m)
+		out = append(out, time.Since(start))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func newGuard(e *policy.Engine, reg registry.Registry, u int) *sidecar.Guard {
+	return &sidecar.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
+		Log: zap.NewNop(), RecordTTL: time.Hour}
+}
+
+func fixedRate(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, rate int, dur time.Duration, workers int) ([]time.Duration, float64, int64) {
+	jobs := make(chan time.Time, rate)
+	var mu sync.Mutex
+	var lat []time.Duration
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for due := range jobs {
+				_, err := c.Check(ctx, req)
+				d := time.Since(due) // from when it was due: queueing counts
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		})
+	}
+	start := time.Now()
+	interval := time.Second / time.Duration(rate)
+	total := int(dur / interval)
+	for i := range total {
+		due := start.Add(time.Duration(i) * interval)
+		if w := time.Until(due); w > 0 {
+			time.Sleep(w)
+		}
+		jobs <- due
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	return lat, float64(len(lat)) / elapsed.Seconds(), errs.Load()
+}
+
+func closedLoop(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, dur time.Duration, workers int) ([]time.Duration, float64, int64) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(dur)
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			var mine []time.Duration
+			for time.Now().Before(stop) {
+				t := time.Now()
+				if _, err := c.Check(ctx, req); err != nil {
+					errs.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.Sort(lat)
+	return lat, float64(len(lat)) / time.Since(start).Seconds(), errs.Load()
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (len(sorted)*p+99)/100 - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d.Nanoseconds())/1000) }
