@@ -341,7 +341,9 @@ func (id Identity) HeaderFor(k HashKey) string {
 	}
 }
 
-// Headers lists every identity header.
+// Headers lists the identity headers a client may never set. The session header
+// is not one: it names the shared session a client wants (a routing hint), and
+// whether the caller may use that session is decided by policy on every message.
 func (id Identity) Headers() []string {
-	return []string{id.UserHeader, id.TenantHeader, id.SessionHeader}
+	return []string{id.UserHeader, id.TenantHeader}
 }

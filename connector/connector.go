@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
@@ -22,6 +23,9 @@ type Options struct {
 	Token   string // bearer token; in TCP mode the SDK's connect token wins
 	User    string // x-climesh-user, only for edges that trust client headers
 	Session string // shared-session name, if any
+	// LockWait asks the sidecar to wait this long for a busy shared session
+	// instead of answering busy at once.
+	LockWait time.Duration
 	Limits  jsonrpc.Limits
 }
 
@@ -36,6 +40,9 @@ func (o Options) Header(token string) http.Header {
 	}
 	if o.Session != "" {
 		h.Set(tunnel.HeaderSession, o.Session)
+	}
+	if o.LockWait > 0 {
+		h.Set(tunnel.HeaderLockWait, o.LockWait.String())
 	}
 	return h
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
 )
 
@@ -28,12 +29,17 @@ type Guard struct {
 	Log      *zap.Logger
 	// RecordTTL bounds how long a looked-up record is reused (members can change).
 	RecordTTL time.Duration
+	// Locker serialises turns on collab sessions; LockWait is how long this
+	// caller asked to wait for a busy session (0: answer busy at once).
+	Locker   *lock.Locker
+	LockWait time.Duration
 
 	mu        sync.Mutex
 	pending   map[string]pendingCall // client request id -> what to do with its answer
 	records   map[string]cachedRecord
 	visible   map[string]bool // sessions decided for events
 	decisions map[decisionKey]policy.Decision
+	held      map[string]*lock.Lock // collab sessions whose turn this tunnel runs
 }
 
 // decisionKey: a decision is a pure function of the caller (fixed per tunnel),
@@ -148,7 +154,13 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, 
 	if m.SessionID != "" {
 		g.setVisible(m.SessionID, true) // allowed to touch it: its events may come here
 	}
-	if m.Method != "session.create" && m.Method != "session.delete" && !listingMethods[m.Method] {
+	if m.Method == "session.destroy" && rec != nil && rec.Mode == "collab" {
+		// An SDK disconnecting from a shared session must not unload it for the
+		// other members: closing this connection is all the detaching it needs.
+		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
+		return b, false
+	}
+	if m.Method != "session.create" && m.Method != "session.delete" && m.Method != "session.send" && !listingMethods[m.Method] {
 		return nil, true // nothing to do with the answer
 	}
 	g.mu.Lock()
@@ -190,8 +202,100 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 	return v
 }
 
+// NeedsTurn reports whether an allowed message must first take its session's
+// turn lock (a session.send on a collab session). The relay then calls TakeTurn
+// off its read loop, so that waiting never stops the tunnel from being read.
+func (g *Guard) NeedsTurn(ctx context.Context, m jsonrpc.Message) bool {
+	if g.Locker == nil || m.Kind != jsonrpc.Request || m.Method != "session.send" || m.SessionID == "" {
+		return false
+	}
+	rec, err := g.record(ctx, m.SessionID)
+	return err == nil && rec != nil && rec.Mode == "collab"
+}
+
+// TakeTurn holds the session's lock for the turn a session.send starts; it
+// answers busy (code -32013, with holder and since) when the caller would not
+// wait, or waited LockWait in vain. nil means: forward the send.
+func (g *Guard) TakeTurn(ctx context.Context, m jsonrpc.Message) []byte {
+	g.mu.Lock()
+	_, mine := g.held[m.SessionID]
+	g.mu.Unlock()
+	if mine {
+		return nil // a send while our own turn runs: the CLI queues it
+	}
+	lk, err := g.Locker.Acquire(ctx, m.SessionID, g.Caller.User, g.LockWait)
+	var busy *lock.BusyError
+	if errors.As(err, &busy) {
+		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session is in use by another user",
+			map[string]any{"sessionId": m.SessionID, "holder": busy.Holder.User, "since": busy.Holder.Since})
+	}
+	if err != nil {
+		g.Log.Warn("session lock unavailable; refused", zap.Error(err))
+		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
+	}
+	g.mu.Lock()
+	if g.held == nil {
+		g.held = map[string]*lock.Lock{}
+	}
+	g.held[m.SessionID] = lk
+	g.mu.Unlock()
+	g.Log.Debug("turn lock taken", zap.String("session_id", m.SessionID))
+	return nil
+}
+
+// endTurn releases the lock of a session whose turn ended on this tunnel.
+func (g *Guard) endTurn(id string) {
+	g.mu.Lock()
+	lk := g.held[id]
+	delete(g.held, id)
+	g.mu.Unlock()
+	if lk != nil {
+		g.Log.Debug("turn lock released", zap.String("session_id", id))
+		if err := lk.Release(); err != nil {
+			g.Log.Warn("session lock release", zap.String("session_id", id), zap.Error(err))
+		}
+	}
+}
+
+// turnEnded reports whether a notification ends a session's turn.
+func turnEnded(m jsonrpc.Message) bool {
+	if m.Method != "session.event" {
+		return false
+	}
+	var n struct {
+		Params struct {
+			Event struct {
+				Type string `json:"type"`
+			} `json:"event"`
+		} `json:"params"`
+	}
+	json.Unmarshal(m.Raw, &n)
+	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
+}
+
+// Close releases every lock this tunnel holds (the tunnel is gone).
+func (g *Guard) Close() {
+	g.mu.Lock()
+	ids := make([]string, 0, len(g.held))
+	for id := range g.held {
+		ids = append(ids, id)
+	}
+	g.mu.Unlock()
+	for _, id := range ids {
+		g.endTurn(id)
+	}
+}
+
 // Outbound handles a CLI→client message: the bytes to send, or none to drop it.
 func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) {
+	if m.Kind == jsonrpc.Notification && m.SessionID != "" {
+		g.mu.Lock()
+		_, holding := g.held[m.SessionID]
+		g.mu.Unlock()
+		if holding && turnEnded(m) {
+			defer g.endTurn(m.SessionID)
+		}
+	}
 	if m.Kind != jsonrpc.Response {
 		if m.SessionID != "" && !g.mayRead(ctx, m.SessionID) {
 			return nil, false // another caller's session: its events are not ours
@@ -214,6 +318,8 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 	}
 	failed := len(resp.Error) > 0
 	switch {
+	case call.method == "session.send" && failed:
+		g.endTurn(call.sessionID)
 	case call.method == "session.create":
 		g.created(ctx, call, resp.Result, failed)
 	case call.method == "session.delete" && !failed:

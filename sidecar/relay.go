@@ -23,6 +23,7 @@ import (
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -46,6 +47,9 @@ type CLIConn struct {
 // edgeCredentialHeader is config.EdgeCredentialHeader (the sidecar does not import
 // the control plane's config).
 const edgeCredentialHeader = "X-Climesh-Edge-Credential"
+
+// lockWaitHeader is how long a caller will wait for a busy shared session.
+const lockWaitHeader = "X-Climesh-Lock-Wait"
 
 // handshakeID is the id of the sidecar's own connect; clients never see it.
 const handshakeID = `"climesh-sidecar-connect"`
@@ -114,6 +118,10 @@ type Relay struct {
 	Instance  string
 	Mode      string
 	RecordTTL time.Duration
+	// Locker serialises turns on collab sessions; LockWaitMax caps what a caller
+	// may ask for in x-climesh-lock-wait.
+	Locker      *lock.Locker
+	LockWaitMax time.Duration
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
@@ -192,7 +200,11 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var guard *Guard
 	if rl.Engine != nil {
 		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Mode: rl.Mode,
-			Log: log, RecordTTL: rl.RecordTTL}
+			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker}
+		if w, err := time.ParseDuration(r.Header.Get(lockWaitHeader)); err == nil && w > 0 {
+			guard.LockWait = min(w, rl.LockWaitMax)
+		}
+		defer guard.Close()
 	}
 	rl.relay(ctx, log, c, cli, guard)
 }
@@ -317,6 +329,23 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 					return
 				}
 			}
+			continue
+		}
+		if guard != nil && guard.NeedsTurn(ctx, m) {
+			// Wait for the shared session's turn without blocking this loop: it
+			// must keep reading (pongs, other requests) while the caller waits.
+			go func() {
+				if busy := guard.TakeTurn(ctx, m); busy != nil {
+					rl.metrics.refused.WithLabelValues("session_busy").Inc()
+					if c.Write(ctx, busy) != nil {
+						finish("client gone", false)
+					}
+					return
+				}
+				if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
+					finish("copilot CLI write failed: "+err.Error(), true)
+				}
+			}()
 			continue
 		}
 		if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {

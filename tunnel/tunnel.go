@@ -23,6 +23,7 @@ const (
 	HeaderAuthorization = "Authorization"
 	HeaderSession       = "X-Climesh-Session"
 	HeaderUser          = "X-Climesh-User"
+	HeaderLockWait      = "X-Climesh-Lock-Wait"
 )
 
 // Conn is one tunnel.

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/climesh/climesh/connector"
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -40,6 +41,7 @@ func run(args []string) error {
 	token := fs.String("token", os.Getenv("CLIMESH_TOKEN"), "caller's bearer `token` (env CLIMESH_TOKEN)")
 	user := fs.String("user", os.Getenv("CLIMESH_USER"), "x-climesh-user for edges that trust client headers (env CLIMESH_USER)")
 	session := fs.String("session", os.Getenv("CLIMESH_SESSION"), "shared-session `name` (env CLIMESH_SESSION)")
+	lockWait := fs.Duration("lock-wait", envDuration("CLIMESH_LOCK_WAIT"), "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
 	listen := fs.String("listen", "", "TCP mode: accept SDK connections on `host:port` (default: stdio)")
 	maxFrame := fs.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message")
 	// Flags the SDK passes to what it believes is the CLI: accepted, ignored.
@@ -55,7 +57,7 @@ func run(args []string) error {
 	if *edge == "" {
 		return errors.New("no edge: set --edge or CLIMESH_EDGE (ws://host:port/v1/rpc)")
 	}
-	o := connector.Options{EdgeURL: *edge, Token: *token, User: *user, Session: *session,
+	o := connector.Options{EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait,
 		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -113,4 +115,9 @@ func (stdout) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
 func (stdout) Close() error {
 	os.Stdin.Close()
 	return os.Stdout.Close()
+}
+
+func envDuration(name string) time.Duration {
+	d, _ := time.ParseDuration(os.Getenv(name))
+	return d
 }

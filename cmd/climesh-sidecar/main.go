@@ -29,6 +29,7 @@ import (
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/sidecar"
 )
@@ -62,6 +63,10 @@ func run() error {
 	policySource := flag.String("policy", "", "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
 	policyWatch := flag.Duration("policy-watch", time.Second, "how often --policy is checked for changes")
 	logLevel := flag.String("log-level", "info", "log `level`")
+	mode := flag.String("mode", "shared", "`mode`: shared (pattern 2) or collab (pattern 3: shared sessions, one turn at a time)")
+	lockTTL := flag.Duration("lock-ttl", 10*time.Second, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
+	lockDelay := flag.Duration("lock-delay", time.Second, "collab: Consul lock-delay after a holder's session is invalidated")
+	lockWaitMax := flag.Duration("lock-wait-max", 5*time.Minute, "collab: longest wait a caller may ask for (x-climesh-lock-wait)")
 	maxFrame := flag.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message accepted")
 	flag.Parse()
 
@@ -120,7 +125,10 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
 	relay.Keepalive = *keepalive
-	relay.Instance, relay.Mode, relay.RecordTTL = *instanceID, "shared", 2*time.Second
+	if *mode != "shared" && *mode != "collab" {
+		return fmt.Errorf("--mode %q: want shared or collab", *mode)
+	}
+	relay.Instance, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *mode, 2*time.Second, *lockWaitMax
 	if *keysFile != "" {
 		if relay.Keys, err = identity.LoadKeys(*keysFile); err != nil {
 			return fmt.Errorf("--identity-keys: %w", err)
@@ -164,9 +172,12 @@ func run() error {
 		if relay.Engine != nil {
 			relay.Registry = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
 		}
+		if *mode == "collab" {
+			relay.Locker = &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: *lockTTL, LockDelay: *lockDelay, Instance: *instanceID}
+		}
 		registration = &sidecar.Registration{
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,
-			Meta: map[string]string{"mode": "shared", "capacity": strconv.Itoa(*capacity), "version": version},
+			Meta: map[string]string{"mode": *mode, "capacity": strconv.Itoa(*capacity), "version": version},
 			TTL:  *ttl, Interval: *interval, CLI: cli,
 		}
 		if err := registration.Register(); err != nil {

@@ -50,6 +50,9 @@ may_touch if input.record.owner == input.user
 
 may_touch if input.user in input.record.members
 
+# Shared sessions (pattern 3): members listed in data, by session id.
+may_touch if input.user in data.climesh.shared_sessions[input.session_id].members
+
 default allow := false
 
 allow if is_admin

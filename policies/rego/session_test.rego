@@ -75,3 +75,11 @@ test_server_reaching_session_methods_denied_even_for_owner if {
 		not session.decision.allow with input as msg("alice", m, "s1", alice_rec)
 	}
 }
+
+test_members_from_data if {
+	rec := {"owner": "olga", "mode": "collab", "members": []}
+	session.decision.allow with input as msg("mia", "session.send", "team-room", rec)
+		with data.climesh.shared_sessions as {"team-room": {"members": ["mia"]}}
+	not session.decision.allow with input as msg("nils", "session.send", "team-room", rec)
+		with data.climesh.shared_sessions as {"team-room": {"members": ["mia"]}}
+}

@@ -192,6 +192,7 @@ const (
 	CodeUnavailable    = -32010 // the edge or the CLI cannot be reached
 	CodeRefused        = -32011 // the edge refused the tunnel (status and reason in data)
 	CodeAccessDenied   = -32012 // the policy refused this call; the CLI never saw it
+	CodeSessionBusy    = -32013 // a shared session's turn is running (holder and since in data)
 )
 
 // ErrorResponse builds a JSON-RPC error response to id (null when id is empty).

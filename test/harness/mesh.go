@@ -32,6 +32,7 @@ type Mesh struct {
 	Issuer      *Issuer
 	Keys        *identity.Keys
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
+	CollabHome  string
 	stops       []func()
 }
 
@@ -41,6 +42,9 @@ type MeshOptions struct {
 	IdleTimeout time.Duration // listener idle_timeout (default 1h)
 	Keepalive   time.Duration // sidecar --keepalive (default its own)
 	AttachAll   bool          // every sidecar attaches to a CLI with a known token
+	// Collab adds a pool "collab" of this many collab-mode sidecars whose CLIs
+	// share one COPILOT_HOME (shared storage), routed by x-climesh-session.
+	Collab int
 }
 
 // MeshCredential is the edge credential every test mesh uses.
@@ -123,6 +127,18 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.stops = append(m.stops, sc.Close)
 		m.Sidecars[id] = sc
 	}
+	m.CollabHome = filepath.Join(dir, "collab-home")
+	for i := range o.Collab {
+		id := fmt.Sprintf("collab-%d", i)
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: id, Pool: "collab", ConsulAddr: m.Consul.Addr,
+			CLICommand: copilotBin, CLIHome: m.CollabHome, Extra: append(append([]string{}, extra...), "--mode", "collab", "--lock-ttl", "10s", "--lock-delay", "1s", "--log-level", "debug")})
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, sc.Close)
+		m.Sidecars[id] = sc
+		m.Homes[id] = m.CollabHome
+	}
 	lport, err := FreePort()
 	if err != nil {
 		return m, err
@@ -136,8 +152,16 @@ policy:
   source: %s
   identity_keys_file: %s
   watch_interval: 100ms
-listeners: [{name: edge, port: %d, idle_timeout: %s, routes: [{pool: copilot}]}]
-pools: [{name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}]
+listeners:
+  - name: edge
+    port: %d
+    idle_timeout: %s
+    routes:
+      - {pool: collab, when: {header: x-climesh-session}}
+      - {pool: copilot}
+pools:
+  - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
+  - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
 `, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout)); err != nil {
 		return m, err
 	}
@@ -157,6 +181,9 @@ pools: [{name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_ke
 			if h.Health == "HEALTHY" {
 				healthy++
 			}
+		}
+		if collab, _ := m.Envoy.Hosts("pool/collab"); o.Collab > 0 && countHealthy(collab) != o.Collab {
+			return fmt.Errorf("envoy sees collab %v", collab)
 		}
 		if healthy != o.Instances {
 			return fmt.Errorf("envoy sees %v", hosts)
@@ -216,4 +243,14 @@ func (m *Mesh) Assertion(user, tenant string, ttl time.Duration) string {
 // Token is a valid JWT for user in tenant.
 func (m *Mesh) Token(user, tenant string, roles ...string) string {
 	return m.Issuer.Token(user, tenant, roles, time.Hour)
+}
+
+func countHealthy(hosts []HostStatus) int {
+	n := 0
+	for _, h := range hosts {
+		if h.Health == "HEALTHY" {
+			n++
+		}
+	}
+	return n
 }
