@@ -26,7 +26,7 @@ type Options struct {
 	// LockWait asks the sidecar to wait this long for a busy shared session
 	// instead of answering busy at once.
 	LockWait time.Duration
-	Limits  jsonrpc.Limits
+	Limits   jsonrpc.Limits
 }
 
 // Header is the upgrade request's identity.

@@ -2,10 +2,11 @@
 //
 //   - per message in the sidecar (Guard.Inbound: registry lookup + Rego, with the
 //     per-tunnel decision cache, and without it);
+//
 //   - ext_authz over real gRPC on loopback at a fixed request rate, and its
 //     closed-loop maximum.
 //
-//	go run ./bench/decisions [-rate 3000] [-duration 5s] [-messages 20000]
+//     go run ./bench/decisions [-rate 3000] [-duration 5s] [-messages 20000]
 package main
 
 import (
