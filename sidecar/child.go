@@ -25,7 +25,7 @@ type Child struct {
 // StartChild runs `command --headless --host 127.0.0.1 --port N --no-auto-update`
 // with COPILOT_HOME=home and a fresh COPILOT_CONNECTION_TOKEN, and waits until it
 // listens.
-func StartChild(ctx context.Context, command, home string) (*Child, error) {
+func StartChild(ctx context.Context, command, home string, env ...string) (*Child, error) {
 	tok := make([]byte, 32)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, err
@@ -41,7 +41,7 @@ func StartChild(ctx context.Context, command, home string) (*Child, error) {
 	}
 	c := &Child{Addr: "127.0.0.1:" + strconv.Itoa(port), Token: hex.EncodeToString(tok), done: make(chan struct{})}
 	c.Cmd = exec.Command(command, "--headless", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--no-auto-update")
-	c.Cmd.Env = append(os.Environ(), "COPILOT_HOME="+home, "COPILOT_CONNECTION_TOKEN="+c.Token)
+	c.Cmd.Env = append(append(os.Environ(), env...), "COPILOT_HOME="+home, "COPILOT_CONNECTION_TOKEN="+c.Token)
 	c.Cmd.Stdout, c.Cmd.Stderr = os.Stderr, os.Stderr
 	c.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.Cmd.Start(); err != nil {

@@ -27,6 +27,8 @@ type Registration struct {
 	TTL        time.Duration // the check turns critical if not refreshed within this
 	Interval   time.Duration // how often the CLI is pinged
 	CLI        CLIDialer
+	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
+	Probe func(context.Context) error
 }
 
 func (r *Registration) checkID() string { return "climesh-cli:" + r.InstanceID }
@@ -70,7 +72,12 @@ func (r *Registration) Run(ctx context.Context) {
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
 	for seq := 1; ; seq++ {
-		err := r.ping(ctx, &conn, seq)
+		var err error
+		if r.Probe != nil {
+			err = r.Probe(ctx)
+		} else {
+			err = r.ping(ctx, &conn, seq)
+		}
 		status, output := api.HealthPassing, "copilot CLI answered ping"
 		if err != nil {
 			status, output = api.HealthCritical, err.Error()

@@ -118,6 +118,9 @@ type Relay struct {
 	Instance  string
 	Mode      string
 	RecordTTL time.Duration
+	// Users, in isolated mode, runs one CLI per caller; CLI is then only a
+	// template for its limits.
+	Users *UserPool
 	// Locker serialises turns on collab sessions; LockWaitMax caps what a caller
 	// may ask for in x-climesh-lock-wait.
 	Locker      *lock.Locker
@@ -188,7 +191,20 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("user", caller.User))
 	ctx := r.Context()
 
-	cli, err := rl.CLI.Dial(ctx)
+	dialer := rl.CLI
+	if rl.Users != nil {
+		d, release, err := rl.Users.Acquire(ctx, caller.User)
+		if err != nil {
+			rl.metrics.refused.WithLabelValues("user_cli").Inc()
+			log.Warn("no CLI for this user", zap.Error(err))
+			rl.answerAll(ctx, c, jsonrpc.CodeUnavailable, err.Error())
+			return
+		}
+		defer release()
+		d.Limits, d.Timeout = rl.CLI.Limits, rl.CLI.Timeout
+		dialer = d
+	}
+	cli, err := dialer.Dial(ctx)
 	if err != nil {
 		// Answer what the client asks with the cause, then close: no hang.
 		rl.metrics.refused.WithLabelValues("cli_unavailable").Inc()

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -63,7 +64,11 @@ func run() error {
 	policySource := flag.String("policy", "", "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
 	policyWatch := flag.Duration("policy-watch", time.Second, "how often --policy is checked for changes")
 	logLevel := flag.String("log-level", "info", "log `level`")
-	mode := flag.String("mode", "shared", "`mode`: shared (pattern 2) or collab (pattern 3: shared sessions, one turn at a time)")
+	mode := flag.String("mode", "shared", "`mode`: shared (pattern 2), collab (pattern 3: shared sessions, one turn at a time) or isolated (pattern 1: one CLI per user)")
+	usersRoot := flag.String("users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<user>/home, mode 0700)")
+	userSecrets := flag.String("user-secrets", "", "isolated: `dir` of <user>.env files (KEY=VALUE: GitHub token, provider key); never logged")
+	maxUsers := flag.Int("max-users", 20, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
+	userIdle := flag.Duration("user-idle", 10*time.Minute, "isolated: stop a user's CLI after this long without a tunnel")
 	lockTTL := flag.Duration("lock-ttl", 10*time.Second, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
 	lockDelay := flag.Duration("lock-delay", time.Second, "collab: Consul lock-delay after a holder's session is invalidated")
 	lockWaitMax := flag.Duration("lock-wait-max", 5*time.Minute, "collab: longest wait a caller may ask for (x-climesh-lock-wait)")
@@ -72,6 +77,9 @@ func run() error {
 
 	if (*cliAddr == "") == (*cliCommand == "") {
 		return errors.New("give exactly one of --cli-address and --cli-command")
+	}
+	if *mode == "isolated" && (*cliCommand == "" || *usersRoot == "" || *keysFile == "") {
+		return errors.New("--mode isolated needs --cli-command, --users-root and --identity-keys (a CLI per verified user)")
 	}
 	host, portStr, err := net.SplitHostPort(*listen)
 	if err != nil {
@@ -106,7 +114,7 @@ func run() error {
 	limits := jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}
 	cli := sidecar.CLIDialer{Addr: *cliAddr, Token: os.Getenv("COPILOT_CONNECTION_TOKEN"), Limits: limits}
 	var child *sidecar.Child
-	if *cliCommand != "" {
+	if *cliCommand != "" && *mode != "isolated" {
 		home := *cliHome
 		if home == "" {
 			if home, err = os.MkdirTemp("", "climesh-cli-home-"); err != nil {
@@ -118,15 +126,19 @@ func run() error {
 		}
 		defer child.Stop(10 * time.Second)
 		cli.Addr, cli.Token = child.Addr, child.Token
-	} else if cli.Token == "" {
+	} else if *cliAddr != "" && cli.Token == "" {
 		return errors.New("--cli-address needs $COPILOT_CONNECTION_TOKEN: the CLI must not run without a token")
 	}
 
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
 	relay.Keepalive = *keepalive
-	if *mode != "shared" && *mode != "collab" {
-		return fmt.Errorf("--mode %q: want shared or collab", *mode)
+	if *mode != "shared" && *mode != "collab" && *mode != "isolated" {
+		return fmt.Errorf("--mode %q: want shared, collab or isolated", *mode)
+	}
+	if *mode == "isolated" {
+		relay.Users = &sidecar.UserPool{Command: *cliCommand, Root: *usersRoot, Secrets: *userSecrets, Cap: *maxUsers, IdleAfter: *userIdle, Log: log.Named("users")}
+		go relay.Users.Run(ctx)
 	}
 	relay.Instance, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *mode, 2*time.Second, *lockWaitMax
 	if *keysFile != "" {
@@ -179,6 +191,12 @@ func run() error {
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,
 			Meta: map[string]string{"mode": *mode, "capacity": strconv.Itoa(*capacity), "version": version},
 			TTL:  *ttl, Interval: *interval, CLI: cli,
+		}
+		if relay.Users != nil {
+			registration.Probe = func(context.Context) error {
+				_, err := exec.LookPath(*cliCommand)
+				return err
+			}
 		}
 		if err := registration.Register(); err != nil {
 			return fmt.Errorf("register in consul at %s: %w", *consulAddr, err)

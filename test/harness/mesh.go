@@ -33,6 +33,7 @@ type Mesh struct {
 	Keys        *identity.Keys
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
 	CollabHome  string
+	UsersRoot   string
 	stops       []func()
 }
 
@@ -45,6 +46,9 @@ type MeshOptions struct {
 	// Collab adds a pool "collab" of this many collab-mode sidecars whose CLIs
 	// share one COPILOT_HOME (shared storage), routed by x-climesh-session.
 	Collab int
+	// Isolated adds a pool "isolated" (pattern 1) of one isolated-mode sidecar,
+	// dedicated to tenant "solo": one CLI per user under UsersRoot.
+	Isolated bool
 }
 
 // MeshCredential is the edge credential every test mesh uses.
@@ -97,6 +101,11 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if err = copyPolicies(m.PolicyDir); err != nil {
 		return m, err
 	}
+	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
+	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
+  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]}}}}`), 0o644); err != nil {
+		return m, err
+	}
 	copilotBin, err := Tool("copilot")
 	if err != nil {
 		return m, err
@@ -139,6 +148,16 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.Sidecars[id] = sc
 		m.Homes[id] = m.CollabHome
 	}
+	m.UsersRoot = filepath.Join(dir, "users")
+	if o.Isolated {
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
+			Extra: append(append([]string{}, extra...), "--mode", "isolated", "--users-root", m.UsersRoot, "--user-idle", "2s", "--max-users", "5")})
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, sc.Close)
+		m.Sidecars["isolated-0"] = sc
+	}
 	lport, err := FreePort()
 	if err != nil {
 		return m, err
@@ -157,9 +176,11 @@ listeners:
     port: %d
     idle_timeout: %s
     routes:
+      - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
       - {pool: collab, when: {header: x-climesh-session}}
       - {pool: copilot}
 pools:
+  - {name: isolated, consul_service: isolated, lb: {policy: ring_hash, hash_key: user}}
   - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
 `, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout)); err != nil {

@@ -42,7 +42,10 @@ func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, 
 	}
 	var env []string
 	if o.CLICommand != "" {
-		args = append(args, "--cli-command", o.CLICommand, "--cli-home", o.CLIHome)
+		args = append(args, "--cli-command", o.CLICommand)
+		if o.CLIHome != "" {
+			args = append(args, "--cli-home", o.CLIHome)
+		}
 	} else {
 		args = append(args, "--cli-address", o.CLIAddr)
 		env = append(env, "COPILOT_CONNECTION_TOKEN="+o.CLIToken)
