@@ -133,8 +133,12 @@ func (l *Locker) acquireConsul(ctx context.Context, id, user string, wait bool) 
 func (lk *Lock) Release() error {
 	var err error
 	lk.released.Do(func() {
-		close(lk.stop)
+		// Release the key before the session ends: RenewPeriodic destroys the
+		// session when stopped, and a session destroyed while it holds the key
+		// is an invalidation, which would start Consul's lock-delay for the next
+		// holder.
 		_, _, e1 := lk.l.Client.KV().Release(&api.KVPair{Key: lk.key, Session: lk.session}, nil)
+		close(lk.stop)
 		_, e2 := lk.l.Client.Session().Destroy(lk.session, nil)
 		err = errors.Join(e1, e2)
 		if lk.token != nil {
