@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions golden clean
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession golden clean
 
 all: build
 
@@ -29,10 +29,13 @@ test-short:
 golden:
 	$(GO) test ./xds -update
 
-bench: bench-translate bench-convergence bench-datapath bench-decisions
+bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession
 
 bench-translate:
 	$(GO) test -run '^$$' -bench . -benchmem ./xds
+
+bench-sharedsession: tools
+	$(GO) run ./bench/sharedsession
 
 bench-decisions:
 	$(GO) run ./bench/decisions
