@@ -53,5 +53,5 @@ func buildListener(l *config.Listener, c *config.Config) (*listenerv3.Listener, 
 			}},
 		}},
 	}
-	return lis, lis.ValidateAll()
+	return lis, nil
 }

@@ -10,7 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -217,31 +221,10 @@ func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
 		return nil, Versions{}, err
 	}
 	var errs []error
-	validate := func(name string, m interface{ ValidateAll() error }) {
-		if err := m.ValidateAll(); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		}
-	}
-	clusters := make([]types.Resource, 0, len(r.Clusters))
-	for _, c := range r.Clusters {
-		validate(c.GetName(), c)
-		clusters = append(clusters, c)
-	}
-	endpoints := make([]types.Resource, 0, len(r.Endpoints))
-	for _, e := range r.Endpoints {
-		validate(e.GetClusterName(), e)
-		endpoints = append(endpoints, e)
-	}
-	listeners := make([]types.Resource, 0, len(r.Listeners))
-	for _, l := range r.Listeners {
-		validate(l.GetName(), l)
-		listeners = append(listeners, l)
-	}
-	routes := make([]types.Resource, 0, len(r.Routes))
-	for _, rt := range r.Routes {
-		validate(rt.GetName(), rt)
-		routes = append(routes, rt)
-	}
+	clusters := validated(r.Clusters, (*clusterv3.Cluster).GetName, &errs)
+	endpoints := validated(r.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName, &errs)
+	listeners := validated(r.Listeners, (*listenerv3.Listener).GetName, &errs)
+	routes := validated(r.Routes, (*routev3.RouteConfiguration).GetName, &errs)
 	if len(errs) > 0 {
 		return nil, versions, errors.Join(errs...)
 	}
@@ -254,6 +237,22 @@ func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
 		return nil, versions, fmt.Errorf("inconsistent snapshot: %w", err)
 	}
 	return snap, versions, nil
+}
+
+// validated checks every resource against Envoy's validation rules (the one
+// place climesh validates) and returns them as cache resources.
+func validated[T interface {
+	types.Resource
+	ValidateAll() error
+}](items []T, name func(T) string, errs *[]error) []types.Resource {
+	out := make([]types.Resource, 0, len(items))
+	for _, it := range items {
+		if err := it.ValidateAll(); err != nil {
+			*errs = append(*errs, fmt.Errorf("%s: %w", name(it), err))
+		}
+		out = append(out, it)
+	}
+	return out
 }
 
 func versionsByType(v Versions) map[string]string {
