@@ -10,7 +10,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -26,7 +26,12 @@ type Options struct {
 	// LockWait asks the sidecar to wait this long for a busy shared session
 	// instead of answering busy at once.
 	LockWait time.Duration
-	Limits   jsonrpc.Limits
+	// Reconnect is how long to keep trying to regain a lost tunnel (then resume
+	// the application's sessions); 0 ends the SDK connection at once.
+	Reconnect time.Duration
+	// Events counts what happened (for metrics); may be nil.
+	Events *Events
+	Limits jsonrpc.Limits
 }
 
 // Header is the upgrade request's identity.
@@ -62,69 +67,154 @@ func ConnectToken(first []byte) string {
 	return p.Params.Token
 }
 
-// Serve carries the SDK stream (in, out) through a new tunnel until either side
-// closes. first, when not nil, is a message already read from in. When the edge
-// cannot be reached or refuses, every request the SDK sends is answered with a
-// JSON-RPC error that names the cause, until the SDK closes: no hang.
+// Serve carries the SDK stream (in, out) through a tunnel until the SDK closes.
+// first, when not nil, is a message already read from in. When the edge cannot be
+// reached or refuses at the start, every request the SDK sends is answered with a
+// JSON-RPC error that names the cause: no hang. When the tunnel closes under a
+// running connection and o.Reconnect > 0, Serve reconnects (for up to
+// o.Reconnect) and resumes the application's sessions; see continuity.
 func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out io.Writer, first []byte) error {
 	conn, err := tunnel.Dial(ctx, o.EdgeURL, o.Header(token), o.Limits.MaxFrameBytes)
 	if err != nil {
 		refuse(in, out, first, err)
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var once sync.Once
-	var result error
-	done := func(err error, reason string) {
-		once.Do(func() {
-			result = err
-			cancel()
-			conn.Close(reason)
-		})
-	}
+	cont := newContinuity(out)
+	sdk := make(chan []byte)
+	sdkDone := make(chan error, 1)
 	go func() {
+		for {
+			body, err := in.Read()
+			if err != nil {
+				sdkDone <- err
+				return
+			}
+			select {
+			case sdk <- body:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	link := startLink(ctx, conn, cont)
+	if first != nil {
+		cont.fromSDK(first)
+		conn.Write(ctx, first)
+	}
+	for {
+		select {
+		case body := <-sdk:
+			cont.fromSDK(body)
+			if err := link.conn.Write(ctx, body); err != nil {
+				<-link.lost // the reader sees the same failure
+				if link = reconnect(ctx, o, token, cont, sdk, link.err); link == nil {
+					return closeOut(out, errors.New("climesh edge lost and not regained"))
+				}
+			}
+		case <-link.lost:
+			if link = reconnect(ctx, o, token, cont, sdk, link.err); link == nil {
+				return closeOut(out, errors.New("climesh edge lost and not regained"))
+			}
+		case err := <-sdkDone:
+			if errors.Is(err, io.EOF) {
+				link.conn.Close("client closed")
+				return nil
+			}
+			// A frame we cannot read: say so to the SDK, then end this connection only.
+			cont.write(jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, err.Error(), nil))
+			link.conn.Close("bad frame from client")
+			return err
+		case <-ctx.Done():
+			link.conn.Close("shutting down")
+			return ctx.Err()
+		}
+	}
+}
+
+// link is one tunnel and the goroutine reading it.
+type link struct {
+	conn *tunnel.Conn
+	lost chan struct{} // closed when the tunnel is gone
+	err  error
+}
+
+func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
+	l := &link{conn: conn, lost: make(chan struct{})}
+	go func() {
+		defer close(l.lost)
 		for {
 			msg, err := conn.Read(ctx)
 			if err != nil {
 				if _, reason, ok := tunnel.CloseReason(err); ok && reason != "" {
 					err = errors.New("edge closed the tunnel: " + reason)
 				}
-				done(err, "")
-				if c, ok := out.(io.Closer); ok {
-					c.Close() // the SDK sees its connection end
-				}
+				l.err = err
 				return
 			}
-			if _, err := out.Write(jsonrpc.Frame(msg)); err != nil {
-				done(err, "client gone")
-				return
+			if cont.fromEdge(msg) {
+				if cont.write(msg) != nil {
+					l.err = errors.New("client gone")
+					conn.Close("client gone")
+					return
+				}
 			}
 		}
 	}()
-	if first != nil {
-		if err := conn.Write(ctx, first); err != nil {
-			done(err, "")
-			return result
-		}
+	return l
+}
+
+// reconnect reports the loss, then dials again with backoff for up to o.Reconnect
+// and restores the sessions. Requests the SDK sends meanwhile are answered with an
+// error. nil means the edge was not regained (or reconnecting is off).
+func reconnect(ctx context.Context, o Options, token string, cont *continuity, sdk <-chan []byte, cause error) *link {
+	if cause == nil {
+		cause = errors.New("tunnel closed")
 	}
-	for {
-		body, err := in.Read()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				done(nil, "client closed")
-			} else {
-				// A frame we cannot read: say so to the SDK, then end this connection only.
-				out.Write(jsonrpc.Frame(jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, err.Error(), nil)))
-				done(err, "bad frame from client")
+	cont.lost(cause)
+	if o.Reconnect <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(o.Reconnect)
+	wait := 100 * time.Millisecond
+	for time.Now().Before(deadline) {
+		conn, err := tunnel.Dial(ctx, o.EdgeURL, o.Header(token), o.Limits.MaxFrameBytes)
+		if err == nil {
+			l := startLink(ctx, conn, cont)
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err = cont.restore(rctx, conn)
+			cancel()
+			if err == nil {
+				o.Events.reconnected()
+				return l
 			}
-			return result
+			conn.Close("restore failed")
 		}
-		if err := conn.Write(ctx, body); err != nil {
-			done(err, "")
-			return result
+		timer := time.NewTimer(wait)
+	waiting:
+		for {
+			select {
+			case body := <-sdk: // the SDK keeps talking: answer, do not hang
+				if m, err := jsonrpc.Classify(body); err == nil && m.Kind == jsonrpc.Request {
+					cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: reconnecting to the edge: "+cause.Error(), nil))
+				}
+			case <-timer.C:
+				break waiting
+			case <-ctx.Done():
+				timer.Stop()
+				return nil
+			}
 		}
+		wait = min(wait*2, 2*time.Second)
 	}
+	return nil
+}
+
+// closeOut ends the SDK's side so that it sees its connection end.
+func closeOut(out io.Writer, err error) error {
+	if c, ok := out.(io.Closer); ok {
+		c.Close()
+	}
+	return err
 }
 
 // refuse answers each request with the dial error until in ends.
@@ -149,5 +239,14 @@ func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
 			return
 		}
 		answer(body)
+	}
+}
+
+// Events counts reconnects (exported as a metric by the command).
+type Events struct{ Reconnects atomic.Int64 }
+
+func (e *Events) reconnected() {
+	if e != nil {
+		e.Reconnects.Add(1)
 	}
 }

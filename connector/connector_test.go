@@ -1,10 +1,12 @@
 package connector
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,5 +102,82 @@ func TestConnectToken(t *testing.T) {
 	}
 	if got := ConnectToken([]byte(`{"jsonrpc":"2.0","id":1,"method":"ping","params":{"token":"t1"}}`)); got != "" {
 		t.Fatalf("a ping's token was taken: %q", got)
+	}
+}
+
+// flakyEdge answers like a sidecar and drops its first tunnel right after
+// accepting a session.send, as a crashed instance would.
+type flakyEdge struct {
+	mu      sync.Mutex
+	tunnels int
+	seen    []string // method and params of every request, per tunnel
+}
+
+func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := tunnel.Accept(w, r, 1<<20)
+	if err != nil {
+		return
+	}
+	f.mu.Lock()
+	f.tunnels++
+	n := f.tunnels
+	f.mu.Unlock()
+	for {
+		msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		m, _ := jsonrpc.Classify(msg)
+		f.mu.Lock()
+		f.seen = append(f.seen, fmt.Sprintf("%d %s %s", n, m.Method, msg))
+		f.mu.Unlock()
+		var result any = map[string]any{}
+		switch m.Method {
+		case "session.create":
+			result = map[string]any{"sessionId": "s-1"}
+		case "session.send":
+			result = map[string]any{"messageId": "m-1"}
+		}
+		resp, _ := jsonrpc.ResultResponse(m.ID, result)
+		c.Write(r.Context(), resp)
+		if m.Method == "session.send" && n == 1 {
+			c.Fail("instance crashed")
+			return
+		}
+	}
+}
+
+func TestServeReconnectsAndResumes(t *testing.T) {
+	edge := &flakyEdge{}
+	srv := httptest.NewServer(edge)
+	defer srv.Close()
+	ev := &Events{}
+	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second, Events: ev}
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m","provider":{"type":"openai","baseUrl":"http://model","apiKey":"k"}}}`)
+	// The send is accepted, then the instance goes away mid-turn: the app is told.
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"s-1","prompt":"hi"}}`); !strings.Contains(got, "m-1") {
+		t.Fatalf("send: %s", got)
+	}
+	lostTurn, err := sdk.fromServe.Read()
+	if err != nil || !strings.Contains(string(lostTurn), `"type":"session.error"`) || !strings.Contains(string(lostTurn), `"sessionId":"s-1"`) {
+		t.Fatalf("no session.error for the lost turn: %s %v", lostTurn, err)
+	}
+	// The next call works, on a new tunnel where the session was resumed with the
+	// provider the application gave at create.
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":4,"method":"session.getMessages","params":{"sessionId":"s-1"}}`); !strings.Contains(got, `"id":4,"result"`) {
+		t.Fatalf("after the reconnect: %s", got)
+	}
+	edge.mu.Lock()
+	defer edge.mu.Unlock()
+	resumed := false
+	for _, s := range edge.seen {
+		if strings.HasPrefix(s, "2 session.resume") && strings.Contains(s, `"sessionId":"s-1"`) && strings.Contains(s, `"baseUrl":"http://model"`) {
+			resumed = true
+		}
+	}
+	if !resumed || ev.Reconnects.Load() != 1 {
+		t.Fatalf("second tunnel saw %v (reconnects %d)", edge.seen, ev.Reconnects.Load())
 	}
 }

@@ -42,6 +42,7 @@ func run(args []string) error {
 	user := fs.String("user", os.Getenv("CLIMESH_USER"), "x-climesh-user for edges that trust client headers (env CLIMESH_USER)")
 	session := fs.String("session", os.Getenv("CLIMESH_SESSION"), "shared-session `name` (env CLIMESH_SESSION)")
 	lockWait := fs.Duration("lock-wait", envDuration("CLIMESH_LOCK_WAIT"), "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
+	reconnect := fs.Duration("reconnect", envDurationOr("CLIMESH_RECONNECT", time.Minute), "when a tunnel is lost, keep trying this long to regain it and resume the sessions (0: give up at once; env CLIMESH_RECONNECT)")
 	listen := fs.String("listen", "", "TCP mode: accept SDK connections on `host:port` (default: stdio)")
 	maxFrame := fs.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message")
 	// Flags the SDK passes to what it believes is the CLI: accepted, ignored.
@@ -57,7 +58,7 @@ func run(args []string) error {
 	if *edge == "" {
 		return errors.New("no edge: set --edge or CLIMESH_EDGE (ws://host:port/v1/rpc)")
 	}
-	o := connector.Options{EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait,
+	o := connector.Options{EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
 		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -117,7 +118,11 @@ func (stdout) Close() error {
 	return os.Stdout.Close()
 }
 
-func envDuration(name string) time.Duration {
-	d, _ := time.ParseDuration(os.Getenv(name))
-	return d
+func envDuration(name string) time.Duration { return envDurationOr(name, 0) }
+
+func envDurationOr(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
 }

@@ -1,0 +1,231 @@
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/tunnel"
+)
+
+// continuity remembers what the application attached over one SDK connection, so
+// that when the tunnel under it closes (drain, crash, scale event) the connection
+// can be re-established and every session resumed with the options the
+// application gave (provider included). What is lost is only what was in flight:
+// requests awaiting an answer get an error, and a turn that was running gets a
+// session.error event — the application sees an error, never a dead client.
+type continuity struct {
+	out   io.Writer
+	outMu sync.Mutex
+
+	mu       sync.Mutex
+	pending  map[string]sdkCall         // SDK request id -> the call
+	attached map[string]json.RawMessage // session id -> params for session.resume
+	running  map[string]bool            // sessions with a turn in flight
+	internal map[string]chan []byte     // our own requests' answers
+	seq      int
+}
+
+type sdkCall struct {
+	method, sessionID string
+	params            json.RawMessage
+}
+
+func newContinuity(out io.Writer) *continuity {
+	return &continuity{out: out, pending: map[string]sdkCall{}, attached: map[string]json.RawMessage{},
+		running: map[string]bool{}, internal: map[string]chan []byte{}}
+}
+
+func (c *continuity) write(msg []byte) error {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	_, err := c.out.Write(jsonrpc.Frame(msg))
+	return err
+}
+
+// fromSDK notes a message the application sends.
+func (c *continuity) fromSDK(body []byte) {
+	m, err := jsonrpc.Classify(body)
+	if err != nil || m.Kind != jsonrpc.Request {
+		return
+	}
+	var p struct {
+		Params json.RawMessage `json:"params"`
+	}
+	json.Unmarshal(body, &p)
+	c.mu.Lock()
+	c.pending[string(m.ID)] = sdkCall{method: m.Method, sessionID: m.SessionID, params: p.Params}
+	c.mu.Unlock()
+}
+
+// fromEdge notes a message for the application; false means it was ours.
+func (c *continuity) fromEdge(body []byte) bool {
+	m, err := jsonrpc.Classify(body)
+	if err != nil {
+		return true
+	}
+	switch m.Kind {
+	case jsonrpc.Response:
+		c.mu.Lock()
+		if ch, ok := c.internal[string(m.ID)]; ok {
+			delete(c.internal, string(m.ID))
+			c.mu.Unlock()
+			ch <- body
+			return false
+		}
+		call, ok := c.pending[string(m.ID)]
+		delete(c.pending, string(m.ID))
+		c.mu.Unlock()
+		if ok {
+			c.answered(call, body)
+		}
+	case jsonrpc.Notification:
+		if m.Method == "session.event" && m.SessionID != "" && turnEnd(body) {
+			c.mu.Lock()
+			delete(c.running, m.SessionID)
+			c.mu.Unlock()
+		}
+	}
+	return true
+}
+
+func (c *continuity) answered(call sdkCall, body []byte) {
+	var r struct {
+		Result json.RawMessage `json:"result"`
+		Error  json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(body, &r) != nil || len(r.Error) > 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch call.method {
+	case "session.create", "session.resume":
+		var res struct {
+			SessionID string `json:"sessionId"`
+		}
+		json.Unmarshal(r.Result, &res)
+		if id := firstNonEmpty(res.SessionID, call.sessionID); id != "" {
+			c.attached[id] = withSessionID(call.params, id)
+		}
+	case "session.destroy", "session.delete":
+		delete(c.attached, call.sessionID)
+		delete(c.running, call.sessionID)
+	case "session.send":
+		c.running[call.sessionID] = true
+	}
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// withSessionID returns create/resume params naming id, for session.resume.
+func withSessionID(params json.RawMessage, id string) json.RawMessage {
+	obj := map[string]json.RawMessage{}
+	json.Unmarshal(params, &obj)
+	obj["sessionId"], _ = json.Marshal(id)
+	b, _ := json.Marshal(obj)
+	return b
+}
+
+func turnEnd(body []byte) bool {
+	var n struct {
+		Params struct {
+			Event struct {
+				Type string `json:"type"`
+			} `json:"event"`
+		} `json:"params"`
+	}
+	json.Unmarshal(body, &n)
+	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
+}
+
+// lost reports what the closed tunnel took with it: every unanswered request gets
+// an error, every running turn a session.error event.
+func (c *continuity) lost(cause error) {
+	c.mu.Lock()
+	pending, running := c.pending, c.running
+	c.pending, c.running = map[string]sdkCall{}, map[string]bool{}
+	for id, ch := range c.internal {
+		close(ch)
+		delete(c.internal, id)
+	}
+	c.mu.Unlock()
+	msg := "climesh: the connection to the instance was lost: " + cause.Error()
+	for id := range pending {
+		c.write(jsonrpc.ErrorResponse(json.RawMessage(id), jsonrpc.CodeUnavailable, msg, map[string]bool{"reconnecting": true}))
+	}
+	for sid := range running {
+		c.write(errorEvent(sid, "climesh: the turn in flight was lost when its instance went away; the session was resumed"))
+	}
+}
+
+func errorEvent(sessionID, message string) []byte {
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "session.event", "params": map[string]any{
+		"sessionId": sessionID,
+		"event": map[string]any{"type": "session.error", "id": fmt.Sprintf("climesh-%d", time.Now().UnixNano()),
+			"parentId": nil, "timestamp": time.Now().UTC().Format(time.RFC3339Nano), "ephemeral": true,
+			"data": map[string]any{"errorType": "connection", "message": message}},
+	}})
+	return b
+}
+
+// call sends one request of our own on conn and waits for its answer.
+func (c *continuity) call(ctx context.Context, conn *tunnel.Conn, method string, params any) (json.RawMessage, error) {
+	c.mu.Lock()
+	c.seq++
+	id := fmt.Sprintf(`"climesh-connect-%d"`, c.seq)
+	ch := make(chan []byte, 1)
+	c.internal[id] = ch
+	c.mu.Unlock()
+	body, _ := jsonrpc.RequestBody(json.RawMessage(id), method, params)
+	if err := conn.Write(ctx, body); err != nil {
+		return nil, err
+	}
+	select {
+	case answer, ok := <-ch:
+		if !ok {
+			return nil, fmt.Errorf("%s: tunnel lost", method)
+		}
+		var r struct {
+			Error *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		json.Unmarshal(answer, &r)
+		if r.Error != nil {
+			return answer, fmt.Errorf("%s: %s", method, r.Error.Message)
+		}
+		return answer, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// restore re-attaches every session on a new tunnel; one that cannot be resumed
+// is reported to the application as a session.error event.
+func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
+	if _, err := c.call(ctx, conn, "connect", map[string]any{}); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	attached := make(map[string]json.RawMessage, len(c.attached))
+	for id, p := range c.attached {
+		attached[id] = p
+	}
+	c.mu.Unlock()
+	for id, params := range attached {
+		if _, err := c.call(ctx, conn, "session.resume", params); err != nil {
+			c.write(errorEvent(id, "climesh: the session could not be resumed after a reconnect: "+err.Error()))
+		}
+	}
+	return nil
+}
