@@ -34,13 +34,15 @@ type Registration struct {
 func (r *Registration) checkID() string { return "climesh-cli:" + r.InstanceID }
 
 // Register adds the service with its check, critical until the first ping answers.
-func (r *Registration) Register() error {
+func (r *Registration) Register() error { return r.register(api.HealthCritical) }
+
+func (r *Registration) register(status string) error {
 	return r.Agent.ServiceRegister(&api.AgentServiceRegistration{
 		ID: r.InstanceID, Name: r.Pool, Address: r.Address, Port: r.Port, Meta: r.Meta,
 		Tags: []string{"climesh"},
 		Check: &api.AgentServiceCheck{
 			CheckID: r.checkID(), Name: "copilot CLI answers ping", TTL: r.TTL.String(),
-			Status: api.HealthCritical, DeregisterCriticalServiceAfter: "10m",
+			Status: status, DeregisterCriticalServiceAfter: "10m",
 		},
 	})
 }
@@ -56,7 +58,7 @@ func (r *Registration) SetDraining() error {
 		meta[k] = v
 	}
 	r.Meta = meta
-	return r.Register()
+	return r.register(api.HealthPassing) // draining, not unhealthy: its turns still run
 }
 
 // Run pings the CLI every Interval and reports the result to the TTL check,

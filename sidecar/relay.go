@@ -129,10 +129,12 @@ type Relay struct {
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
 
-	metrics *relayMetrics
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	open    map[*tunnel.Conn]struct{}
+	metrics  *relayMetrics
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	open     map[*tunnel.Conn]struct{}
+	draining bool
+	turns    turns
 }
 
 type relayMetrics struct {
@@ -165,6 +167,11 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 
 // ServeHTTP accepts one tunnel and relays it until either side closes.
 func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rl.Draining() {
+		rl.metrics.refused.WithLabelValues("draining").Inc()
+		http.Error(w, "climesh sidecar: draining; connect to another instance", http.StatusServiceUnavailable)
+		return
+	}
 	if rl.EdgeCredential != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get(edgeCredentialHeader)), []byte(rl.EdgeCredential)) != 1 {
 		rl.metrics.refused.WithLabelValues("edge_credential").Inc()
 		http.Error(w, "climesh sidecar: missing or wrong edge credential: tunnels come through the edge", http.StatusUnauthorized)
@@ -248,6 +255,8 @@ func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg st
 func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	tt := newTunnelTurns(&rl.turns)
+	defer tt.close()
 	var closeOnce sync.Once
 	finish := func(reason string, fail bool) {
 		closeOnce.Do(func() {
@@ -293,6 +302,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				}
 				return
 			}
+			tt.fromCLI(body)
 			if guard != nil {
 				m, err := jsonrpc.Classify(body)
 				if err != nil {
@@ -326,6 +336,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			finish("not a JSON-RPC message", true)
 			return
 		}
+		tt.fromClient(m)
 		answer, ok := localAnswer(m, cli.Hello)
 		if !ok && guard != nil {
 			start := time.Now()

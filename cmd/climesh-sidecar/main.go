@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,6 +60,7 @@ func run() error {
 	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
 	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
+	drainTimeout := flag.Duration("drain-timeout", 2*time.Minute, "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed")
 	credFile := flag.String("edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	keysFile := flag.String("identity-keys", "", "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
 	policySource := flag.String("policy", "", "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
@@ -168,6 +170,13 @@ func run() error {
 	mux.Handle(*path, relay)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	drainNow := make(chan struct{})
+	var drainOnce sync.Once
+	// POST /drain (loopback only, like the rest of --listen): the admin call.
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		drainOnce.Do(func() { close(drainNow) })
+		fmt.Fprintln(w, "draining")
+	})
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
@@ -211,15 +220,21 @@ func run() error {
 	}
 	select {
 	case <-ctx.Done():
+	case <-drainNow:
 	case <-childDone:
 		log.Error("copilot CLI exited")
 	}
-	// Leave routing first, then close tunnels so clients reconnect elsewhere.
+	// Leave routing first (DRAINING in Consul, so in Envoy: no new users), let
+	// running turns finish, then close tunnels so clients reconnect elsewhere.
 	if registration != nil {
-		registration.SetDraining()
+		if err := registration.SetDraining(); err != nil {
+			log.Warn("mark draining in consul", zap.Error(err))
+		}
 	}
+	start := time.Now()
+	left := relay.Drain(context.Background(), *drainTimeout)
+	log.Info("drained", zap.Duration("took", time.Since(start)), zap.Int("turns_cut", left))
 	srv.Close()
-	relay.CloseAll("instance shutting down")
 	relay.Wait()
 	if registration != nil {
 		if err := registration.Deregister(); err != nil {

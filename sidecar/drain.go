@@ -1,0 +1,154 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+)
+
+// turns counts the turns running through this sidecar, so that a drain can let
+// them finish: a turn starts when a session.send is accepted and ends at the
+// session's next session.idle or session.error on the same tunnel.
+type turns struct {
+	mu      sync.Mutex
+	running int
+	changed chan struct{} // closed and replaced on every change
+}
+
+func (t *turns) add(n int) {
+	t.mu.Lock()
+	t.running += n
+	if t.changed != nil {
+		close(t.changed)
+		t.changed = nil
+	}
+	t.mu.Unlock()
+}
+
+// Running is the number of turns in flight.
+func (t *turns) Running() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.running
+}
+
+// waitIdle blocks until no turn runs or ctx ends; it reports whether all finished.
+func (t *turns) waitIdle(ctx context.Context) bool {
+	for {
+		t.mu.Lock()
+		if t.running <= 0 {
+			t.mu.Unlock()
+			return true
+		}
+		if t.changed == nil {
+			t.changed = make(chan struct{})
+		}
+		ch := t.changed
+		t.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// tunnelTurns follows one tunnel's turns.
+type tunnelTurns struct {
+	all     *turns
+	mu      sync.Mutex
+	sends   map[string]string // send request id -> session
+	running map[string]int    // session -> turns in flight
+}
+
+func newTunnelTurns(all *turns) *tunnelTurns {
+	return &tunnelTurns{all: all, sends: map[string]string{}, running: map[string]int{}}
+}
+
+func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
+	if m.Kind == jsonrpc.Request && m.Method == "session.send" && m.SessionID != "" {
+		tt.mu.Lock()
+		tt.sends[string(m.ID)] = m.SessionID
+		tt.mu.Unlock()
+	}
+}
+
+var (
+	idleMarker  = []byte(`"session.idle"`)
+	errorMarker = []byte(`"session.error"`)
+)
+
+// fromCLI looks at what the CLI sends; cheap for the messages that cannot matter.
+func (tt *tunnelTurns) fromCLI(body []byte) {
+	tt.mu.Lock()
+	waiting := len(tt.sends) > 0
+	tt.mu.Unlock()
+	ends := bytes.Contains(body, idleMarker) || bytes.Contains(body, errorMarker)
+	if !waiting && !ends {
+		return
+	}
+	m, err := jsonrpc.Classify(body)
+	if err != nil {
+		return
+	}
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	switch {
+	case m.Kind == jsonrpc.Response:
+		sid, ok := tt.sends[string(m.ID)]
+		if !ok {
+			return
+		}
+		delete(tt.sends, string(m.ID))
+		var r struct {
+			Error json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(body, &r) == nil && len(r.Error) == 0 {
+			tt.running[sid]++
+			tt.all.add(1)
+		}
+	case m.Kind == jsonrpc.Notification && ends && m.SessionID != "" && turnEnded(m):
+		if tt.running[m.SessionID] > 0 {
+			tt.running[m.SessionID]--
+			tt.all.add(-1)
+		}
+	}
+}
+
+// close forgets the tunnel's turns (the tunnel is gone: they are lost, not running).
+func (tt *tunnelTurns) close() {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	n := 0
+	for _, c := range tt.running {
+		n += c
+	}
+	tt.running = map[string]int{}
+	tt.all.add(-n)
+}
+
+// Drain stops taking tunnels, lets running turns finish for up to timeout, then
+// closes every tunnel (clients reconnect elsewhere and resume). It reports how
+// many turns were still running when it closed them.
+func (rl *Relay) Drain(ctx context.Context, timeout time.Duration) int {
+	rl.mu.Lock()
+	rl.draining = true
+	rl.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rl.turns.waitIdle(ctx)
+	left := rl.turns.Running()
+	rl.CloseAll("instance draining: reconnect to resume")
+	return left
+}
+
+// Draining reports whether Drain has begun.
+func (rl *Relay) Draining() bool {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	return rl.draining
+}
