@@ -34,6 +34,7 @@ type Mesh struct {
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
 	CollabHome  string
 	UsersRoot   string
+	DurableHome string
 	stops       []func()
 }
 
@@ -49,6 +50,9 @@ type MeshOptions struct {
 	// Isolated adds a pool "isolated" (pattern 1) of one isolated-mode sidecar,
 	// dedicated to tenant "solo": one CLI per user under UsersRoot.
 	Isolated bool
+	// Durable adds a pool "durable" of this many shared-mode sidecars whose CLIs
+	// share one COPILOT_HOME (shared session storage), dedicated to tenant "durable".
+	Durable int
 }
 
 // MeshCredential is the edge credential every test mesh uses.
@@ -103,7 +107,8 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
 	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
-  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]}}}}`), 0o644); err != nil {
+  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]},
+  "durable": {"tenants": ["durable"]}}}}`), 0o644); err != nil {
 		return m, err
 	}
 	copilotBin, err := Tool("copilot")
@@ -148,6 +153,17 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.Sidecars[id] = sc
 		m.Homes[id] = m.CollabHome
 	}
+	m.DurableHome = filepath.Join(dir, "durable-home")
+	for i := range o.Durable {
+		id := fmt.Sprintf("durable-%d", i)
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: id, Pool: "durable", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin, CLIHome: m.DurableHome,
+			Extra: append(append([]string{}, extra...), "--drain-timeout", "30s")})
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, sc.Close)
+		m.Sidecars[id] = sc
+	}
 	m.UsersRoot = filepath.Join(dir, "users")
 	if o.Isolated {
 		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
@@ -177,10 +193,12 @@ listeners:
     idle_timeout: %s
     routes:
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
+      - {pool: durable, when: {header: x-climesh-tenant, exact: durable}}
       - {pool: collab, when: {header: x-climesh-session}}
       - {pool: copilot}
 pools:
   - {name: isolated, consul_service: isolated, lb: {policy: ring_hash, hash_key: user}}
+  - {name: durable, consul_service: durable, lb: {policy: ring_hash, hash_key: user}}
   - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
 `, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout)); err != nil {
@@ -205,6 +223,9 @@ pools:
 		}
 		if collab, _ := m.Envoy.Hosts("pool/collab"); o.Collab > 0 && countHealthy(collab) != o.Collab {
 			return fmt.Errorf("envoy sees collab %v", collab)
+		}
+		if durable, _ := m.Envoy.Hosts("pool/durable"); o.Durable > 0 && countHealthy(durable) != o.Durable {
+			return fmt.Errorf("envoy sees durable %v", durable)
 		}
 		if healthy != o.Instances {
 			return fmt.Errorf("envoy sees %v", hosts)
