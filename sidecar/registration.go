@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -29,6 +30,32 @@ type Registration struct {
 	CLI        CLIDialer
 	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
 	Probe func(context.Context) error
+
+	mu      sync.Mutex
+	changed bool // the CLI moved: drop the ping connection
+}
+
+// SetCLI points the health ping at a restarted CLI.
+func (r *Registration) SetCLI(addr, token string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.CLI.Addr, r.CLI.Token = addr, token
+	r.changed = true
+}
+
+func (r *Registration) cli() (CLIDialer, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changed := r.changed
+	r.changed = false
+	return r.CLI, changed
+}
+
+// Fail turns the check critical now, without waiting for the next ping.
+func (r *Registration) Fail(reason string) {
+	if err := r.Agent.UpdateTTL(r.checkID(), reason, api.HealthCritical); err != nil {
+		r.Log.Warn("cannot update the consul check", zap.Error(err))
+	}
 }
 
 func (r *Registration) checkID() string { return "climesh-cli:" + r.InstanceID }
@@ -102,8 +129,13 @@ func (r *Registration) Run(ctx context.Context) {
 }
 
 func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error {
+	dialer, changed := r.cli()
+	if changed && *conn != nil {
+		(*conn).Close()
+		*conn = nil
+	}
 	if *conn == nil {
-		c, err := r.CLI.Dial(ctx)
+		c, err := dialer.Dial(ctx)
 		if err != nil {
 			return err
 		}

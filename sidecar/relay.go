@@ -198,7 +198,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("user", caller.User))
 	ctx := r.Context()
 
-	dialer := rl.CLI
+	dialer := rl.cliDialer()
 	if rl.Users != nil {
 		d, release, err := rl.Users.Acquire(ctx, caller.User)
 		if err != nil {
@@ -208,7 +208,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer release()
-		d.Limits, d.Timeout = rl.CLI.Limits, rl.CLI.Timeout
+		d.Limits, d.Timeout = dialer.Limits, dialer.Timeout
 		dialer = d
 	}
 	cli, err := dialer.Dial(ctx)

@@ -126,8 +126,8 @@ func run() error {
 		if child, err = sidecar.StartChild(ctx, *cliCommand, home); err != nil {
 			return err
 		}
-		defer child.Stop(10 * time.Second)
 		cli.Addr, cli.Token = child.Addr, child.Token
+		*cliHome = home
 	} else if *cliAddr != "" && cli.Token == "" {
 		return errors.New("--cli-address needs $COPILOT_CONNECTION_TOKEN: the CLI must not run without a token")
 	}
@@ -214,15 +214,15 @@ func run() error {
 	}
 	log.Info("serving", zap.String("listen", *listen), zap.String("cli", cli.Addr), zap.String("pool", *pool))
 
-	var childDone <-chan struct{}
+	var supervised sync.WaitGroup
+	superviseCtx, stopSupervisor := context.WithCancel(context.Background())
 	if child != nil {
-		childDone = child.Done()
+		sup := sidecar.NewSupervisor(child, *cliCommand, *cliHome, relay, registration, log)
+		supervised.Go(func() { sup.Run(superviseCtx) })
 	}
 	select {
 	case <-ctx.Done():
 	case <-drainNow:
-	case <-childDone:
-		log.Error("copilot CLI exited")
 	}
 	// Leave routing first (DRAINING in Consul, so in Envoy: no new users), let
 	// running turns finish, then close tunnels so clients reconnect elsewhere.
@@ -241,5 +241,7 @@ func run() error {
 			log.Warn("deregister", zap.Error(err))
 		}
 	}
+	stopSupervisor() // stops the CLI
+	supervised.Wait()
 	return nil
 }

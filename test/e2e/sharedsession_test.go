@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -125,11 +126,23 @@ func turnOrder(t *testing.T, home, id string) (users, turns int) {
 func ownTurn(ctx context.Context, s *copilot.Session, prompt string) (string, error) {
 	want := "echo: " + prompt
 	got := make(chan string, 1)
+	failed := make(chan string, 1)
+	var sent atomic.Bool
 	unsubscribe := s.On(func(ev copilot.SessionEvent) {
-		if d, ok := ev.Data.(*copilot.AssistantMessageData); ok && strings.Contains(d.Content, want) {
-			select {
-			case got <- d.Content:
-			default:
+		switch d := ev.Data.(type) {
+		case *copilot.AssistantMessageData:
+			if strings.Contains(d.Content, want) {
+				select {
+				case got <- d.Content:
+				default:
+				}
+			}
+		case *copilot.SessionErrorData: // e.g. the turn was lost with its instance
+			if sent.Load() {
+				select {
+				case failed <- d.Message:
+				default:
+				}
 			}
 		}
 	})
@@ -137,9 +150,12 @@ func ownTurn(ctx context.Context, s *copilot.Session, prompt string) (string, er
 	if _, err := s.Send(ctx, copilot.MessageOptions{Prompt: prompt}); err != nil {
 		return "", err
 	}
+	sent.Store(true)
 	select {
 	case text := <-got:
 		return text, nil
+	case msg := <-failed:
+		return "", fmt.Errorf("session error: %s", msg)
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}

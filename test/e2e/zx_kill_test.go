@@ -1,0 +1,169 @@
+package e2e
+
+// This file sorts late, before the drain test: it kills one "durable" CLI.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	copilot "github.com/github/copilot-sdk/go"
+
+	"github.com/climesh/climesh/session/registry"
+	"github.com/climesh/climesh/test/harness"
+)
+
+// childCLI finds the CLI a sidecar runs (its child, in its own process group).
+func childCLI(t *testing.T, sidecarPID int) int {
+	t.Helper()
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(sidecarPID) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return pid
+		}
+	}
+	t.Fatalf("sidecar %d has no child", sidecarPID)
+	return 0
+}
+
+// TestCLIKilled: one CLI of a shared-storage pool is killed with SIGKILL while its
+// users' turns run. The instance leaves routing at once, each lost turn is
+// reported to its app, every user's next turn succeeds with its history, and the
+// sidecar brings a new CLI up and rejoins.
+func TestCLIKilled(t *testing.T) {
+	env := startMesh(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	reg := &registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}
+	type user struct {
+		name    string
+		session *copilot.Session
+		where   string
+	}
+	byInstance := map[string][]*user{}
+	var all []*user
+	for i := range 9 {
+		u := &user{name: fmt.Sprintf("kil-%02d", i)}
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(u.name, "durable")}})
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Stop() })
+		var err error
+		if u.session, err = c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
+			t.Fatal(err)
+		}
+		rec, _ := reg.Get(ctx, u.session.SessionID)
+		u.where = rec.Instance
+		byInstance[u.where] = append(byInstance[u.where], u)
+		all = append(all, u)
+	}
+	victim := ""
+	for id, us := range byInstance {
+		if victim == "" || len(us) > len(byInstance[victim]) {
+			victim = id
+		}
+	}
+	hit := byInstance[victim]
+
+	before := env.Model.Requests()
+	var wg sync.WaitGroup
+	lost := make(chan error, len(hit))
+	for _, u := range hit {
+		wg.Go(func() {
+			_, err := ownTurn(ctx, u.session, "slow 20000 for "+u.name)
+			lost <- err
+		})
+	}
+	if err := harness.Poll(ctx, 20*time.Millisecond, func() error {
+		if env.Model.Requests()-before < int64(len(hit)) {
+			return fmt.Errorf("turns not at the model yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cliPID := childCLI(t, env.Sidecars[victim].Proc.Pid())
+	killed := time.Now()
+	syscall.Kill(-cliPID, syscall.SIGKILL)
+
+	// Out of routing, within the bound (the sidecar fails its check at once).
+	err := harness.Poll(ctx, 10*time.Millisecond, func() error {
+		hosts, err := env.Envoy.Hosts("pool/durable")
+		if err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if h.Hostname == victim && h.Health == "HEALTHY" {
+				return fmt.Errorf("still healthy")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := time.Since(killed)
+	t.Logf("%s left routing %s after its CLI was killed", victim, out.Round(time.Millisecond))
+	if out > 5*time.Second {
+		t.Fatalf("left routing after %v, bound 5s", out)
+	}
+	wg.Wait()
+	close(lost)
+	// A turn in flight at the kill ends, one way or the other, and never hangs:
+	// reported lost (session.error from climesh-connect), or completed by the
+	// instance that resumed the session (the user message was already persisted).
+	reported, completed := 0, 0
+	for err := range lost {
+		switch {
+		case err == nil:
+			completed++
+		case strings.Contains(err.Error(), "lost"):
+			reported++
+		default:
+			t.Errorf("a turn in flight at the kill ended with %v", err)
+		}
+	}
+	t.Logf("turns in flight at the kill: %d reported lost, %d completed after the resume", reported, completed)
+	for _, u := range all {
+		text, err := ownTurn(ctx, u.session, "after the kill "+u.name)
+		if err != nil || !strings.Contains(text, "first: first of "+u.name) {
+			t.Fatalf("%s after the kill: %q %v", u.name, text, err)
+		}
+	}
+	// The sidecar restarted its CLI and the instance is back.
+	err = harness.Poll(ctx, 100*time.Millisecond, func() error {
+		hosts, err := env.Envoy.Hosts("pool/durable")
+		if err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if h.Hostname == victim && h.Health == "HEALTHY" {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not back", victim)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if childCLI(t, env.Sidecars[victim].Proc.Pid()) == cliPID {
+		t.Fatal("the same CLI pid: nothing was restarted")
+	}
+}
