@@ -1,0 +1,137 @@
+// Command failover measures what a CLI crash costs: SIGKILL one CLI of a pool with
+// shared session storage, then time (a) until Envoy stops routing to it and (b) the
+// failover a user sees — from the last reply before the kill to the first reply
+// after it (climesh-connect reconnects and resumes the session elsewhere).
+//
+//	go run ./bench/failover [-trials 20]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	copilot "github.com/github/copilot-sdk/go"
+
+	"github.com/climesh/climesh/session/registry"
+	"github.com/climesh/climesh/test/harness"
+)
+
+func main() {
+	trials := flag.Int("trials", 20, "kills")
+	flag.Parse()
+	if err := run(*trials); err != nil {
+		fmt.Fprintln(os.Stderr, "failover:", err)
+		os.Exit(1)
+	}
+}
+
+func run(trials int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true, Durable: 2})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	reg := &registry.Consul{KV: m.Consul.Client.KV(), Prefix: "climesh/sessions/"}
+	provider := &copilot.ProviderConfig{Type: "openai", BaseURL: m.Model.URL, APIKey: "x"}
+	var outOfRouting, failover []time.Duration
+	for trial := range trials {
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: m.ConnectAddr, ConnectionToken: m.Token(fmt.Sprintf("fo-%d", trial), "durable")}})
+		if err := c.Start(ctx); err != nil {
+			return err
+		}
+		s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: provider, OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
+		if err != nil {
+			return err
+		}
+		if _, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "before"}); err != nil {
+			return err
+		}
+		lastReply := time.Now()
+		rec, err := reg.Get(ctx, s.SessionID)
+		if err != nil || rec == nil {
+			return fmt.Errorf("no record: %v", err)
+		}
+		victim := rec.Instance
+		cli, err := childOf(m.Sidecars[victim].Proc.Pid())
+		if err != nil {
+			return err
+		}
+		killed := time.Now()
+		syscall.Kill(-cli, syscall.SIGKILL)
+		if err := waitHealth(ctx, m, victim, false); err != nil {
+			return err
+		}
+		outOfRouting = append(outOfRouting, time.Since(killed))
+		for {
+			tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
+			_, err := s.SendAndWait(tctx, copilot.MessageOptions{Prompt: "after"})
+			tcancel()
+			if err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		failover = append(failover, time.Since(lastReply))
+		c.Stop()
+		if err := waitHealth(ctx, m, victim, true); err != nil { // the sidecar restarted its CLI
+			return err
+		}
+	}
+	slices.Sort(outOfRouting)
+	slices.Sort(failover)
+	fmt.Printf("# reproduce: go run ./bench/failover -trials %d\n", trials)
+	fmt.Println("| measure | p50 | p99 | trials |")
+	fmt.Println("|---|---:|---:|---:|")
+	fmt.Printf("| kill → out of routing (Envoy) | %s | %s | %d |\n", ms(pct(outOfRouting, 50)), ms(pct(outOfRouting, 99)), trials)
+	fmt.Printf("| failover seen by the user (last reply → next reply) | %s | %s | %d |\n", ms(pct(failover, 50)), ms(pct(failover, 99)), trials)
+	return nil
+}
+
+func waitHealth(ctx context.Context, m *harness.Mesh, id string, healthy bool) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return harness.Poll(ctx, 5*time.Millisecond, func() error {
+		hosts, err := m.Envoy.Hosts("pool/durable")
+		if err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if h.Hostname == id && (h.Health == "HEALTHY") == healthy {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not yet healthy=%v", id, healthy)
+	})
+}
+
+func childOf(parent int) (int, error) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(parent) {
+			return strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return 0, fmt.Errorf("process %d has no child", parent)
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	i := (len(sorted)*p+99)/100 - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
