@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession golden clean
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession bench-failover golden clean
 
 all: build
 
@@ -29,10 +29,13 @@ test-short:
 golden:
 	$(GO) test ./xds -update
 
-bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession
+bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession bench-failover
 
 bench-translate:
 	$(GO) test -run '^$$' -bench . -benchmem ./xds
+
+bench-failover: tools
+	$(GO) run ./bench/failover
 
 bench-sharedsession: tools
 	$(GO) run ./bench/sharedsession
