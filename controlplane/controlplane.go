@@ -116,6 +116,8 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 	if cfg := s.config(); cfg.Policy.On() {
 		authz, err := s.startPolicy(ctx, cfg)
 		if err != nil {
+			xdsLis.Close()
+			httpLis.Close()
 			return err
 		}
 		authv3.RegisterAuthorizationServer(grpcServer, authz)

@@ -1,0 +1,81 @@
+package controlplane
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/config"
+)
+
+func staticConfig(t *testing.T, instances string) *config.Config {
+	t.Helper()
+	c, err := config.Load([]byte(`
+listeners: [{name: edge, port: 10000, routes: [{pool: p}]}]
+pools: [{name: p, static: [` + instances + `]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServeStaticAndReload: a static fleet is ready at once; a reload with
+// another fleet is published; the HTTP endpoints answer.
+func TestServeStaticAndReload(t *testing.T) {
+	s := New(staticConfig(t, `{id: a, address: 127.0.0.1, port: 7001}`), zap.NewNop())
+	xdsLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	httpLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, xdsLis, httpLis) }()
+	base := "http://" + httpLis.Addr().String()
+	waitFor(t, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
+
+	_, fleet := get(t, base+"/debug/fleet")
+	if !strings.Contains(fleet, `"id": "a"`) {
+		t.Fatalf("/debug/fleet: %s", fleet)
+	}
+	_, before, _ := s.Publisher().Snapshot("edge")
+	s.Reload(staticConfig(t, `{id: a, address: 127.0.0.1, port: 7001}, {id: b, address: 127.0.0.1, port: 7002}`))
+	waitFor(t, func() bool { _, v, _ := s.Publisher().Snapshot("edge"); return v.Endpoints != before.Endpoints })
+	_, xds := get(t, base+"/debug/xds?group=edge")
+	if !strings.Contains(xds, "7002") {
+		t.Fatalf("/debug/xds after the reload lacks the new instance: %.500s", xds)
+	}
+	if code, metrics := get(t, base+"/metrics"); code != 200 || !strings.Contains(metrics, `climesh_controlplane_updates_total{result="ok"}`) {
+		t.Fatalf("/metrics: %d", code)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve returned %v on shutdown", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
