@@ -25,6 +25,7 @@ type Guard struct {
 	Registry registry.Registry
 	Caller   identity.Claims
 	Instance string
+	Pool     string
 	Mode     string
 	Log      *zap.Logger
 	// RecordTTL bounds how long a looked-up record is reused (members can change).
@@ -40,6 +41,7 @@ type Guard struct {
 	visible   map[string]bool // sessions decided for events
 	decisions map[decisionKey]policy.Decision
 	held      map[string]*lock.Lock // collab sessions whose turn this tunnel runs
+	touched   map[string]time.Time
 }
 
 // decisionKey: a decision is a pure function of the caller (fixed per tunnel),
@@ -154,6 +156,9 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, 
 	if m.SessionID != "" {
 		g.setVisible(m.SessionID, true) // allowed to touch it: its events may come here
 	}
+	if m.Method == "session.send" && rec != nil {
+		g.touch(ctx, m.SessionID)
+	}
 	if m.Method == "session.destroy" && rec != nil && rec.Mode == "collab" {
 		// An SDK disconnecting from a shared session must not unload it for the
 		// other members: closing this connection is all the detaching it needs.
@@ -172,10 +177,30 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, 
 	return nil, true
 }
 
+// touch records activity for the idle-session sweeper, at most every 10 s per
+// session per tunnel (it is a Consul write).
+func (g *Guard) touch(ctx context.Context, id string) {
+	g.mu.Lock()
+	if g.touched == nil {
+		g.touched = map[string]time.Time{}
+	}
+	last := g.touched[id]
+	now := time.Now()
+	if now.Sub(last) < 10*time.Second {
+		g.mu.Unlock()
+		return
+	}
+	g.touched[id] = now
+	g.mu.Unlock()
+	if err := g.Registry.Touch(ctx, id, now); err != nil {
+		g.Log.Debug("session registry: touch", zap.String("session_id", id), zap.Error(err))
+	}
+}
+
 func (g *Guard) newRecord(id string) *registry.Record {
 	now := time.Now().UTC()
 	return &registry.Record{ID: id, Owner: g.Caller.User, Tenant: g.Caller.Tenant, Mode: g.Mode, Members: []string{},
-		Instance: g.Instance, Created: now, LastActive: now}
+		Instance: g.Instance, Pool: g.Pool, Created: now, LastActive: now}
 }
 
 func (g *Guard) setVisible(id string, v bool) {

@@ -116,6 +116,7 @@ type Relay struct {
 	Engine    *policy.Engine
 	Registry  registry.Registry
 	Instance  string
+	Pool      string
 	Mode      string
 	RecordTTL time.Duration
 	// Users, in isolated mode, runs one CLI per caller; CLI is then only a
@@ -222,7 +223,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cli.Close()
 	var guard *Guard
 	if rl.Engine != nil {
-		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Mode: rl.Mode,
+		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Pool: rl.Pool, Mode: rl.Mode,
 			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker}
 		if w, err := time.ParseDuration(r.Header.Get(lockWaitHeader)); err == nil && w > 0 {
 			guard.LockWait = min(w, rl.LockWaitMax)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
@@ -61,6 +62,8 @@ func run() error {
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
 	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
 	drainTimeout := flag.Duration("drain-timeout", 2*time.Minute, "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed")
+	sessionTTL := flag.Duration("session-ttl", 30*time.Minute, "sessions idle longer than this are deleted (disk and registry) by the pool's sweeper")
+	sweepEvery := flag.Duration("sweep-interval", time.Minute, "how often the pool's sweeper runs (one sidecar at a time, elected in Consul; 0: only POST /sweep)")
 	credFile := flag.String("edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	keysFile := flag.String("identity-keys", "", "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
 	policySource := flag.String("policy", "", "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
@@ -142,7 +145,7 @@ func run() error {
 		relay.Users = &sidecar.UserPool{Command: *cliCommand, Root: *usersRoot, Secrets: *userSecrets, Cap: *maxUsers, IdleAfter: *userIdle, Log: log.Named("users")}
 		go relay.Users.Run(ctx)
 	}
-	relay.Instance, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *mode, 2*time.Second, *lockWaitMax
+	relay.Instance, relay.Pool, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *pool, *mode, 2*time.Second, *lockWaitMax
 	if *keysFile != "" {
 		if relay.Keys, err = identity.LoadKeys(*keysFile); err != nil {
 			return fmt.Errorf("--identity-keys: %w", err)
@@ -193,8 +196,37 @@ func run() error {
 		if relay.Engine != nil {
 			relay.Registry = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
 		}
+		locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: *lockTTL, LockDelay: *lockDelay, Instance: *instanceID}
 		if *mode == "collab" {
-			relay.Locker = &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: *lockTTL, LockDelay: *lockDelay, Instance: *instanceID}
+			relay.Locker = locker
+		}
+		if relay.Engine != nil && relay.Users == nil {
+			swept := promauto.With(reg).NewCounter(prometheus.CounterOpts{
+				Name: "climesh_sidecar_sessions_swept_total", Help: "Idle sessions this sidecar deleted as the pool's sweeper.",
+			})
+			sweeper := &sidecar.Sweeper{Registry: relay.Registry, Locker: locker, Relay: relay, Pool: *pool, Instance: *instanceID,
+				Log: log.Named("sweeper"), OnSwept: func(n int) { swept.Add(float64(n)) }}
+			if *sweepEvery > 0 {
+				go sweeper.Run(ctx, *sweepEvery, *sessionTTL)
+			}
+			// POST /sweep[?ttl=2m]: the admin call; answers how many it deleted.
+			mux.HandleFunc("POST /sweep", func(w http.ResponseWriter, r *http.Request) {
+				ttl := *sessionTTL
+				if v := r.URL.Query().Get("ttl"); v != "" {
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+						return
+					}
+					ttl = d
+				}
+				n, err := sweeper.Sweep(r.Context(), ttl)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusInternalServerError)
+					return
+				}
+				fmt.Fprintln(w, n)
+			})
 		}
 		registration = &sidecar.Registration{
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,

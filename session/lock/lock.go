@@ -70,15 +70,16 @@ func (l *Locker) queue(id string) chan struct{} {
 // Acquire takes the lock of session id for user, waiting up to wait (0: not at
 // all). Local waiters are served in arrival order; across instances Consul decides.
 func (l *Locker) Acquire(ctx context.Context, id, user string, wait time.Duration) (*Lock, error) {
-	ctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
+	// wait bounds the waiting only; each Consul call has its own time-out.
+	waitCtx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
 	defer cancel()
 	q := l.queue(id)
 	select {
 	case <-q: // our turn among this process's waiters
-	case <-ctx.Done():
+	case <-waitCtx.Done():
 		return nil, l.busy(id)
 	}
-	lk, err := l.acquireConsul(ctx, id, user, wait > 0)
+	lk, err := l.acquireConsul(ctx, waitCtx, id, user, wait > 0)
 	if err != nil {
 		q <- struct{}{}
 		return nil, err
@@ -98,7 +99,9 @@ func (l *Locker) busy(id string) error {
 	return &BusyError{Holder: h}
 }
 
-func (l *Locker) acquireConsul(ctx context.Context, id, user string, wait bool) (*Lock, error) {
+func (l *Locker) acquireConsul(ctx, waitCtx context.Context, id, user string, wait bool) (*Lock, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second+max(0, time.Until(deadline(waitCtx))))
+	defer cancel()
 	sid, _, err := l.Client.Session().Create(&api.SessionEntry{
 		Name: "climesh-turn:" + id, TTL: l.TTL.String(), LockDelay: l.LockDelay, Behavior: api.SessionBehaviorDelete,
 	}, (&api.WriteOptions{}).WithContext(ctx))
@@ -118,7 +121,7 @@ func (l *Locker) acquireConsul(ctx context.Context, id, user string, wait bool) 
 			return nil, l.busy(id)
 		}
 		select {
-		case <-ctx.Done():
+		case <-waitCtx.Done():
 			l.Client.Session().Destroy(sid, nil)
 			if err != nil {
 				return nil, fmt.Errorf("session lock: %w", err)
@@ -146,4 +149,9 @@ func (lk *Lock) Release() error {
 		}
 	})
 	return err
+}
+
+func deadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
 }

@@ -22,6 +22,7 @@ type Record struct {
 	Mode       string    `json:"mode"` // shared, collab, isolated
 	Members    []string  `json:"members"`
 	Instance   string    `json:"instance"`
+	Pool       string    `json:"pool,omitempty"`
 	Created    time.Time `json:"created"`
 	LastActive time.Time `json:"last_active"`
 }
@@ -48,6 +49,10 @@ type Registry interface {
 	// Create registers a new record; ErrExists (with the existing record) if taken.
 	Create(ctx context.Context, r *Record) (*Record, error)
 	Delete(ctx context.Context, id string) error
+	// Touch sets LastActive (best effort).
+	Touch(ctx context.Context, id string, at time.Time) error
+	// List returns every record.
+	List(ctx context.Context) ([]*Record, error)
 }
 
 // Consul keeps records under Prefix in Consul KV.
@@ -102,6 +107,39 @@ func (c *Consul) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
+// Touch sets LastActive with check-and-set; a lost race is ignored (another
+// writer touched it at the same time).
+func (c *Consul) Touch(ctx context.Context, id string, at time.Time) error {
+	pair, _, err := c.KV.Get(c.key(id), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || pair == nil {
+		return err
+	}
+	var r Record
+	if err := json.Unmarshal(pair.Value, &r); err != nil {
+		return err
+	}
+	r.LastActive = at.UTC()
+	b, _ := json.Marshal(&r)
+	_, _, err = c.KV.CAS(&api.KVPair{Key: pair.Key, Value: b, ModifyIndex: pair.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// List reads every record under the prefix.
+func (c *Consul) List(ctx context.Context) ([]*Record, error) {
+	pairs, _, err := c.KV.List(c.Prefix, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("session registry: list: %w", err)
+	}
+	out := make([]*Record, 0, len(pairs))
+	for _, p := range pairs {
+		var r Record
+		if json.Unmarshal(p.Value, &r) == nil {
+			out = append(out, &r)
+		}
+	}
+	return out, nil
+}
+
 // Memory is a Registry for one process (tests, and sidecars without Consul).
 type Memory struct {
 	mu      sync.Mutex
@@ -139,4 +177,26 @@ func (m *Memory) Delete(_ context.Context, id string) error {
 	defer m.mu.Unlock()
 	delete(m.records, id)
 	return nil
+}
+
+// Touch sets LastActive.
+func (m *Memory) Touch(_ context.Context, id string, at time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.records[id]; ok {
+		r.LastActive = at
+		m.records[id] = r
+	}
+	return nil
+}
+
+// List returns copies of every record.
+func (m *Memory) List(_ context.Context) ([]*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Record, 0, len(m.records))
+	for _, r := range m.records {
+		out = append(out, &r)
+	}
+	return out, nil
 }

@@ -1,0 +1,125 @@
+package sidecar
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/lock"
+	"github.com/climesh/climesh/session/registry"
+)
+
+// Sweeper deletes sessions idle longer than a TTL, once, fleet-wide: only the
+// sidecar holding the pool's sweeper lock in Consul sweeps, and it deletes each
+// stale session through its own CLI (the pool shares session storage), then its
+// registry record.
+type Sweeper struct {
+	Registry registry.Registry
+	Locker   *lock.Locker
+	Relay    *Relay // its CLI does the deleting
+	Pool     string
+	Instance string
+	Log      *zap.Logger
+	OnSwept  func(n int)
+}
+
+// Sweep runs once with ttl; it returns how many sessions it deleted (0 when
+// another sidecar holds the sweeper lock).
+func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
+	lk, err := s.Locker.Acquire(ctx, "sweeper-"+s.Pool, s.Instance, 0)
+	var busy *lock.BusyError
+	if errors.As(err, &busy) {
+		return 0, nil // another sidecar of the pool sweeps
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer lk.Release()
+	records, err := s.Registry.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var cli *CLIConn
+	defer func() {
+		if cli != nil {
+			cli.Close()
+		}
+	}()
+	n := 0
+	for i, r := range records {
+		if r.Pool != s.Pool || time.Since(r.LastActive) < ttl {
+			continue
+		}
+		if cli == nil {
+			if cli, err = s.Relay.cliDialer().Dial(ctx); err != nil {
+				return n, err
+			}
+		}
+		if err := deleteSession(cli, r.ID, i); err != nil {
+			s.Log.Warn("sweeper: delete", zap.String("session_id", r.ID), zap.Error(err))
+			continue
+		}
+		if err := s.Registry.Delete(ctx, r.ID); err != nil {
+			return n, err
+		}
+		n++
+		s.Log.Info("swept an idle session", zap.String("session_id", r.ID), zap.Time("last_active", r.LastActive))
+	}
+	if s.OnSwept != nil && n > 0 {
+		s.OnSwept(n)
+	}
+	return n, nil
+}
+
+// deleteSession sends session.delete on a CLI connection; a session the CLI does
+// not know is gone already.
+func deleteSession(cli *CLIConn, id string, seq int) error {
+	reqID := fmt.Sprintf("climesh-sweep-%d", seq)
+	body, _ := jsonrpc.RequestBody(reqID, "session.delete", map[string]string{"sessionId": id})
+	cli.SetDeadline(time.Now().Add(10 * time.Second))
+	defer cli.SetDeadline(time.Time{})
+	if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
+		return err
+	}
+	for {
+		b, err := cli.Reader.Read()
+		if err != nil {
+			return err
+		}
+		var r struct {
+			ID    string `json:"id"`
+			Error *struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(b, &r) != nil || r.ID != reqID {
+			continue
+		}
+		if r.Error != nil && !strings.Contains(strings.ToLower(r.Error.Message), "not found") {
+			return errors.New(r.Error.Message)
+		}
+		return nil
+	}
+}
+
+// Run sweeps every interval with ttl until ctx ends.
+func (s *Sweeper) Run(ctx context.Context, interval, ttl time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := s.Sweep(ctx, ttl); err != nil {
+			s.Log.Warn("sweeper", zap.Error(err))
+		}
+	}
+}
