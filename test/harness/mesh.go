@@ -35,6 +35,9 @@ type Mesh struct {
 	CollabHome  string
 	UsersRoot   string
 	DurableHome string
+	// SidecarArgs are the flags every mesh sidecar gets (credential, keys, policy),
+	// for tests that add instances.
+	SidecarArgs []string
 	stops       []func()
 }
 
@@ -119,6 +122,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if o.Keepalive > 0 {
 		extra = append(extra, "--keepalive", o.Keepalive.String())
 	}
+	m.SidecarArgs = extra
 	for i := range o.Instances {
 		id := InstanceID(i)
 		so := SidecarOptions{ID: id, Pool: "copilot", ConsulAddr: m.Consul.Addr, Extra: extra}
