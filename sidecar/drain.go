@@ -17,11 +17,15 @@ type turns struct {
 	mu      sync.Mutex
 	running int
 	changed chan struct{} // closed and replaced on every change
+	gauge   func(float64)
 }
 
 func (t *turns) add(n int) {
 	t.mu.Lock()
 	t.running += n
+	if t.gauge != nil {
+		t.gauge(float64(t.running))
+	}
 	if t.changed != nil {
 		close(t.changed)
 		t.changed = nil
@@ -63,10 +67,12 @@ type tunnelTurns struct {
 	mu      sync.Mutex
 	sends   map[string]string // send request id -> session
 	running map[string]int    // session -> turns in flight
+	started map[string][]time.Time
+	observe func(float64) // turn duration in seconds; may be nil
 }
 
 func newTunnelTurns(all *turns) *tunnelTurns {
-	return &tunnelTurns{all: all, sends: map[string]string{}, running: map[string]int{}}
+	return &tunnelTurns{all: all, sends: map[string]string{}, running: map[string]int{}, started: map[string][]time.Time{}}
 }
 
 func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
@@ -109,12 +115,19 @@ func (tt *tunnelTurns) fromCLI(body []byte) {
 		}
 		if json.Unmarshal(body, &r) == nil && len(r.Error) == 0 {
 			tt.running[sid]++
+			tt.started[sid] = append(tt.started[sid], time.Now())
 			tt.all.add(1)
 		}
 	case m.Kind == jsonrpc.Notification && ends && m.SessionID != "" && turnEnded(m):
 		if tt.running[m.SessionID] > 0 {
 			tt.running[m.SessionID]--
 			tt.all.add(-1)
+			if s := tt.started[m.SessionID]; len(s) > 0 {
+				if tt.observe != nil {
+					tt.observe(time.Since(s[0]).Seconds())
+				}
+				tt.started[m.SessionID] = s[1:]
+			}
 		}
 	}
 }
@@ -138,6 +151,7 @@ func (rl *Relay) Drain(ctx context.Context, timeout time.Duration) int {
 	rl.mu.Lock()
 	rl.draining = true
 	rl.mu.Unlock()
+	rl.metrics.drains.Inc()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	rl.turns.waitIdle(ctx)

@@ -5,6 +5,7 @@
 package sidecar
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -143,12 +145,18 @@ type relayMetrics struct {
 	messages *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 	decision prometheus.Histogram
+	inFlight prometheus.Gauge
+	turn     prometheus.Histogram
+	errors   *prometheus.CounterVec
+	lockWait prometheus.Histogram
+	drains   prometheus.Counter
+	restarts prometheus.Counter
 }
 
 // NewRelay registers its metrics on reg.
 func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometheus.Registerer) *Relay {
 	f := promauto.With(reg)
-	return &Relay{
+	rl := &Relay{
 		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]struct{}{},
 		metrics: &relayMetrics{
 			tunnels: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_tunnels", Help: "Open tunnels."}),
@@ -162,8 +170,24 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 				Name: "climesh_sidecar_decision_seconds", Help: "Per-message policy decision time (registry lookup included).",
 				Buckets: prometheus.ExponentialBuckets(0.00001, 2, 16),
 			}),
+			inFlight: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_turns_in_flight", Help: "Turns running through this sidecar."}),
+			turn: f.NewHistogram(prometheus.HistogramOpts{
+				Name: "climesh_sidecar_turn_seconds", Help: "From an accepted session.send to its session.idle or session.error.",
+				Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
+			}),
+			errors: f.NewCounterVec(prometheus.CounterOpts{
+				Name: "climesh_sidecar_jsonrpc_errors_total", Help: "JSON-RPC error answers from the CLI, by code.",
+			}, []string{"code"}),
+			lockWait: f.NewHistogram(prometheus.HistogramOpts{
+				Name: "climesh_sidecar_lock_wait_seconds", Help: "Time a shared session's turn waited for its lock (busy answers included).",
+				Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
+			}),
+			drains:   f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_drains_total", Help: "Drains begun."}),
+			restarts: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_cli_restarts_total", Help: "Child CLI restarts."}),
 		},
 	}
+	rl.turns.gauge = rl.metrics.inFlight.Set
+	return rl
 }
 
 // ServeHTTP accepts one tunnel and relays it until either side closes.
@@ -257,6 +281,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tt := newTunnelTurns(&rl.turns)
+	tt.observe = rl.metrics.turn.Observe
 	defer tt.close()
 	var closeOnce sync.Once
 	finish := func(reason string, fail bool) {
@@ -304,6 +329,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				return
 			}
 			tt.fromCLI(body)
+			rl.countError(body)
 			if guard != nil {
 				m, err := jsonrpc.Classify(body)
 				if err != nil {
@@ -363,7 +389,10 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			// Wait for the shared session's turn without blocking this loop: it
 			// must keep reading (pongs, other requests) while the caller waits.
 			go func() {
-				if busy := guard.TakeTurn(ctx, m); busy != nil {
+				start := time.Now()
+				busy := guard.TakeTurn(ctx, m)
+				rl.metrics.lockWait.Observe(time.Since(start).Seconds())
+				if busy != nil {
 					rl.metrics.refused.WithLabelValues("session_busy").Inc()
 					if c.Write(ctx, busy) != nil {
 						finish("client gone", false)
@@ -433,3 +462,24 @@ func (rl *Relay) CloseAll(reason string) {
 
 // Wait blocks until every tunnel handler has returned.
 func (rl *Relay) Wait() { rl.wg.Wait() }
+
+var errorMarker2 = []byte(`"error":{`)
+
+// countError counts the CLI's JSON-RPC errors by code (cheap for everything else).
+func (rl *Relay) countError(body []byte) {
+	if !bytes.Contains(body, errorMarker2) {
+		return
+	}
+	var r struct {
+		ID    json.RawMessage `json:"id"`
+		Error *struct {
+			Code int `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &r) == nil && r.Error != nil && len(r.ID) > 0 {
+		rl.metrics.errors.WithLabelValues(strconv.Itoa(r.Error.Code)).Inc()
+	}
+}
+
+// CLIRestarted counts a child CLI restart.
+func (rl *Relay) CLIRestarted() { rl.metrics.restarts.Inc() }

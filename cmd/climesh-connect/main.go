@@ -19,10 +19,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/climesh/climesh/connector"
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -43,6 +47,7 @@ func run(args []string) error {
 	session := fs.String("session", os.Getenv("CLIMESH_SESSION"), "shared-session `name` (env CLIMESH_SESSION)")
 	lockWait := fs.Duration("lock-wait", envDuration("CLIMESH_LOCK_WAIT"), "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
 	reconnect := fs.Duration("reconnect", envDurationOr("CLIMESH_RECONNECT", time.Minute), "when a tunnel is lost, keep trying this long to regain it and resume the sessions (0: give up at once; env CLIMESH_RECONNECT)")
+	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus /metrics on `host:port` (reconnects)")
 	listen := fs.String("listen", "", "TCP mode: accept SDK connections on `host:port` (default: stdio)")
 	maxFrame := fs.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message")
 	// Flags the SDK passes to what it believes is the CLI: accepted, ignored.
@@ -58,7 +63,19 @@ func run(args []string) error {
 	if *edge == "" {
 		return errors.New("no edge: set --edge or CLIMESH_EDGE (ws://host:port/v1/rpc)")
 	}
-	o := connector.Options{EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
+	events := &connector.Events{}
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "climesh_connect_reconnects_total", Help: "Tunnels regained after a loss (sessions resumed).",
+		}, func() float64 { return float64(events.Reconnects.Load()) }))
+		ml, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		go http.Serve(ml, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
+	o := connector.Options{Events: events, EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
 		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -250,6 +250,7 @@ func run() error {
 	superviseCtx, stopSupervisor := context.WithCancel(context.Background())
 	if child != nil {
 		sup := sidecar.NewSupervisor(child, *cliCommand, *cliHome, relay, registration, log)
+		sup.OnRestart = relay.CLIRestarted
 		supervised.Go(func() { sup.Run(superviseCtx) })
 	}
 	select {

@@ -251,6 +251,17 @@ func TestSharedSessionSerialisedTurns(t *testing.T) {
 		t.Fatalf("%v; want at least 22 (the opening, the long one, 20 members), each ended before the next", err)
 	}
 	t.Logf("events.jsonl: %d user messages, %d turns, none overlapping", users, turns)
+	waits, errs13 := 0.0, 0.0
+	for id, sc := range env.Sidecars {
+		if strings.HasPrefix(id, "collab") {
+			page := sidecarMetrics(t, sc.Port)
+			waits += metricValue(page, "climesh_sidecar_lock_wait_seconds_count")
+			errs13 += metricValue(page, `climesh_sidecar_refused_total{reason="session_busy"}`)
+		}
+	}
+	if waits < 21 || errs13 < 1 {
+		t.Fatalf("collab sidecars counted %v lock waits and %v busy answers", waits, errs13)
+	}
 }
 
 func TestSharedSessionHolderCrash(t *testing.T) {

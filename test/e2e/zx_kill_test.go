@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -166,4 +168,32 @@ func TestCLIKilled(t *testing.T) {
 	if childCLI(t, env.Sidecars[victim].Proc.Pid()) == cliPID {
 		t.Fatal("the same CLI pid: nothing was restarted")
 	}
+	metrics := sidecarMetrics(t, env.Sidecars[victim].Port)
+	if metricValue(metrics, "climesh_sidecar_cli_restarts_total") < 1 || metricValue(metrics, "climesh_sidecar_turn_seconds_count") < 1 {
+		t.Fatalf("the sidecar's metrics miss the restart or its turns:\n%s", grepLines(metrics, "climesh_sidecar_"))
+	}
+}
+
+func sidecarMetrics(t *testing.T, port int) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// metricValue sums the samples of name (any labels) in a Prometheus text page.
+func metricValue(page, name string) float64 {
+	total := 0.0
+	for _, line := range strings.Split(page, "\n") {
+		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			total += v
+		}
+	}
+	return total
 }
