@@ -89,6 +89,22 @@ func (env *meshEnv) stdioClient(t *testing.T, user string) *copilot.Client {
 	return c
 }
 
+// durableSession starts an SDK client for user of tenant "durable" (the pool with
+// shared session storage) and creates a session; the client stops with the test.
+func (env *meshEnv) durableSession(ctx context.Context, t *testing.T, user string) *copilot.Session {
+	t.Helper()
+	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, "durable")}})
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop() })
+	s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // instanceOf says which CLI holds a session, from the session state on disk.
 func (env *meshEnv) instanceOf(t *testing.T, sessionID string) string {
 	t.Helper()

@@ -32,15 +32,7 @@ func TestScaleOutUnderLoad(t *testing.T) {
 	users := make([]*user, n)
 	for i := range users {
 		u := &user{name: fmt.Sprintf("so-%02d", i)}
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(u.name, "durable")}})
-		if err := c.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Stop() })
-		var err error
-		if u.session, err = c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err != nil {
-			t.Fatal(err)
-		}
+		u.session = env.durableSession(ctx, t, u.name)
 		users[i] = u
 	}
 	// where opens a new connection for user and reports the instance it reaches.

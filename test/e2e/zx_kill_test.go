@@ -59,15 +59,7 @@ func TestCLIKilled(t *testing.T) {
 	var all []*user
 	for i := range 9 {
 		u := &user{name: fmt.Sprintf("kil-%02d", i)}
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(u.name, "durable")}})
-		if err := c.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Stop() })
-		var err error
-		if u.session, err = c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err != nil {
-			t.Fatal(err)
-		}
+		u.session = env.durableSession(ctx, t, u.name)
 		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
 			t.Fatal(err)
 		}

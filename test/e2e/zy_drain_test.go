@@ -29,7 +29,6 @@ func TestDrainKeepsSessions(t *testing.T) {
 
 	type user struct {
 		name    string
-		client  *copilot.Client
 		session *copilot.Session
 		where   string
 	}
@@ -37,15 +36,7 @@ func TestDrainKeepsSessions(t *testing.T) {
 	byInstance := map[string][]*user{}
 	for i := range 12 {
 		u := &user{name: fmt.Sprintf("dur-%02d", i)}
-		u.client = copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(u.name, "durable")}})
-		if err := u.client.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { u.client.Stop() })
-		var err error
-		if u.session, err = u.client.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err != nil {
-			t.Fatal(err)
-		}
+		u.session = env.durableSession(ctx, t, u.name)
 		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
 			t.Fatal(err)
 		}
