@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 
-	"github.com/climesh/climesh/session/jsonrpc"
 )
 
 // Registration keeps this instance in Consul: service = pool, address and port =
@@ -141,30 +139,8 @@ func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error 
 		}
 		*conn = c
 	}
-	c := *conn
-	deadline := time.Now().Add(min(r.Interval, 5*time.Second))
-	c.SetDeadline(deadline)
-	defer c.SetDeadline(time.Time{})
-	id := "climesh-health-" + strconv.Itoa(seq)
-	req, _ := jsonrpc.RequestBody(id, "ping", map[string]string{"message": "climesh"})
-	if _, err := c.Write(jsonrpc.Frame(req)); err != nil {
+	if _, err := (*conn).Call("climesh-health-"+strconv.Itoa(seq), "ping", map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
 		return fmt.Errorf("ping the copilot CLI: %w", err)
 	}
-	for {
-		body, err := c.Reader.Read()
-		if err != nil {
-			return fmt.Errorf("ping the copilot CLI: no answer: %w", err)
-		}
-		var resp struct {
-			ID    string          `json:"id"`
-			Error json.RawMessage `json:"error"`
-		}
-		if json.Unmarshal(body, &resp) != nil || resp.ID != id {
-			continue // an event or an older answer
-		}
-		if len(resp.Error) > 0 {
-			return fmt.Errorf("ping the copilot CLI: %s", resp.Error)
-		}
-		return nil
-	}
+	return nil
 }

@@ -102,6 +102,47 @@ func (d CLIDialer) Dial(ctx context.Context) (*CLIConn, error) {
 	return &CLIConn{Conn: conn, Reader: r, Hello: resp.Result}, nil
 }
 
+// CallError is the CLI's JSON-RPC error answer to a Call.
+type CallError struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *CallError) Error() string { return fmt.Sprintf("%d %s", e.Code, e.Message) }
+
+// Call sends one request of the sidecar's own on an idle connection (no tunnel
+// uses it) and reads until its answer, skipping events; the whole exchange is
+// bounded by timeout. An error answer is a *CallError.
+func (c *CLIConn) Call(id, method string, params any, timeout time.Duration) (json.RawMessage, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	req, err := jsonrpc.RequestBody(id, method, params)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(jsonrpc.Frame(req)); err != nil {
+		return nil, fmt.Errorf("%s: %w", method, err)
+	}
+	for {
+		body, err := c.Reader.Read()
+		if err != nil {
+			return nil, fmt.Errorf("%s: no answer: %w", method, err)
+		}
+		var resp struct {
+			ID     string          `json:"id"`
+			Result json.RawMessage `json:"result"`
+			Error  *CallError      `json:"error"`
+		}
+		if json.Unmarshal(body, &resp) != nil || resp.ID != id {
+			continue // an event, or an older answer
+		}
+		if resp.Error != nil {
+			return nil, resp.Error
+		}
+		return resp.Result, nil
+	}
+}
+
 // Relay serves tunnels on one path.
 type Relay struct {
 	Log    *zap.Logger

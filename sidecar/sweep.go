@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
 )
@@ -80,32 +78,12 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 // deleteSession sends session.delete on a CLI connection; a session the CLI does
 // not know is gone already.
 func deleteSession(cli *CLIConn, id string, seq int) error {
-	reqID := fmt.Sprintf("climesh-sweep-%d", seq)
-	body, _ := jsonrpc.RequestBody(reqID, "session.delete", map[string]string{"sessionId": id})
-	cli.SetDeadline(time.Now().Add(10 * time.Second))
-	defer cli.SetDeadline(time.Time{})
-	if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
-		return err
-	}
-	for {
-		b, err := cli.Reader.Read()
-		if err != nil {
-			return err
-		}
-		var r struct {
-			ID    string `json:"id"`
-			Error *struct {
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(b, &r) != nil || r.ID != reqID {
-			continue
-		}
-		if r.Error != nil && !strings.Contains(strings.ToLower(r.Error.Message), "not found") {
-			return errors.New(r.Error.Message)
-		}
+	_, err := cli.Call(fmt.Sprintf("climesh-sweep-%d", seq), "session.delete", map[string]string{"sessionId": id}, 10*time.Second)
+	var ce *CallError
+	if errors.As(err, &ce) && strings.Contains(strings.ToLower(ce.Message), "not found") {
 		return nil
 	}
+	return err
 }
 
 // Run sweeps every interval with ttl until ctx ends.
