@@ -9,7 +9,6 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
-
 )
 
 // Registration keeps this instance in Consul: service = pool, address and port =
