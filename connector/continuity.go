@@ -84,7 +84,7 @@ func (c *continuity) fromEdge(body []byte) bool {
 			c.answered(call, body)
 		}
 	case jsonrpc.Notification:
-		if m.Method == "session.event" && m.SessionID != "" && turnEnd(body) {
+		if m.SessionID != "" && jsonrpc.EndsTurn(m) {
 			c.mu.Lock()
 			delete(c.running, m.SessionID)
 			c.mu.Unlock()
@@ -136,17 +136,6 @@ func withSessionID(params json.RawMessage, id string) json.RawMessage {
 	return b
 }
 
-func turnEnd(body []byte) bool {
-	var n struct {
-		Params struct {
-			Event struct {
-				Type string `json:"type"`
-			} `json:"event"`
-		} `json:"params"`
-	}
-	json.Unmarshal(body, &n)
-	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
-}
 
 // lost reports what the closed tunnel took with it: every unanswered request gets
 // an error, every running turn a session.error event.

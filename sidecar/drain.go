@@ -118,7 +118,7 @@ func (tt *tunnelTurns) fromCLI(body []byte) {
 			tt.started[sid] = append(tt.started[sid], time.Now())
 			tt.all.add(1)
 		}
-	case m.Kind == jsonrpc.Notification && ends && m.SessionID != "" && turnEnded(m):
+	case m.Kind == jsonrpc.Notification && ends && m.SessionID != "" && jsonrpc.EndsTurn(m):
 		if tt.running[m.SessionID] > 0 {
 			tt.running[m.SessionID]--
 			tt.all.add(-1)

@@ -282,21 +282,6 @@ func (g *Guard) endTurn(id string) {
 	}
 }
 
-// turnEnded reports whether a notification ends a session's turn.
-func turnEnded(m jsonrpc.Message) bool {
-	if m.Method != "session.event" {
-		return false
-	}
-	var n struct {
-		Params struct {
-			Event struct {
-				Type string `json:"type"`
-			} `json:"event"`
-		} `json:"params"`
-	}
-	json.Unmarshal(m.Raw, &n)
-	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
-}
 
 // Close releases every lock this tunnel holds (the tunnel is gone).
 func (g *Guard) Close() {
@@ -317,7 +302,7 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 		g.mu.Lock()
 		_, holding := g.held[m.SessionID]
 		g.mu.Unlock()
-		if holding && turnEnded(m) {
+		if holding && jsonrpc.EndsTurn(m) {
 			defer g.endTurn(m.SessionID)
 		}
 	}

@@ -184,6 +184,23 @@ func Classify(body []byte) (Message, error) {
 	return m, nil
 }
 
+// EndsTurn reports whether m is the CLI's event that ends a session's turn: a
+// session.event notification whose event type is session.idle or session.error.
+func EndsTurn(m Message) bool {
+	if m.Kind != Notification || m.Method != "session.event" {
+		return false
+	}
+	var n struct {
+		Params struct {
+			Event struct {
+				Type string `json:"type"`
+			} `json:"event"`
+		} `json:"params"`
+	}
+	json.Unmarshal(m.Raw, &n)
+	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
+}
+
 // Error codes climesh answers with, beside the CLI's own (-32601 unknown method,
 // -32603 internal, -32001 authentication required, -32002 authentication failed).
 const (

@@ -130,3 +130,18 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+func TestEndsTurn(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s","event":{"type":"session.idle"}}}`:      true,
+		`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s","event":{"type":"session.error"}}}`:     true,
+		`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s","event":{"type":"assistant.message"}}}`: false,
+		`{"jsonrpc":"2.0","method":"session.lifecycle","params":{"type":"session.idle"}}`:                            false,
+		`{"jsonrpc":"2.0","id":1,"result":{"type":"session.idle"}}`:                                                  false,
+	} {
+		m, err := Classify([]byte(body))
+		if err != nil || EndsTurn(m) != want {
+			t.Errorf("%s: %v %v", body, EndsTurn(m), err)
+		}
+	}
+}
