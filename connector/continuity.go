@@ -136,7 +136,6 @@ func withSessionID(params json.RawMessage, id string) json.RawMessage {
 	return b
 }
 
-
 // lost reports what the closed tunnel took with it: every unanswered request gets
 // an error, every running turn a session.error event.
 func (c *continuity) lost(cause error) {

@@ -282,7 +282,6 @@ func (g *Guard) endTurn(id string) {
 	}
 }
 
-
 // Close releases every lock this tunnel holds (the tunnel is gone).
 func (g *Guard) Close() {
 	g.mu.Lock()
