@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -56,7 +57,7 @@ func main() {
 		}
 		slices.Sort(samples)
 		fmt.Printf("| %d | %d | %s | %s | %s | %s |\n", n, len(samples),
-			ms(pct(samples, 50)), ms(pct(samples, 90)), ms(pct(samples, 99)), ms(samples[len(samples)-1]))
+			ms(stats.Percentile(samples, 50)), ms(stats.Percentile(samples, 90)), ms(stats.Percentile(samples, 99)), ms(samples[len(samples)-1]))
 	}
 }
 
@@ -156,11 +157,6 @@ func waitStat(ctx context.Context, e *harness.Envoy, stat string, want int64, li
 		}
 		return nil
 	})
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p+99)/100 - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

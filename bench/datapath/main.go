@@ -18,6 +18,7 @@ import (
 
 	copilot "github.com/github/copilot-sdk/go"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -75,7 +76,7 @@ func run(pings, turns, conc int, dur time.Duration) error {
 		a, b []time.Duration
 	}{{"ping", d.ping, c.ping}, {"full turn", d.turn, c.turn}} {
 		for _, q := range []int{50, 99} {
-			a, b := pct(row.a, q), pct(row.b, q)
+			a, b := stats.Percentile(row.a, q), stats.Percentile(row.b, q)
 			fmt.Printf("| %s p%d | %s | %s | %s |\n", row.name, q, ms(a), ms(b), ms(b-a))
 		}
 	}
@@ -135,11 +136,6 @@ func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderC
 	slices.Sort(r.ping)
 	slices.Sort(r.turn)
 	return r, nil
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p+99)/100 - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }

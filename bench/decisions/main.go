@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -69,7 +70,7 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 		if !cached {
 			note = "every message evaluated by Rego"
 		}
-		fmt.Printf("| sidecar per-message decision | %s | %s | %s, %d messages |\n", us(pct(lat, 50)), us(pct(lat, 99)), note, len(lat))
+		fmt.Printf("| sidecar per-message decision | %s | %s | %s, %d messages |\n", us(stats.Percentile(lat, 50)), us(stats.Percentile(lat, 99)), note, len(lat))
 	}
 
 	keys := &identity.Keys{Active: "k", Keys: map[string][]byte{"k": bytes.Repeat([]byte{1}, 32)}}
@@ -100,9 +101,9 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 		return fmt.Errorf("check does not allow the canned request: %v %v", resp, err)
 	}
 	lat, achieved, errs := fixedRate(ctx, client, req, rate, dur, workers)
-	fmt.Printf("| ext_authz at %d/s (gRPC, loopback) | %s | %s | achieved %.0f/s, %d errors |\n", rate, ms(pct(lat, 50)), ms(pct(lat, 99)), achieved, errs)
+	fmt.Printf("| ext_authz at %d/s (gRPC, loopback) | %s | %s | achieved %.0f/s, %d errors |\n", rate, ms(stats.Percentile(lat, 50)), ms(stats.Percentile(lat, 99)), achieved, errs)
 	lat, achieved, errs = closedLoop(ctx, client, req, dur, workers)
-	fmt.Printf("| ext_authz closed loop, %d callers | %s | %s | max %.0f decisions/s, %d errors |\n", workers, ms(pct(lat, 50)), ms(pct(lat, 99)), achieved, errs)
+	fmt.Printf("| ext_authz closed loop, %d callers | %s | %s | max %.0f decisions/s, %d errors |\n", workers, ms(stats.Percentile(lat, 50)), ms(stats.Percentile(lat, 99)), achieved, errs)
 	return nil
 }
 
@@ -217,14 +218,6 @@ func closedLoop(ctx context.Context, c authv3.AuthorizationClient, req *authv3.C
 	wg.Wait()
 	slices.Sort(lat)
 	return lat, float64(len(lat)) / time.Since(start).Seconds(), errs.Load()
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := (len(sorted)*p+99)/100 - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }

@@ -11,15 +11,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	copilot "github.com/github/copilot-sdk/go"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
 )
@@ -62,7 +60,7 @@ func run(trials int) error {
 			return fmt.Errorf("no record: %v", err)
 		}
 		victim := rec.Instance
-		cli, err := childOf(m.Sidecars[victim].Proc.Pid())
+		cli, err := harness.ChildPID(m.Sidecars[victim].Proc.Pid())
 		if err != nil {
 			return err
 		}
@@ -92,8 +90,8 @@ func run(trials int) error {
 	fmt.Printf("# reproduce: go run ./bench/failover -trials %d\n", trials)
 	fmt.Println("| measure | p50 | p99 | trials |")
 	fmt.Println("|---|---:|---:|---:|")
-	fmt.Printf("| kill → out of routing (Envoy) | %s | %s | %d |\n", ms(pct(outOfRouting, 50)), ms(pct(outOfRouting, 99)), trials)
-	fmt.Printf("| failover seen by the user (last reply → next reply) | %s | %s | %d |\n", ms(pct(failover, 50)), ms(pct(failover, 99)), trials)
+	fmt.Printf("| kill → out of routing (Envoy) | %s | %s | %d |\n", ms(stats.Percentile(outOfRouting, 50)), ms(stats.Percentile(outOfRouting, 99)), trials)
+	fmt.Printf("| failover seen by the user (last reply → next reply) | %s | %s | %d |\n", ms(stats.Percentile(failover, 50)), ms(stats.Percentile(failover, 99)), trials)
 	return nil
 }
 
@@ -112,26 +110,6 @@ func waitHealth(ctx context.Context, m *harness.Mesh, id string, healthy bool) e
 		}
 		return fmt.Errorf("%s not yet healthy=%v", id, healthy)
 	})
-}
-
-func childOf(parent int) (int, error) {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(parent) {
-			return strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		}
-	}
-	return 0, fmt.Errorf("process %d has no child", parent)
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p+99)/100 - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }

@@ -18,6 +18,7 @@ import (
 
 	copilot "github.com/github/copilot-sdk/go"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/test/harness"
 )
@@ -58,7 +59,7 @@ func run(locks, turns int) error {
 	slices.Sort(cycle)
 	fmt.Println("| measure | p50 | p99 | note |")
 	fmt.Println("|---|---:|---:|---|")
-	fmt.Printf("| lock acquire + release | %s | %s | %d cycles against the Consul dev agent |\n", ms(pct(cycle, 50)), ms(pct(cycle, 99)), len(cycle))
+	fmt.Printf("| lock acquire + release | %s | %s | %d cycles against the Consul dev agent |\n", ms(stats.Percentile(cycle, 50)), ms(stats.Percentile(cycle, 99)), len(cycle))
 
 	for _, members := range []int{1, 5, 20} {
 		perSec, lat, err := room(ctx, m, members, turns)
@@ -66,7 +67,7 @@ func run(locks, turns int) error {
 			return fmt.Errorf("%d members: %w", members, err)
 		}
 		fmt.Printf("| turns, %d member(s) sending at once | %s | %s | %.1f turns/s over %d turns (latency includes waiting for others' turns) |\n",
-			members, ms(pct(lat, 50)), ms(pct(lat, 99)), perSec, turns)
+			members, ms(stats.Percentile(lat, 50)), ms(stats.Percentile(lat, 99)), perSec, turns)
 	}
 	return nil
 }
@@ -166,11 +167,6 @@ func ownTurn(ctx context.Context, s *copilot.Session, prompt string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p+99)/100 - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

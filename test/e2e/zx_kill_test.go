@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,20 +23,11 @@ import (
 // childCLI finds the CLI a sidecar runs (its child, in its own process group).
 func childCLI(t *testing.T, sidecarPID int) int {
 	t.Helper()
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range stats {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(sidecarPID) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			return pid
-		}
+	pid, err := harness.ChildPID(sidecarPID)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("sidecar %d has no child", sidecarPID)
-	return 0
+	return pid
 }
 
 // TestCLIKilled: one CLI of a shared-storage pool is killed with SIGKILL while its

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -179,4 +180,22 @@ func Binary(name string) (string, error) {
 		return "", buildErr
 	}
 	return filepath.Join(buildDir, name), nil
+}
+
+// ChildPID finds the child process of parent (e.g. the CLI a sidecar runs) from
+// /proc.
+func ChildPID(parent int) (int, error) {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// After "pid (comm)": state, then the parent's pid.
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(parent) {
+			return strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return 0, fmt.Errorf("process %d has no child", parent)
 }
