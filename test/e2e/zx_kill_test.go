@@ -9,14 +9,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	copilot "github.com/github/copilot-sdk/go"
-
-	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -38,50 +34,8 @@ func TestCLIKilled(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	reg := &registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}
-	type user struct {
-		name    string
-		session *copilot.Session
-		where   string
-	}
-	byInstance := map[string][]*user{}
-	var all []*user
-	for i := range 9 {
-		u := &user{name: fmt.Sprintf("kil-%02d", i)}
-		u.session = env.durableSession(ctx, t, u.name)
-		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
-			t.Fatal(err)
-		}
-		rec, _ := reg.Get(ctx, u.session.SessionID)
-		u.where = rec.Instance
-		byInstance[u.where] = append(byInstance[u.where], u)
-		all = append(all, u)
-	}
-	victim := ""
-	for id, us := range byInstance {
-		if victim == "" || len(us) > len(byInstance[victim]) {
-			victim = id
-		}
-	}
-	hit := byInstance[victim]
-
-	before := env.Model.Requests()
-	var wg sync.WaitGroup
-	lost := make(chan error, len(hit))
-	for _, u := range hit {
-		wg.Go(func() {
-			_, err := ownTurn(ctx, u.session, "slow 20000 for "+u.name)
-			lost <- err
-		})
-	}
-	if err := harness.Poll(ctx, 20*time.Millisecond, func() error {
-		if env.Model.Requests()-before < int64(len(hit)) {
-			return fmt.Errorf("turns not at the model yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	all, victim, hit := env.durableUsers(ctx, t, "kil", 9)
+	lost := env.slowTurns(ctx, t, hit, 20000)
 	cliPID := childCLI(t, env.Sidecars[victim].Proc.Pid())
 	killed := time.Now()
 	syscall.Kill(-cliPID, syscall.SIGKILL)
@@ -107,14 +61,12 @@ func TestCLIKilled(t *testing.T) {
 	if out > 5*time.Second {
 		t.Fatalf("left routing after %v, bound 5s", out)
 	}
-	wg.Wait()
-	close(lost)
 	// A turn in flight at the kill ends, one way or the other, and never hangs:
 	// reported lost (session.error from climesh-connect), or completed by the
 	// instance that resumed the session (the user message was already persisted).
 	reported, completed := 0, 0
-	for err := range lost {
-		switch {
+	for range hit {
+		switch err := (<-lost).err; {
 		case err == nil:
 			completed++
 		case strings.Contains(err.Error(), "lost"):

@@ -8,13 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	copilot "github.com/github/copilot-sdk/go"
-
-	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -25,72 +21,24 @@ func TestDrainKeepsSessions(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	reg := &registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}
-
-	type user struct {
-		name    string
-		session *copilot.Session
-		where   string
-	}
-	var users []*user
-	byInstance := map[string][]*user{}
-	for i := range 12 {
-		u := &user{name: fmt.Sprintf("dur-%02d", i)}
-		u.session = env.durableSession(ctx, t, u.name)
-		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
-			t.Fatal(err)
-		}
-		rec, err := reg.Get(ctx, u.session.SessionID)
-		if err != nil || rec == nil {
-			t.Fatalf("%s: no record (%v)", u.name, err)
-		}
-		u.where = rec.Instance
-		users = append(users, u)
-		byInstance[u.where] = append(byInstance[u.where], u)
-	}
-	drained := ""
-	for id, us := range byInstance {
-		if drained == "" || len(us) > len(byInstance[drained]) {
-			drained = id
-		}
-	}
-	victims := byInstance[drained]
-	t.Logf("draining %s with %d of 12 users: %v", drained, len(victims), len(byInstance))
+	users, drained, victims := env.durableUsers(ctx, t, "dur", 12)
+	t.Logf("draining %s with %d of 12 users", drained, len(victims))
 
 	// Turns run on the instance when the drain begins.
-	before := env.Model.Requests()
-	var wg sync.WaitGroup
-	results := make(chan error, len(victims))
-	var doneMu sync.Mutex
-	var lastDone time.Time
-	for _, u := range victims {
-		wg.Go(func() {
-			_, err := ownTurn(ctx, u.session, "slow 5000 for "+u.name)
-			doneMu.Lock()
-			lastDone = time.Now()
-			doneMu.Unlock()
-			results <- err
-		})
-	}
-	err := harness.Poll(ctx, 20*time.Millisecond, func() error {
-		if n := env.Model.Requests() - before; n < int64(len(victims)) {
-			return fmt.Errorf("%d of %d turns reached the model", n, len(victims))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	results := env.slowTurns(ctx, t, victims, 5000)
 	drainAt := time.Now()
 	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/drain", env.Sidecars[drained].Port), "text/plain", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("drain call: %v %v", resp, err)
 	}
-	wg.Wait()
-	close(results)
-	for err := range results {
-		if err != nil {
-			t.Errorf("a turn running at the drain did not complete: %v", err)
+	var lastDone time.Time
+	for range victims {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("a turn running at the drain did not complete: %v", r.err)
+		}
+		if r.at.After(lastDone) {
+			lastDone = r.at
 		}
 	}
 
