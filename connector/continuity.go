@@ -110,7 +110,7 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 		}
 		json.Unmarshal(r.Result, &res)
 		if id := firstNonEmpty(res.SessionID, call.sessionID); id != "" {
-			c.attached[id] = withSessionID(call.params, id)
+			c.attached[id] = jsonrpc.ResumeParams(call.params, id)
 		}
 	case "session.destroy", "session.delete":
 		delete(c.attached, call.sessionID)
@@ -124,15 +124,6 @@ func firstNonEmpty(a, b string) string {
 	if a != "" {
 		return a
 	}
-	return b
-}
-
-// withSessionID returns create/resume params naming id, for session.resume.
-func withSessionID(params json.RawMessage, id string) json.RawMessage {
-	obj := map[string]json.RawMessage{}
-	json.Unmarshal(params, &obj)
-	obj["sessionId"], _ = json.Marshal(id)
-	b, _ := json.Marshal(obj)
 	return b
 }
 

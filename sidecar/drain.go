@@ -83,6 +83,21 @@ func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
 	}
 }
 
+// busy reports whether a turn runs on session id, or a session.send for it awaits its answer.
+func (tt *tunnelTurns) busy(id string) bool {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if tt.running[id] > 0 {
+		return true
+	}
+	for _, sid := range tt.sends {
+		if sid == id {
+			return true
+		}
+	}
+	return false
+}
+
 var (
 	idleMarker  = []byte(`"session.idle"`)
 	errorMarker = []byte(`"session.error"`)

@@ -27,6 +27,10 @@ type Registration struct {
 	CLI        CLIDialer
 	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
 	Probe func(context.Context) error
+	// Load, when set, is appended to the check's output: the instance's load as
+	// Consul shows it (the agent syncs output-only changes every
+	// check_update_interval, so /metrics is the exact figure).
+	Load func() string
 
 	mu      sync.Mutex
 	changed bool // the CLI moved: drop the ping connection
@@ -105,6 +109,9 @@ func (r *Registration) Run(ctx context.Context) {
 			err = r.ping(ctx, &conn, seq)
 		}
 		status, output := api.HealthPassing, "copilot CLI answered ping"
+		if r.Load != nil {
+			output += "; " + r.Load()
+		}
 		if err != nil {
 			status, output = api.HealthCritical, err.Error()
 			if conn != nil {

@@ -172,6 +172,9 @@ type Relay struct {
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
+	// Capacity caps the sessions the CLI holds (see Capacity); nil: no cap.
+	// Isolated mode has one CLI per user and no cap of this kind.
+	Capacity *Capacity
 
 	metrics  *relayMetrics
 	wg       sync.WaitGroup
@@ -192,6 +195,9 @@ type relayMetrics struct {
 	lockWait prometheus.Histogram
 	drains   prometheus.Counter
 	restarts prometheus.Counter
+	active   prometheus.Gauge
+	evicted  prometheus.Counter
+	resumed  prometheus.Counter
 }
 
 // NewRelay registers its metrics on reg.
@@ -225,10 +231,24 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 			}),
 			drains:   f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_drains_total", Help: "Drains begun."}),
 			restarts: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_cli_restarts_total", Help: "Child CLI restarts."}),
+			active:   f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_active_sessions", Help: "Sessions the CLI holds in memory (attached on an open tunnel)."}),
+			evicted: f.NewCounter(prometheus.CounterOpts{
+				Name: "climesh_sidecar_evictions_total", Help: "Idle sessions released with session.destroy because the CLI was at --capacity.",
+			}),
+			resumed: f.NewCounter(prometheus.CounterOpts{
+				Name: "climesh_sidecar_resumes_on_demand_total", Help: "Released sessions resumed when their client named them again.",
+			}),
 		},
 	}
 	rl.turns.gauge = rl.metrics.inFlight.Set
 	return rl
+}
+
+// SetCapacity caps the CLI's active sessions at max (0: no cap) and feeds the
+// session metrics.
+func (rl *Relay) SetCapacity(max int) {
+	rl.Capacity = &Capacity{Max: max, Log: rl.Log, Evicted: rl.metrics.evicted.Inc, Resumed: rl.metrics.resumed.Inc,
+		Changed: func(n int) { rl.metrics.active.Set(float64(n)) }}
 }
 
 // ServeHTTP accepts one tunnel and relays it until either side closes.
@@ -324,6 +344,11 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 	tt := newTunnelTurns(&rl.turns)
 	tt.observe = rl.metrics.turn.Observe
 	defer tt.close()
+	var ts *tunnelSessions
+	if rl.Capacity != nil && rl.Users == nil {
+		ts = newTunnelSessions(rl.Capacity, log, func(b []byte) error { _, err := cli.Write(b); return err }, tt.busy)
+		defer ts.close()
+	}
 	var closeOnce sync.Once
 	finish := func(reason string, fail bool) {
 		closeOnce.Do(func() {
@@ -368,6 +393,9 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 					finish("copilot CLI sent a bad frame: "+err.Error(), true)
 				}
 				return
+			}
+			if ts != nil && ts.fromCLI(body) {
+				continue // the answer to the sidecar's own request
 			}
 			tt.fromCLI(body)
 			rl.countError(body)
@@ -425,6 +453,11 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				}
 			}
 			continue
+		}
+		if ts != nil {
+			if err := ts.fromClient(ctx, m); err != nil {
+				log.Warn("forwarding to a session that could not be resumed", zap.Error(err))
+			}
 		}
 		if guard != nil && guard.NeedsTurn(ctx, m) {
 			// Wait for the shared session's turn without blocking this loop: it
@@ -520,6 +553,19 @@ func (rl *Relay) countError(body []byte) {
 	if json.Unmarshal(body, &r) == nil && r.Error != nil && len(r.ID) > 0 {
 		rl.metrics.errors.WithLabelValues(strconv.Itoa(r.Error.Code)).Inc()
 	}
+}
+
+// Load describes the instance's load for its Consul check:
+// "active_sessions=N capacity=M turns_in_flight=T tunnels=U".
+func (rl *Relay) Load() string {
+	active, max := 0, 0
+	if rl.Capacity != nil {
+		active, max = rl.Capacity.Active(), rl.Capacity.Max
+	}
+	rl.mu.Lock()
+	tunnels := len(rl.open)
+	rl.mu.Unlock()
+	return fmt.Sprintf("active_sessions=%d capacity=%d turns_in_flight=%d tunnels=%d", active, max, rl.turns.Running(), tunnels)
 }
 
 // CLIRestarted counts a child CLI restart.

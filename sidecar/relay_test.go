@@ -25,6 +25,7 @@ type fakeCLI struct {
 	addr, token string
 	mu          sync.Mutex
 	seen        []string // methods received
+	resumes     []string // params of every session.resume
 }
 
 func startFakeCLI(t *testing.T, token string) *fakeCLI {
@@ -57,6 +58,8 @@ func (f *fakeCLI) serve(c net.Conn) {
 	defer c.Close()
 	r := jsonrpc.NewReader(c, jsonrpc.DefaultLimits)
 	authed := false
+	loaded := map[string]bool{} // this connection's sessions, as the CLI holds them
+	newID := 0
 	for {
 		body, err := r.Read()
 		if err != nil {
@@ -88,6 +91,32 @@ func (f *fakeCLI) serve(c net.Conn) {
 			out = jsonrpc.ErrorResponse(m.ID, -32001, "AUTHENTICATION_REQUIRED", nil)
 		case m.Method == "ping":
 			out, _ = jsonrpc.ResultResponse(m.ID, map[string]string{"message": "pong"})
+		case m.Method == "session.create" || m.Method == "session.resume":
+			id := m.SessionID
+			if id == "" {
+				newID++
+				id = "gen-" + string(rune('0'+newID))
+			}
+			if m.Method == "session.resume" {
+				var p struct {
+					Params json.RawMessage `json:"params"`
+				}
+				json.Unmarshal(body, &p)
+				f.mu.Lock()
+				f.resumes = append(f.resumes, string(p.Params))
+				f.mu.Unlock()
+			}
+			loaded[id] = true
+			out, _ = jsonrpc.ResultResponse(m.ID, map[string]string{"sessionId": id})
+		case m.Method == "session.destroy":
+			delete(loaded, m.SessionID)
+			out, _ = jsonrpc.ResultResponse(m.ID, struct{}{})
+		case m.Method == "session.send":
+			if !loaded[m.SessionID] {
+				out = jsonrpc.ErrorResponse(m.ID, -32603, "Session not found: "+m.SessionID, nil)
+			} else {
+				out, _ = jsonrpc.ResultResponse(m.ID, map[string]string{"messageId": "m-" + m.SessionID})
+			}
 		case m.Method == "ask":
 			out, _ = jsonrpc.RequestBody("srv-1", "tool.call", map[string]string{"sessionId": "s1"})
 		case m.Kind == jsonrpc.Response:

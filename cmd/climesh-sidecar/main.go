@@ -57,7 +57,7 @@ func run() error {
 	cliAddr := flag.String("cli-address", "", "attach to a running CLI at `host:port` (token from $COPILOT_CONNECTION_TOKEN)")
 	cliCommand := flag.String("cli-command", "", "run the CLI as a child: the copilot `executable`")
 	cliHome := flag.String("cli-home", "", "COPILOT_HOME for --cli-command (default: a new temp dir)")
-	capacity := flag.Int("capacity", 50, "active sessions this CLI takes (published in Consul meta)")
+	capacity := flag.Int("capacity", 50, "most sessions the CLI holds in memory; past it the least recently used idle one is released with session.destroy and resumed on demand (0: no cap; published in Consul meta)")
 	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
 	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
@@ -138,6 +138,10 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	relay := sidecar.NewRelay(log, cli, limits, reg)
 	relay.Keepalive = *keepalive
+	if *capacity < 0 {
+		return fmt.Errorf("--capacity %d: want 0 (no cap) or more", *capacity)
+	}
+	relay.SetCapacity(*capacity)
 	if *mode != "shared" && *mode != "collab" && *mode != "isolated" {
 		return fmt.Errorf("--mode %q: want shared, collab or isolated", *mode)
 	}
@@ -231,7 +235,7 @@ func run() error {
 		registration = &sidecar.Registration{
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,
 			Meta: map[string]string{"mode": *mode, "capacity": strconv.Itoa(*capacity), "version": version},
-			TTL:  *ttl, Interval: *interval, CLI: cli,
+			TTL:  *ttl, Interval: *interval, CLI: cli, Load: relay.Load,
 		}
 		if relay.Users != nil {
 			registration.Probe = func(context.Context) error {

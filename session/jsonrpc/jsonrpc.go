@@ -255,3 +255,14 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// ResumeParams turns the params of a session.create or session.resume into those
+// of a session.resume of session id: the same options (provider included, which
+// the CLI needs again on every resume), naming id.
+func ResumeParams(params json.RawMessage, id string) json.RawMessage {
+	obj := map[string]json.RawMessage{}
+	json.Unmarshal(params, &obj)
+	obj["sessionId"], _ = json.Marshal(id)
+	b, _ := json.Marshal(obj)
+	return b
+}

@@ -1,0 +1,384 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+)
+
+// Capacity keeps a CLI's active sessions — those attached on an open tunnel, which
+// the CLI holds in memory — at or under Max. Past it, the least recently used
+// session with no turn running is released with session.destroy: its state stays
+// on disk, and the tunnel that had it resumes it on demand, with the options it
+// was created or resumed with, when its client next names it. The client never
+// learns. The cap is soft: when every session is in a turn, none is released.
+type Capacity struct {
+	Max int // 0: no cap
+	Log *zap.Logger
+	// Evicted, Resumed and Changed feed metrics; any may be nil.
+	Evicted func()
+	Resumed func()
+	Changed func(active int)
+
+	mu     sync.Mutex
+	active map[string]*activeSession
+	now    func() time.Time
+}
+
+type activeSession struct {
+	lastUsed time.Time
+	holders  map[*tunnelSessions]struct{}
+}
+
+// Active is the number of sessions held in memory.
+func (c *Capacity) Active() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.active)
+}
+
+func (c *Capacity) clock() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
+}
+
+// attach records that ts has session id, and releases what is over the cap.
+func (c *Capacity) attach(ts *tunnelSessions, id string) {
+	c.mu.Lock()
+	if c.active == nil {
+		c.active = map[string]*activeSession{}
+	}
+	s := c.active[id]
+	if s == nil {
+		s = &activeSession{holders: map[*tunnelSessions]struct{}{}}
+		c.active[id] = s
+	}
+	s.holders[ts] = struct{}{}
+	s.lastUsed = c.clock()
+	victims := c.overCap(id)
+	n := len(c.active)
+	c.mu.Unlock()
+	c.changed(n)
+	for vid, holders := range victims {
+		c.Log.Info("session released: over capacity", zap.String("session_id", vid), zap.Int("max", c.Max))
+		for _, h := range holders {
+			h.release(vid)
+		}
+		if c.Evicted != nil {
+			c.Evicted()
+		}
+	}
+}
+
+// overCap picks the sessions to release, least recently used first, never keep
+// nor one in a turn. Called with c.mu held.
+func (c *Capacity) overCap(keep string) map[string][]*tunnelSessions {
+	if c.Max <= 0 {
+		return nil
+	}
+	victims := map[string][]*tunnelSessions{}
+	for len(c.active) > c.Max {
+		var lru string
+		for id, s := range c.active {
+			if id == keep || c.busy(id, s) {
+				continue
+			}
+			if lru == "" || s.lastUsed.Before(c.active[lru].lastUsed) {
+				lru = id
+			}
+		}
+		if lru == "" {
+			c.Log.Warn("over capacity with every session in a turn", zap.Int("active", len(c.active)), zap.Int("max", c.Max))
+			break
+		}
+		for h := range c.active[lru].holders {
+			victims[lru] = append(victims[lru], h)
+		}
+		delete(c.active, lru)
+	}
+	return victims
+}
+
+func (c *Capacity) busy(id string, s *activeSession) bool {
+	for h := range s.holders {
+		if h.busy != nil && h.busy(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// touch marks a session used now.
+func (c *Capacity) touch(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.active[id]; s != nil {
+		s.lastUsed = c.clock()
+	}
+}
+
+// detach forgets ts's hold on the sessions ids (the tunnel closed, or the client
+// destroyed or deleted them).
+func (c *Capacity) detach(ts *tunnelSessions, ids ...string) {
+	c.mu.Lock()
+	for _, id := range ids {
+		if s := c.active[id]; s != nil {
+			delete(s.holders, ts)
+			if len(s.holders) == 0 {
+				delete(c.active, id)
+			}
+		}
+	}
+	n := len(c.active)
+	c.mu.Unlock()
+	c.changed(n)
+}
+
+func (c *Capacity) changed(n int) {
+	if c.Changed != nil {
+		c.Changed(n)
+	}
+}
+
+// tunnelSessions follows the sessions one tunnel has attached, with the params
+// to resume each, and runs the sidecar's own calls on the tunnel's CLI connection.
+type tunnelSessions struct {
+	cap  *Capacity
+	log  *zap.Logger
+	cli  func([]byte) error // writes one frame to this tunnel's CLI connection
+	busy func(id string) bool
+
+	mu       sync.Mutex
+	pending  map[string]attachCall      // client request id -> a create or resume
+	attached map[string]json.RawMessage // session id -> params for session.resume
+	released map[string]chan struct{}   // released sessions; closed once the CLI answered the destroy
+	internal map[string]chan []byte     // the sidecar's own requests, by id
+	waiting  bool                       // pending or internal is not empty
+	seq      int
+}
+
+type attachCall struct {
+	sessionID string
+	params    json.RawMessage
+}
+
+func newTunnelSessions(c *Capacity, log *zap.Logger, cli func([]byte) error, busy func(string) bool) *tunnelSessions {
+	return &tunnelSessions{cap: c, log: log, cli: cli, busy: busy, pending: map[string]attachCall{},
+		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{}, internal: map[string]chan []byte{}}
+}
+
+// internalIDPrefix marks the sidecar's own request ids on a tunnel's CLI connection.
+const internalIDPrefix = `"climesh-sidecar-`
+
+// fromClient looks at a request about to be forwarded to the CLI. A session the
+// sidecar released is resumed first, so that the request finds it; an error
+// means the resume failed (the request is forwarded anyway and the CLI answers it).
+func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) error {
+	if m.Kind != jsonrpc.Request {
+		return nil
+	}
+	switch m.Method {
+	case "session.create", "session.resume":
+		var p struct {
+			Params json.RawMessage `json:"params"`
+		}
+		json.Unmarshal(m.Raw, &p)
+		ts.mu.Lock()
+		ts.pending[string(m.ID)] = attachCall{sessionID: m.SessionID, params: p.Params}
+		ts.waiting = true
+		ts.mu.Unlock()
+		return nil
+	case "session.destroy", "session.delete":
+		if m.SessionID != "" {
+			ts.mu.Lock()
+			delete(ts.attached, m.SessionID)
+			delete(ts.released, m.SessionID)
+			ts.mu.Unlock()
+			ts.cap.detach(ts, m.SessionID)
+		}
+		return nil
+	}
+	if m.SessionID == "" {
+		return nil
+	}
+	ts.mu.Lock()
+	destroyed, released := ts.released[m.SessionID]
+	params := ts.attached[m.SessionID]
+	ts.mu.Unlock()
+	if !released {
+		ts.cap.touch(m.SessionID)
+		return nil
+	}
+	// The destroy must be done before the resume, or it would undo it.
+	select {
+	case <-destroyed:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	ts.mu.Lock()
+	delete(ts.released, m.SessionID)
+	ts.mu.Unlock()
+	if _, err := ts.call(ctx, "session.resume", params); err != nil {
+		ts.mu.Lock()
+		ts.released[m.SessionID] = destroyed // the next request tries again
+		ts.mu.Unlock()
+		return fmt.Errorf("resume released session %s: %w", m.SessionID, err)
+	}
+	ts.log.Debug("released session resumed on demand", zap.String("session_id", m.SessionID))
+	if ts.cap.Resumed != nil {
+		ts.cap.Resumed()
+	}
+	ts.cap.attach(ts, m.SessionID)
+	return nil
+}
+
+// fromCLI looks at what the CLI sends; true means the message answers one of the
+// sidecar's own requests and is not the client's.
+func (ts *tunnelSessions) fromCLI(body []byte) bool {
+	ts.mu.Lock()
+	waiting := ts.waiting
+	ts.mu.Unlock()
+	if !waiting {
+		return false
+	}
+	m, err := jsonrpc.Classify(body)
+	if err != nil || m.Kind != jsonrpc.Response {
+		return false
+	}
+	ts.mu.Lock()
+	if ch, ok := ts.internal[string(m.ID)]; ok {
+		delete(ts.internal, string(m.ID))
+		ts.waiting = len(ts.pending)+len(ts.internal) > 0
+		ts.mu.Unlock()
+		ch <- body
+		return true
+	}
+	call, ok := ts.pending[string(m.ID)]
+	delete(ts.pending, string(m.ID))
+	ts.waiting = len(ts.pending)+len(ts.internal) > 0
+	ts.mu.Unlock()
+	if ok {
+		ts.accepted(call, body)
+	}
+	return bytes.HasPrefix(m.ID, []byte(internalIDPrefix))
+}
+
+// accepted records a create or resume the CLI accepted.
+func (ts *tunnelSessions) accepted(call attachCall, body []byte) {
+	var r struct {
+		Result *struct {
+			SessionID string `json:"sessionId"`
+		} `json:"result"`
+	}
+	if json.Unmarshal(body, &r) != nil || r.Result == nil {
+		return
+	}
+	id := firstNonEmpty(r.Result.SessionID, call.sessionID)
+	if id == "" {
+		return
+	}
+	ts.mu.Lock()
+	ts.attached[id] = jsonrpc.ResumeParams(call.params, id)
+	delete(ts.released, id)
+	ts.mu.Unlock()
+	ts.cap.attach(ts, id)
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// release sends session.destroy for id on this tunnel's CLI connection; the next
+// request naming id resumes it.
+func (ts *tunnelSessions) release(id string) {
+	ts.mu.Lock()
+	if _, ok := ts.attached[id]; !ok {
+		ts.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	ts.released[id] = done
+	ts.mu.Unlock()
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := ts.call(ctx, "session.destroy", map[string]string{"sessionId": id}); err != nil {
+			ts.log.Warn("release of an idle session failed", zap.String("session_id", id), zap.Error(err))
+		}
+	}()
+}
+
+// call sends one request of the sidecar's own and waits for its answer.
+func (ts *tunnelSessions) call(ctx context.Context, method string, params any) (json.RawMessage, error) {
+	ts.mu.Lock()
+	ts.seq++
+	id := fmt.Sprintf(`%s%d"`, internalIDPrefix, ts.seq)
+	ch := make(chan []byte, 1)
+	ts.internal[id] = ch
+	ts.waiting = true
+	ts.mu.Unlock()
+	forget := func() {
+		ts.mu.Lock()
+		delete(ts.internal, id)
+		ts.waiting = len(ts.pending)+len(ts.internal) > 0
+		ts.mu.Unlock()
+	}
+	body, err := jsonrpc.RequestBody(json.RawMessage(id), method, params)
+	if err != nil {
+		forget()
+		return nil, err
+	}
+	if err := ts.cli(jsonrpc.Frame(body)); err != nil {
+		forget()
+		return nil, fmt.Errorf("%s: %w", method, err)
+	}
+	select {
+	case answer, ok := <-ch:
+		if !ok {
+			return nil, fmt.Errorf("%s: the tunnel closed", method)
+		}
+		var r struct {
+			Result json.RawMessage `json:"result"`
+			Error  *CallError      `json:"error"`
+		}
+		if err := json.Unmarshal(answer, &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", method, err)
+		}
+		if r.Error != nil {
+			return nil, r.Error
+		}
+		return r.Result, nil
+	case <-ctx.Done():
+		forget()
+		return nil, ctx.Err()
+	}
+}
+
+// close forgets the tunnel's sessions: the CLI shuts them down with the connection.
+func (ts *tunnelSessions) close() {
+	ts.mu.Lock()
+	ids := make([]string, 0, len(ts.attached))
+	for id := range ts.attached {
+		ids = append(ids, id)
+	}
+	ts.attached = map[string]json.RawMessage{}
+	for id, ch := range ts.internal {
+		close(ch)
+		delete(ts.internal, id)
+	}
+	ts.mu.Unlock()
+	ts.cap.detach(ts, ids...)
+}
