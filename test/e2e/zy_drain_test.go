@@ -14,15 +14,20 @@ import (
 	"github.com/climesh/climesh/test/harness"
 )
 
-// TestDrainKeepsSessions: users of a pool with shared session storage; one
-// instance is drained while turns run on it. Every running turn completes, every
-// user's next turn succeeds elsewhere with its history, and no client dies.
+// TestDrainKeepsSessions (issue scenario 1): 30 users with live sessions on a
+// pool with shared session storage; one instance is drained while 10 of its users'
+// turns run. Every running turn completes, every user's next turn succeeds (those
+// of the drained instance elsewhere) with its history, and no client dies.
 func TestDrainKeepsSessions(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	users, drained, victims := env.durableUsers(ctx, t, "dur", 12)
-	t.Logf("draining %s with %d of 12 users", drained, len(victims))
+	users, drained, there := env.durableUsers(ctx, t, "dur", 30)
+	if len(there) < 10 {
+		t.Fatalf("the busiest instance has %d of 30 users", len(there))
+	}
+	victims := there[:10]
+	t.Logf("draining %s with %d of 30 users, 10 of them in a turn", drained, len(there))
 
 	// Turns run on the instance when the drain begins.
 	results := env.slowTurns(ctx, t, victims, 5000)
@@ -46,20 +51,8 @@ func TestDrainKeepsSessions(t *testing.T) {
 		t.Fatal("the turns ended before the drain call: the test proves nothing")
 	}
 	t.Logf("drain: running turns done %s after the drain call", lastDone.Sub(drainAt).Round(time.Millisecond))
-	// Everyone's next turn works, on the same client, with its history.
-	for _, u := range users {
-		start := time.Now()
-		text, err := ownTurn(ctx, u.session, "next of "+u.name)
-		if err != nil {
-			t.Fatalf("%s after the drain: %v", u.name, err)
-		}
-		if !strings.Contains(text, "first: first of "+u.name) {
-			t.Fatalf("%s lost its history: %q", u.name, text)
-		}
-		if took := time.Since(start); took > 2*time.Second {
-			t.Logf("%s's next turn took %s", u.name, took.Round(time.Millisecond))
-		}
-	}
+	// The drained instance is gone (deregistered, exited) before anyone's next
+	// turn, so those turns run elsewhere.
 	err = harness.Poll(ctx, 100*time.Millisecond, func() error {
 		services, _, err := env.Consul.Client.Catalog().Service("durable", "", nil)
 		if err != nil {
@@ -83,5 +76,19 @@ func TestDrainKeepsSessions(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Everyone's next turn works, on the same client, with its history.
+	for _, u := range users {
+		start := time.Now()
+		text, err := ownTurn(ctx, u.session, "next of "+u.name)
+		if err != nil {
+			t.Fatalf("%s after the drain: %v", u.name, err)
+		}
+		if !strings.Contains(text, "first: first of "+u.name) {
+			t.Fatalf("%s lost its history: %q", u.name, text)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Logf("%s's next turn took %s", u.name, took.Round(time.Millisecond))
+		}
 	}
 }

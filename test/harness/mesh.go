@@ -35,6 +35,7 @@ type Mesh struct {
 	CollabHome  string
 	UsersRoot   string
 	DurableHome string
+	BoundedHome string
 	// SidecarArgs are the flags every mesh sidecar gets (credential, keys, policy),
 	// for tests that add instances.
 	SidecarArgs []string
@@ -56,7 +57,18 @@ type MeshOptions struct {
 	// Durable adds a pool "durable" of this many shared-mode sidecars whose CLIs
 	// share one COPILOT_HOME (shared session storage), dedicated to tenant "durable".
 	Durable int
+	// Bounded adds a pool "bounded" of this many shared-mode sidecars with shared
+	// session storage, dedicated to tenant "bounded", hashed on the user with
+	// hash_balance_factor BoundedFactor; its first instance has --capacity 5.
+	Bounded int
 }
+
+// BoundedCapacity is the --capacity of the bounded pool's first instance, and
+// BoundedFactor the pool's hash_balance_factor.
+const (
+	BoundedCapacity = 5
+	BoundedFactor   = 125
+)
 
 // MeshCredential is the edge credential every test mesh uses.
 const MeshCredential = "edge-credential-for-tests"
@@ -111,7 +123,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
 	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
   "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]},
-  "durable": {"tenants": ["durable"]}}}}`), 0o644); err != nil {
+  "durable": {"tenants": ["durable"]}, "bounded": {"tenants": ["bounded"]}}}}`), 0o644); err != nil {
 		return m, err
 	}
 	copilotBin, err := Tool("copilot")
@@ -168,6 +180,20 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.stops = append(m.stops, sc.Close)
 		m.Sidecars[id] = sc
 	}
+	m.BoundedHome = filepath.Join(dir, "bounded-home")
+	for i := range o.Bounded {
+		id := fmt.Sprintf("bounded-%d", i)
+		args := append(append([]string{}, extra...), "--capacity", "50")
+		if i == 0 {
+			args[len(args)-1] = fmt.Sprint(BoundedCapacity)
+		}
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: id, Pool: "bounded", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin, CLIHome: m.BoundedHome, Extra: args})
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, sc.Close)
+		m.Sidecars[id] = sc
+	}
 	m.UsersRoot = filepath.Join(dir, "users")
 	if o.Isolated {
 		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
@@ -198,14 +224,16 @@ listeners:
     routes:
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
       - {pool: durable, when: {header: x-climesh-tenant, exact: durable}}
+      - {pool: bounded, when: {header: x-climesh-tenant, exact: bounded}}
       - {pool: collab, when: {header: x-climesh-session}}
       - {pool: copilot}
 pools:
   - {name: isolated, consul_service: isolated, lb: {policy: ring_hash, hash_key: user}}
   - {name: durable, consul_service: durable, lb: {policy: ring_hash, hash_key: user}}
+  - {name: bounded, consul_service: bounded, lb: {policy: ring_hash, hash_key: user, hash_balance_factor: %d}}
   - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
-`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout)); err != nil {
+`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout, BoundedFactor)); err != nil {
 		return m, err
 	}
 	m.stops = append(m.stops, m.XDS.Close)
@@ -230,6 +258,9 @@ pools:
 		}
 		if durable, _ := m.Envoy.Hosts("pool/durable"); o.Durable > 0 && countHealthy(durable) != o.Durable {
 			return fmt.Errorf("envoy sees durable %v", durable)
+		}
+		if bounded, _ := m.Envoy.Hosts("pool/bounded"); o.Bounded > 0 && countHealthy(bounded) != o.Bounded {
+			return fmt.Errorf("envoy sees bounded %v", bounded)
 		}
 		if healthy != o.Instances {
 			return fmt.Errorf("envoy sees %v", hosts)
