@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,4 +154,54 @@ func TestCapacityAndBoundedLoad(t *testing.T) {
 		t.Fatalf("consul check of %s does not carry the load: %+v", hot, c)
 	}
 	t.Logf("consul check output of %s: %q", hot, c.Output)
+}
+
+// TestHungCLILeavesRouting: a CLI that stops answering (SIGSTOP) fails its
+// sidecar's ping (the harness's --ping-interval 500ms; an answer is wanted within
+// the interval, at most 5s), so its instance
+// turns critical in Consul and leaves Envoy's routing; once it answers again
+// (SIGCONT) it comes back.
+func TestHungCLILeavesRouting(t *testing.T) {
+	env := startMesh(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	const id = "bounded-1"
+	cli := childCLI(t, env.Sidecars[id].Proc.Pid())
+	healthy := func(want bool) error {
+		hosts, err := env.Envoy.Hosts("pool/bounded")
+		if err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if h.Hostname == id && (h.Health == "HEALTHY") == want {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s not yet healthy=%v in envoy: %v", id, want, hosts)
+	}
+	if err := healthy(true); err != nil {
+		t.Fatal(err)
+	}
+	hung := time.Now()
+	if err := syscall.Kill(-cli, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(-cli, syscall.SIGCONT)
+	if err := harness.Poll(ctx, 20*time.Millisecond, func() error { return healthy(false) }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s left routing %s after its CLI hung", id, time.Since(hung).Round(time.Millisecond))
+	checks, err := env.Consul.Client.Agent().Checks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := checks["climesh-cli:"+id]; c == nil || c.Status != "critical" || !strings.Contains(c.Output, "ping") {
+		t.Fatalf("consul check of the hung instance: %+v", c)
+	}
+	syscall.Kill(-cli, syscall.SIGCONT)
+	back := time.Now()
+	if err := harness.Poll(ctx, 20*time.Millisecond, func() error { return healthy(true) }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s back in routing %s after its CLI answered again", id, time.Since(back).Round(time.Millisecond))
 }
