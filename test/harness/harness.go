@@ -158,7 +158,8 @@ var (
 	buildErr  error
 )
 
-// Binary builds (once per process) climesh's commands and returns the path of one.
+// Binary builds (once per process) climesh's commands and the Go example
+// chat-server, and returns the path of one.
 func Binary(name string) (string, error) {
 	buildOnce.Do(func() {
 		root, err := Root()
@@ -170,7 +171,7 @@ func Binary(name string) (string, error) {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", buildDir+string(filepath.Separator), "./cmd/...")
+		cmd := exec.Command("go", "build", "-o", buildDir+string(filepath.Separator), "./cmd/...", "./examples/chat-server")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build ./cmd/...: %v\n%s", err, out)
