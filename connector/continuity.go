@@ -112,7 +112,7 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 		if id := firstNonEmpty(res.SessionID, call.sessionID); id != "" {
 			c.attached[id] = jsonrpc.ResumeParams(call.params, id)
 		}
-	case "session.destroy", "session.delete":
+	case "session.destroy", "session.detach", "session.delete":
 		delete(c.attached, call.sessionID)
 		delete(c.running, call.sessionID)
 	case "session.send":

@@ -197,7 +197,7 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) err
 		ts.waiting = true
 		ts.mu.Unlock()
 		return nil
-	case "session.destroy", "session.delete":
+	case "session.destroy", "session.detach", "session.delete":
 		if m.SessionID != "" {
 			ts.mu.Lock()
 			delete(ts.attached, m.SessionID)

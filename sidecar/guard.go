@@ -159,7 +159,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, 
 	if m.Method == "session.send" && rec != nil {
 		g.touch(ctx, m.SessionID)
 	}
-	if m.Method == "session.destroy" && rec != nil && rec.Mode == "collab" {
+	if (m.Method == "session.destroy" || m.Method == "session.detach") && rec != nil && rec.Mode == "collab" {
 		// An SDK disconnecting from a shared session must not unload it for the
 		// other members: closing this connection is all the detaching it needs.
 		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})

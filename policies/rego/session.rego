@@ -17,12 +17,12 @@ connection_methods := {
 }
 
 # Methods that act on the session named by params.sessionId: the turn itself, and
-# what the Copilot SDK (v1.0.11) sends while a turn runs (answers to tool calls,
+# what the Copilot SDKs (Go v1.0.11, Node v1.0.14) send while a turn runs (answers to tool calls,
 # permission and input requests). Server-reaching session methods — MCP servers,
 # extensions, filesystem paths, credentials, LSP — are not listed, so they are denied.
 session_methods := {
 	"session.resume", "session.send", "session.abort", "session.getMessages",
-	"session.getMetadata", "session.delete", "session.destroy", "session.log",
+	"session.getMetadata", "session.delete", "session.destroy", "session.detach", "session.log",
 	"session.setForeground",
 	"session.model.getCurrent", "session.model.list", "session.model.switchTo",
 	"session.mode.get", "session.mode.set", "session.name.get", "session.name.set",

@@ -17,7 +17,7 @@ test_owner_may_touch if {
 }
 
 test_other_user_refused_with_reason if {
-	every m in ["session.resume", "session.send", "session.getMessages", "session.getMetadata", "session.delete", "session.destroy"] {
+	every m in ["session.resume", "session.send", "session.getMessages", "session.getMetadata", "session.delete", "session.destroy", "session.detach"] {
 		d := session.decision with input as msg("bob", m, "s1", alice_rec)
 		not d.allow
 		d.reason == "access denied: session belongs to another user"

@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -147,5 +149,59 @@ func TestChatServerExample(t *testing.T) {
 	}
 	if code, out := post("/team-chat", carol, map[string]string{"room": room, "message": "me too"}); code != http.StatusForbidden {
 		t.Fatalf("carol, not a member: %d %v, want 403", code, out)
+	}
+}
+
+// TestNodeExample runs examples/node/chat.mjs (the Copilot Node SDK, pinned, with
+// climesh-connect spawned over stdio) with Node against the shared mesh.
+func TestNodeExample(t *testing.T) {
+	env := startMesh(t)
+	root, err := harness.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "examples", "node")
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@github", "copilot-sdk")); err != nil {
+		t.Fatalf("the Node example's SDK is not installed (tools/install.sh installs it): %v", err)
+	}
+	connectBin, err := harness.Binary("climesh-connect")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "chat.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CLIMESH_CONNECT="+connectBin, "CLIMESH_EDGE="+env.EdgeURL, "CLIMESH_TOKEN="+env.Token("node-user", "acme"),
+		"MODEL=double-1", "PROVIDER_URL="+env.Model.URL, "PROVIDER_KEY=double-key")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	t.Logf("node chat.mjs:\n%s", out)
+	if err != nil {
+		t.Fatalf("node chat.mjs: %v\n%s", err, stderr.String())
+	}
+	var steps []map[string]string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var s map[string]string
+		if json.Unmarshal([]byte(line), &s) == nil && s["step"] != "" {
+			steps = append(steps, s)
+		}
+	}
+	want := []struct{ step, field, contains string }{
+		{"start", "sessionId", ""},
+		{"message", "content", "echo: hello from node"},
+		{"message", "content", "first: hello from node"},
+		{"resume", "content", "first: hello from node"},
+		{"end", "sessionId", ""},
+		{"analyze", "result", "echo: analyze this"},
+	}
+	if len(steps) != len(want) {
+		t.Fatalf("%d steps, want %d", len(steps), len(want))
+	}
+	for i, w := range want {
+		if steps[i]["step"] != w.step || steps[i][w.field] == "" || !strings.Contains(steps[i][w.field], w.contains) {
+			t.Fatalf("step %d: %v, want %s with %s containing %q", i, steps[i], w.step, w.field, w.contains)
+		}
 	}
 }
