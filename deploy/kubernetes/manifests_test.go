@@ -1,0 +1,679 @@
+// Package kubernetes_test checks climesh's Kubernetes manifests without a cluster:
+// each overlay is rendered with kustomize, every object is decoded strictly into
+// its Kubernetes API type (an unknown field is an error), and the wiring between
+// objects is checked — selectors, ports, probes, volumes, secrets, the configs the
+// binaries read and the flags they are given.
+package kubernetes_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3" // the bootstrap's typed options
+	"google.golang.org/protobuf/encoding/protojson"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+
+	"github.com/climesh/climesh/config"
+)
+
+// manifest is one rendered kustomization, by kind and name.
+type manifest struct {
+	namespace    string
+	namespaces   map[string]*corev1.Namespace
+	secrets      map[string]*corev1.Secret
+	configMaps   map[string]*corev1.ConfigMap
+	services     map[string]*corev1.Service
+	claims       map[string]*corev1.PersistentVolumeClaim
+	deployments  map[string]*appsv1.Deployment
+	statefulSets map[string]*appsv1.StatefulSet
+	netpols      map[string]*networkingv1.NetworkPolicy
+	pdbs         map[string]*policyv1.PodDisruptionBudget
+}
+
+// workload is what the checks need of a Deployment or StatefulSet.
+type workload struct {
+	kind, name     string
+	selector       map[string]string
+	pod            *corev1.PodTemplateSpec
+	claimTemplates []string
+}
+
+func (m *manifest) workloads() []workload {
+	var out []workload
+	for _, n := range slices.Sorted(maps.Keys(m.deployments)) {
+		d := m.deployments[n]
+		out = append(out, workload{"Deployment", n, d.Spec.Selector.MatchLabels, &d.Spec.Template, nil})
+	}
+	for _, n := range slices.Sorted(maps.Keys(m.statefulSets)) {
+		s := m.statefulSets[n]
+		var claims []string
+		for _, c := range s.Spec.VolumeClaimTemplates {
+			claims = append(claims, c.Name)
+		}
+		out = append(out, workload{"StatefulSet", n, s.Spec.Selector.MatchLabels, &s.Spec.Template, claims})
+	}
+	return out
+}
+
+// decodeStrict decodes YAML into v; a field v's type does not have is an error.
+func decodeStrict(y []byte, v any) error {
+	j, err := yaml.YAMLToJSON(y)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// render runs kustomize on dir and decodes every object strictly.
+func render(t *testing.T, dir string) *manifest {
+	t.Helper()
+	resources, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	m := &manifest{namespaces: map[string]*corev1.Namespace{}, secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{},
+		services: map[string]*corev1.Service{}, claims: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
+		statefulSets: map[string]*appsv1.StatefulSet{}, netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+	for _, r := range resources.Resources() {
+		y, err := r.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var obj any
+		name := r.GetName()
+		switch r.GetKind() {
+		case "Namespace":
+			m.namespaces[name] = &corev1.Namespace{}
+			obj = m.namespaces[name]
+		case "Secret":
+			m.secrets[name] = &corev1.Secret{}
+			obj = m.secrets[name]
+		case "ConfigMap":
+			m.configMaps[name] = &corev1.ConfigMap{}
+			obj = m.configMaps[name]
+		case "Service":
+			m.services[name] = &corev1.Service{}
+			obj = m.services[name]
+		case "PersistentVolumeClaim":
+			m.claims[name] = &corev1.PersistentVolumeClaim{}
+			obj = m.claims[name]
+		case "Deployment":
+			m.deployments[name] = &appsv1.Deployment{}
+			obj = m.deployments[name]
+		case "StatefulSet":
+			m.statefulSets[name] = &appsv1.StatefulSet{}
+			obj = m.statefulSets[name]
+		case "NetworkPolicy":
+			m.netpols[name] = &networkingv1.NetworkPolicy{}
+			obj = m.netpols[name]
+		case "PodDisruptionBudget":
+			m.pdbs[name] = &policyv1.PodDisruptionBudget{}
+			obj = m.pdbs[name]
+		default:
+			t.Fatalf("%s: kind %s %s has no check here; add its type", dir, r.GetKind(), name)
+		}
+		if err := decodeStrict(y, obj); err != nil {
+			t.Fatalf("%s: %s %s does not decode strictly: %v", dir, r.GetKind(), name, err)
+		}
+		if r.GetKind() != "Namespace" {
+			if ns := r.GetNamespace(); m.namespace == "" {
+				m.namespace = ns
+			} else if ns != m.namespace {
+				t.Fatalf("%s %s is in namespace %q, the rest in %q", r.GetKind(), name, ns, m.namespace)
+			}
+		}
+	}
+	return m
+}
+
+// byPrefix finds the one object whose name is prefix or prefix-<kustomize hash>.
+func byPrefix[T any](t *testing.T, objs map[string]*T, prefix string) (string, *T) {
+	t.Helper()
+	for n, o := range objs {
+		if n == prefix || strings.HasPrefix(n, prefix+"-") && !strings.Contains(n[len(prefix)+1:], "-") {
+			return n, o
+		}
+	}
+	t.Fatalf("no %s among %v", prefix, slices.Sorted(maps.Keys(objs)))
+	return "", nil
+}
+
+func matches(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func allContainers(pod *corev1.PodSpec) []corev1.Container {
+	return append(append([]corev1.Container{}, pod.InitContainers...), pod.Containers...)
+}
+
+func container(t *testing.T, pod *corev1.PodSpec, name string) *corev1.Container {
+	t.Helper()
+	for _, c := range allContainers(pod) {
+		if c.Name == name {
+			return &c
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return nil
+}
+
+// portNumber resolves a named or numbered port against a pod's containers.
+func portNumber(pod *corev1.PodSpec, p intstr.IntOrString) (int32, bool) {
+	for _, c := range allContainers(pod) {
+		for _, cp := range c.Ports {
+			if (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) {
+				return cp.ContainerPort, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func (m *manifest) selected(selector map[string]string) []workload {
+	var out []workload
+	for _, w := range m.workloads() {
+		if matches(selector, w.pod.Labels) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// checkWiring checks what holds for every rendered kustomization.
+func checkWiring(t *testing.T, m *manifest) {
+	if m.namespaces[m.namespace] == nil {
+		t.Errorf("namespace %q is used but not created", m.namespace)
+	}
+	for _, w := range m.workloads() {
+		where := w.kind + " " + w.name
+		if !matches(w.selector, w.pod.Labels) {
+			t.Errorf("%s: selector %v does not match its pod labels %v", where, w.selector, w.pod.Labels)
+		}
+		volumes := map[string]corev1.Volume{}
+		for _, v := range w.pod.Spec.Volumes {
+			volumes[v.Name] = v
+			switch {
+			case v.ConfigMap != nil && m.configMaps[v.ConfigMap.Name] == nil:
+				t.Errorf("%s: volume %s names ConfigMap %s, which does not exist", where, v.Name, v.ConfigMap.Name)
+			case v.Secret != nil && m.secrets[v.Secret.SecretName] == nil:
+				t.Errorf("%s: volume %s names Secret %s, which does not exist", where, v.Name, v.Secret.SecretName)
+			case v.PersistentVolumeClaim != nil && m.claims[v.PersistentVolumeClaim.ClaimName] == nil:
+				t.Errorf("%s: volume %s names claim %s, which does not exist", where, v.Name, v.PersistentVolumeClaim.ClaimName)
+			}
+		}
+		for _, c := range allContainers(&w.pod.Spec) {
+			if c.Image == "" || strings.HasSuffix(c.Image, ":latest") || !strings.Contains(c.Image, ":") {
+				t.Errorf("%s/%s: image %q is not pinned", where, c.Name, c.Image)
+			}
+			for _, vm := range c.VolumeMounts {
+				if _, ok := volumes[vm.Name]; !ok && !slices.Contains(w.claimTemplates, vm.Name) {
+					t.Errorf("%s/%s: mounts %s, which is neither a volume nor a claim template", where, c.Name, vm.Name)
+				}
+			}
+			for _, e := range c.Env {
+				if e.ValueFrom == nil {
+					continue
+				}
+				if r := e.ValueFrom.SecretKeyRef; r != nil && !secretHas(m.secrets[r.Name], r.Key) {
+					t.Errorf("%s/%s: env %s wants key %s of Secret %s, which is not there", where, c.Name, e.Name, r.Key, r.Name)
+				}
+				if r := e.ValueFrom.ConfigMapKeyRef; r != nil && (m.configMaps[r.Name] == nil || m.configMaps[r.Name].Data[r.Key] == "") {
+					t.Errorf("%s/%s: env %s wants key %s of ConfigMap %s, which is not there", where, c.Name, e.Name, r.Key, r.Name)
+				}
+			}
+			for kind, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe, "startup": c.StartupProbe} {
+				if p == nil {
+					continue
+				}
+				var port *intstr.IntOrString
+				if p.HTTPGet != nil {
+					port = &p.HTTPGet.Port
+				} else if p.TCPSocket != nil {
+					port = &p.TCPSocket.Port
+				}
+				if port != nil {
+					if _, ok := portNumber(&corev1.PodSpec{Containers: []corev1.Container{c}}, *port); !ok {
+						t.Errorf("%s/%s: %s probe port %s is not one of its ports", where, c.Name, kind, port.String())
+					}
+				}
+			}
+		}
+	}
+	for name, s := range m.services {
+		ws := m.selected(s.Spec.Selector)
+		if len(ws) != 1 {
+			t.Errorf("Service %s: selector %v matches %d workloads, want 1", name, s.Spec.Selector, len(ws))
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			if _, ok := portNumber(&ws[0].pod.Spec, p.TargetPort); !ok {
+				t.Errorf("Service %s: port %s targets %s, which %s %s does not expose", name, p.Name, p.TargetPort.String(), ws[0].kind, ws[0].name)
+			}
+		}
+	}
+	for name, np := range m.netpols {
+		ws := m.selected(np.Spec.PodSelector.MatchLabels)
+		if len(ws) == 0 {
+			t.Errorf("NetworkPolicy %s selects no pods", name)
+			continue
+		}
+		for _, rule := range np.Spec.Ingress {
+			for _, from := range rule.From {
+				if from.PodSelector != nil && len(m.selected(from.PodSelector.MatchLabels)) == 0 {
+					t.Errorf("NetworkPolicy %s: a peer selector %v matches no pods", name, from.PodSelector.MatchLabels)
+				}
+			}
+			for _, p := range rule.Ports {
+				if p.Port == nil {
+					continue
+				}
+				for _, w := range ws {
+					if _, ok := portNumber(&w.pod.Spec, *p.Port); !ok {
+						t.Errorf("NetworkPolicy %s: port %s is not exposed by %s", name, p.Port.String(), w.name)
+					}
+				}
+			}
+		}
+	}
+	for name, pdb := range m.pdbs {
+		if len(m.selected(pdb.Spec.Selector.MatchLabels)) != 1 {
+			t.Errorf("PodDisruptionBudget %s: selector %v does not match exactly one workload", name, pdb.Spec.Selector.MatchLabels)
+		}
+	}
+}
+
+func secretHas(s *corev1.Secret, key string) bool {
+	if s == nil {
+		return false
+	}
+	_, inData := s.Data[key]
+	_, inString := s.StringData[key]
+	return inData || inString
+}
+
+// mountedFile says which ConfigMap or Secret provides the file at path in c.
+func mountedFile(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, path string) (kind, name, key string) {
+	t.Helper()
+	for _, vm := range c.VolumeMounts {
+		rel, err := filepath.Rel(vm.MountPath, path)
+		if err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name != vm.Name {
+				continue
+			}
+			switch {
+			case v.ConfigMap != nil:
+				return "ConfigMap", v.ConfigMap.Name, rel
+			case v.Secret != nil:
+				return "Secret", v.Secret.SecretName, rel
+			}
+		}
+	}
+	t.Errorf("container %s: %s is on no ConfigMap or Secret volume", c.Name, path)
+	return "", "", ""
+}
+
+// checkFile checks that path in c is a file of the ConfigMap or Secret named prefix.
+func (m *manifest) checkFile(t *testing.T, pod *corev1.PodSpec, c *corev1.Container, path, prefix string) {
+	t.Helper()
+	kind, name, key := mountedFile(t, pod, c, path)
+	switch kind {
+	case "ConfigMap":
+		cm := m.configMaps[name]
+		if !strings.HasPrefix(name, prefix) || cm == nil {
+			t.Errorf("%s: %s comes from ConfigMap %s, want %s", c.Name, path, name, prefix)
+		} else if _, ok := cm.Data[key]; !ok && key != "." {
+			t.Errorf("%s: %s: ConfigMap %s has no key %s", c.Name, path, name, key)
+		}
+	case "Secret":
+		if name != prefix || !secretHas(m.secrets[name], key) {
+			t.Errorf("%s: %s: Secret %s (want %s) has no key %s", c.Name, path, name, prefix, key)
+		}
+	}
+}
+
+// flagsOf lists the flags a command of ours defines, from its source.
+func flagsOf(t *testing.T, cmd string) map[string]bool {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", "..", "cmd", cmd, "main.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok || len(call.Args) == 0 {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		lit, isLit := call.Args[0].(*ast.BasicLit)
+		if ok && isLit && lit.Kind == token.STRING && (strings.HasSuffix(sel.Sel.Name, "Var") || slices.Contains([]string{"String", "Int", "Bool", "Duration"}, sel.Sel.Name)) {
+			name, _ := strconv.Unquote(lit.Value)
+			names[name] = true
+		}
+		return true
+	})
+	if len(names) == 0 {
+		t.Fatalf("found no flags in cmd/%s", cmd)
+	}
+	return names
+}
+
+// parseArgs reads --name=value / --name value args, checking each name is a flag.
+func parseArgs(t *testing.T, who string, args []string, known map[string]bool) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for i := 0; i < len(args); i++ {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok {
+			t.Errorf("%s: argument %q is not a flag", who, args[i])
+			continue
+		}
+		name, value, hasValue := strings.Cut(name, "=")
+		if !known[name] {
+			t.Errorf("%s: --%s is not a flag of the binary", who, name)
+		}
+		if !hasValue && i+1 < len(args) && !strings.HasPrefix(args[i+1], "--") {
+			value, i = args[i+1], i+1
+		}
+		out[name] = value
+	}
+	return out
+}
+
+func port(t *testing.T, addr string) int32 {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	n, err2 := strconv.Atoi(p)
+	if err != nil || err2 != nil {
+		t.Fatalf("address %q has no port", addr)
+	}
+	return int32(n)
+}
+
+func namedPort(t *testing.T, c *corev1.Container, name string) int32 {
+	t.Helper()
+	for _, p := range c.Ports {
+		if p.Name == name {
+			return p.ContainerPort
+		}
+	}
+	t.Fatalf("container %s has no port %s", c.Name, name)
+	return 0
+}
+
+// checkClimesh checks climesh's own wiring: the xds-server's config, Envoy's
+// bootstrap, the sidecar's flags and files, the CLI beside it.
+func checkClimesh(t *testing.T, m *manifest) {
+	xds := m.deployments["climesh-xds-server"]
+	envoy := m.deployments["climesh-envoy"]
+	fleet := m.statefulSets["climesh-copilot"]
+	if xds == nil || envoy == nil || fleet == nil {
+		t.Fatalf("want Deployments climesh-xds-server and climesh-envoy and StatefulSet climesh-copilot")
+	}
+	if *xds.Spec.Replicas < 2 {
+		t.Errorf("xds-server replicas %d, want at least 2", *xds.Spec.Replicas)
+	}
+
+	// The xds-server reads a config that climesh's own loader accepts.
+	xdsPod := &xds.Spec.Template.Spec
+	xc := container(t, xdsPod, "xds-server")
+	args := parseArgs(t, "xds-server", xc.Args, flagsOf(t, "xds-server"))
+	m.checkFile(t, xdsPod, xc, args["config"], "climesh-config")
+	_, cm := byPrefix(t, m.configMaps, "climesh-config")
+	cfg, err := config.Load([]byte(cm.Data[filepath.Base(args["config"])]))
+	if err != nil {
+		t.Fatalf("the xds-server's config does not load: %v", err)
+	}
+	if p := port(t, cfg.Server.XDSAddress); p != namedPort(t, xc, "xds") {
+		t.Errorf("server.xds_address port %d, container port xds %d", p, namedPort(t, xc, "xds"))
+	}
+	if p := port(t, cfg.Server.HTTPAddress); p != namedPort(t, xc, "http") {
+		t.Errorf("server.http_address port %d, container port http %d", p, namedPort(t, xc, "http"))
+	}
+	if xc.ReadinessProbe == nil || xc.ReadinessProbe.HTTPGet == nil || xc.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("xds-server readiness is not /readyz: %+v", xc.ReadinessProbe)
+	}
+	xdsSvc := m.services["climesh-xds-server"]
+	if xdsSvc == nil {
+		t.Fatal("no Service climesh-xds-server")
+	}
+	var xdsSvcPort int32
+	for _, p := range xdsSvc.Spec.Ports {
+		if p.TargetPort.StrVal == "xds" {
+			xdsSvcPort = p.Port
+		}
+	}
+	xdsDNS := fmt.Sprintf("climesh-xds-server.%s.svc", m.namespace)
+	if want := fmt.Sprintf("%s:%d", xdsDNS, xdsSvcPort); cfg.Policy.ExtAuthzAddress != want {
+		t.Errorf("policy.ext_authz_address %q, want %q (Envoy reaches ext_authz through the Service)", cfg.Policy.ExtAuthzAddress, want)
+	}
+	m.checkFile(t, xdsPod, xc, cfg.Policy.Source, "climesh-policy")
+	m.checkFile(t, xdsPod, xc, cfg.Policy.IdentityKeysFile, "climesh-identity")
+	m.checkFile(t, xdsPod, xc, cfg.Identity.EdgeCredentialFile, "climesh-edge-credential")
+	for _, p := range cfg.JWT.Providers {
+		if p.LocalJWKSFile != "" {
+			m.checkFile(t, xdsPod, xc, p.LocalJWKSFile, "climesh-jwks")
+		}
+	}
+
+	// Envoy: a strict bootstrap that reaches the xds-server's Service over delta ADS.
+	envoyPod := &envoy.Spec.Template.Spec
+	ec := container(t, envoyPod, "envoy")
+	var bootstrapPath, serviceCluster string
+	for i, a := range ec.Args {
+		if i+1 < len(ec.Args) && a == "-c" {
+			bootstrapPath = ec.Args[i+1]
+		}
+		if i+1 < len(ec.Args) && a == "--service-cluster" {
+			serviceCluster = ec.Args[i+1]
+		}
+	}
+	m.checkFile(t, envoyPod, ec, bootstrapPath, "envoy-bootstrap")
+	_, bcm := byPrefix(t, m.configMaps, "envoy-bootstrap")
+	bj, err := yaml.YAMLToJSON([]byte(bcm.Data[filepath.Base(bootstrapPath)]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(bj, &b); err != nil {
+		t.Fatalf("envoy bootstrap: %v", err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("envoy bootstrap: %v", err)
+	}
+	if got := b.GetDynamicResources().GetAdsConfig().GetApiType().String(); got != "DELTA_GRPC" {
+		t.Errorf("envoy ADS api_type %s, want DELTA_GRPC", got)
+	}
+	sa := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	if sa.GetAddress() != xdsDNS || int32(sa.GetPortValue()) != xdsSvcPort {
+		t.Errorf("envoy reaches the xds-server at %s:%d, want %s:%d", sa.GetAddress(), sa.GetPortValue(), xdsDNS, xdsSvcPort)
+	}
+	for _, l := range cfg.Listeners {
+		if l.NodeGroup != serviceCluster {
+			t.Errorf("listener %s is for node group %q; envoy runs as --service-cluster %q", l.Name, l.NodeGroup, serviceCluster)
+		}
+		if int32(l.Port) != namedPort(t, ec, "edge") {
+			t.Errorf("listener %s port %d, envoy container port edge %d", l.Name, l.Port, namedPort(t, ec, "edge"))
+		}
+	}
+
+	// The fleet: CLI as a native sidecar on loopback, climesh-sidecar beside it.
+	pod := &fleet.Spec.Template.Spec
+	cli := container(t, pod, "copilot")
+	if !slices.ContainsFunc(pod.InitContainers, func(c corev1.Container) bool {
+		return c.Name == "copilot" && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+	}) {
+		t.Error("the CLI is not a native sidecar (an init container with restartPolicy Always): it would stop while its climesh-sidecar drains")
+	}
+	var cliHost, cliPort string
+	for i, a := range cli.Command {
+		switch {
+		case a == "--host" && i+1 < len(cli.Command):
+			cliHost = cli.Command[i+1]
+		case a == "--port" && i+1 < len(cli.Command):
+			cliPort = cli.Command[i+1]
+		}
+	}
+	if cliHost != "127.0.0.1" {
+		t.Errorf("the CLI listens on %q; only its sidecar may reach it (127.0.0.1)", cliHost)
+	}
+	sc := container(t, pod, "climesh-sidecar")
+	flags := parseArgs(t, "climesh-sidecar", sc.Args, flagsOf(t, "climesh-sidecar"))
+	if flags["cli-address"] != "127.0.0.1:"+cliPort {
+		t.Errorf("--cli-address %q, the CLI listens on 127.0.0.1:%s", flags["cli-address"], cliPort)
+	}
+	if port(t, flags["listen"]) != namedPort(t, sc, "tunnel") {
+		t.Errorf("--listen %s, container port tunnel %d", flags["listen"], namedPort(t, sc, "tunnel"))
+	}
+	if !slices.ContainsFunc(cfg.Pools, func(p config.Pool) bool { return p.ConsulService == flags["pool"] }) {
+		t.Errorf("--pool %q is no pool's consul_service in the xds-server's config", flags["pool"])
+	}
+	for flag, source := range map[string]string{"policy": "climesh-policy", "identity-keys": "climesh-identity", "edge-credential-file": "climesh-edge-credential"} {
+		if flags[flag] == "" {
+			t.Errorf("climesh-sidecar has no --%s", flag)
+			continue
+		}
+		m.checkFile(t, pod, sc, flags[flag], source)
+	}
+	for _, need := range []string{"consul", "advertise", "instance-id"} {
+		if flags[need] == "" {
+			t.Errorf("climesh-sidecar has no --%s", need)
+		}
+	}
+	drain, err := time.ParseDuration(flags["drain-timeout"])
+	if err != nil {
+		t.Fatalf("--drain-timeout: %v", err)
+	}
+	if grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second; grace <= drain {
+		t.Errorf("terminationGracePeriodSeconds %s does not cover --drain-timeout %s", grace, drain)
+	}
+	tokenRef := func(c *corev1.Container) string {
+		for _, e := range c.Env {
+			if e.Name == "COPILOT_CONNECTION_TOKEN" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+			}
+		}
+		return ""
+	}
+	if tokenRef(cli) == "" || tokenRef(cli) != tokenRef(sc) {
+		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", tokenRef(cli), tokenRef(sc))
+	}
+	var home string
+	for _, e := range cli.Env {
+		if e.Name == "COPILOT_HOME" {
+			home = e.Value
+		}
+	}
+	if !slices.ContainsFunc(cli.VolumeMounts, func(v corev1.VolumeMount) bool { return v.MountPath == home && v.Name == "copilot-home" }) {
+		t.Errorf("COPILOT_HOME %q is not the copilot-home volume", home)
+	}
+
+	// Only Envoy reaches the sidecars.
+	np := m.netpols["climesh-copilot-from-envoy"]
+	if np == nil || len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 ||
+		!matches(np.Spec.Ingress[0].From[0].PodSelector.MatchLabels, envoy.Spec.Template.Labels) {
+		t.Errorf("the CLI pods' NetworkPolicy does not admit Envoy only: %+v", np)
+	}
+	if pdb := m.pdbs["climesh-copilot"]; pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("the CLI fleet's PodDisruptionBudget is not maxUnavailable 1: %+v", pdb)
+	}
+}
+
+// homeVolume is how the fleet's pods get COPILOT_HOME.
+func homeVolume(t *testing.T, m *manifest) (claimTemplate bool, claim *corev1.PersistentVolumeClaim) {
+	s := m.statefulSets["climesh-copilot"]
+	for _, c := range s.Spec.VolumeClaimTemplates {
+		if c.Name == "copilot-home" {
+			claimTemplate = true
+		}
+	}
+	for _, v := range s.Spec.Template.Spec.Volumes {
+		if v.Name == "copilot-home" && v.PersistentVolumeClaim != nil {
+			claim = m.claims[v.PersistentVolumeClaim.ClaimName]
+		}
+	}
+	return claimTemplate, claim
+}
+
+func TestManifests(t *testing.T) {
+	for _, overlay := range []string{"base", "overlays/sticky-only", "overlays/shared-storage"} {
+		t.Run(overlay, func(t *testing.T) {
+			m := render(t, overlay)
+			checkWiring(t, m)
+			checkClimesh(t, m)
+			template, claim := homeVolume(t, m)
+			switch overlay {
+			case "overlays/shared-storage":
+				if template || claim == nil || !slices.Contains(claim.Spec.AccessModes, corev1.ReadWriteMany) {
+					t.Errorf("shared storage: COPILOT_HOME must be one ReadWriteMany claim (template %v, claim %+v)", template, claim)
+				}
+			default:
+				if !template || claim != nil {
+					t.Errorf("%s: COPILOT_HOME must be a per-pod claim template (template %v, claim %v)", overlay, template, claim)
+				}
+			}
+		})
+	}
+}
+
+// TestPolicyCopy: the base ships a copy of policies/rego (kustomize reads files only
+// below its directory); the copy must not drift.
+func TestPolicyCopy(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("base", "policy", "*"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no policy copy in base/policy (%v)", err)
+	}
+	for _, f := range files {
+		copyBytes, _ := os.ReadFile(f)
+		orig, err := os.ReadFile(filepath.Join("..", "..", "policies", "rego", filepath.Base(f)))
+		if err != nil {
+			t.Fatalf("%s has no original in policies/rego: %v", f, err)
+		}
+		if !bytes.Equal(copyBytes, orig) {
+			t.Errorf("%s differs from policies/rego/%s: copy it again", f, filepath.Base(f))
+		}
+	}
+	shipped, _ := filepath.Glob(filepath.Join("..", "..", "policies", "rego", "*"))
+	for _, f := range shipped {
+		if strings.HasSuffix(f, "_test.rego") {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("base", "policy", filepath.Base(f))); err != nil {
+			t.Errorf("policies/rego/%s is not in base/policy", filepath.Base(f))
+		}
+	}
+}
