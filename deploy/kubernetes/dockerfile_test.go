@@ -129,7 +129,7 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 	if pinned == nil || arg != string(pinned[1]) {
-		t.Errorf("the copilot-cli target installs %q; tools/install.sh pins %q", arg, pinned)
+		t.Errorf("the copilot-cli target installs %q; tools/install.sh pins %q", arg, pinned[1])
 	}
 	for _, img := range k.Images {
 		if img.Name == "copilot-cli" && img.NewTag != arg {
