@@ -193,7 +193,9 @@ func run() error {
 
 	var registration *sidecar.Registration
 	if *consulAddr != "" {
-		client, err := api.NewClient(&api.Config{Address: *consulAddr})
+		ccfg := api.DefaultConfig() // honours CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...
+		ccfg.Address = *consulAddr
+		client, err := api.NewClient(ccfg)
 		if err != nil {
 			return fmt.Errorf("--consul: %w", err)
 		}

@@ -1,9 +1,10 @@
 // Command demo runs climesh locally on its embedded defaults, with every real part
 // but the language model: three climesh-sidecars each running a real Copilot CLI,
 // the xds-server (static fleet, no Consul), a real Envoy that takes all of its config
-// from the xds-server, climesh-connect for SDKs, and a loopback model double. It runs
-// one real session through the whole path, prints how to reach everything, and runs
-// until interrupted.
+// from the xds-server, climesh-connect for SDKs, a loopback model double, and the
+// example chat-server (examples/chat-server) on climesh-connect. It runs one real
+// session per demo user through the whole path and one chat through the chat-server,
+// prints how to reach everything, and runs until interrupted.
 //
 //	go run ./tools/demo [--self-check]
 //
@@ -11,13 +12,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -29,7 +34,10 @@ import (
 	"github.com/climesh/climesh/test/modeldouble"
 )
 
-const connectAddr = "127.0.0.1:4321"
+const (
+	connectAddr = "127.0.0.1:4321"
+	chatAddr    = "127.0.0.1:8080"
+)
 
 func main() {
 	selfCheck := flag.Bool("self-check", false, "exit after checking the demo works")
@@ -118,6 +126,22 @@ func run(selfCheck bool) error {
 	if err := check(ctx, model.URL, homes); err != nil {
 		return fmt.Errorf("%w\nenvoy log:\n%s\nxds-server log:\n%s", err, envoy.Proc.Tail(10), xds.Tail(10))
 	}
+	chatBin, err := harness.Binary("chat-server")
+	if err != nil {
+		return err
+	}
+	chat, err := harness.Start(dir, "chat-server", chatBin, []string{"--listen", chatAddr, "--connect", connectAddr,
+		"--model", "double-1", "--provider-url", model.URL, "--provider-key", "demo"})
+	if err != nil {
+		return err
+	}
+	defer chat.Stop(5 * time.Second)
+	if err := harness.WaitTCP(ctx, chatAddr, chat, 10*time.Second); err != nil {
+		return err
+	}
+	if err := checkChat(ctx); err != nil {
+		return fmt.Errorf("%w\nchat-server log:\n%s", err, chat.Tail(10))
+	}
 	if selfCheck {
 		fmt.Println("self-check ok")
 		return nil
@@ -129,12 +153,18 @@ climesh is running (logs in %s):
   xds-server        http://%s/debug/fleet   /debug/xds   /metrics   /readyz
   Envoy admin       http://%s/clusters
   model double      %s   give sessions Provider{Type: "openai", BaseURL: this, APIKey: "any"}
+  chat-server       http://%s   the seed's chat app on the Go SDK (examples/chat-server)
+
+Chat through the whole mesh (the demo trusts the bearer as the user name; no JWT issuer):
+  curl -s -X POST -H 'Authorization: Bearer alice' http://%s/api/chat/start -d '{}'
+  curl -s -X POST -H 'Authorization: Bearer alice' http://%s/api/chat/message \
+       -d '{"sessionId": "<the id>", "message": "hello"}'
 
 From an SDK that spawns its CLI, use climesh-connect as the CLI:
   CLIMESH_EDGE=%s CLIMESH_TOKEN=alice bin/climesh-connect   (StdioConnection{Path: ...})
 
 Ctrl-C stops everything.
-`, dir, connectAddr, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, edge)
+`, dir, connectAddr, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, chatAddr, chatAddr, chatAddr, edge)
 	<-ctx.Done()
 	fmt.Println("stopping")
 	return nil
@@ -187,4 +217,45 @@ func check(ctx context.Context, modelURL string, homes map[string]string) error 
 		return errors.New("sessions were not created")
 	}
 	return nil
+}
+
+// checkChat starts a chat on the chat-server as alice and sends two messages; the
+// second answer must show the first (the session's history).
+func checkChat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	post := func(path string, body any) (map[string]any, error) {
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+chatAddr+path, bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer alice")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		out := map[string]any{}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("POST %s: %d %v %v", path, resp.StatusCode, out, err)
+		}
+		return out, nil
+	}
+	start, err := post("/api/chat/start", struct{}{})
+	if err != nil {
+		return err
+	}
+	sid, _ := start["sessionId"].(string)
+	var last string
+	for _, msg := range []string{"hello", "and again"} {
+		out, err := post("/api/chat/message", map[string]string{"sessionId": sid, "message": msg})
+		if err != nil {
+			return err
+		}
+		last, _ = out["content"].(string)
+	}
+	if !strings.Contains(last, "first: hello") {
+		return fmt.Errorf("the chat-server's second answer lost the history: %q", last)
+	}
+	fmt.Printf("  chat-server: alice's chat %s answered %q\n", sid, last)
+	_, err = post("/api/chat/end", map[string]string{"sessionId": sid})
+	return err
 }
