@@ -9,9 +9,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"maps"
 	"net"
 	"os"
@@ -35,6 +32,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/test/harness"
 )
 
 // manifest is one rendered kustomization, by kind and name.
@@ -368,26 +366,9 @@ func (m *manifest) checkFile(t *testing.T, pod *corev1.PodSpec, c *corev1.Contai
 // flagsOf lists the flags a command of ours defines, from its source.
 func flagsOf(t *testing.T, cmd string) map[string]bool {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join("..", "..", "cmd", cmd, "main.go"), nil, 0)
+	names, err := harness.Flags(cmd)
 	if err != nil {
 		t.Fatal(err)
-	}
-	names := map[string]bool{}
-	ast.Inspect(f, func(n ast.Node) bool {
-		call, ok := n.(*ast.CallExpr)
-		if !ok || len(call.Args) == 0 {
-			return true
-		}
-		sel, ok := call.Fun.(*ast.SelectorExpr)
-		lit, isLit := call.Args[0].(*ast.BasicLit)
-		if ok && isLit && lit.Kind == token.STRING && (strings.HasSuffix(sel.Sel.Name, "Var") || slices.Contains([]string{"String", "Int", "Bool", "Duration"}, sel.Sel.Name)) {
-			name, _ := strconv.Unquote(lit.Value)
-			names[name] = true
-		}
-		return true
-	})
-	if len(names) == 0 {
-		t.Fatalf("found no flags in cmd/%s", cmd)
 	}
 	return names
 }
