@@ -65,9 +65,8 @@ func (c *Capacity) attach(ts *tunnelSessions, id string) {
 	s.holders[ts] = struct{}{}
 	s.lastUsed = c.clock()
 	victims := c.overCap(id)
-	n := len(c.active)
+	c.changed(len(c.active))
 	c.mu.Unlock()
-	c.changed(n)
 	for vid, holders := range victims {
 		c.Log.Info("session released: over capacity", zap.String("session_id", vid), zap.Int("max", c.Max))
 		for _, h := range holders {
@@ -138,11 +137,11 @@ func (c *Capacity) detach(ts *tunnelSessions, ids ...string) {
 			}
 		}
 	}
-	n := len(c.active)
+	c.changed(len(c.active))
 	c.mu.Unlock()
-	c.changed(n)
 }
 
+// changed reports the active count; called with c.mu held, so reports keep their order.
 func (c *Capacity) changed(n int) {
 	if c.Changed != nil {
 		c.Changed(n)
