@@ -161,20 +161,24 @@ func ownTurn(ctx context.Context, s *copilot.Session, prompt string) (string, er
 	}
 }
 
-func dumpSidecars(t *testing.T, env *meshEnv) {
+// dumpSidecars logs the tails of the sidecars whose id starts with prefix, and of
+// climesh-connect and Envoy, when the test failed.
+func dumpSidecars(t *testing.T, env *meshEnv, prefix string) {
 	if !t.Failed() {
 		return
 	}
 	for id, sc := range env.Sidecars {
-		if strings.HasPrefix(id, "collab") {
+		if strings.HasPrefix(id, prefix) {
 			t.Logf("--- %s ---\n%s", id, sc.Proc.Tail(60))
 		}
 	}
+	t.Logf("--- climesh-connect ---\n%s", env.Connect.Tail(40))
+	t.Logf("--- envoy ---\n%s", env.Envoy.Proc.Tail(30))
 }
 
 func TestSharedSessionSerialisedTurns(t *testing.T) {
 	env := startMesh(t)
-	defer dumpSidecars(t, env)
+	defer dumpSidecars(t, env, "collab")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	var members []string
@@ -266,7 +270,7 @@ func TestSharedSessionSerialisedTurns(t *testing.T) {
 
 func TestSharedSessionHolderCrash(t *testing.T) {
 	env := startMesh(t)
-	defer dumpSidecars(t, env)
+	defer dumpSidecars(t, env, "collab")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	name, waitAddr, _ := collabRoom(t, env, []string{"m-a", "m-b"})

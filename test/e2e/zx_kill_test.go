@@ -32,9 +32,13 @@ func childCLI(t *testing.T, sidecarPID int) int {
 // sidecar brings a new CLI up and rejoins.
 func TestCLIKilled(t *testing.T) {
 	env := startMesh(t)
+	defer dumpSidecars(t, env, "durable")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	all, victim, hit := env.durableUsers(ctx, t, "kil", 9)
+	for _, u := range hit {
+		t.Logf("%s's session is on %s", u.name, victim)
+	}
 	lost := env.slowTurns(ctx, t, hit, 20000)
 	cliPID := childCLI(t, env.Sidecars[victim].Proc.Pid())
 	killed := time.Now()

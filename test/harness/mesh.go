@@ -25,6 +25,7 @@ type Mesh struct {
 	Envoy       *Envoy
 	EdgeURL     string
 	ConnectAddr string            // climesh-connect --listen
+	Connect     *Proc             // that climesh-connect
 	Homes       map[string]string // instance id -> COPILOT_HOME
 	CLIs        map[string]*CLI   // attached CLIs, by instance id
 	Sidecars    map[string]*Sidecar
@@ -275,7 +276,7 @@ pools:
 		return m, err
 	}
 	m.stops = append(m.stops, func() { p.Stop(time.Second) })
-	m.ConnectAddr = addr
+	m.ConnectAddr, m.Connect = addr, p
 	return m, nil
 }
 
