@@ -318,6 +318,12 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rl.relay(ctx, log, c, cli, guard)
 }
 
+// pongWait is how long a client has to answer a keepalive ping before its tunnel
+// is failed. The ping frame itself is what keeps idle timers quiet, so the answer
+// may take longer than the interval: a busy client (or a busy machine) is not a
+// dead one.
+func pongWait(keepalive time.Duration) time.Duration { return max(3*keepalive, 10*time.Second) }
+
 // answerAll answers the first request a client sends with an error and closes.
 func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg string) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -372,7 +378,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 					return
 				case <-t.C:
 				}
-				pctx, cancel := context.WithTimeout(ctx, rl.Keepalive)
+				pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
 				err := c.Ping(pctx)
 				cancel()
 				if err != nil && ctx.Err() == nil {

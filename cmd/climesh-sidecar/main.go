@@ -60,7 +60,7 @@ func run() error {
 	capacity := flag.Int("capacity", 50, "most sessions the CLI holds in memory; past it the least recently used idle one is released with session.destroy and resumed on demand (0: no cap; published in Consul meta)")
 	interval := flag.Duration("ping-interval", 2*time.Second, "how often the CLI is pinged for the Consul check")
 	ttl := flag.Duration("check-ttl", 6*time.Second, "Consul TTL check: critical if no passing ping for this long")
-	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn (0: off)")
+	keepalive := flag.Duration("keepalive", 30*time.Second, "ping each client this often so idle timers do not cut a long turn; a client that does not answer within 3x this (at least 10s) is dropped (0: off)")
 	drainTimeout := flag.Duration("drain-timeout", 2*time.Minute, "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed")
 	sessionTTL := flag.Duration("session-ttl", 30*time.Minute, "sessions idle longer than this are deleted (disk and registry) by the pool's sweeper")
 	sweepEvery := flag.Duration("sweep-interval", time.Minute, "how often the pool's sweeper runs (one sidecar at a time, elected in Consul; 0: only POST /sweep)")
