@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession bench-failover golden clean
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity golden clean
 
 all: build
 
@@ -29,13 +29,16 @@ test-short:
 golden:
 	$(GO) test ./xds -update
 
-bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession bench-failover
+bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity
 
 bench-translate:
 	$(GO) test -run '^$$' -bench . -benchmem ./xds
 
 bench-failover: tools
 	$(GO) run ./bench/failover
+
+bench-capacity: tools
+	$(GO) run ./bench/capacity
 
 bench-sharedsession: tools
 	$(GO) run ./bench/sharedsession
