@@ -122,6 +122,12 @@ type Identity struct {
 	EdgeCredentialFile string `yaml:"edge_credential_file"`
 	// EdgeCredential is the file's content, read by ResolveFiles.
 	EdgeCredential string `yaml:"-"`
+	// PinHeader, when set, turns on Envoy's stateful_session filter with this
+	// header: the upgrade response names the instance a tunnel reached, and a
+	// reconnect that sends it back goes to that instance while it is healthy
+	// (climesh-connect does), even if the ring has changed since. For pools
+	// without shared session storage. Empty: off.
+	PinHeader string `yaml:"pin_header"`
 }
 
 // EdgeCredentialHeader carries the edge credential from Envoy to the sidecars.

@@ -104,6 +104,8 @@ func TestLoadErrors(t *testing.T) {
 			ErrRequired, "listeners[0].routes[0].when"},
 		"bad header":        {base + "identity: {user_header: X-User}\n", ErrMalformed, `identity.user_header: malformed "X-User"`},
 		"same header twice": {base + "identity: {user_header: x-a, tenant_header: x-a}\n", ErrDuplicate, "x-a"},
+		"pin header is the user's": {base + "identity: {pin_header: x-climesh-user}\n", ErrDuplicate, `identity.user_header: duplicate "x-climesh-user" (also used by identity.pin_header)`},
+		"bad pin header":           {base + "identity: {pin_header: Pin}\n", ErrMalformed, `identity.pin_header: malformed "Pin"`},
 		"static bad address": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: nowhere, port: 1}]", 1),
 			ErrMalformed, `pools[0].static[0].address: malformed "nowhere"`},
 		"static bad health": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: 127.0.0.1, port: 1, health: sick}]", 1),

@@ -3,10 +3,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -146,9 +148,14 @@ func (c *Config) Validate() error {
 
 func (id *Identity) validate(v *validator) {
 	seen := map[string]string{}
-	for field, h := range map[string]string{
+	headers := map[string]string{
 		"identity.user_header": id.UserHeader, "identity.tenant_header": id.TenantHeader, "identity.session_header": id.SessionHeader,
-	} {
+	}
+	if id.PinHeader != "" {
+		headers["identity.pin_header"] = id.PinHeader
+	}
+	for _, field := range slices.Sorted(maps.Keys(headers)) {
+		h := headers[field]
 		if !headerPattern.MatchString(h) {
 			v.add(field, h, ErrMalformed, "want a lower-case HTTP header name")
 		}

@@ -96,6 +96,7 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 			}
 		}
 	}()
+	pin := conn.Pin
 	link := startLink(ctx, conn, cont)
 	if first != nil {
 		cont.fromSDK(first)
@@ -107,12 +108,12 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 			cont.fromSDK(body)
 			if err := link.conn.Write(ctx, body); err != nil {
 				<-link.lost // the reader sees the same failure
-				if link = reconnect(ctx, o, token, cont, sdk, link.err); link == nil {
+				if link = reconnect(ctx, o, token, &pin, cont, sdk, link.err); link == nil {
 					return closeOut(out, errors.New("climesh edge lost and not regained"))
 				}
 			}
 		case <-link.lost:
-			if link = reconnect(ctx, o, token, cont, sdk, link.err); link == nil {
+			if link = reconnect(ctx, o, token, &pin, cont, sdk, link.err); link == nil {
 				return closeOut(out, errors.New("climesh edge lost and not regained"))
 			}
 		case err := <-sdkDone:
@@ -166,7 +167,12 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 // reconnect reports the loss, then dials again with backoff for up to o.Reconnect
 // and restores the sessions. Requests the SDK sends meanwhile are answered with an
 // error. nil means the edge was not regained (or reconnecting is off).
-func reconnect(ctx context.Context, o Options, token string, cont *continuity, sdk <-chan []byte, cause error) *link {
+//
+// *pin is the instance the lost tunnel reached (see tunnel.HeaderPin): the first
+// attempts ask for it, so that a user whose sessions live on one instance's disk
+// goes back there even if the ring has changed since; once that instance refuses
+// (draining) or the edge cannot honour it, the pin is dropped and the ring decides.
+func reconnect(ctx context.Context, o Options, token string, pin *string, cont *continuity, sdk <-chan []byte, cause error) *link {
 	if cause == nil {
 		cause = errors.New("tunnel closed")
 	}
@@ -177,8 +183,18 @@ func reconnect(ctx context.Context, o Options, token string, cont *continuity, s
 	deadline := time.Now().Add(o.Reconnect)
 	wait := 100 * time.Millisecond
 	for time.Now().Before(deadline) {
-		conn, err := tunnel.Dial(ctx, o.EdgeURL, o.Header(token), o.Limits.MaxFrameBytes)
+		header := o.Header(token)
+		if *pin != "" {
+			header.Set(tunnel.HeaderPin, *pin)
+		}
+		conn, err := tunnel.Dial(ctx, o.EdgeURL, header, o.Limits.MaxFrameBytes)
+		var refused *tunnel.RefusedError
+		if errors.As(err, &refused) && *pin != "" {
+			*pin = "" // the pinned instance refuses (draining): let the ring pick, now
+			continue
+		}
 		if err == nil {
+			*pin = conn.Pin
 			l := startLink(ctx, conn, cont)
 			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err = cont.restore(rctx, conn)

@@ -181,3 +181,67 @@ func TestServeReconnectsAndResumes(t *testing.T) {
 		t.Fatalf("second tunnel saw %v (reconnects %d)", edge.seen, ev.Reconnects.Load())
 	}
 }
+
+// pinningEdge pins like Envoy's stateful_session: each accepted tunnel is told
+// its instance in x-climesh-host. The first tunnel ends after one answer; a
+// tunnel that asks for that instance again is refused as a draining one would be.
+type pinningEdge struct {
+	mu    sync.Mutex
+	asked []string // x-climesh-host of every upgrade, in order
+}
+
+func (e *pinningEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	e.asked = append(e.asked, r.Header.Get(tunnel.HeaderPin))
+	n := len(e.asked)
+	e.mu.Unlock()
+	if r.Header.Get(tunnel.HeaderPin) == "host-1" {
+		http.Error(w, "climesh sidecar: draining; connect to another instance", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set(tunnel.HeaderPin, fmt.Sprintf("host-%d", n))
+	c, err := tunnel.Accept(w, r, 1<<20)
+	if err != nil {
+		return
+	}
+	for {
+		msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		m, _ := jsonrpc.Classify(msg)
+		resp, _ := jsonrpc.ResultResponse(m.ID, map[string]any{})
+		c.Write(r.Context(), resp)
+		if n == 1 {
+			c.Fail("instance going away")
+			return
+		}
+	}
+}
+
+// TestReconnectAsksForItsInstanceFirst: a lost tunnel's reconnect asks for the
+// instance it had (x-climesh-host from the upgrade response); refused there, it
+// drops the pin at once and lets the ring pick.
+func TestReconnectAsksForItsInstanceFirst(t *testing.T) {
+	edge := &pinningEdge{}
+	srv := httptest.NewServer(edge)
+	defer srv.Close()
+	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got := sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"ping","params":{}}`); strings.Contains(got, `"result"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never reconnected")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	edge.mu.Lock()
+	defer edge.mu.Unlock()
+	if want := []string{"", "host-1", ""}; len(edge.asked) < 3 || fmt.Sprint(edge.asked[:3]) != fmt.Sprint(want) {
+		t.Fatalf("upgrades asked for %q, want %q (none, the lost instance, then the ring)", edge.asked, want)
+	}
+}

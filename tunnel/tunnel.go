@@ -24,10 +24,18 @@ const (
 	HeaderSession       = "X-Climesh-Session"
 	HeaderUser          = "X-Climesh-User"
 	HeaderLockWait      = "X-Climesh-Lock-Wait"
+	// HeaderPin names the instance a tunnel reached, as Envoy's stateful_session
+	// filter encodes it on the upgrade response; sent back on a reconnect, it asks
+	// Envoy for the same instance while that instance is healthy.
+	HeaderPin = "X-Climesh-Host"
 )
 
 // Conn is one tunnel.
-type Conn struct{ ws *websocket.Conn }
+type Conn struct {
+	ws *websocket.Conn
+	// Pin is the upgrade response's x-climesh-host (empty when the edge does not pin).
+	Pin string
+}
 
 // Read returns the next message.
 func (c *Conn) Read(ctx context.Context) ([]byte, error) {
@@ -114,7 +122,7 @@ func Dial(ctx context.Context, url string, header http.Header, limit int) (*Conn
 		return nil, fmt.Errorf("climesh edge unreachable at %s: %w", url, err)
 	}
 	ws.SetReadLimit(int64(limit))
-	return &Conn{ws: ws}, nil
+	return &Conn{ws: ws, Pin: resp.Header.Get(HeaderPin)}, nil
 }
 
 // DefaultLimit is the largest message either side accepts by default.

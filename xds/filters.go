@@ -2,9 +2,12 @@ package xds
 
 import (
 	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	statefulsessionv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/stateful_session/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	headerstatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/stateful_session/header/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -22,7 +25,8 @@ type httpFilter struct {
 //  1. strip every identity header a client sent, so that only later filters set them;
 //  2. jwt_authn verifies the bearer token and sets the user and tenant headers;
 //  3. ext_authz asks OPA, which adds the signed identity assertion;
-//  4. the router hashes on the headers 2 set.
+//  4. stateful_session (identity.pin_header set) sends a reconnect back to its instance;
+//  5. the router hashes on the headers 2 set.
 func httpFilters(c *config.Config) []httpFilter {
 	id := c.Identity
 	var strip []string
@@ -45,7 +49,26 @@ func httpFilters(c *config.Config) []httpFilter {
 	if c.Policy.On() {
 		chain = append(chain, extAuthz(c))
 	}
+	if h := c.Identity.PinHeader; h != "" {
+		chain = append(chain, statefulSession(h))
+	}
 	return append(chain, httpFilter{name: "envoy.filters.http.router", config: &routerv3.Router{}})
+}
+
+// statefulSession pins a tunnel's reconnects to its instance: Envoy names the
+// instance it picked in header on the upgrade response, and routes a request that
+// carries it back to that instance while the instance's health allows (the
+// cluster's default override_host_status: healthy, degraded or unknown — never a
+// draining or unhealthy one, so a drain still moves its users). Not strict: a
+// stale or forged value falls back to the ring.
+func statefulSession(header string) httpFilter {
+	state, _ := anypb.New(&headerstatev3.HeaderBasedSessionState{Name: header})
+	return httpFilter{
+		name: "envoy.filters.http.stateful_session",
+		config: &statefulsessionv3.StatefulSession{SessionState: &corev3.TypedExtensionConfig{
+			Name: "envoy.http.stateful_session.header", TypedConfig: state,
+		}},
+	}
 }
 
 // stripHeaders removes headers a client must not be able to set.

@@ -212,6 +212,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if m.XDS, err = StartXDSServer(ctx, dir, fmt.Sprintf(`consul: {address: %s, retry_min: 50ms, retry_max: 500ms}
 identity:
   edge_credential_file: %s
+  pin_header: x-climesh-host
 jwt:
   providers: [{name: test, issuer: %q, audiences: [%s], local_jwks_file: %s}]
 policy:
