@@ -244,10 +244,10 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 	return rl
 }
 
-// SetCapacity caps the CLI's active sessions at max (0: no cap) and feeds the
+// SetCapacity caps the CLI's active sessions at n (0: no cap) and feeds the
 // session metrics.
-func (rl *Relay) SetCapacity(max int) {
-	rl.Capacity = &Capacity{Max: max, Log: rl.Log, Evicted: rl.metrics.evicted.Inc, Resumed: rl.metrics.resumed.Inc,
+func (rl *Relay) SetCapacity(n int) {
+	rl.Capacity = &Capacity{Max: n, Log: rl.Log, Evicted: rl.metrics.evicted.Inc, Resumed: rl.metrics.resumed.Inc,
 		Changed: func(n int) { rl.metrics.active.Set(float64(n)) }}
 }
 
