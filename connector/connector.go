@@ -22,7 +22,11 @@ type Options struct {
 	EdgeURL string // ws://host:port/v1/rpc
 	Token   string // bearer token; in TCP mode the SDK's connect token wins
 	User    string // x-climesh-user, only for edges that trust client headers
-	Session string // shared-session name, if any
+	// TokenAsUser sends each connection's token as its x-climesh-user when User
+	// is empty: for development edges that trust client headers and verify no
+	// JWT (the demo), so that each SDK connection is routed as its own user.
+	TokenAsUser bool
+	Session     string // shared-session name, if any
 	// LockWait asks the sidecar to wait this long for a busy shared session
 	// instead of answering busy at once.
 	LockWait time.Duration
@@ -42,6 +46,8 @@ func (o Options) Header(token string) http.Header {
 	}
 	if o.User != "" {
 		h.Set(tunnel.HeaderUser, o.User)
+	} else if o.TokenAsUser && token != "" {
+		h.Set(tunnel.HeaderUser, token)
 	}
 	if o.Session != "" {
 		h.Set(tunnel.HeaderSession, o.Session)

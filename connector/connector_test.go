@@ -245,3 +245,19 @@ func TestReconnectAsksForItsInstanceFirst(t *testing.T) {
 		t.Fatalf("upgrades asked for %q, want %q (none, the lost instance, then the ring)", edge.asked, want)
 	}
 }
+
+func TestHeaderNamesTheUser(t *testing.T) {
+	for name, c := range map[string]struct {
+		o    Options
+		want string
+	}{
+		"token only":        {Options{}, ""},
+		"explicit user":     {Options{User: "bob", TokenAsUser: true}, "bob"},
+		"token as the user": {Options{TokenAsUser: true}, "alice"},
+	} {
+		h := c.o.Header("alice")
+		if got := h.Get(tunnel.HeaderUser); got != c.want || h.Get(tunnel.HeaderAuthorization) != "Bearer alice" {
+			t.Errorf("%s: user %q (want %q), authorization %q", name, got, c.want, h.Get(tunnel.HeaderAuthorization))
+		}
+	}
+}

@@ -44,6 +44,7 @@ func run(args []string) error {
 	edge := fs.String("edge", os.Getenv("CLIMESH_EDGE"), "edge tunnel `URL` (env CLIMESH_EDGE), e.g. ws://127.0.0.1:10000/v1/rpc")
 	token := fs.String("token", os.Getenv("CLIMESH_TOKEN"), "caller's bearer `token` (env CLIMESH_TOKEN)")
 	user := fs.String("user", os.Getenv("CLIMESH_USER"), "x-climesh-user for edges that trust client headers (env CLIMESH_USER)")
+	tokenAsUser := fs.Bool("token-as-user", os.Getenv("CLIMESH_TOKEN_AS_USER") != "", "send each connection's token as x-climesh-user too: development edges that trust client headers and verify no JWT (env CLIMESH_TOKEN_AS_USER)")
 	session := fs.String("session", os.Getenv("CLIMESH_SESSION"), "shared-session `name` (env CLIMESH_SESSION)")
 	lockWait := fs.Duration("lock-wait", envDuration("CLIMESH_LOCK_WAIT"), "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
 	reconnect := fs.Duration("reconnect", envDurationOr("CLIMESH_RECONNECT", time.Minute), "when a tunnel is lost, keep trying this long to regain it and resume the sessions (0: give up at once; env CLIMESH_RECONNECT)")
@@ -75,7 +76,7 @@ func run(args []string) error {
 		}
 		go http.Serve(ml, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	o := connector.Options{Events: events, EdgeURL: *edge, Token: *token, User: *user, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
+	o := connector.Options{Events: events, EdgeURL: *edge, Token: *token, User: *user, TokenAsUser: *tokenAsUser, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
 		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

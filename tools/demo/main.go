@@ -113,7 +113,7 @@ func run(selfCheck bool) error {
 	if err != nil {
 		return err
 	}
-	connect, err := harness.Start(dir, "climesh-connect", connectBin, []string{"--listen", connectAddr, "--edge", edge})
+	connect, err := harness.Start(dir, "climesh-connect", connectBin, []string{"--listen", connectAddr, "--edge", edge, "--token-as-user"})
 	if err != nil {
 		return err
 	}
@@ -161,7 +161,7 @@ Chat through the whole mesh (the demo trusts the bearer as the user name; no JWT
        -d '{"sessionId": "<the id>", "message": "hello"}'
 
 From an SDK that spawns its CLI, use climesh-connect as the CLI:
-  CLIMESH_EDGE=%s CLIMESH_TOKEN=alice bin/climesh-connect   (StdioConnection{Path: ...})
+  CLIMESH_EDGE=%s CLIMESH_TOKEN=alice CLIMESH_TOKEN_AS_USER=1 bin/climesh-connect   (StdioConnection{Path: ...})
 
 Ctrl-C stops everything.
 `, dir, connectAddr, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, chatAddr, chatAddr, chatAddr, edge)
