@@ -49,7 +49,14 @@ else
   printf '{"name":"climesh-tools","private":true,"dependencies":{"@github/copilot":"%s"}}\n' "$COPILOT_VERSION" > "$T/node/package.json"
   (cd "$T/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
-ln -sf "$T/node/node_modules/.bin/copilot" "$T/bin/copilot"
+# Link the platform binary itself, not npm's node wrapper: the wrapper runs it as a
+# grandchild that a sidecar's SIGKILL (Pdeathsig) would not reach, and costs a node
+# process per CLI. The wrapper stays the fallback.
+native=""
+for p in "$T"/node/node_modules/@github/copilot-linux*-*/copilot; do
+  if [ -x "$p" ] && "$p" --version >/dev/null 2>&1; then native="$p"; break; fi
+done
+ln -sf "${native:-$T/node/node_modules/.bin/copilot}" "$T/bin/copilot"
 
 # The Node example's SDK (pinned in examples/node/package-lock.json)
 ex="$root/examples/node"
