@@ -19,9 +19,15 @@ COPY --from=build /out/xds-server /out/climesh-sidecar /out/climesh-connect /usr
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/xds-server"]
 
-# copilot-cli: the Copilot CLI from npm, the version tools/install.sh pins.
+# copilot-cli: the Copilot CLI from npm, the version tools/install.sh pins. The
+# entrypoint is the CLI's native binary (not npm's node wrapper, which would run it
+# as a grandchild) under tini, so that the pod's SIGTERM reaches the CLI: a PID 1
+# without handlers ignores it, and the pod would wait out its grace period.
 FROM node:20-bookworm-slim AS copilot-cli
 ARG COPILOT_VERSION=1.0.102
-RUN npm install --global --no-audit --no-fund "@github/copilot@${COPILOT_VERSION}" && npm cache clean --force
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/* \
+ && npm install --global --no-audit --no-fund "@github/copilot@${COPILOT_VERSION}" && npm cache clean --force \
+ && ln -s "$(npm root -g)/@github/copilot-linux-$(node -p process.arch)/copilot" /usr/local/bin/copilot-cli \
+ && /usr/local/bin/copilot-cli --version
 USER node
-ENTRYPOINT ["copilot"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/copilot-cli"]

@@ -128,6 +128,11 @@ func TestDockerfile(t *testing.T) {
 			}
 		}
 	}
+	for _, c := range byName["copilot-cli"].Commands {
+		if e, ok := c.(*instructions.EntrypointCommand); ok && (len(e.CmdLine) < 3 || !strings.HasSuffix(e.CmdLine[0], "tini") || e.CmdLine[2] != "/usr/local/bin/copilot-cli") {
+			t.Errorf("the copilot-cli entrypoint %q is not tini running the native CLI: the pod's SIGTERM would not reach the CLI", e.CmdLine)
+		}
+	}
 	if pinned == nil || arg != string(pinned[1]) {
 		t.Errorf("the copilot-cli target installs %q; tools/install.sh pins %q", arg, pinned[1])
 	}

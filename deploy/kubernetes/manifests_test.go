@@ -521,12 +521,13 @@ func checkClimesh(t *testing.T, m *manifest) {
 		t.Error("the CLI is not a native sidecar (an init container with restartPolicy Always): it would stop while its climesh-sidecar drains")
 	}
 	var cliHost, cliPort string
-	for i, a := range cli.Command {
+	cliArgs := append(append([]string{}, cli.Command...), cli.Args...)
+	for i, a := range cliArgs {
 		switch {
-		case a == "--host" && i+1 < len(cli.Command):
-			cliHost = cli.Command[i+1]
-		case a == "--port" && i+1 < len(cli.Command):
-			cliPort = cli.Command[i+1]
+		case a == "--host" && i+1 < len(cliArgs):
+			cliHost = cliArgs[i+1]
+		case a == "--port" && i+1 < len(cliArgs):
+			cliPort = cliArgs[i+1]
 		}
 	}
 	if cliHost != "127.0.0.1" {
