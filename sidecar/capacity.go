@@ -181,9 +181,11 @@ const internalIDPrefix = `"climesh-sidecar-`
 // fromClient looks at a request about to be forwarded to the CLI. A session the
 // sidecar released is resumed first, so that the request finds it; an error
 // means the resume failed (the request is forwarded anyway and the CLI answers it).
-func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) error {
+// A non-nil answer is the request's answer, given here: the client detaching a
+// session the sidecar already released (the CLI no longer has it to detach).
+func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (answer []byte, err error) {
 	if m.Kind != jsonrpc.Request {
-		return nil
+		return nil, nil
 	}
 	switch m.Method {
 	case "session.create", "session.resume":
@@ -195,19 +197,24 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) err
 		ts.pending[string(m.ID)] = attachCall{sessionID: m.SessionID, params: p.Params}
 		ts.waiting = true
 		ts.mu.Unlock()
-		return nil
+		return nil, nil
 	case "session.destroy", "session.detach", "session.delete":
-		if m.SessionID != "" {
-			ts.mu.Lock()
-			delete(ts.attached, m.SessionID)
-			delete(ts.released, m.SessionID)
-			ts.mu.Unlock()
-			ts.cap.detach(ts, m.SessionID)
+		if m.SessionID == "" {
+			return nil, nil
 		}
-		return nil
+		ts.mu.Lock()
+		_, released := ts.released[m.SessionID]
+		delete(ts.attached, m.SessionID)
+		delete(ts.released, m.SessionID)
+		ts.mu.Unlock()
+		ts.cap.detach(ts, m.SessionID)
+		if released && m.Method != "session.delete" {
+			answer, _ = jsonrpc.ResultResponse(m.ID, struct{}{})
+		}
+		return answer, nil
 	}
 	if m.SessionID == "" {
-		return nil
+		return nil, nil
 	}
 	ts.mu.Lock()
 	destroyed, released := ts.released[m.SessionID]
@@ -215,13 +222,13 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) err
 	ts.mu.Unlock()
 	if !released {
 		ts.cap.touch(m.SessionID)
-		return nil
+		return nil, nil
 	}
 	// The destroy must be done before the resume, or it would undo it.
 	select {
 	case <-destroyed:
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	ts.mu.Lock()
 	delete(ts.released, m.SessionID)
@@ -230,14 +237,14 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) err
 		ts.mu.Lock()
 		ts.released[m.SessionID] = destroyed // the next request tries again
 		ts.mu.Unlock()
-		return fmt.Errorf("resume released session %s: %w", m.SessionID, err)
+		return nil, fmt.Errorf("resume released session %s: %w", m.SessionID, err)
 	}
 	ts.log.Debug("released session resumed on demand", zap.String("session_id", m.SessionID))
 	if ts.cap.Resumed != nil {
 		ts.cap.Resumed()
 	}
 	ts.cap.attach(ts, m.SessionID)
-	return nil
+	return nil, nil
 }
 
 // fromCLI looks at what the CLI sends; true means the message answers one of the

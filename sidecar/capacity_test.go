@@ -100,3 +100,28 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestCapacityDetachOfAReleasedSession: an SDK disconnecting from a session the
+// sidecar released gets its success here; the CLI, which no longer has the
+// session, is not asked.
+func TestCapacityDetachOfAReleasedSession(t *testing.T) {
+	cli := startFakeCLI(t, "cli-secret")
+	rl, url := startRelay(t, cli.addr, "cli-secret", cred)
+	rl.SetCapacity(1)
+	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
+	exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"u"}}`)
+	for i, s := range []string{"s1", "s2"} {
+		exchange(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.create","params":{"sessionId":%q}}`, 10+i, s))
+	}
+	destroys := func() int { return strings.Count(strings.Join(cli.methods(), ","), "session.destroy") }
+	waitFor(t, func() bool { return destroys() == 1 })
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":30,"method":"session.destroy","params":{"sessionId":"s1"}}`); !strings.Contains(got, `"id":30,"result":{}`) {
+		t.Fatalf("destroy of a released session answered %s", got)
+	}
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":31,"method":"ping","params":{}}`); !strings.Contains(got, "pong") || destroys() != 1 {
+		t.Fatalf("the CLI was asked to destroy a session it no longer had (%d destroys; %s)", destroys(), got)
+	}
+	if n := rl.Capacity.Active(); n != 1 {
+		t.Fatalf("active %d, want 1 (s2)", n)
+	}
+}

@@ -461,8 +461,16 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			continue
 		}
 		if ts != nil {
-			if err := ts.fromClient(ctx, m); err != nil {
+			answer, err := ts.fromClient(ctx, m)
+			if err != nil {
 				log.Warn("forwarding to a session that could not be resumed", zap.Error(err))
+			}
+			if answer != nil {
+				if err := c.Write(ctx, answer); err != nil {
+					finish("client gone", false)
+					return
+				}
+				continue
 			}
 		}
 		if guard != nil && guard.NeedsTurn(ctx, m) {
