@@ -171,18 +171,30 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 }
 
 // reconnect reports the loss, then dials again with backoff for up to o.Reconnect
-// and restores the sessions. Requests the SDK sends meanwhile are answered with an
-// error. nil means the edge was not regained (or reconnecting is off).
+// and restores the sessions. What the SDK sends meanwhile is held (up to
+// maxQueued messages) and sent, in order, once the sessions are back: a call made
+// while the tunnel is being regained is late, not lost. If the edge is not
+// regained, every held request is answered with an error. nil means the edge was
+// not regained (or reconnecting is off).
 //
 // *pin is the instance the lost tunnel reached (see tunnel.HeaderPin): the first
 // attempts ask for it, so that a user whose sessions live on one instance's disk
 // goes back there even if the ring has changed since; once that instance refuses
-// (draining) or the edge cannot honour it, the pin is dropped and the ring decides.
+// (draining) or fails the restore, the pin is dropped and the ring decides.
 func reconnect(ctx context.Context, o Options, token string, pin *string, cont *continuity, sdk <-chan []byte, cause error) *link {
 	if cause == nil {
 		cause = errors.New("tunnel closed")
 	}
 	cont.lost(cause)
+	var held [][]byte
+	giveUp := func(why string) *link {
+		for _, body := range held {
+			if m, err := jsonrpc.Classify(body); err == nil && m.Kind == jsonrpc.Request {
+				cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: "+why+": "+cause.Error(), nil))
+			}
+		}
+		return nil
+	}
 	if o.Reconnect <= 0 {
 		return nil
 	}
@@ -207,29 +219,45 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 			cancel()
 			if err == nil {
 				o.Events.reconnected()
+				for _, body := range held {
+					cont.fromSDK(body)
+					if conn.Write(ctx, body) != nil {
+						break // the link has seen the loss too
+					}
+				}
 				return l
 			}
+			*pin = "" // that instance could not take the sessions back
 			conn.Close("restore failed")
 		}
 		timer := time.NewTimer(wait)
 	waiting:
 		for {
 			select {
-			case body := <-sdk: // the SDK keeps talking: answer, do not hang
-				if m, err := jsonrpc.Classify(body); err == nil && m.Kind == jsonrpc.Request {
+			case body := <-sdk: // the SDK keeps talking: hold its calls for the new tunnel
+				m, err := jsonrpc.Classify(body)
+				switch {
+				case err != nil || m.Kind == jsonrpc.Response:
+					// an answer to the lost tunnel's CLI, or garbage: nobody to give it to
+				case len(held) < maxQueued:
+					held = append(held, body)
+				case m.Kind == jsonrpc.Request:
 					cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: reconnecting to the edge: "+cause.Error(), nil))
 				}
 			case <-timer.C:
 				break waiting
 			case <-ctx.Done():
 				timer.Stop()
-				return nil
+				return giveUp("shutting down")
 			}
 		}
 		wait = min(wait*2, 2*time.Second)
 	}
-	return nil
+	return giveUp("the edge was not regained")
 }
+
+// maxQueued bounds what the SDK may send while its tunnel is being regained.
+const maxQueued = 256
 
 // closeOut ends the SDK's side so that it sees its connection end.
 func closeOut(out io.Writer, err error) error {

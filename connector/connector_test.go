@@ -111,9 +111,19 @@ type flakyEdge struct {
 	mu      sync.Mutex
 	tunnels int
 	seen    []string // method and params of every request, per tunnel
+	// refuseFor, when set, refuses upgrades (503) for this long after the crash.
+	refuseFor time.Duration
+	crashedAt time.Time
 }
 
 func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	refusing := !f.crashedAt.IsZero() && time.Since(f.crashedAt) < f.refuseFor
+	f.mu.Unlock()
+	if refusing {
+		http.Error(w, "no healthy instance yet", http.StatusServiceUnavailable)
+		return
+	}
 	c, err := tunnel.Accept(w, r, 1<<20)
 	if err != nil {
 		return
@@ -141,6 +151,9 @@ func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp, _ := jsonrpc.ResultResponse(m.ID, result)
 		c.Write(r.Context(), resp)
 		if m.Method == "session.send" && n == 1 {
+			f.mu.Lock()
+			f.crashedAt = time.Now()
+			f.mu.Unlock()
 			c.Fail("instance crashed")
 			return
 		}
@@ -259,5 +272,41 @@ func TestHeaderNamesTheUser(t *testing.T) {
 		if got := h.Get(tunnel.HeaderUser); got != c.want || h.Get(tunnel.HeaderAuthorization) != "Bearer alice" {
 			t.Errorf("%s: user %q (want %q), authorization %q", name, got, c.want, h.Get(tunnel.HeaderAuthorization))
 		}
+	}
+}
+
+// TestCallsWhileReconnectingAreHeld: a call the application makes while its
+// tunnel is being regained is sent once the sessions are back, not failed.
+func TestCallsWhileReconnectingAreHeld(t *testing.T) {
+	edge := &flakyEdge{refuseFor: 300 * time.Millisecond}
+	srv := httptest.NewServer(edge)
+	defer srv.Close()
+	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"s-1","prompt":"hi"}}`)
+	if lost, err := sdk.fromServe.Read(); err != nil || !strings.Contains(string(lost), "session.error") {
+		t.Fatalf("no session.error for the lost turn: %s %v", lost, err)
+	}
+	// The edge refuses for 300 ms: this call waits for the new tunnel.
+	start := time.Now()
+	got := sdk.call(t, `{"jsonrpc":"2.0","id":4,"method":"session.send","params":{"sessionId":"s-1","prompt":"again"}}`)
+	if !strings.Contains(got, `"id":4,"result"`) {
+		t.Fatalf("a call made while reconnecting was answered %s", got)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Fatalf("answered after %s: the edge was still refusing, so it cannot have been sent yet", waited)
+	}
+	edge.mu.Lock()
+	defer edge.mu.Unlock()
+	var order []string
+	for _, s := range edge.seen {
+		if strings.HasPrefix(s, "2 ") {
+			order = append(order, strings.Fields(s)[1])
+		}
+	}
+	if fmt.Sprint(order) != "[connect session.resume session.send]" {
+		t.Fatalf("the new tunnel saw %v, want the resume before the held send", order)
 	}
 }
