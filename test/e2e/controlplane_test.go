@@ -62,11 +62,11 @@ func startFleetEnv(t *testing.T, instances int) *fleetEnv {
 	for i := 1; i <= instances; i++ {
 		env.addInstance(t, fmt.Sprintf("cli-%d", i))
 	}
-	for i := range env.listenerPort {
-		if env.listenerPort[i], err = harness.FreePort(); err != nil {
-			t.Fatal(err)
-		}
+	ports, err := harness.FreePorts(len(env.listenerPort))
+	if err != nil {
+		t.Fatal(err)
 	}
+	copy(env.listenerPort[:], ports)
 	env.configBody = controlPlaneConfig(env.consul.Addr, env.listenerPort[0], env.listenerPort[1])
 	if env.xds, err = harness.StartXDSServer(ctx, dir, env.configBody); err != nil {
 		t.Fatal(err)
@@ -382,9 +382,11 @@ func TestControlPlaneNotReadyWithoutConsul(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	dir := t.TempDir()
-	port, _ := harness.FreePort()
-	lport, _ := harness.FreePort()
-	lportB, _ := harness.FreePort()
+	ports, err := harness.FreePorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, lport, lportB := ports[0], ports[1], ports[2]
 	// Nothing listens on port: Consul is unreachable from the start.
 	x, err := harness.StartXDSServer(t.Context(), dir, controlPlaneConfig(fmt.Sprintf("127.0.0.1:%d", port), lport, lportB))
 	if err != nil {

@@ -30,11 +30,9 @@ func StartConsulOnPort(ctx context.Context, dir string, httpPort int) (*Consul, 
 	if err != nil {
 		return nil, err
 	}
-	ports := make([]int, 4)
-	for i := range ports {
-		if ports[i], err = FreePort(); err != nil {
-			return nil, err
-		}
+	ports, err := FreePorts(4)
+	if err != nil {
+		return nil, err
 	}
 	if httpPort != 0 {
 		ports[0] = httpPort

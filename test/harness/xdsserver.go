@@ -30,14 +30,11 @@ func StartXDSServer(ctx context.Context, dir, body string) (*XDSServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	xdsPort, err := FreePort()
+	ports, err := FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	httpPort, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
+	xdsPort, httpPort := ports[0], ports[1]
 	s := &XDSServer{
 		XDSAddr:    "127.0.0.1:" + strconv.Itoa(xdsPort),
 		HTTPAddr:   "127.0.0.1:" + strconv.Itoa(httpPort),
