@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,11 +45,11 @@ func newApp(o options, log *slog.Logger) *app {
 
 func (a *app) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/chat/start", a.chatStart)
-	mux.HandleFunc("POST /api/chat/message", a.chatMessage)
-	mux.HandleFunc("POST /api/chat/end", a.chatEnd)
-	mux.HandleFunc("POST /api/analyze", a.analyze)
-	mux.HandleFunc("POST /team-chat", a.teamChat)
+	mux.Handle("POST /api/chat/start", handle(a.chatStart))
+	mux.Handle("POST /api/chat/message", handle(a.chatMessage))
+	mux.Handle("POST /api/chat/end", handle(a.chatEnd))
+	mux.Handle("POST /api/analyze", handle(a.analyze))
+	mux.Handle("POST /team-chat", handle(a.teamChat))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	return mux
 }
@@ -147,122 +150,130 @@ func (a *app) reply(ctx context.Context, s *copilot.Session, prompt string) (str
 	return "", fmt.Errorf("the turn ended with %T", ev.Data)
 }
 
-// POST /api/chat/start → {"sessionId"}
-func (a *app) chatStart(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearer(w, r)
-	if !ok {
-		return
+// endpoint is one route: the caller's bearer token in, the JSON answer (or an
+// error, mapped by fail) out.
+type endpoint func(r *http.Request, token string) (any, error)
+
+// handle checks the bearer token, runs e and writes its answer.
+func handle(e endpoint) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" {
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "Authorization: Bearer <token> required"})
+			return
+		}
+		out, err := e(r, token)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
 	}
+}
+
+// badRequest is a body that cannot be used; fail answers it with 400.
+type badRequest string
+
+func (e badRequest) Error() string { return string(e) }
+
+// decode reads the JSON body into v, then checks that every named field is set.
+func decode(r *http.Request, v any, fields func() map[string]string) error {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
+		return badRequest("body: " + err.Error())
+	}
+	for _, name := range slices.Sorted(maps.Keys(fields())) {
+		if fields()[name] == "" {
+			return badRequest("body: field " + name + " is required")
+		}
+	}
+	return nil
+}
+
+// POST /api/chat/start → {"sessionId"}
+func (a *app) chatStart(r *http.Request, token string) (any, error) {
 	c, key, err := a.client(r.Context(), token, "")
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	s, err := c.CreateSession(r.Context(), a.sessionConfig())
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	a.remember(key, s)
-	writeJSON(w, http.StatusOK, map[string]string{"sessionId": s.SessionID})
+	return map[string]string{"sessionId": s.SessionID}, nil
 }
 
 // POST /api/chat/message {"sessionId", "message"} → {"content"}
-func (a *app) chatMessage(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearer(w, r)
-	if !ok {
-		return
-	}
+func (a *app) chatMessage(r *http.Request, token string) (any, error) {
 	var in struct{ SessionID, Message string }
-	if !readJSON(w, r, &in, func() map[string]string { return map[string]string{"sessionId": in.SessionID, "message": in.Message} }) {
-		return
+	if err := decode(r, &in, func() map[string]string { return map[string]string{"sessionId": in.SessionID, "message": in.Message} }); err != nil {
+		return nil, err
 	}
 	c, key, err := a.client(r.Context(), token, "")
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	s, err := a.attached(r.Context(), c, key, in.SessionID)
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	content, err := a.reply(r.Context(), s, in.Message)
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"content": content})
+	return map[string]string{"content": content}, nil
 }
 
 // POST /api/chat/end {"sessionId"} → {"success": true}
-func (a *app) chatEnd(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearer(w, r)
-	if !ok {
-		return
-	}
+func (a *app) chatEnd(r *http.Request, token string) (any, error) {
 	var in struct{ SessionID string }
-	if !readJSON(w, r, &in, func() map[string]string { return map[string]string{"sessionId": in.SessionID} }) {
-		return
+	if err := decode(r, &in, func() map[string]string { return map[string]string{"sessionId": in.SessionID} }); err != nil {
+		return nil, err
 	}
 	c, key, err := a.client(r.Context(), token, "")
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	if err := c.DeleteSession(r.Context(), in.SessionID); err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	a.forget(key, in.SessionID)
-	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
+	return map[string]bool{"success": true}, nil
 }
 
 // POST /api/analyze {"prompt"} → {"result"}: an ephemeral session.
-func (a *app) analyze(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearer(w, r)
-	if !ok {
-		return
-	}
+func (a *app) analyze(r *http.Request, token string) (any, error) {
 	var in struct{ Prompt string }
-	if !readJSON(w, r, &in, func() map[string]string { return map[string]string{"prompt": in.Prompt} }) {
-		return
+	if err := decode(r, &in, func() map[string]string { return map[string]string{"prompt": in.Prompt} }); err != nil {
+		return nil, err
 	}
 	c, _, err := a.client(r.Context(), token, "")
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	s, err := c.CreateSession(r.Context(), a.sessionConfig())
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	defer s.Disconnect()
 	result, err := a.reply(r.Context(), s, in.Prompt)
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"result": result})
+	return map[string]string{"result": result}, nil
 }
 
 // POST /team-chat {"room", "message"} → {"content"}: one session shared by the
 // room's members (the mesh's policy data lists them; its lock orders their turns).
 // The first member to write creates the room, and owns it.
-func (a *app) teamChat(w http.ResponseWriter, r *http.Request) {
-	token, ok := bearer(w, r)
-	if !ok {
-		return
-	}
+func (a *app) teamChat(r *http.Request, token string) (any, error) {
 	var in struct{ Room, Message string }
-	if !readJSON(w, r, &in, func() map[string]string { return map[string]string{"room": in.Room, "message": in.Message} }) {
-		return
+	if err := decode(r, &in, func() map[string]string { return map[string]string{"room": in.Room, "message": in.Message} }); err != nil {
+		return nil, err
 	}
 	c, key, err := a.client(r.Context(), token, in.Room)
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	s, err := a.attached(r.Context(), c, key, in.Room)
 	if err != nil && (strings.Contains(err.Error(), "unknown session") || strings.Contains(err.Error(), "not found")) {
@@ -274,46 +285,24 @@ func (a *app) teamChat(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
 	content, err := a.reply(r.Context(), s, in.Message)
 	if err != nil {
-		fail(w, err)
-		return
+		return nil, err
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"content": content})
+	return map[string]string{"content": content}, nil
 }
 
-func bearer(w http.ResponseWriter, r *http.Request) (string, bool) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "Authorization: Bearer <token> required"})
-		return "", false
-	}
-	return token, true
-}
-
-// readJSON decodes the body into v, then checks that every named field is set.
-func readJSON(w http.ResponseWriter, r *http.Request, v any, fields func() map[string]string) bool {
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(v); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
-		return false
-	}
-	for name, value := range fields() {
-		if value == "" {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: field " + name + " is required"})
-			return false
-		}
-	}
-	return true
-}
-
-// fail maps what the mesh answered to an HTTP status: a refusal by the policy is
-// 403, a busy shared session 409, an unreachable mesh 503.
+// fail maps an error to an HTTP status: a bad body is 400; of what the mesh
+// answered, a refusal by the policy is 403, a busy shared session 409, an
+// unreachable mesh 503.
 func fail(w http.ResponseWriter, err error) {
 	status, msg := http.StatusBadGateway, err.Error()
+	var bad badRequest
 	switch {
+	case errors.As(err, &bad):
+		status = http.StatusBadRequest
 	case strings.Contains(msg, "-32012") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "denied"):
 		status = http.StatusForbidden
 	case strings.Contains(msg, "-32013") || strings.Contains(msg, "in use by another user"):
