@@ -104,32 +104,23 @@ func render(t *testing.T, dir string) *manifest {
 		name := r.GetName()
 		switch r.GetKind() {
 		case "Namespace":
-			m.namespaces[name] = &corev1.Namespace{}
-			obj = m.namespaces[name]
+			obj = slot(m.namespaces, name)
 		case "Secret":
-			m.secrets[name] = &corev1.Secret{}
-			obj = m.secrets[name]
+			obj = slot(m.secrets, name)
 		case "ConfigMap":
-			m.configMaps[name] = &corev1.ConfigMap{}
-			obj = m.configMaps[name]
+			obj = slot(m.configMaps, name)
 		case "Service":
-			m.services[name] = &corev1.Service{}
-			obj = m.services[name]
+			obj = slot(m.services, name)
 		case "PersistentVolumeClaim":
-			m.claims[name] = &corev1.PersistentVolumeClaim{}
-			obj = m.claims[name]
+			obj = slot(m.claims, name)
 		case "Deployment":
-			m.deployments[name] = &appsv1.Deployment{}
-			obj = m.deployments[name]
+			obj = slot(m.deployments, name)
 		case "StatefulSet":
-			m.statefulSets[name] = &appsv1.StatefulSet{}
-			obj = m.statefulSets[name]
+			obj = slot(m.statefulSets, name)
 		case "NetworkPolicy":
-			m.netpols[name] = &networkingv1.NetworkPolicy{}
-			obj = m.netpols[name]
+			obj = slot(m.netpols, name)
 		case "PodDisruptionBudget":
-			m.pdbs[name] = &policyv1.PodDisruptionBudget{}
-			obj = m.pdbs[name]
+			obj = slot(m.pdbs, name)
 		default:
 			t.Fatalf("%s: kind %s %s has no check here; add its type", dir, r.GetKind(), name)
 		}
@@ -145,6 +136,14 @@ func render(t *testing.T, dir string) *manifest {
 		}
 	}
 	return m
+}
+
+// slot makes a new object of its kind, files it under name and returns it to
+// decode into.
+func slot[T any](objs map[string]*T, name string) *T {
+	v := new(T)
+	objs[name] = v
+	return v
 }
 
 // byPrefix finds the one object whose name is prefix or prefix-<kustomize hash>.
