@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	copilot "github.com/github/copilot-sdk/go"
 
 	"github.com/climesh/climesh/test/harness"
 )
@@ -36,9 +39,25 @@ func TestCLIKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	all, victim, hit := env.durableUsers(ctx, t, "kil", 9)
+	var mu sync.Mutex
+	told := map[string][]string{} // what each user's app was told by session.error
 	for _, u := range hit {
 		t.Logf("%s's session is on %s", u.name, victim)
+		u.session.On(func(ev copilot.SessionEvent) {
+			if d, ok := ev.Data.(*copilot.SessionErrorData); ok {
+				mu.Lock()
+				told[u.name] = append(told[u.name], d.Message)
+				mu.Unlock()
+			}
+		})
 	}
+	defer func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("session.error events by user: %q", told)
+			mu.Unlock()
+		}
+	}()
 	lost := env.slowTurns(ctx, t, hit, 20000)
 	cliPID := childCLI(t, env.Sidecars[victim].Proc.Pid())
 	killed := time.Now()
