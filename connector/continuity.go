@@ -105,11 +105,7 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 	defer c.mu.Unlock()
 	switch call.method {
 	case "session.create", "session.resume":
-		var res struct {
-			SessionID string `json:"sessionId"`
-		}
-		json.Unmarshal(r.Result, &res)
-		if id := firstNonEmpty(res.SessionID, call.sessionID); id != "" {
+		if id := jsonrpc.AttachedSession(r.Result, call.sessionID); id != "" {
 			c.attached[id] = jsonrpc.ResumeParams(call.params, id)
 		}
 	case "session.destroy", "session.detach", "session.delete":
@@ -118,13 +114,6 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 	case "session.send":
 		c.running[call.sessionID] = true
 	}
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // lost reports what the closed tunnel took with it: every unanswered request gets

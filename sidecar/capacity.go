@@ -281,14 +281,12 @@ func (ts *tunnelSessions) fromCLI(body []byte) bool {
 // accepted records a create or resume the CLI accepted.
 func (ts *tunnelSessions) accepted(call attachCall, body []byte) {
 	var r struct {
-		Result *struct {
-			SessionID string `json:"sessionId"`
-		} `json:"result"`
+		Result json.RawMessage `json:"result"`
 	}
-	if json.Unmarshal(body, &r) != nil || r.Result == nil {
-		return
+	if json.Unmarshal(body, &r) != nil || len(r.Result) == 0 {
+		return // an error answer: nothing attached
 	}
-	id := firstNonEmpty(r.Result.SessionID, call.sessionID)
+	id := jsonrpc.AttachedSession(r.Result, call.sessionID)
 	if id == "" {
 		return
 	}
@@ -297,13 +295,6 @@ func (ts *tunnelSessions) accepted(call attachCall, body []byte) {
 	delete(ts.released, id)
 	ts.mu.Unlock()
 	ts.cap.attach(ts, id)
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // release sends session.destroy for id on this tunnel's CLI connection; the next

@@ -266,3 +266,15 @@ func ResumeParams(params json.RawMessage, id string) json.RawMessage {
 	b, _ := json.Marshal(obj)
 	return b
 }
+
+// AttachedSession is the session a successful session.create or session.resume
+// attached: the sessionId its result names, else the one the request named.
+func AttachedSession(result json.RawMessage, requested string) string {
+	var r struct {
+		SessionID string `json:"sessionId"`
+	}
+	if json.Unmarshal(result, &r) == nil && r.SessionID != "" {
+		return r.SessionID
+	}
+	return requested
+}

@@ -2,6 +2,7 @@ package jsonrpc
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"strconv"
@@ -142,6 +143,14 @@ func TestEndsTurn(t *testing.T) {
 		m, err := Classify([]byte(body))
 		if err != nil || EndsTurn(m) != want {
 			t.Errorf("%s: %v %v", body, EndsTurn(m), err)
+		}
+	}
+}
+
+func TestAttachedSession(t *testing.T) {
+	for result, want := range map[string]string{`{"sessionId":"s2"}`: "s2", `{}`: "s1", `{"sessionId":""}`: "s1", `null`: "s1"} {
+		if got := AttachedSession(json.RawMessage(result), "s1"); got != want {
+			t.Errorf("%s: %q, want %q", result, got, want)
 		}
 	}
 }
