@@ -34,6 +34,14 @@ func run(t *testing.T, o Options, token string) (*sdkSide, chan error) {
 	return &sdkSide{toServe: inW, fromServe: jsonrpc.NewReader(outR, jsonrpc.DefaultLimits)}, done
 }
 
+// reconnectingTo serves edge for the test and returns Options that reach it and
+// reconnect for up to 10 s.
+func reconnectingTo(t *testing.T, edge http.Handler) Options {
+	srv := httptest.NewServer(edge)
+	t.Cleanup(srv.Close)
+	return Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+}
+
 func (s *sdkSide) call(t *testing.T, body string) string {
 	t.Helper()
 	if _, err := s.toServe.Write(jsonrpc.Frame([]byte(body))); err != nil {
@@ -162,10 +170,9 @@ func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func TestServeReconnectsAndResumes(t *testing.T) {
 	edge := &flakyEdge{}
-	srv := httptest.NewServer(edge)
-	defer srv.Close()
 	ev := &Events{}
-	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second, Events: ev}
+	o := reconnectingTo(t, edge)
+	o.Events = ev
 	sdk, _ := run(t, o, "alice")
 	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
 	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m","provider":{"type":"openai","baseUrl":"http://model","apiKey":"k"}}}`)
@@ -237,9 +244,7 @@ func (e *pinningEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // drops the pin at once and lets the ring pick.
 func TestReconnectAsksForItsInstanceFirst(t *testing.T) {
 	edge := &pinningEdge{}
-	srv := httptest.NewServer(edge)
-	defer srv.Close()
-	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+	o := reconnectingTo(t, edge)
 	sdk, _ := run(t, o, "alice")
 	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
 	deadline := time.Now().Add(5 * time.Second)
@@ -279,9 +284,7 @@ func TestHeaderNamesTheUser(t *testing.T) {
 // tunnel is being regained is sent once the sessions are back, not failed.
 func TestCallsWhileReconnectingAreHeld(t *testing.T) {
 	edge := &flakyEdge{refuseFor: 300 * time.Millisecond}
-	srv := httptest.NewServer(edge)
-	defer srv.Close()
-	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+	o := reconnectingTo(t, edge)
 	sdk, _ := run(t, o, "alice")
 	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
 	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m"}}`)
