@@ -6,7 +6,6 @@ package connector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -60,17 +59,12 @@ func (o Options) Header(token string) http.Header {
 
 // ConnectToken returns the token of an SDK `connect` request, if first is one.
 func ConnectToken(first []byte) string {
-	m, err := jsonrpc.Classify(first)
+	m, err := jsonrpc.ParseTrusted(first)
 	if err != nil || m.Kind != jsonrpc.Request || m.Method != "connect" {
 		return ""
 	}
-	var p struct {
-		Params struct {
-			Token string `json:"token"`
-		} `json:"params"`
-	}
-	json.Unmarshal(first, &p)
-	return p.Params.Token
+	token, _ := jsonrpc.StringMember(m.Params, "token")
+	return token
 }
 
 // Serve carries the SDK stream (in, out) through a tunnel until the SDK closes.
@@ -189,7 +183,7 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 	var held [][]byte
 	giveUp := func(why string) *link {
 		for _, body := range held {
-			if m, err := jsonrpc.Classify(body); err == nil && m.Kind == jsonrpc.Request {
+			if m, err := jsonrpc.ParseTrusted(body); err == nil && m.Kind == jsonrpc.Request {
 				cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: "+why+": "+cause.Error(), nil))
 			}
 		}
@@ -235,7 +229,7 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 		for {
 			select {
 			case body := <-sdk: // the SDK keeps talking: hold its calls for the new tunnel
-				m, err := jsonrpc.Classify(body)
+				m, err := jsonrpc.ParseTrusted(body)
 				switch {
 				case err != nil || m.Kind == jsonrpc.Response:
 					// an answer to the lost tunnel's CLI, or garbage: nobody to give it to
@@ -275,7 +269,7 @@ func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
 		code, data["status"], data["reason"] = jsonrpc.CodeRefused, refused.Status, refused.Reason
 	}
 	answer := func(body []byte) {
-		m, err := jsonrpc.Classify(body)
+		m, err := jsonrpc.ParseTrusted(body)
 		if err == nil && m.Kind == jsonrpc.Request {
 			out.Write(jsonrpc.Frame(jsonrpc.ErrorResponse(m.ID, code, cause.Error(), data)))
 		}

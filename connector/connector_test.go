@@ -145,7 +145,7 @@ func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
-		m, _ := jsonrpc.Classify(msg)
+		m, _ := jsonrpc.ParseTrusted(msg)
 		f.mu.Lock()
 		f.seen = append(f.seen, fmt.Sprintf("%d %s %s", n, m.Method, msg))
 		f.mu.Unlock()
@@ -229,7 +229,7 @@ func (e *pinningEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
-		m, _ := jsonrpc.Classify(msg)
+		m, _ := jsonrpc.ParseTrusted(msg)
 		resp, _ := jsonrpc.ResultResponse(m.ID, map[string]any{})
 		c.Write(r.Context(), resp)
 		if n == 1 {

@@ -49,36 +49,32 @@ func (c *continuity) write(msg []byte) error {
 
 // fromSDK notes a message the application sends.
 func (c *continuity) fromSDK(body []byte) {
-	m, err := jsonrpc.Classify(body)
+	m, err := jsonrpc.ParseTrusted(body)
 	if err != nil || m.Kind != jsonrpc.Request {
 		return
 	}
-	var p struct {
-		Params json.RawMessage `json:"params"`
-	}
-	json.Unmarshal(body, &p)
 	c.mu.Lock()
-	c.pending[string(m.ID)] = sdkCall{method: m.Method, sessionID: m.SessionID, params: p.Params}
+	c.pending[m.IDKey()] = sdkCall{method: m.Method, sessionID: m.SessionID, params: json.RawMessage(m.Params)}
 	c.mu.Unlock()
 }
 
 // fromEdge notes a message for the application; false means it was ours.
 func (c *continuity) fromEdge(body []byte) bool {
-	m, err := jsonrpc.Classify(body)
+	m, err := jsonrpc.ParseTrusted(body)
 	if err != nil {
 		return true
 	}
 	switch m.Kind {
 	case jsonrpc.Response:
 		c.mu.Lock()
-		if ch, ok := c.internal[string(m.ID)]; ok {
-			delete(c.internal, string(m.ID))
+		if ch, ok := c.internal[m.IDKey()]; ok {
+			delete(c.internal, m.IDKey())
 			c.mu.Unlock()
 			ch <- body
 			return false
 		}
-		call, ok := c.pending[string(m.ID)]
-		delete(c.pending, string(m.ID))
+		call, ok := c.pending[m.IDKey()]
+		delete(c.pending, m.IDKey())
 		c.mu.Unlock()
 		if ok {
 			c.answered(call, body)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,23 +28,92 @@ func shippedEngine(t testing.TB) *Engine {
 
 func TestDecideMessageShippedPolicy(t *testing.T) {
 	e := shippedEngine(t)
+	const noSession = "access denied: no such session for this caller"
 	rec := map[string]any{"owner": "alice", "tenant": "acme", "members": []any{}}
+	// req is a request of (tenant acme, user) in the shared pool "copilot".
+	req := func(user, method, sid string, rec map[string]any, params string) MessageInput {
+		in := MessageInput{User: user, Tenant: "acme", Pool: "copilot", Mode: "shared", Kind: "request",
+			Method: method, SessionID: sid, Record: rec}
+		if params != "" {
+			in.Params = []byte(params)
+		}
+		return in
+	}
+	globex := req("alice", "session.send", "s1", rec, `{"sessionId": "s1", "prompt": "hi"}`)
+	globex.Tenant = "globex"
+	notification := req("alice", "session.send", "s1", rec, `{"sessionId": "s1", "prompt": "hi"}`)
+	notification.Kind = "notification"
+	admin := req("root", "account.logout", "", nil, "")
+	admin.Roles = []string{"admin"}
 	cases := map[string]struct {
 		in    MessageInput
 		allow bool
 		why   string
 	}{
-		"owner sends":        {MessageInput{User: "alice", Method: "session.send", SessionID: "s1", Record: rec}, true, "allowed"},
-		"other user resumes": {MessageInput{User: "bob", Method: "session.resume", SessionID: "s1", Record: rec}, false, "access denied: session belongs to another user"},
-		"ping":               {MessageInput{User: "bob", Method: "ping"}, true, "allowed"},
-		"server-wide":        {MessageInput{User: "bob", Method: "account.logout"}, false, `access denied: method "account.logout" is not allowed here`},
-		"admin server-wide":  {MessageInput{User: "root", Roles: []string{"admin"}, Method: "account.logout"}, true, "allowed"},
+		"owner sends":             {req("alice", "session.send", "s1", rec, `{"sessionId": "s1", "prompt": "hi"}`), true, "allowed"},
+		"other user resumes":      {req("bob", "session.resume", "s1", rec, `{"sessionId": "s1"}`), false, noSession},
+		"unknown session":         {req("bob", "session.resume", "ghost", nil, `{"sessionId": "ghost"}`), false, noSession},
+		"same name, other tenant": {globex, false, noSession},
+		"notification":            {notification, false, "access denied: notifications are not accepted"},
+		"ping":                    {req("bob", "ping", "", nil, ""), true, "allowed"},
+		"server-wide":             {req("bob", "account.logout", "", nil, ""), false, `access denied: method "account.logout" is not allowed here`},
+		"admin server-wide":       {admin, true, "allowed"},
+		"chat create":             {req("bob", "session.create", "n1", nil, `{"sessionId": "n1", "model": "gpt-5", "streaming": true}`), true, "allowed"},
+		"host option refused":     {req("bob", "session.create", "n1", nil, `{"sessionId": "n1", "workingDirectory": "/"}`), false, `access denied: session option "workingDirectory" is not allowed here`},
+		"path attachment":         {req("alice", "session.send", "s1", rec, `{"sessionId": "s1", "attachments": [{"type": "file", "path": "/etc/passwd"}]}`), false, `access denied: session option "attachments" is not allowed here`},
+		"unreadable params":       {req("alice", "session.send", "s1", rec, `{"sessionId": `), false, "access denied: unreadable params"},
 	}
 	for name, tc := range cases {
 		d := e.DecideMessage(t.Context(), tc.in)
 		if d.Allow != tc.allow || d.Reason != tc.why {
 			t.Errorf("%s: %+v, want allow=%v %q", name, d, tc.allow, tc.why)
 		}
+		// The shipped data opens none of the CLI's built-in tools.
+		if len(d.BuiltinTools) != 0 || d.AllTools() {
+			t.Errorf("%s: built-in tools %v from the shipped data", name, d.BuiltinTools)
+		}
+	}
+}
+
+// TestDecideMessageBuiltinTools: the pool's and the tenant's builtin_tools reach
+// the Decision, sorted; ["*"] is all of them; a refusal carries none.
+func TestDecideMessageBuiltinTools(t *testing.T) {
+	dir := t.TempDir()
+	rego, err := os.ReadFile("../policies/rego/session.rego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "session.rego"), rego, 0o644)
+	os.WriteFile(filepath.Join(dir, "data.json"), []byte(`{"climesh": {
+		"pools": {"dev": {"builtin_tools": ["view"]}, "isolated": {"builtin_tools": ["*"]}},
+		"tenants": {"acme": {"builtin_tools": ["grep"]}}}}`), 0o644)
+	e, err := NewEngine(t.Context(), dir, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(tenant, pool string) MessageInput {
+		return MessageInput{User: "sam", Tenant: tenant, Pool: pool, Kind: "request",
+			Method: "session.create", SessionID: "n1", Params: []byte(`{"sessionId": "n1"}`)}
+	}
+	for _, tc := range []struct {
+		tenant, pool string
+		want         []string
+		all          bool
+	}{
+		{"acme", "dev", []string{"grep", "view"}, false},
+		{"globex", "dev", []string{"view"}, false},
+		{"globex", "copilot", nil, false},
+		{"solo", "isolated", []string{"*"}, true},
+	} {
+		d := e.DecideMessage(t.Context(), create(tc.tenant, tc.pool))
+		if !d.Allow || !slices.Equal(d.BuiltinTools, tc.want) || d.AllTools() != tc.all {
+			t.Errorf("%s in %s: %+v, want tools %v (all: %v)", tc.tenant, tc.pool, d, tc.want, tc.all)
+		}
+	}
+	refused := create("solo", "isolated")
+	refused.Kind = "notification"
+	if d := e.DecideMessage(t.Context(), refused); d.Allow || d.BuiltinTools != nil || d.AllTools() {
+		t.Errorf("a refusal carried built-in tools: %+v", d)
 	}
 }
 
@@ -156,7 +226,8 @@ func waitUntil(t *testing.T, cond func() bool) {
 
 func BenchmarkDecideMessage(b *testing.B) {
 	e := shippedEngine(b)
-	in := MessageInput{User: "bob", Tenant: "acme", Method: "session.send", SessionID: "s1",
+	in := MessageInput{User: "bob", Tenant: "acme", Pool: "copilot", Mode: "shared", Kind: "request",
+		Method: "session.send", SessionID: "s1", Params: []byte(`{"sessionId": "s1", "prompt": "hi"}`),
 		Record: map[string]any{"owner": "alice", "tenant": "acme", "members": []any{"carol"}}}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,10 +1,10 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -157,11 +157,11 @@ type tunnelSessions struct {
 	busy func(id string) bool
 
 	mu       sync.Mutex
-	pending  map[string]attachCall      // client request id -> a create or resume
-	attached map[string]json.RawMessage // session id -> params for session.resume
-	released map[string]chan struct{}   // released sessions; closed once the CLI answered the destroy
-	internal map[string]chan []byte     // the sidecar's own requests, by id
-	waiting  bool                       // pending or internal is not empty
+	pending  map[string]attachCall           // client request id -> a create or resume
+	attached map[string]json.RawMessage      // session id -> params for session.resume
+	released map[string]chan struct{}        // released sessions; closed once the CLI answered the destroy
+	internal map[string]chan jsonrpc.Message // the sidecar's own requests, by id
+	waiting  bool                            // pending or internal is not empty
 	seq      int
 }
 
@@ -172,7 +172,7 @@ type attachCall struct {
 
 func newTunnelSessions(c *Capacity, log *zap.Logger, cli func([]byte) error, busy func(string) bool) *tunnelSessions {
 	return &tunnelSessions{cap: c, log: log, cli: cli, busy: busy, pending: map[string]attachCall{},
-		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{}, internal: map[string]chan []byte{}}
+		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{}, internal: map[string]chan jsonrpc.Message{}}
 }
 
 // internalIDPrefix marks the sidecar's own request ids on a tunnel's CLI connection.
@@ -189,12 +189,8 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 	}
 	switch m.Method {
 	case "session.create", "session.resume":
-		var p struct {
-			Params json.RawMessage `json:"params"`
-		}
-		json.Unmarshal(m.Raw, &p)
 		ts.mu.Lock()
-		ts.pending[string(m.ID)] = attachCall{sessionID: m.SessionID, params: p.Params}
+		ts.pending[m.IDKey()] = attachCall{sessionID: m.SessionID, params: json.RawMessage(m.Params)}
 		ts.waiting = true
 		ts.mu.Unlock()
 		return nil, nil
@@ -249,44 +245,34 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 
 // fromCLI looks at what the CLI sends; true means the message answers one of the
 // sidecar's own requests and is not the client's.
-func (ts *tunnelSessions) fromCLI(body []byte) bool {
+func (ts *tunnelSessions) fromCLI(m jsonrpc.Message) bool {
 	ts.mu.Lock()
 	waiting := ts.waiting
 	ts.mu.Unlock()
-	if !waiting {
-		return false
-	}
-	m, err := jsonrpc.Classify(body)
-	if err != nil || m.Kind != jsonrpc.Response {
+	if !waiting || m.Kind != jsonrpc.Response {
 		return false
 	}
 	ts.mu.Lock()
-	if ch, ok := ts.internal[string(m.ID)]; ok {
-		delete(ts.internal, string(m.ID))
+	if ch, ok := ts.internal[m.IDKey()]; ok {
+		delete(ts.internal, m.IDKey())
 		ts.waiting = len(ts.pending)+len(ts.internal) > 0
 		ts.mu.Unlock()
-		ch <- body
+		ch <- m
 		return true
 	}
-	call, ok := ts.pending[string(m.ID)]
-	delete(ts.pending, string(m.ID))
+	call, ok := ts.pending[m.IDKey()]
+	delete(ts.pending, m.IDKey())
 	ts.waiting = len(ts.pending)+len(ts.internal) > 0
 	ts.mu.Unlock()
-	if ok {
-		ts.accepted(call, body)
+	if ok && !m.Failed() {
+		ts.accepted(call, m.Result)
 	}
-	return bytes.HasPrefix(m.ID, []byte(internalIDPrefix))
+	return strings.HasPrefix(m.IDKey(), internalIDPrefix)
 }
 
 // accepted records a create or resume the CLI accepted.
-func (ts *tunnelSessions) accepted(call attachCall, body []byte) {
-	var r struct {
-		Result json.RawMessage `json:"result"`
-	}
-	if json.Unmarshal(body, &r) != nil || len(r.Result) == 0 {
-		return // an error answer: nothing attached
-	}
-	id := jsonrpc.AttachedSession(r.Result, call.sessionID)
+func (ts *tunnelSessions) accepted(call attachCall, result []byte) {
+	id := jsonrpc.AttachedSession(result, call.sessionID)
 	if id == "" {
 		return
 	}
@@ -323,8 +309,8 @@ func (ts *tunnelSessions) call(ctx context.Context, method string, params any) (
 	ts.mu.Lock()
 	ts.seq++
 	id := fmt.Sprintf(`%s%d"`, internalIDPrefix, ts.seq)
-	ch := make(chan []byte, 1)
-	ts.internal[id] = ch
+	ch := make(chan jsonrpc.Message, 1)
+	ts.internal[id] = ch // already canonical: a plain quoted string
 	ts.waiting = true
 	ts.mu.Unlock()
 	forget := func() {
@@ -347,17 +333,12 @@ func (ts *tunnelSessions) call(ctx context.Context, method string, params any) (
 		if !ok {
 			return nil, fmt.Errorf("%s: the tunnel closed", method)
 		}
-		var r struct {
-			Result json.RawMessage `json:"result"`
-			Error  *CallError      `json:"error"`
+		if answer.Failed() {
+			var e CallError
+			json.Unmarshal(answer.Error, &e)
+			return nil, &e
 		}
-		if err := json.Unmarshal(answer, &r); err != nil {
-			return nil, fmt.Errorf("%s: %w", method, err)
-		}
-		if r.Error != nil {
-			return nil, r.Error
-		}
-		return r.Result, nil
+		return json.RawMessage(answer.Result), nil
 	case <-ctx.Done():
 		forget()
 		return nil, ctx.Err()

@@ -1,9 +1,7 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"sync"
 	"time"
 
@@ -78,7 +76,7 @@ func newTunnelTurns(all *turns) *tunnelTurns {
 func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
 	if m.Kind == jsonrpc.Request && m.Method == "session.send" && m.SessionID != "" {
 		tt.mu.Lock()
-		tt.sends[string(m.ID)] = m.SessionID
+		tt.sends[m.IDKey()] = m.SessionID
 		tt.mu.Unlock()
 	}
 }
@@ -98,42 +96,24 @@ func (tt *tunnelTurns) busy(id string) bool {
 	return false
 }
 
-var (
-	idleMarker  = []byte(`"session.idle"`)
-	errorMarker = []byte(`"session.error"`)
-)
-
-// fromCLI looks at what the CLI sends; cheap for the messages that cannot matter.
-func (tt *tunnelTurns) fromCLI(body []byte) {
-	tt.mu.Lock()
-	waiting := len(tt.sends) > 0
-	tt.mu.Unlock()
-	ends := bytes.Contains(body, idleMarker) || bytes.Contains(body, errorMarker)
-	if !waiting && !ends {
-		return
-	}
-	m, err := jsonrpc.Classify(body)
-	if err != nil {
-		return
-	}
+// fromCLI follows what the CLI sends: a send's answer starts a turn, the
+// session's idle or error event ends it.
+func (tt *tunnelTurns) fromCLI(m jsonrpc.Message) {
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
 	switch {
 	case m.Kind == jsonrpc.Response:
-		sid, ok := tt.sends[string(m.ID)]
+		sid, ok := tt.sends[m.IDKey()]
 		if !ok {
 			return
 		}
-		delete(tt.sends, string(m.ID))
-		var r struct {
-			Error json.RawMessage `json:"error"`
-		}
-		if json.Unmarshal(body, &r) == nil && len(r.Error) == 0 {
+		delete(tt.sends, m.IDKey())
+		if !m.Failed() {
 			tt.running[sid]++
 			tt.started[sid] = append(tt.started[sid], time.Now())
 			tt.all.add(1)
 		}
-	case m.Kind == jsonrpc.Notification && ends && m.SessionID != "" && jsonrpc.EndsTurn(m):
+	case m.Kind == jsonrpc.Notification && m.SessionID != "" && jsonrpc.EndsTurn(m):
 		if tt.running[m.SessionID] > 0 {
 			tt.running[m.SessionID]--
 			tt.all.add(-1)

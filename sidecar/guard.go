@@ -2,11 +2,18 @@ package sidecar
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"hash/maphash"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/identity"
@@ -16,10 +23,12 @@ import (
 	"github.com/climesh/climesh/session/registry"
 )
 
-// Guard decides every message of one tunnel for its one caller: requests are
-// checked by Rego before the CLI sees them, session.create registers the owner,
-// answers that list sessions are filtered, and events reach the tunnel only for
-// sessions the caller may see.
+// Guard decides every message of one tunnel for its one caller, on the one strict
+// reading of each frame (jsonrpc.Parse): requests are checked by Rego before the
+// CLI sees them — method, session, and the whole params — and what is forwarded
+// is the message the decision was made on; session.create claims the session in
+// the registry first; answers that list sessions are filtered, and events reach
+// the tunnel only for sessions the caller may see.
 type Guard struct {
 	Engine   *policy.Engine
 	Registry registry.Registry
@@ -34,9 +43,12 @@ type Guard struct {
 	// caller asked to wait for a busy session (0: answer busy at once).
 	Locker   *lock.Locker
 	LockWait time.Duration
+	// Bounds limits the per-tunnel tables; zero fields take DefaultBounds.
+	Bounds Bounds
 
 	mu        sync.Mutex
-	pending   map[string]pendingCall // client request id -> what to do with its answer
+	pending   map[string]pendingCall // client request id (canonical) -> what to do with its answer
+	cliCalls  map[string]struct{}    // the CLI's requests to the client awaiting an answer
 	records   map[string]cachedRecord
 	visible   map[string]bool // sessions decided for events
 	decisions map[decisionKey]policy.Decision
@@ -44,14 +56,37 @@ type Guard struct {
 	touched   map[string]time.Time
 }
 
-// decisionKey: a decision is a pure function of the caller (fixed per tunnel),
-// the method, the session's record and the policy. The record is compared by
-// identity: a refetched record starts new entries.
-type decisionKey struct {
-	method, sessionID string
-	record            *registry.Record
-	generation        uint64
+// Bounds limit what one tunnel can make the sidecar remember.
+type Bounds struct {
+	Pending  int // client requests awaiting the CLI's answer
+	Sessions int // sessions whose records and visibility are remembered
 }
+
+// DefaultBounds suit an SDK: it has a handful of calls in flight and sessions open.
+var DefaultBounds = Bounds{Pending: 1024, Sessions: 4096}
+
+func (g *Guard) bounds() Bounds {
+	b := g.Bounds
+	if b.Pending <= 0 {
+		b.Pending = DefaultBounds.Pending
+	}
+	if b.Sessions <= 0 {
+		b.Sessions = DefaultBounds.Sessions
+	}
+	return b
+}
+
+// decisionKey: a decision is a pure function of the caller (fixed per tunnel),
+// the message (kind, method, session, params), the session's record and the
+// policy. The record is compared by identity: a refetched record starts new entries.
+type decisionKey struct {
+	kind, method, sessionID string
+	params                  uint64 // hash of the params bytes
+	record                  *registry.Record
+	generation              uint64
+}
+
+var paramsSeed = maphash.MakeSeed()
 
 type pendingCall struct {
 	method, sessionID string
@@ -66,14 +101,31 @@ type cachedRecord struct {
 // Methods whose answers name sessions and are filtered to what the caller may see.
 var listingMethods = map[string]bool{"session.list": true, "session.getLastId": true, "session.getForeground": true}
 
+// The one refusal for a session that does not exist and one that is not the
+// caller's (the shipped policy's reason too): nothing tells them apart.
+const noSession = "access denied: no such session for this caller"
+
+// reservedIDPrefix marks the ids the sidecar uses on a tunnel's CLI connection
+// (its own connect, capacity's destroy and resume); a client may not use them.
+const reservedIDPrefix = `"climesh-`
+
+// sessionIDPattern is what a session id may be: the CLI makes a directory of it.
+var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
 // Denied answers a refused request. Code -32012, message the policy's reason.
-func Denied(id json.RawMessage, reason, method, sessionID string) []byte {
+func Denied(id []byte, reason, method, sessionID string) []byte {
 	data := map[string]string{"method": method}
 	if sessionID != "" {
 		data["sessionId"] = sessionID
 	}
 	return jsonrpc.ErrorResponse(id, jsonrpc.CodeAccessDenied, reason, data)
 }
+
+func invalid(id []byte, msg string) []byte {
+	return jsonrpc.ErrorResponse(id, jsonrpc.CodeInvalidRequest, msg, nil)
+}
+
+func (g *Guard) owner() string { return g.Caller.Tenant + "/" + g.Caller.User }
 
 func (g *Guard) record(ctx context.Context, id string) (*registry.Record, error) {
 	g.mu.Lock()
@@ -87,8 +139,8 @@ func (g *Guard) record(ctx context.Context, id string) (*registry.Record, error)
 		return nil, err
 	}
 	g.mu.Lock()
-	if g.records == nil {
-		g.records = map[string]cachedRecord{}
+	if g.records == nil || len(g.records) >= g.bounds().Sessions {
+		g.records = map[string]cachedRecord{} // bounded: start over
 	}
 	g.records[id] = cachedRecord{rec, time.Now()}
 	g.mu.Unlock()
@@ -102,16 +154,16 @@ func (g *Guard) forget(id string) {
 	g.mu.Unlock()
 }
 
-func (g *Guard) decide(ctx context.Context, method, sessionID string) (policy.Decision, *registry.Record) {
+func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record) {
 	var rec *registry.Record
-	if sessionID != "" {
+	if m.SessionID != "" {
 		var err error
-		if rec, err = g.record(ctx, sessionID); err != nil {
+		if rec, err = g.record(ctx, m.SessionID); err != nil {
 			g.Log.Warn("session registry unavailable; denied", zap.Error(err))
 			return policy.Decision{Reason: "access denied: session registry unavailable"}, nil
 		}
 	}
-	key := decisionKey{method, sessionID, rec, g.Engine.Generation()}
+	key := decisionKey{m.Kind.String(), m.Method, m.SessionID, maphash.Bytes(paramsSeed, m.Params), rec, g.Engine.Generation()}
 	g.mu.Lock()
 	d, ok := g.decisions[key]
 	g.mu.Unlock()
@@ -119,8 +171,8 @@ func (g *Guard) decide(ctx context.Context, method, sessionID string) (policy.De
 		return d, rec
 	}
 	d = g.Engine.DecideMessage(ctx, policy.MessageInput{
-		User: g.Caller.User, Tenant: g.Caller.Tenant, Roles: g.Caller.Roles,
-		Method: method, SessionID: sessionID, Record: rec.PolicyValue(),
+		User: g.Caller.User, Tenant: g.Caller.Tenant, Roles: g.Caller.Roles, Pool: g.Pool, Mode: g.Mode,
+		Kind: m.Kind.String(), Method: m.Method, SessionID: m.SessionID, Params: m.Params, Record: rec.PolicyValue(),
 	})
 	g.mu.Lock()
 	if g.decisions == nil || len(g.decisions) > 4096 {
@@ -131,27 +183,76 @@ func (g *Guard) decide(ctx context.Context, method, sessionID string) (policy.De
 	return d, rec
 }
 
-// Inbound handles a client→CLI message: forward it, or answer it here.
-func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, forward bool) {
-	if m.Kind != jsonrpc.Request {
-		return nil, true // answers to the CLI's own requests, notifications
+// Inbound handles a client→CLI message. It returns the message to forward (the
+// one the decision was made on, possibly with params the sidecar set), or an
+// answer to give the client instead; neither means: drop it.
+func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Message, answer []byte) {
+	switch m.Kind {
+	case jsonrpc.Response:
+		// An answer to one of the CLI's requests on this connection, or nothing.
+		g.mu.Lock()
+		_, asked := g.cliCalls[m.IDKey()]
+		delete(g.cliCalls, m.IDKey())
+		g.mu.Unlock()
+		if !asked {
+			return nil, nil
+		}
+		return &m, nil
+	case jsonrpc.Notification:
+		if d, _ := g.decide(ctx, m); !d.Allow {
+			g.Log.Info("notification dropped", zap.String("method", m.Method), zap.String("reason", d.Reason))
+			return nil, nil
+		}
+		return &m, nil
 	}
-	d, rec := g.decide(ctx, m.Method, m.SessionID)
+	if strings.HasPrefix(m.IDKey(), reservedIDPrefix) {
+		return nil, invalid(m.ID, `id: ids beginning "climesh-" are the sidecar's`)
+	}
+	g.mu.Lock()
+	_, inUse := g.pending[m.IDKey()]
+	full := len(g.pending) >= g.bounds().Pending
+	g.mu.Unlock()
+	if inUse {
+		return nil, invalid(m.ID, "id: a request with this id awaits its answer")
+	}
+	if full {
+		return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, fmt.Sprintf("too many requests in flight on this connection (limit %d)", g.bounds().Pending), nil)
+	}
+	if m.SessionID != "" && !sessionIDPattern.MatchString(m.SessionID) {
+		return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, "params.sessionId: want 1-128 of A-Z a-z 0-9 . _ - (not starting with . _ -)", nil)
+	}
+	if m.Method == "session.create" && m.SessionID == "" {
+		// The sidecar names the session, so that it is claimed in the registry
+		// before the CLI creates it: no session exists that nobody owns.
+		var err error
+		if m, err = withMember(m, "sessionId", newSessionID()); err != nil {
+			return nil, invalid(m.ID, err.Error())
+		}
+	}
+	d, rec := g.decide(ctx, m)
 	if !d.Allow {
-		return Denied(m.ID, d.Reason, m.Method, m.SessionID), false
+		return nil, Denied(m.ID, d.Reason, m.Method, m.SessionID)
 	}
 	call := pendingCall{method: m.Method, sessionID: m.SessionID}
-	if m.Method == "session.create" && m.SessionID != "" && rec == nil {
+	if m.Method == "session.create" && rec == nil {
 		// Claim the id before the CLI creates it: of two creators one wins.
-		existing, err := g.Registry.Create(ctx, g.newRecord(m.SessionID))
+		_, err := g.Registry.Create(ctx, g.newRecord(m.SessionID))
 		switch {
-		case errors.Is(err, registry.ErrExists) && existing != nil && existing.Owner != g.Caller.User:
-			return Denied(m.ID, "access denied: session belongs to another user", m.Method, m.SessionID), false
-		case err != nil && !errors.Is(err, registry.ErrExists):
-			return Denied(m.ID, "access denied: session registry unavailable", m.Method, m.SessionID), false
+		case errors.Is(err, registry.ErrExists):
+			g.forget(m.SessionID)
+			return nil, Denied(m.ID, noSession, m.Method, m.SessionID)
+		case err != nil:
+			return nil, Denied(m.ID, "access denied: session registry unavailable", m.Method, m.SessionID)
 		}
-		call.claimed = err == nil
+		call.claimed = true
 		g.forget(m.SessionID)
+	}
+	if m.Method == "session.create" || m.Method == "session.resume" {
+		var err error
+		if m, err = limitTools(m, d); err != nil {
+			g.abandon(ctx, call)
+			return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, err.Error(), nil)
+		}
 	}
 	if m.SessionID != "" {
 		g.setVisible(m.SessionID, true) // allowed to touch it: its events may come here
@@ -159,29 +260,128 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (answer []byte, 
 	if m.Method == "session.send" && rec != nil {
 		g.touch(ctx, m.SessionID)
 	}
-	if (m.Method == "session.destroy" || m.Method == "session.detach") && rec != nil && rec.Mode == "collab" {
+	if (m.Method == "session.destroy" || m.Method == "session.detach") && g.Mode == "collab" {
 		// An SDK disconnecting from a shared session must not unload it for the
 		// other members: closing this connection is all the detaching it needs.
 		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
-		return b, false
-	}
-	if m.Method != "session.create" && m.Method != "session.delete" && m.Method != "session.send" && !listingMethods[m.Method] {
-		return nil, true // nothing to do with the answer
+		return nil, b
 	}
 	g.mu.Lock()
 	if g.pending == nil {
 		g.pending = map[string]pendingCall{}
 	}
-	g.pending[string(m.ID)] = call
+	g.pending[m.IDKey()] = call
 	g.mu.Unlock()
-	return nil, true
+	return &m, nil
+}
+
+// abandon undoes a claim whose request will not be forwarded.
+func (g *Guard) abandon(ctx context.Context, call pendingCall) {
+	if call.claimed {
+		g.Registry.Delete(ctx, call.sessionID)
+		g.forget(call.sessionID)
+	}
+}
+
+// Refused tells the guard that a request it let through was answered before
+// reaching the CLI (busy, a failed resume): it awaits no answer.
+func (g *Guard) Refused(ctx context.Context, m jsonrpc.Message) {
+	g.mu.Lock()
+	call, ok := g.pending[m.IDKey()]
+	delete(g.pending, m.IDKey())
+	g.mu.Unlock()
+	if ok {
+		g.abandon(ctx, call)
+	}
+}
+
+func newSessionID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// withMember is m with params[name] set to value.
+func withMember(m jsonrpc.Message, name string, value any) (jsonrpc.Message, error) {
+	obj := map[string]json.RawMessage{}
+	if m.Params != nil {
+		// A map matches names exactly; the params were read strictly (no duplicates).
+		if err := json.Unmarshal(m.Params, &obj); err != nil {
+			return m, fmt.Errorf("params: %v", err)
+		}
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return m, err
+	}
+	obj[name] = v
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return m, err
+	}
+	return m.WithParams(jsontext.Value(b))
+}
+
+// limitTools makes the CLI's built-in tools (shell, files, web fetch...) those the
+// policy opened, whatever the client asked: availableTools is set to the client's
+// own tools (declared in params.tools, which the CLI hands back to the client to
+// run) and the opened built-ins, within the client's own availableTools if it
+// gave one. Each client tool is marked overridesBuiltInTool, so that a client
+// tool named like a built-in is the client's. ["*"] leaves the params alone.
+func limitTools(m jsonrpc.Message, d policy.Decision) (jsonrpc.Message, error) {
+	if d.AllTools() {
+		return m, nil
+	}
+	obj := map[string]json.RawMessage{}
+	if m.Params != nil {
+		if err := json.Unmarshal(m.Params, &obj); err != nil {
+			return m, fmt.Errorf("params: %v", err)
+		}
+	}
+	var allowed []string
+	if raw, ok := obj["tools"]; ok && string(raw) != "null" {
+		var tools []map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &tools); err != nil {
+			return m, errors.New("params.tools: want a list of tool objects")
+		}
+		for i, t := range tools {
+			var name string
+			if err := json.Unmarshal(t["name"], &name); err != nil || name == "" {
+				return m, fmt.Errorf("params.tools[%d].name: want a string", i)
+			}
+			allowed = append(allowed, name)
+			t["overridesBuiltInTool"] = json.RawMessage("true")
+		}
+		obj["tools"], _ = json.Marshal(tools)
+	}
+	allowed = append(allowed, d.BuiltinTools...)
+	if raw, ok := obj["availableTools"]; ok && string(raw) != "null" {
+		var asked []string
+		if err := json.Unmarshal(raw, &asked); err != nil {
+			return m, errors.New("params.availableTools: want a list of tool names")
+		}
+		allowed = slices.DeleteFunc(allowed, func(n string) bool { return !slices.Contains(asked, n) })
+	}
+	slices.Sort(allowed)
+	allowed = slices.Compact(allowed)
+	if allowed == nil {
+		allowed = []string{} // [] is "no tools"; null would be "all of them"
+	}
+	obj["availableTools"], _ = json.Marshal(allowed)
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return m, err
+	}
+	return m.WithParams(jsontext.Value(b))
 }
 
 // touch records activity for the idle-session sweeper, at most every 10 s per
 // session per tunnel (it is a Consul write).
 func (g *Guard) touch(ctx context.Context, id string) {
 	g.mu.Lock()
-	if g.touched == nil {
+	if g.touched == nil || len(g.touched) >= g.bounds().Sessions {
 		g.touched = map[string]time.Time{}
 	}
 	last := g.touched[id]
@@ -205,8 +405,8 @@ func (g *Guard) newRecord(id string) *registry.Record {
 
 func (g *Guard) setVisible(id string, v bool) {
 	g.mu.Lock()
-	if g.visible == nil {
-		g.visible = map[string]bool{}
+	if g.visible == nil || len(g.visible) >= g.bounds().Sessions {
+		g.visible = map[string]bool{} // bounded: decided again on demand
 	}
 	g.visible[id] = v
 	g.mu.Unlock()
@@ -221,21 +421,21 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 	if ok {
 		return v
 	}
-	d, rec := g.decide(ctx, "session.getMessages", id)
+	probe, err := jsonrpc.Parse(fmt.Appendf(nil, `{"jsonrpc":"2.0","id":0,"method":"session.getMessages","params":{"sessionId":%q}}`, id))
+	if err != nil {
+		return false
+	}
+	d, rec := g.decide(ctx, probe)
 	v = d.Allow && rec != nil
 	g.setVisible(id, v)
 	return v
 }
 
 // NeedsTurn reports whether an allowed message must first take its session's
-// turn lock (a session.send on a collab session). The relay then calls TakeTurn
-// off its read loop, so that waiting never stops the tunnel from being read.
-func (g *Guard) NeedsTurn(ctx context.Context, m jsonrpc.Message) bool {
-	if g.Locker == nil || m.Kind != jsonrpc.Request || m.Method != "session.send" || m.SessionID == "" {
-		return false
-	}
-	rec, err := g.record(ctx, m.SessionID)
-	return err == nil && rec != nil && rec.Mode == "collab"
+// turn lock: on a collab sidecar, every session.send. The relay then calls
+// TakeTurn off its read loop, so that waiting never stops the tunnel from being read.
+func (g *Guard) NeedsTurn(m jsonrpc.Message) bool {
+	return g.Locker != nil && g.Mode == "collab" && m.Kind == jsonrpc.Request && m.Method == "session.send" && m.SessionID != ""
 }
 
 // TakeTurn holds the session's lock for the turn a session.send starts; it
@@ -248,13 +448,15 @@ func (g *Guard) TakeTurn(ctx context.Context, m jsonrpc.Message) []byte {
 	if mine {
 		return nil // a send while our own turn runs: the CLI queues it
 	}
-	lk, err := g.Locker.Acquire(ctx, m.SessionID, g.Caller.User, g.LockWait)
+	lk, err := g.Locker.Acquire(ctx, m.SessionID, g.owner(), g.LockWait)
 	var busy *lock.BusyError
 	if errors.As(err, &busy) {
+		g.Refused(ctx, m)
 		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session is in use by another user",
 			map[string]any{"sessionId": m.SessionID, "holder": busy.Holder.User, "since": busy.Holder.Since})
 	}
 	if err != nil {
+		g.Refused(ctx, m)
 		g.Log.Warn("session lock unavailable; refused", zap.Error(err))
 		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
 	}
@@ -295,49 +497,61 @@ func (g *Guard) Close() {
 	}
 }
 
+// eventSession is the session a CLI notification or request is about:
+// params.sessionId, or params.scope.sessionId (host.event).
+func eventSession(m jsonrpc.Message) string {
+	if m.SessionID != "" {
+		return m.SessionID
+	}
+	id, _ := jsonrpc.StringMember(m.Params, "scope", "sessionId")
+	return id
+}
+
 // Outbound handles a CLI→client message: the bytes to send, or none to drop it.
 func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) {
-	if m.Kind == jsonrpc.Notification && m.SessionID != "" {
-		g.mu.Lock()
-		_, holding := g.held[m.SessionID]
-		g.mu.Unlock()
-		if holding && jsonrpc.EndsTurn(m) {
-			defer g.endTurn(m.SessionID)
-		}
-	}
 	if m.Kind != jsonrpc.Response {
-		if m.SessionID != "" && !g.mayRead(ctx, m.SessionID) {
+		sid := eventSession(m)
+		if m.Kind == jsonrpc.Notification && sid != "" {
+			g.mu.Lock()
+			_, holding := g.held[sid]
+			g.mu.Unlock()
+			if holding && jsonrpc.EndsTurn(m) {
+				defer g.endTurn(sid)
+			}
+		}
+		if sid != "" && !g.mayRead(ctx, sid) {
 			return nil, false // another caller's session: its events are not ours
+		}
+		if m.Kind == jsonrpc.Request {
+			g.mu.Lock()
+			if g.cliCalls == nil || len(g.cliCalls) >= g.bounds().Pending {
+				g.cliCalls = map[string]struct{}{}
+			}
+			g.cliCalls[m.IDKey()] = struct{}{}
+			g.mu.Unlock()
 		}
 		return m.Raw, true
 	}
 	g.mu.Lock()
-	call, ok := g.pending[string(m.ID)]
-	delete(g.pending, string(m.ID))
+	call, ok := g.pending[m.IDKey()]
+	delete(g.pending, m.IDKey())
 	g.mu.Unlock()
 	if !ok {
-		return m.Raw, true
+		return nil, false // nobody on this tunnel asked
 	}
-	var resp struct {
-		Result json.RawMessage `json:"result"`
-		Error  json.RawMessage `json:"error"`
-	}
-	if json.Unmarshal(m.Raw, &resp) != nil {
-		return m.Raw, true
-	}
-	failed := len(resp.Error) > 0
+	failed := m.Failed()
 	switch {
 	case call.method == "session.send" && failed:
 		g.endTurn(call.sessionID)
-	case call.method == "session.create":
-		g.created(ctx, call, resp.Result, failed)
+	case call.method == "session.create" && failed:
+		g.abandon(ctx, call)
 	case call.method == "session.delete" && !failed:
 		if err := g.Registry.Delete(ctx, call.sessionID); err != nil {
 			g.Log.Warn("session registry: delete", zap.String("session_id", call.sessionID), zap.Error(err))
 		}
 		g.forget(call.sessionID)
 	case listingMethods[call.method] && !failed:
-		if filtered, err := g.filter(ctx, m.ID, resp.Result); err == nil {
+		if filtered, err := g.filter(ctx, m.ID, m.Result); err == nil {
 			return filtered, true
 		}
 		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeAccessDenied, "access denied: session list could not be filtered", nil), true
@@ -345,31 +559,10 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 	return m.Raw, true
 }
 
-func (g *Guard) created(ctx context.Context, call pendingCall, result json.RawMessage, failed bool) {
-	if failed {
-		if call.claimed {
-			g.Registry.Delete(ctx, call.sessionID)
-			g.forget(call.sessionID)
-		}
-		return
-	}
-	var r struct {
-		SessionID string `json:"sessionId"`
-	}
-	json.Unmarshal(result, &r)
-	if r.SessionID == "" || call.claimed {
-		return
-	}
-	if _, err := g.Registry.Create(ctx, g.newRecord(r.SessionID)); err != nil {
-		g.Log.Error("session created but not registered; its owner will be refused", zap.String("session_id", r.SessionID), zap.Error(err))
-	}
-	g.forget(r.SessionID)
-	g.setVisible(r.SessionID, true)
-}
-
 // filter keeps only the sessions the caller may see, in session.list's
-// {"sessions": [{"sessionId": ...}, ...]} and in {"sessionId": ...} answers.
-func (g *Guard) filter(ctx context.Context, id json.RawMessage, result json.RawMessage) ([]byte, error) {
+// {"sessions": [{"sessionId": ...}, ...]} and in {"sessionId": ...} answers. It
+// reads member names exactly; an entry whose sessionId is not a string is dropped.
+func (g *Guard) filter(ctx context.Context, id []byte, result []byte) ([]byte, error) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(result, &obj); err != nil {
 		return nil, err
@@ -381,18 +574,14 @@ func (g *Guard) filter(ctx context.Context, id json.RawMessage, result json.RawM
 		}
 		kept := make([]json.RawMessage, 0, len(list))
 		for _, item := range list {
-			var s struct {
-				SessionID string `json:"sessionId"`
-			}
-			if json.Unmarshal(item, &s) == nil && s.SessionID != "" && g.mayRead(ctx, s.SessionID) {
+			if sid, ok := jsonrpc.StringMember(item, "sessionId"); ok && sid != "" && g.mayRead(ctx, sid) {
 				kept = append(kept, item)
 			}
 		}
 		obj["sessions"], _ = json.Marshal(kept)
 	}
-	if raw, ok := obj["sessionId"]; ok {
-		var sid string
-		if json.Unmarshal(raw, &sid) == nil && sid != "" && !g.mayRead(ctx, sid) {
+	if raw, ok := obj["sessionId"]; ok && string(raw) != "null" {
+		if sid, ok := jsonrpc.StringMember(result, "sessionId"); !ok || !g.mayRead(ctx, sid) {
 			obj["sessionId"] = json.RawMessage("null")
 		}
 	}

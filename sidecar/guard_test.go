@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -25,72 +26,212 @@ func shippedPolicy(t testing.TB) *policy.Engine {
 
 func msg(t testing.TB, body string) jsonrpc.Message {
 	t.Helper()
-	m, err := jsonrpc.Classify([]byte(body))
+	m, err := jsonrpc.ParseTrusted([]byte(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
 }
 
+func guardFor(e *policy.Engine, reg registry.Registry, tenant, user string) *Guard {
+	return &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: user, Tenant: tenant}, Pool: "copilot", Mode: "shared", Log: zap.NewNop()}
+}
+
+// inbound is what the relay does with a client's frame: the strict reading, then
+// the guard. It returns what the CLI would receive ("" when nothing) and the answer.
+func inbound(t testing.TB, g *Guard, body string) (toCLI string, answer string) {
+	t.Helper()
+	m, err := jsonrpc.Parse([]byte(body))
+	if err != nil {
+		return "", "parse: " + err.Error()
+	}
+	fwd, ans := g.Inbound(t.(interface{ Context() context.Context }).Context(), m)
+	if fwd != nil {
+		toCLI = string(fwd.Raw)
+	}
+	return toCLI, string(ans)
+}
+
 func TestGuardOwnership(t *testing.T) {
 	e, reg := shippedPolicy(t), &registry.Memory{}
-	alice := &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: "alice", Tenant: "acme"}, Log: zap.NewNop()}
-	bob := &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: "bob", Tenant: "acme"}, Log: zap.NewNop()}
+	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "acme", "bob")
 	ctx := t.Context()
 
-	// alice creates; the CLI answers with the new id; the registry learns the owner.
-	if ans, fwd := alice.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m"}}`)); ans != nil || !fwd {
-		t.Fatalf("create: %s %v", ans, fwd)
+	// alice creates without an id: the sidecar names the session and claims it first.
+	toCLI, ans := inbound(t, alice, `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m"}}`)
+	fwd := msg(t, toCLI)
+	if ans != "" || fwd.SessionID == "" {
+		t.Fatalf("create: %q %q", toCLI, ans)
 	}
-	alice.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s-a"}}`))
-	if rec, _ := reg.Get(ctx, "s-a"); rec == nil || rec.Owner != "alice" {
+	sid := fwd.SessionID
+	if rec, _ := reg.Get(ctx, sid); rec == nil || rec.Owner != "alice" || rec.Tenant != "acme" {
 		t.Fatalf("record %+v", rec)
 	}
-	// bob may not send to it; the answer is the documented error.
-	ans, fwd := bob.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":"s-a","prompt":"x"}}`))
-	if fwd || !strings.Contains(string(ans), `"code":-32012`) || !strings.Contains(string(ans), "session belongs to another user") {
-		t.Fatalf("bob send: %s %v", ans, fwd)
+	alice.Outbound(ctx, msg(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"result":{"sessionId":%q}}`, sid)))
+	// bob may not send to it, and is told what an unknown session gets.
+	_, foreign := inbound(t, bob, fmt.Sprintf(`{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":%q,"prompt":"x"}}`, sid))
+	_, unknown := inbound(t, bob, `{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":"nope","prompt":"x"}}`)
+	if !strings.Contains(foreign, `"code":-32012`) || !strings.Contains(foreign, noSession) ||
+		strings.Replace(foreign, sid, "X", 1) != strings.Replace(unknown, "nope", "X", 1) {
+		t.Fatalf("foreign and unknown sessions answered differently:\n%s\n%s", foreign, unknown)
 	}
 	// alice may, twice (the second from the decision cache).
-	for range 2 {
-		if ans, fwd := alice.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":8,"method":"session.send","params":{"sessionId":"s-a","prompt":"x"}}`)); ans != nil || !fwd {
+	for i := range 2 {
+		if toCLI, ans := inbound(t, alice, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":{"sessionId":%q,"prompt":"x"}}`, 8+i, sid)); ans != "" || toCLI == "" {
 			t.Fatalf("alice send: %s", ans)
 		}
 	}
 	// bob's list is filtered; so are alice's events on bob's tunnel.
-	bob.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":9,"method":"session.list","params":{}}`))
-	out, _ := bob.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","id":9,"result":{"sessions":[{"sessionId":"s-a"},{"sessionId":"s-unknown"}],"total":2}}`))
-	if strings.Contains(string(out), "s-a") || !strings.Contains(string(out), `"total":2`) {
+	inbound(t, bob, `{"jsonrpc":"2.0","id":9,"method":"session.list","params":{}}`)
+	out, _ := bob.Outbound(ctx, msg(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":9,"result":{"sessions":[{"sessionId":%q},{"sessionId":"s-unknown"},{"sessionId":5}],"total":3}}`, sid)))
+	if strings.Contains(string(out), sid) || strings.Contains(string(out), "s-unknown") || strings.Contains(string(out), ":5") {
 		t.Fatalf("bob's list: %s", out)
 	}
-	if _, send := bob.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a"}}`)); send {
-		t.Fatal("alice's event reached bob")
+	for _, ev := range []string{
+		fmt.Sprintf(`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":%q}}`, sid),
+		fmt.Sprintf(`{"jsonrpc":"2.0","method":"host.event","params":{"scope":{"type":"session","sessionId":%q}}}`, sid),
+		fmt.Sprintf(`{"jsonrpc":"2.0","method":"session.lifecycle","params":{"type":"session.updated","sessionId":%q}}`, sid),
+	} {
+		if _, send := bob.Outbound(ctx, msg(t, ev)); send {
+			t.Fatalf("alice's event reached bob: %s", ev)
+		}
+		if _, send := alice.Outbound(ctx, msg(t, ev)); !send {
+			t.Fatalf("alice's own event was dropped: %s", ev)
+		}
 	}
-	if _, send := alice.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a"}}`)); !send {
-		t.Fatal("alice's event did not reach alice")
+	inbound(t, bob, `{"jsonrpc":"2.0","id":10,"method":"session.getLastId","params":{}}`)
+	if out, _ := bob.Outbound(ctx, msg(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":10,"result":{"sessionId":%q}}`, sid))); !strings.Contains(string(out), `"sessionId":null`) {
+		t.Fatalf("bob's getLastId: %s", out)
 	}
-	// getLastId naming alice's session reads null for bob.
-	bob.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":10,"method":"session.getLastId","params":{}}`))
-	if out, _ := bob.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","id":10,"result":{"sessionId":"s-a"}}`)); !strings.Contains(string(out), `"sessionId":null`) {
-		t.Fatalf("bob's last id: %s", out)
+	// An answer nobody on this tunnel asked for does not pass.
+	if _, send := bob.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","id":99,"result":{"sessions":[]}}`)); send {
+		t.Fatal("an unasked answer reached the client")
 	}
-	// alice deletes: the record goes.
-	alice.Inbound(ctx, msg(t, `{"jsonrpc":"2.0","id":11,"method":"session.delete","params":{"sessionId":"s-a"}}`))
+	// delete removes the record.
+	inbound(t, alice, fmt.Sprintf(`{"jsonrpc":"2.0","id":11,"method":"session.delete","params":{"sessionId":%q}}`, sid))
 	alice.Outbound(ctx, msg(t, `{"jsonrpc":"2.0","id":11,"result":{}}`))
-	if rec, _ := reg.Get(ctx, "s-a"); rec != nil {
+	if rec, _ := reg.Get(ctx, sid); rec != nil {
 		t.Fatalf("deleted session still registered: %+v", rec)
+	}
+}
+
+// TestGuardRefusesAttacks sends, as bob of acme, frames that try to reach alice's
+// session "s-a" (or the CLI's host) by another reading, type, kind or option.
+// None may reach the CLI naming s-a, and none may carry a host option.
+func TestGuardRefusesAttacks(t *testing.T) {
+	cases := map[string]string{
+		"case variant beside":       `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-a","SessionId":"s-b","prompt":"x"}}`,
+		"case variant alone":        `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"SessionId":"s-a","prompt":"x"}}`,
+		"unicode fold":              `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"ſessionId":"s-a","prompt":"x"}}`,
+		"duplicate sessionId":       `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-b","sessionId":"s-a","prompt":"x"}}`,
+		"escaped duplicate":         `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-b","sess\u0069onId":"s-a","prompt":"x"}}`,
+		"sessionId of another type": `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-b","sessionID":5}}`,
+		"numeric sessionId":         `{"jsonrpc":"2.0","id":1,"method":"session.delete","params":{"sessionId":5}}`,
+		"duplicate method":          `{"jsonrpc":"2.0","id":1,"method":"ping","method":"session.delete","params":{"sessionId":"s-a"}}`,
+		"case variant method":       `{"jsonrpc":"2.0","id":1,"Method":"session.delete","method":"ping","params":{"sessionId":"s-a"}}`,
+		"duplicate params":          `{"jsonrpc":"2.0","id":1,"method":"session.delete","params":{"sessionId":"s-b"},"params":{"sessionId":"s-a"}}`,
+		"request dressed as answer": `{"jsonrpc":"2.0","id":1,"method":"session.delete","params":{"sessionId":"s-a"},"result":{}}`,
+		"notification send":         `{"jsonrpc":"2.0","method":"session.send","params":{"sessionId":"s-a","prompt":"x"}}`,
+		"notification own session":  `{"jsonrpc":"2.0","method":"session.send","params":{"sessionId":"s-b","prompt":"x"}}`,
+		"unasked answer":            `{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s-a"}}`,
+		"reserved id":               `{"jsonrpc":"2.0","id":"climesh-sidecar-1","method":"ping","params":{}}`,
+		"path as session id":        `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"sessionId":"../s-a","model":"m"}}`,
+		"mcp server on create":      `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m","mcpServers":{"x":{"command":"sh","args":["-c","id"]}}}}`,
+		"mcp server on resume":      `{"jsonrpc":"2.0","id":1,"method":"session.resume","params":{"sessionId":"s-b","mcpServers":{"x":{"command":"sh"}}}}`,
+		"working directory":         `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m","workingDirectory":"/"}}`,
+		"custom agent":              `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m","customAgents":[{"name":"a","tools":["bash"]}]}}`,
+		"case variant option":       `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m","McpServers":{}}}`,
+		"file attachment":           `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s-b","prompt":"x","attachments":[{"type":"file","path":"/proc/self/environ"}]}}`,
+		"options update":            `{"jsonrpc":"2.0","id":1,"method":"session.options.update","params":{"sessionId":"s-b","workingDirectory":"/"}}`,
+		"create alice's id":         `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"sessionId":"s-a","model":"m"}}`,
+	}
+	for name, frame := range cases {
+		t.Run(name, func(t *testing.T) {
+			e, reg := shippedPolicy(t), &registry.Memory{}
+			reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+			reg.Create(t.Context(), &registry.Record{ID: "s-b", Owner: "bob", Tenant: "acme", Mode: "shared"})
+			bob := guardFor(e, reg, "acme", "bob")
+			toCLI, ans := inbound(t, bob, frame)
+			if toCLI != "" {
+				t.Fatalf("forwarded %s (answer %q)", toCLI, ans)
+			}
+			if rec, _ := reg.Get(t.Context(), "s-a"); rec == nil || rec.Owner != "alice" {
+				t.Fatalf("alice's record changed: %+v", rec)
+			}
+		})
+	}
+}
+
+func TestGuardTenantQualifiedOwnership(t *testing.T) {
+	e, reg := shippedPolicy(t), &registry.Memory{}
+	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+	otherAlice := guardFor(e, reg, "globex", "alice")
+	if toCLI, ans := inbound(t, otherAlice, `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":"s-a"}}`); toCLI != "" || !strings.Contains(ans, noSession) {
+		t.Fatalf("alice of globex reached alice of acme's session: %q %q", toCLI, ans)
+	}
+	if _, send := otherAlice.Outbound(t.Context(), msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a"}}`)); send {
+		t.Fatal("alice of globex got alice of acme's events")
+	}
+}
+
+func TestGuardLimitsBuiltinTools(t *testing.T) {
+	e, reg := shippedPolicy(t), &registry.Memory{}
+	g := guardFor(e, reg, "acme", "alice")
+	cases := map[string]struct{ params, want string }{
+		"nothing asked":          {`{"model":"m"}`, `[]`},
+		"null asks for all":      {`{"model":"m","availableTools":null}`, `[]`},
+		"built-in asked":         {`{"model":"m","availableTools":["bash","view"]}`, `[]`},
+		"client tools kept":      {`{"model":"m","tools":[{"name":"lookup"},{"name":"bash"}]}`, `["bash","lookup"]`},
+		"client narrows":         {`{"model":"m","tools":[{"name":"lookup"},{"name":"other"}],"availableTools":["lookup","bash"]}`, `["lookup"]`},
+		"excluded stays allowed": {`{"model":"m","tools":[{"name":"lookup"}],"excludedTools":["lookup"]}`, `["lookup"]`},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			toCLI, ans := inbound(t, g, `{"jsonrpc":"2.0","id":"`+name+`","method":"session.create","params":`+c.params+`}`)
+			if toCLI == "" {
+				t.Fatalf("refused: %s", ans)
+			}
+			fwd := msg(t, toCLI)
+			got, _ := jsonrpc.Member(fwd.Params, "availableTools")
+			if string(got) != c.want {
+				t.Fatalf("availableTools %s, want %s (%s)", got, c.want, toCLI)
+			}
+			if strings.Contains(c.params, `"tools"`) && strings.Count(toCLI, `"overridesBuiltInTool":true`) != strings.Count(c.params, `"name"`) {
+				t.Fatalf("client tools not marked as overriding built-ins: %s", toCLI)
+			}
+		})
+	}
+}
+
+func TestGuardBounds(t *testing.T) {
+	e, reg := shippedPolicy(t), &registry.Memory{}
+	g := guardFor(e, reg, "acme", "alice")
+	g.Bounds = Bounds{Pending: 2}
+	for i := range 2 {
+		if toCLI, ans := inbound(t, g, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"ping","params":{}}`, i)); toCLI == "" {
+			t.Fatalf("ping %d: %s", i, ans)
+		}
+	}
+	if _, ans := inbound(t, g, `{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}`); !strings.Contains(ans, "awaits its answer") {
+		t.Fatalf("a second request with an id in flight: %s", ans)
+	}
+	if _, ans := inbound(t, g, `{"jsonrpc":"2.0","id":5,"method":"ping","params":{}}`); !strings.Contains(ans, "too many requests in flight") {
+		t.Fatalf("past the bound: %s", ans)
+	}
+	g.Outbound(t.Context(), msg(t, `{"jsonrpc":"2.0","id":0,"result":{}}`))
+	if toCLI, ans := inbound(t, g, `{"jsonrpc":"2.0","id":5,"method":"ping","params":{}}`); toCLI == "" {
+		t.Fatalf("after an answer: %s", ans)
 	}
 }
 
 func TestGuardCreateWithIDClaimsFirst(t *testing.T) {
 	e, reg := shippedPolicy(t), &registry.Memory{}
-	alice := &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: "alice"}, Log: zap.NewNop()}
-	bob := &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: "bob"}, Log: zap.NewNop()}
+	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "acme", "bob")
 	create := `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"sessionId":"chosen"}}`
-	if ans, _ := alice.Inbound(t.Context(), msg(t, create)); ans != nil {
+	if _, ans := inbound(t, alice, create); ans != "" {
 		t.Fatalf("alice: %s", ans)
 	}
-	if ans, fwd := bob.Inbound(t.Context(), msg(t, create)); fwd || !strings.Contains(string(ans), "session belongs to another user") {
+	if toCLI, ans := inbound(t, bob, create); toCLI != "" || !strings.Contains(ans, noSession) {
 		t.Fatalf("bob: %s", ans)
 	}
 	// The CLI refuses alice's create: the claim is released.
@@ -102,13 +243,16 @@ func TestGuardCreateWithIDClaimsFirst(t *testing.T) {
 
 func BenchmarkGuardInboundCached(b *testing.B) {
 	e, reg := shippedPolicy(b), &registry.Memory{}
-	reg.Create(context.Background(), &registry.Record{ID: "s1", Owner: "alice"})
-	g := &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: "alice"}, Log: zap.NewNop(), RecordTTL: 1 << 62}
+	reg.Create(context.Background(), &registry.Record{ID: "s1", Owner: "alice", Tenant: "acme"})
+	g := guardFor(e, reg, "acme", "alice")
+	g.RecordTTL = 1 << 62
 	m := msg(b, `{"jsonrpc":"2.0","id":8,"method":"session.send","params":{"sessionId":"s1","prompt":"x"}}`)
+	answer := msg(b, `{"jsonrpc":"2.0","id":8,"result":{}}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, fwd := g.Inbound(b.Context(), m); !fwd {
+		if fwd, _ := g.Inbound(b.Context(), m); fwd == nil {
 			b.Fatal("refused")
 		}
+		g.Outbound(b.Context(), answer)
 	}
 }

@@ -5,7 +5,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -281,7 +280,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer rl.track(c, false)
 	rl.wg.Add(1)
 	defer rl.wg.Done()
-	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("user", caller.User))
+	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("tenant", caller.Tenant), zap.String("user", caller.User))
 	ctx := r.Context()
 
 	dialer := rl.cliDialer()
@@ -334,7 +333,7 @@ func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg st
 			c.Fail(msg)
 			return
 		}
-		m, err := jsonrpc.Classify(body)
+		m, err := jsonrpc.Parse(body)
 		if err != nil || m.Kind != jsonrpc.Request {
 			continue
 		}
@@ -388,7 +387,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			}
 		}()
 	}
-	// CLI -> client: frames as they come, byte for byte.
+	// CLI -> client: each frame read once; every stage uses that reading.
 	go func() {
 		for {
 			body, err := cli.Reader.Read()
@@ -400,17 +399,17 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				}
 				return
 			}
-			if ts != nil && ts.fromCLI(body) {
+			m, err := jsonrpc.ParseTrusted(body)
+			if err != nil {
+				finish("copilot CLI sent a message that is not JSON-RPC: "+err.Error(), true)
+				return
+			}
+			if ts != nil && ts.fromCLI(m) {
 				continue // the answer to the sidecar's own request
 			}
-			tt.fromCLI(body)
-			rl.countError(body)
+			tt.fromCLI(m)
+			rl.countError(m)
 			if guard != nil {
-				m, err := jsonrpc.Classify(body)
-				if err != nil {
-					finish("copilot CLI sent a message that is not JSON-RPC", true)
-					return
-				}
 				var send bool
 				if body, send = guard.Outbound(ctx, m); !send {
 					rl.metrics.refused.WithLabelValues("event_filtered").Inc()
@@ -424,34 +423,32 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			rl.metrics.messages.WithLabelValues("to_client").Inc()
 		}
 	}()
-	// client -> CLI.
+	// client -> CLI: each frame read once, strictly; what the CLI gets is what was decided on.
 	for {
 		body, err := c.Read(ctx)
 		if err != nil {
 			finish("client closed", false)
 			return
 		}
-		m, err := jsonrpc.Classify(body)
+		m, err := jsonrpc.Parse(body)
 		if err != nil {
 			rl.metrics.refused.WithLabelValues("not_jsonrpc").Inc()
 			c.Write(ctx, jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, err.Error(), nil))
 			finish("not a JSON-RPC message", true)
 			return
 		}
-		tt.fromClient(m)
-		answer, ok := localAnswer(m, cli.Hello)
-		if !ok && guard != nil {
+		answer, local := localAnswer(m, cli.Hello)
+		fwd := &m
+		if !local && guard != nil {
 			start := time.Now()
-			var forward bool
-			answer, forward = guard.Inbound(ctx, m)
+			fwd, answer = guard.Inbound(ctx, m)
 			rl.metrics.decision.Observe(time.Since(start).Seconds())
-			ok = !forward
-			if answer != nil {
+			if fwd == nil {
 				rl.metrics.refused.WithLabelValues("policy").Inc()
-				log.Info("refused", zap.String("method", m.Method), zap.String("session_id", m.SessionID))
+				log.Info("refused", zap.String("kind", m.Kind.String()), zap.String("method", m.Method), zap.String("session_id", m.SessionID))
 			}
 		}
-		if ok {
+		if local || fwd == nil {
 			if answer != nil {
 				if err := c.Write(ctx, answer); err != nil {
 					finish("client gone", false)
@@ -460,12 +457,16 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			}
 			continue
 		}
+		m = *fwd
 		if ts != nil {
 			answer, err := ts.fromClient(ctx, m)
 			if err != nil {
 				log.Warn("forwarding to a session that could not be resumed", zap.Error(err))
 			}
 			if answer != nil {
+				if guard != nil {
+					guard.Refused(ctx, m)
+				}
 				if err := c.Write(ctx, answer); err != nil {
 					finish("client gone", false)
 					return
@@ -473,7 +474,7 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				continue
 			}
 		}
-		if guard != nil && guard.NeedsTurn(ctx, m) {
+		if guard != nil && guard.NeedsTurn(m) {
 			// Wait for the shared session's turn without blocking this loop: it
 			// must keep reading (pongs, other requests) while the caller waits.
 			go func() {
@@ -487,17 +488,23 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 					}
 					return
 				}
-				if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
+				tt.fromClient(m)
+				if _, err := cli.Write(jsonrpc.Frame(m.Raw)); err != nil {
 					finish("copilot CLI write failed: "+err.Error(), true)
 				}
 			}()
 			continue
 		}
-		if _, err := cli.Write(jsonrpc.Frame(body)); err != nil {
+		tt.fromClient(m)
+		if _, err := cli.Write(jsonrpc.Frame(m.Raw)); err != nil {
 			finish("copilot CLI write failed: "+err.Error(), true)
 			return
 		}
 		rl.metrics.messages.WithLabelValues("to_cli").Inc()
+		if log.Core().Enabled(zap.DebugLevel) && m.Kind == jsonrpc.Request {
+			log.Debug("forwarded", zap.String("method", m.Method),
+				zap.String("session_id", m.SessionID), zap.String("id", m.IDKey()))
+		}
 	}
 }
 
@@ -551,21 +558,16 @@ func (rl *Relay) CloseAll(reason string) {
 // Wait blocks until every tunnel handler has returned.
 func (rl *Relay) Wait() { rl.wg.Wait() }
 
-var errorMarker2 = []byte(`"error":{`)
-
-// countError counts the CLI's JSON-RPC errors by code (cheap for everything else).
-func (rl *Relay) countError(body []byte) {
-	if !bytes.Contains(body, errorMarker2) {
+// countError counts the CLI's JSON-RPC errors by code.
+func (rl *Relay) countError(m jsonrpc.Message) {
+	if m.Kind != jsonrpc.Response || !m.Failed() {
 		return
 	}
-	var r struct {
-		ID    json.RawMessage `json:"id"`
-		Error *struct {
-			Code int `json:"code"`
-		} `json:"error"`
+	var e struct {
+		Code int `json:"code"`
 	}
-	if json.Unmarshal(body, &r) == nil && r.Error != nil && len(r.ID) > 0 {
-		rl.metrics.errors.WithLabelValues(strconv.Itoa(r.Error.Code)).Inc()
+	if json.Unmarshal(m.Error, &e) == nil {
+		rl.metrics.errors.WithLabelValues(strconv.Itoa(e.Code)).Inc()
 	}
 }
 

@@ -136,7 +136,7 @@ func guardLatencies(ctx context.Context, e *policy.Engine, n int, cached bool) [
 		if k != 3 {
 			body = fmt.Sprintf(body, target)
 		}
-		m, _ := jsonrpc.Classify([]byte(body))
+		m, _ := jsonrpc.Parse([]byte(body))
 		g := guards[u]
 		if !cached {
 			g = newGuard(e, reg, u)

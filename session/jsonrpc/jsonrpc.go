@@ -6,7 +6,6 @@ package jsonrpc
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -124,81 +123,14 @@ func (k Kind) String() string {
 	return "invalid"
 }
 
-// Message is a classified message. Raw is the body exactly as read.
-type Message struct {
-	Kind      Kind
-	ID        json.RawMessage // requests and responses
-	Method    string          // requests and notifications
-	SessionID string          // params.sessionId, when present
-	Raw       []byte
-}
-
-// ErrNotJSONRPC is wrapped by Classify's errors.
-var ErrNotJSONRPC = errors.New("jsonrpc: not a JSON-RPC 2.0 message")
-
-type envelope struct {
-	Version string          `json:"jsonrpc"`
-	ID      json.RawMessage `json:"id"`
-	Method  *string         `json:"method"`
-	Params  json.RawMessage `json:"params"`
-	Result  json.RawMessage `json:"result"`
-	Error   json.RawMessage `json:"error"`
-}
-
-// Classify reads a body's envelope. Batches are not used by the CLI and are refused.
-func Classify(body []byte) (Message, error) {
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return Message{}, fmt.Errorf("%w: want a JSON object, got %q", ErrNotJSONRPC, truncate(string(body)))
-	}
-	var e envelope
-	if err := json.Unmarshal(body, &e); err != nil {
-		return Message{}, fmt.Errorf("%w: %v", ErrNotJSONRPC, err)
-	}
-	if e.Version != "2.0" {
-		return Message{}, fmt.Errorf("%w: jsonrpc %q, want \"2.0\"", ErrNotJSONRPC, e.Version)
-	}
-	m := Message{Raw: body}
-	hasID := len(e.ID) > 0 && string(e.ID) != "null"
-	switch {
-	case e.Method != nil && hasID:
-		m.Kind, m.ID, m.Method = Request, e.ID, *e.Method
-	case e.Method != nil:
-		m.Kind, m.Method = Notification, *e.Method
-	case len(e.Result) > 0 || len(e.Error) > 0:
-		m.Kind, m.ID = Response, e.ID
-	default:
-		return Message{}, fmt.Errorf("%w: neither method nor result nor error", ErrNotJSONRPC)
-	}
-	if m.Method == "" && m.Kind != Response {
-		return Message{}, fmt.Errorf("%w: empty method", ErrNotJSONRPC)
-	}
-	if len(e.Params) > 0 && e.Params[0] == '{' {
-		var p struct {
-			SessionID string `json:"sessionId"`
-		}
-		if json.Unmarshal(e.Params, &p) == nil {
-			m.SessionID = p.SessionID
-		}
-	}
-	return m, nil
-}
-
 // EndsTurn reports whether m is the CLI's event that ends a session's turn: a
 // session.event notification whose event type is session.idle or session.error.
 func EndsTurn(m Message) bool {
 	if m.Kind != Notification || m.Method != "session.event" {
 		return false
 	}
-	var n struct {
-		Params struct {
-			Event struct {
-				Type string `json:"type"`
-			} `json:"event"`
-		} `json:"params"`
-	}
-	json.Unmarshal(m.Raw, &n)
-	return n.Params.Event.Type == "session.idle" || n.Params.Event.Type == "session.error"
+	t, _ := StringMember(m.Params, "event", "type")
+	return t == "session.idle" || t == "session.error"
 }
 
 // Error codes climesh answers with, beside the CLI's own (-32601 unknown method,
@@ -206,6 +138,7 @@ func EndsTurn(m Message) bool {
 const (
 	CodeParseError     = -32700 // a message that is not JSON-RPC
 	CodeInvalidRequest = -32600
+	CodeInvalidParams  = -32602
 	CodeUnavailable    = -32010 // the edge or the CLI cannot be reached
 	CodeRefused        = -32011 // the edge refused the tunnel (status and reason in data)
 	CodeAccessDenied   = -32012 // the policy refused this call; the CLI never saw it
@@ -213,9 +146,9 @@ const (
 )
 
 // ErrorResponse builds a JSON-RPC error response to id (null when id is empty).
-func ErrorResponse(id json.RawMessage, code int, message string, data any) []byte {
+func ErrorResponse(id []byte, code int, message string, data any) []byte {
 	if len(id) == 0 {
-		id = json.RawMessage("null")
+		id = []byte("null")
 	}
 	type rpcError struct {
 		Code    int    `json:"code"`
@@ -226,24 +159,24 @@ func ErrorResponse(id json.RawMessage, code int, message string, data any) []byt
 		Version string          `json:"jsonrpc"`
 		ID      json.RawMessage `json:"id"`
 		Error   rpcError        `json:"error"`
-	}{"2.0", id, rpcError{code, message, data}})
+	}{"2.0", json.RawMessage(id), rpcError{code, message, data}})
 	return b
 }
 
 // ResultResponse builds a JSON-RPC success response.
-func ResultResponse(id json.RawMessage, result any) ([]byte, error) {
+func ResultResponse(id []byte, result any) ([]byte, error) {
 	return json.Marshal(struct {
 		Version string          `json:"jsonrpc"`
 		ID      json.RawMessage `json:"id"`
 		Result  any             `json:"result"`
-	}{"2.0", id, result})
+	}{"2.0", json.RawMessage(id), result})
 }
 
 // RequestBody builds a request.
 func RequestBody(id any, method string, params any) ([]byte, error) {
 	return json.Marshal(struct {
 		Version string `json:"jsonrpc"`
-		ID      any    `json:"id"`
+		ID      any    `json:"id,omitempty"` // nil: a notification
 		Method  string `json:"method"`
 		Params  any    `json:"params,omitempty"`
 	}{"2.0", id, method, params})
@@ -259,9 +192,9 @@ func truncate(s string) string {
 // ResumeParams turns the params of a session.create or session.resume into those
 // of a session.resume of session id: the same options (provider included, which
 // the CLI needs again on every resume), naming id.
-func ResumeParams(params json.RawMessage, id string) json.RawMessage {
+func ResumeParams(params []byte, id string) []byte {
 	obj := map[string]json.RawMessage{}
-	json.Unmarshal(params, &obj)
+	json.Unmarshal(params, &obj) // a map: exact names (params were read strictly)
 	obj["sessionId"], _ = json.Marshal(id)
 	b, _ := json.Marshal(obj)
 	return b
@@ -269,12 +202,9 @@ func ResumeParams(params json.RawMessage, id string) json.RawMessage {
 
 // AttachedSession is the session a successful session.create or session.resume
 // attached: the sessionId its result names, else the one the request named.
-func AttachedSession(result json.RawMessage, requested string) string {
-	var r struct {
-		SessionID string `json:"sessionId"`
-	}
-	if json.Unmarshal(result, &r) == nil && r.SessionID != "" {
-		return r.SessionID
+func AttachedSession(result []byte, requested string) string {
+	if id, ok := StringMember(result, "sessionId"); ok && id != "" {
+		return id
 	}
 	return requested
 }
