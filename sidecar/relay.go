@@ -171,6 +171,10 @@ type Relay struct {
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
+	// Bounds limit each tunnel's tables; MaxTunnelsPerUser the tunnels one
+	// (tenant, user) holds open here (0: no limit).
+	Bounds            Bounds
+	MaxTunnelsPerUser int
 	// Capacity caps the sessions the CLI holds (see Capacity); nil: no cap.
 	// Isolated mode has one CLI per user and no cap of this kind.
 	Capacity *Capacity
@@ -179,6 +183,7 @@ type Relay struct {
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	open     map[*tunnel.Conn]struct{}
+	perUser  map[string]int
 	draining bool
 	turns    turns
 }
@@ -271,6 +276,13 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	userKey := caller.Tenant + "/" + caller.User
+	if !rl.enterUser(userKey) {
+		rl.metrics.refused.WithLabelValues("user_tunnels").Inc()
+		http.Error(w, fmt.Sprintf("climesh sidecar: too many tunnels for this user (limit %d)", rl.MaxTunnelsPerUser), http.StatusTooManyRequests)
+		return
+	}
+	defer rl.leaveUser(userKey)
 	c, err := tunnel.Accept(w, r, rl.Limits.MaxFrameBytes)
 	if err != nil {
 		rl.metrics.refused.WithLabelValues("upgrade").Inc()
@@ -285,7 +297,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	dialer := rl.cliDialer()
 	if rl.Users != nil {
-		d, release, err := rl.Users.Acquire(ctx, caller.User)
+		d, release, err := rl.Users.Acquire(ctx, caller.Tenant, caller.User)
 		if err != nil {
 			rl.metrics.refused.WithLabelValues("user_cli").Inc()
 			log.Warn("no CLI for this user", zap.Error(err))
@@ -308,7 +320,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var guard *Guard
 	if rl.Engine != nil {
 		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Pool: rl.Pool, Mode: rl.Mode,
-			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker}
+			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker, Bounds: rl.Bounds}
 		if w, err := time.ParseDuration(r.Header.Get(lockWaitHeader)); err == nil && w > 0 {
 			guard.LockWait = min(w, rl.LockWaitMax)
 		}
@@ -539,6 +551,28 @@ func (rl *Relay) track(c *tunnel.Conn, add bool) {
 	} else {
 		delete(rl.open, c)
 		rl.metrics.tunnels.Dec()
+	}
+}
+
+// enterUser counts a tunnel of user, or refuses it past MaxTunnelsPerUser.
+func (rl *Relay) enterUser(user string) bool {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.MaxTunnelsPerUser > 0 && rl.perUser[user] >= rl.MaxTunnelsPerUser {
+		return false
+	}
+	if rl.perUser == nil {
+		rl.perUser = map[string]int{}
+	}
+	rl.perUser[user]++
+	return true
+}
+
+func (rl *Relay) leaveUser(user string) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.perUser[user]--; rl.perUser[user] <= 0 {
+		delete(rl.perUser, user)
 	}
 }
 

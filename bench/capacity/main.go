@@ -120,7 +120,7 @@ func measure(ctx context.Context, copilotBin, modelURL string, capacity, turns i
 		}
 		samples = append(samples, time.Since(start))
 	}
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", sc.Port))
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", sc.AdminPort))
 	if err != nil {
 		return nil, nil, err
 	}

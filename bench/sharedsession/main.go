@@ -86,7 +86,7 @@ func room(ctx context.Context, m *harness.Mesh, members, turns int) (float64, []
 	for i := range members {
 		users = append(users, fmt.Sprintf("member-%d", i))
 	}
-	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"members": ["%s"]}}}}`, name, strings.Join(users, `","`))
+	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": ["owner", "%s"]}}}}`, name, strings.Join(users, `","`))
 	if err := os.WriteFile(filepath.Join(m.PolicyDir, "bench-"+name+".json"), []byte(data), 0o644); err != nil {
 		return 0, nil, err
 	}

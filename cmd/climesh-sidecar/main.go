@@ -48,7 +48,12 @@ func main() {
 }
 
 func run() error {
-	listen := flag.String("listen", "127.0.0.1:7001", "`address` for tunnels (/v1/rpc), /metrics and /healthz")
+	listen := flag.String("listen", "127.0.0.1:7001", "`address` for tunnels (/v1/rpc) and nothing else")
+	adminListen := flag.String("admin-listen", "127.0.0.1:7101", "`address` for /metrics, /healthz and the admin calls POST /drain and POST /sweep; a non-loopback address needs --admin-credential-file")
+	adminCredFile := flag.String("admin-credential-file", "", "`file` with a secret the admin calls must carry (Authorization: Bearer ...); GET /metrics and /healthz stay open")
+	maxPending := flag.Int("max-pending", sidecar.DefaultBounds.Pending, "most requests one tunnel may have awaiting the CLI's answer")
+	maxSessions := flag.Int("max-tunnel-sessions", sidecar.DefaultBounds.Sessions, "most sessions one tunnel's decisions remember (records, visibility); past it they are decided again")
+	maxUserTunnels := flag.Int("max-tunnels-per-user", 32, "most tunnels one (tenant, user) may hold open on this sidecar (0: no limit)")
 	path := flag.String("path", "/v1/rpc", "tunnel `path`")
 	pool := flag.String("pool", "copilot", "Consul service `name` (the climesh pool)")
 	instanceID := flag.String("instance-id", "", "Consul service `id` (default: pool-port)")
@@ -150,6 +155,11 @@ func run() error {
 		go relay.Users.Run(ctx)
 	}
 	relay.Instance, relay.Pool, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *pool, *mode, 2*time.Second, *lockWaitMax
+	if *maxPending <= 0 || *maxSessions <= 0 || *maxUserTunnels < 0 {
+		return fmt.Errorf("--max-pending %d, --max-tunnel-sessions %d: want more than 0; --max-tunnels-per-user %d: want 0 or more", *maxPending, *maxSessions, *maxUserTunnels)
+	}
+	relay.Bounds = sidecar.Bounds{Pending: *maxPending, Sessions: *maxSessions}
+	relay.MaxTunnelsPerUser = *maxUserTunnels
 	if *keysFile != "" {
 		if relay.Keys, err = identity.LoadKeys(*keysFile); err != nil {
 			return fmt.Errorf("--identity-keys: %w", err)
@@ -173,23 +183,35 @@ func run() error {
 	} else {
 		log.Warn("no --edge-credential-file: any client that reaches --listen can open a tunnel")
 	}
+	adminCred, err := readAdminCredential(*adminListen, *adminCredFile)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle(*path, relay)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	admin := http.NewServeMux()
+	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	drainNow := make(chan struct{})
 	var drainOnce sync.Once
-	// POST /drain (loopback only, like the rest of --listen): the admin call.
-	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+	// POST /drain: take the instance out (admin listener only, credential if set).
+	admin.Handle("POST /drain", sidecar.AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		drainOnce.Do(func() { close(drainNow) })
 		fmt.Fprintln(w, "draining")
-	})
+	})))
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	adminLis, err := net.Listen("tcp", *adminListen)
+	if err != nil {
+		return fmt.Errorf("--admin-listen: %w", err)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(lis)
+	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+	go adminSrv.Serve(adminLis)
+	defer adminSrv.Close()
 
 	var registration *sidecar.Registration
 	if *consulAddr != "" {
@@ -216,7 +238,7 @@ func run() error {
 				go sweeper.Run(ctx, *sweepEvery, *sessionTTL)
 			}
 			// POST /sweep[?ttl=2m]: the admin call; answers how many it deleted.
-			mux.HandleFunc("POST /sweep", func(w http.ResponseWriter, r *http.Request) {
+			admin.Handle("POST /sweep", sidecar.AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				ttl := *sessionTTL
 				if v := r.URL.Query().Get("ttl"); v != "" {
 					d, err := time.ParseDuration(v)
@@ -232,7 +254,7 @@ func run() error {
 					return
 				}
 				fmt.Fprintln(w, n)
-			})
+			})))
 		}
 		registration = &sidecar.Registration{
 			Agent: client.Agent(), Log: log, Pool: *pool, InstanceID: *instanceID, Address: *advertise, Port: port,
@@ -250,7 +272,7 @@ func run() error {
 		}
 		go registration.Run(ctx)
 	}
-	log.Info("serving", zap.String("listen", *listen), zap.String("cli", cli.Addr), zap.String("pool", *pool))
+	log.Info("serving", zap.String("listen", *listen), zap.String("admin", *adminListen), zap.String("cli", cli.Addr), zap.String("pool", *pool))
 
 	var supervised sync.WaitGroup
 	superviseCtx, stopSupervisor := context.WithCancel(context.Background())
@@ -283,4 +305,28 @@ func run() error {
 	stopSupervisor() // stops the CLI
 	supervised.Wait()
 	return nil
+}
+
+// readAdminCredential reads --admin-credential-file; without one, the admin
+// listener must be loopback (whoever reaches it can drain the instance).
+func readAdminCredential(addr, file string) (string, error) {
+	if file == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", fmt.Errorf("--admin-listen %q: %w", addr, err)
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return "", fmt.Errorf("--admin-listen %q is not loopback: give --admin-credential-file, or whoever reaches it can drain the instance", addr)
+		}
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--admin-credential-file: %w", err)
+	}
+	cred := strings.TrimSpace(string(b))
+	if len(cred) < 16 {
+		return "", fmt.Errorf("--admin-credential-file %s: want a secret of at least 16 characters", file)
+	}
+	return cred, nil
 }

@@ -543,7 +543,14 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if !slices.ContainsFunc(cfg.Pools, func(p config.Pool) bool { return p.ConsulService == flags["pool"] }) {
 		t.Errorf("--pool %q is no pool's consul_service in the xds-server's config", flags["pool"])
 	}
-	for flag, source := range map[string]string{"policy": "climesh-policy", "identity-keys": "climesh-identity", "edge-credential-file": "climesh-edge-credential"} {
+	if port(t, flags["admin-listen"]) != namedPort(t, sc, "admin") {
+		t.Errorf("--admin-listen %s, container port admin %d", flags["admin-listen"], namedPort(t, sc, "admin"))
+	}
+	if sc.ReadinessProbe == nil || sc.ReadinessProbe.HTTPGet == nil || sc.ReadinessProbe.HTTPGet.Port.String() != "admin" {
+		t.Errorf("the sidecar's readiness probe must ask the admin port (the tunnel port serves tunnels only): %+v", sc.ReadinessProbe)
+	}
+	for flag, source := range map[string]string{"policy": "climesh-policy", "identity-keys": "climesh-identity", "edge-credential-file": "climesh-edge-credential",
+		"admin-credential-file": "climesh-sidecar-admin"} {
 		if flags[flag] == "" {
 			t.Errorf("climesh-sidecar has no --%s", flag)
 			continue

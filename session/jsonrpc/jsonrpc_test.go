@@ -52,7 +52,11 @@ func TestReadErrors(t *testing.T) {
 	}
 }
 
-func TestClassify(t *testing.T) {
+// TestParseKinds is what TestClassify checked, read by Parse: the kind, method and
+// sessionId of each shape, and the refusals. Two of Classify's acceptances are
+// refusals now: params must be an object, and a request's id may not be null
+// (JSON.parse readers would not agree on what either means).
+func TestParseKinds(t *testing.T) {
 	cases := map[string]struct {
 		body    string
 		kind    Kind
@@ -60,40 +64,50 @@ func TestClassify(t *testing.T) {
 		session string
 		err     bool
 	}{
-		"request":         {body: `{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":"abc","prompt":"hi"}}`, kind: Request, method: "session.send", session: "abc"},
-		"string id":       {body: `{"jsonrpc":"2.0","id":"x","method":"ping"}`, kind: Request, method: "ping"},
-		"notification":    {body: `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s"}}`, kind: Notification, method: "session.event", session: "s"},
-		"result":          {body: `{"jsonrpc":"2.0","id":7,"result":{"ok":true}}`, kind: Response},
-		"error":           {body: `{"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}`, kind: Response},
-		"array params":    {body: `{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}`, kind: Request, method: "m"},
-		"not json":        {body: `hello`, err: true},
-		"batch":           {body: `[{"jsonrpc":"2.0","id":1,"method":"m"}]`, err: true},
-		"wrong version":   {body: `{"jsonrpc":"1.0","id":1,"method":"m"}`, err: true},
-		"nothing":         {body: `{"jsonrpc":"2.0","id":1}`, err: true},
-		"truncated":       {body: `{"jsonrpc":"2.0","id":1,"method":"m"`, err: true},
-		"empty method":    {body: `{"jsonrpc":"2.0","id":1,"method":""}`, err: true},
-		"null id is note": {body: `{"jsonrpc":"2.0","id":null,"method":"m"}`, kind: Notification, method: "m"},
+		"request":       {body: `{"jsonrpc":"2.0","id":7,"method":"session.send","params":{"sessionId":"abc","prompt":"hi"}}`, kind: Request, method: "session.send", session: "abc"},
+		"string id":     {body: `{"jsonrpc":"2.0","id":"x","method":"ping"}`, kind: Request, method: "ping"},
+		"notification":  {body: `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s"}}`, kind: Notification, method: "session.event", session: "s"},
+		"result":        {body: `{"jsonrpc":"2.0","id":7,"result":{"ok":true}}`, kind: Response},
+		"error":         {body: `{"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}`, kind: Response},
+		"array params":  {body: `{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}`, err: true},
+		"not json":      {body: `hello`, err: true},
+		"batch":         {body: `[{"jsonrpc":"2.0","id":1,"method":"m"}]`, err: true},
+		"wrong version": {body: `{"jsonrpc":"1.0","id":1,"method":"m"}`, err: true},
+		"nothing":       {body: `{"jsonrpc":"2.0","id":1}`, err: true},
+		"truncated":     {body: `{"jsonrpc":"2.0","id":1,"method":"m"`, err: true},
+		"empty method":  {body: `{"jsonrpc":"2.0","id":1,"method":""}`, err: true},
+		"null id":       {body: `{"jsonrpc":"2.0","id":null,"method":"m"}`, err: true},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			m, err := Classify([]byte(tc.body))
+			m, err := Parse([]byte(tc.body))
 			if tc.err {
 				if err == nil || !errors.Is(err, ErrNotJSONRPC) {
 					t.Fatalf("accepted %s: %+v", tc.body, m)
 				}
 				return
 			}
+			// These bodies are already canonical, so Raw is the bytes as read.
 			if err != nil || m.Kind != tc.kind || m.Method != tc.method || m.SessionID != tc.session || !bytes.Equal(m.Raw, []byte(tc.body)) {
 				t.Fatalf("got %+v, %v", m, err)
+			}
+			// A trusted peer's frame reads the same, and keeps its bytes.
+			tm, err := ParseTrusted([]byte(tc.body))
+			if err != nil || tm.Kind != m.Kind || tm.Method != m.Method || tm.SessionID != m.SessionID || tm.IDKey() != m.IDKey() || !bytes.Equal(tm.Raw, []byte(tc.body)) {
+				t.Fatalf("trusted: got %+v, %v", tm, err)
 			}
 		})
 	}
 }
 
-func TestErrorResponseClassifies(t *testing.T) {
-	m, err := Classify(ErrorResponse([]byte(`3`), CodeRefused, "refused", map[string]int{"status": 403}))
-	if err != nil || m.Kind != Response || string(m.ID) != "3" {
+func TestErrorResponseParses(t *testing.T) {
+	m, err := Parse(ErrorResponse([]byte(`3`), CodeRefused, "refused", map[string]int{"status": 403}))
+	if err != nil || m.Kind != Response || string(m.ID) != "3" || !m.Failed() {
 		t.Fatalf("%+v %v", m, err)
+	}
+	m, err = Parse(ErrorResponse(nil, CodeParseError, "parse error", nil))
+	if err != nil || m.Kind != Response || m.ID != nil || !m.Failed() {
+		t.Fatalf("null id: %+v %v", m, err)
 	}
 }
 
@@ -115,19 +129,28 @@ func FuzzRead(f *testing.F) {
 			if len(body) > lim.MaxFrameBytes {
 				t.Fatalf("frame of %d bytes over the limit", len(body))
 			}
-			_, _ = Classify(body)
+			_, _ = Parse(body)
+			_, _ = ParseTrusted(body)
 		}
 	})
 }
 
-// FuzzClassify: never panics; an accepted message keeps its exact bytes.
-func FuzzClassify(f *testing.F) {
+// FuzzParseTrusted: never panics; a trusted peer's message keeps its exact bytes,
+// and whatever Parse accepts ParseTrusted reads the same way.
+func FuzzParseTrusted(f *testing.F) {
 	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"a"}}`))
 	f.Add([]byte(`{"jsonrpc":"2.0","id":1,"result":null}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		m, err := Classify(in)
-		if err == nil && !bytes.Equal(m.Raw, in) {
-			t.Fatal("classify changed the bytes")
+		tm, terr := ParseTrusted(in)
+		if terr == nil && !bytes.Equal(tm.Raw, in) {
+			t.Fatal("ParseTrusted changed the bytes")
+		}
+		m, err := Parse(in)
+		if err != nil {
+			return
+		}
+		if terr != nil || tm.Kind != m.Kind || tm.Method != m.Method || tm.SessionID != m.SessionID || tm.IDKey() != m.IDKey() {
+			t.Fatalf("Parse: %+v; ParseTrusted: %+v, %v", m, tm, terr)
 		}
 	})
 }
@@ -140,7 +163,7 @@ func TestEndsTurn(t *testing.T) {
 		`{"jsonrpc":"2.0","method":"session.lifecycle","params":{"type":"session.idle"}}`:                            false,
 		`{"jsonrpc":"2.0","id":1,"result":{"type":"session.idle"}}`:                                                  false,
 	} {
-		m, err := Classify([]byte(body))
+		m, err := Parse([]byte(body))
 		if err != nil || EndsTurn(m) != want {
 			t.Errorf("%s: %v %v", body, EndsTurn(m), err)
 		}

@@ -159,7 +159,7 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 			if v.Kind() != '{' {
 				return Message{}, bad("params: want an object")
 			}
-			if m.SessionID, err = readParams(v); err != nil {
+			if m.SessionID, err = readParams(v, !lenientUTF8); err != nil {
 				return Message{}, err
 			}
 			// Values read alias the decoder's buffer, which later reads (and the
@@ -246,8 +246,9 @@ func canonicalID(v jsontext.Value) (jsontext.Value, error) {
 // readParams returns params.sessionId and refuses the member names that could be
 // read two ways: a non-string sessionId, and two top-level names equal under
 // Unicode case folding (sessionId beside SessionId, or "ſessionId" alone, which
-// folds to sessionId).
-func readParams(v jsontext.Value) (string, error) {
+// folds to sessionId). Reading a client's frame (strict), it also refuses an
+// empty sessionId: the CLI reads "" as a sessionId given, the sidecar as none.
+func readParams(v jsontext.Value, strict bool) (string, error) {
 	d := jsontext.NewDecoder(bytes.NewReader(v), jsontext.AllowInvalidUTF8(true))
 	d.ReadToken() // '{' (validated already)
 	var sessionID string
@@ -280,6 +281,9 @@ func readParams(v jsontext.Value) (string, error) {
 			return "", bad("params.sessionId: want a string, got %s", t.Kind())
 		}
 		sessionID = t.String()
+		if strict && sessionID == "" {
+			return "", bad("params.sessionId: empty")
+		}
 	}
 	return sessionID, nil
 }
@@ -353,7 +357,12 @@ func appendCompact(out []byte, v jsontext.Value) []byte {
 // WithParams is m with new params (an object the caller built from m.Params),
 // re-encoded.
 func (m Message) WithParams(params jsontext.Value) (Message, error) {
-	sid, err := readParams(params)
+	// The caller's params are held to a client's rules: one object, valid UTF-8
+	// (no lone surrogate escapes), no duplicate names, nothing after it.
+	if params.Kind() != '{' || !params.IsValid() {
+		return Message{}, bad("params: want one valid JSON object")
+	}
+	sid, err := readParams(params, true)
 	if err != nil {
 		return Message{}, err
 	}

@@ -114,7 +114,7 @@ func TestCapacityAndBoundedLoad(t *testing.T) {
 	if 2*onHot <= harness.BoundedCapacity {
 		t.Fatalf("only %d sessions on %s: the cap of %d is not reached, the test proves nothing", 2*onHot, hot, harness.BoundedCapacity)
 	}
-	port := env.Sidecars[hot].Port
+	port := env.Sidecars[hot].AdminPort
 	page := sidecarMetrics(t, port)
 	evicted, active := metricValue(page, "climesh_sidecar_evictions_total"), metricValue(page, "climesh_sidecar_active_sessions")
 	t.Logf("%s: %d sessions opened there, %v active, %v released", hot, 2*onHot, active, evicted)

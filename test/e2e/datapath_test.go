@@ -42,7 +42,7 @@ func startMesh(t *testing.T) *meshEnv {
 	}
 	meshOnce.Do(func() {
 		var m *harness.Mesh
-		m, meshErr = harness.StartMesh(context.Background(), harness.MeshOptions{IdleTimeout: 3 * time.Second, Keepalive: time.Second, Collab: 2, Isolated: true, Durable: 3, Bounded: 2})
+		m, meshErr = harness.StartMesh(context.Background(), harness.MeshOptions{IdleTimeout: 3 * time.Second, Keepalive: time.Second, Collab: 2, Isolated: true, Durable: 3, Bounded: 2, Hostile: true})
 		mesh = &meshEnv{m}
 	})
 	if meshErr != nil {

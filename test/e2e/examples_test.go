@@ -122,7 +122,7 @@ func TestChatServerExample(t *testing.T) {
 	// Team chat: the room's members are policy data; the mesh hot-reloads it.
 	room := fmt.Sprintf("team-%d", time.Now().UnixNano())
 	members := filepath.Join(env.PolicyDir, "members-"+room+".json")
-	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"members": ["chat-alice", "chat-bob"]}}}}`, room)
+	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": ["chat-alice", "chat-bob"]}}}}`, room)
 	if err := os.WriteFile(members, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}

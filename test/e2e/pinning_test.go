@@ -37,7 +37,7 @@ func (env *meshEnv) pinnedSession(t *testing.T, user, pin string) (gotPin, insta
 			if err != nil {
 				t.Fatalf("%s: %v", user, err)
 			}
-			m, _ := jsonrpc.Classify(body)
+			m, _ := jsonrpc.ParseTrusted(body)
 			if m.Kind != jsonrpc.Response {
 				continue // events
 			}

@@ -39,9 +39,9 @@ func collabRoom(t *testing.T, env *meshEnv, members []string) (name, waitAddr, n
 	}
 	t.Cleanup(func() { q.Stop(time.Second) })
 
-	quoted, _ := json.Marshal(members)
+	quoted, _ := json.Marshal(append([]string{"olga"}, members...)) // the owner creates the room: a member
 	membersFile := filepath.Join(env.PolicyDir, "members-"+name+".json")
-	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"members": %s}}}}`, name, quoted)
+	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": %s}}}}`, name, quoted)
 	if err := os.WriteFile(membersFile, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestSharedSessionSerialisedTurns(t *testing.T) {
 	waits, errs13 := 0.0, 0.0
 	for id, sc := range env.Sidecars {
 		if strings.HasPrefix(id, "collab") {
-			page := sidecarMetrics(t, sc.Port)
+			page := sidecarMetrics(t, sc.AdminPort)
 			waits += metricValue(page, "climesh_sidecar_lock_wait_seconds_count")
 			errs13 += metricValue(page, `climesh_sidecar_refused_total{reason="session_busy"}`)
 		}

@@ -124,7 +124,7 @@ func TestCLIKilled(t *testing.T) {
 	if childCLI(t, env.Sidecars[victim].Proc.Pid()) == cliPID {
 		t.Fatal("the same CLI pid: nothing was restarted")
 	}
-	metrics := sidecarMetrics(t, env.Sidecars[victim].Port)
+	metrics := sidecarMetrics(t, env.Sidecars[victim].AdminPort)
 	if metricValue(metrics, "climesh_sidecar_cli_restarts_total") < 1 || metricValue(metrics, "climesh_sidecar_turn_seconds_count") < 1 {
 		t.Fatalf("the sidecar's metrics miss the restart or its turns:\n%s", grepLines(metrics, "climesh_sidecar_"))
 	}

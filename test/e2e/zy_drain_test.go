@@ -32,7 +32,7 @@ func TestDrainKeepsSessions(t *testing.T) {
 	// Turns run on the instance when the drain begins.
 	results := env.slowTurns(ctx, t, victims, 5000)
 	drainAt := time.Now()
-	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/drain", env.Sidecars[drained].Port), "text/plain", nil)
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/drain", env.Sidecars[drained].AdminPort), "text/plain", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("drain call: %v %v", resp, err)
 	}

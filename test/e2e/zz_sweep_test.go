@@ -62,7 +62,7 @@ func TestSweepIdleSessionsOnce(t *testing.T) {
 			continue
 		}
 		wg.Go(func() {
-			resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sweep?ttl=2s", sc.Port), "text/plain", nil)
+			resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sweep?ttl=2s", sc.AdminPort), "text/plain", nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -84,7 +84,7 @@ func TestSweepIdleSessionsOnce(t *testing.T) {
 	// from any sidecar to collect what a lost race left: the totals add up.
 	for id, sc := range env.Sidecars {
 		if strings.HasPrefix(id, "durable") && !sc.Proc.Exited() {
-			resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sweep?ttl=2s", sc.Port), "text/plain", nil)
+			resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sweep?ttl=2s", sc.AdminPort), "text/plain", nil)
 			if err == nil {
 				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()

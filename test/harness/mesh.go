@@ -28,6 +28,7 @@ type Mesh struct {
 	Connect     *Proc             // that climesh-connect
 	Homes       map[string]string // instance id -> COPILOT_HOME
 	CLIs        map[string]*CLI   // attached CLIs, by instance id
+	Taps        map[string]*Tap   // taps between a sidecar and its CLI, by instance id
 	Sidecars    map[string]*Sidecar
 	Credential  string
 	Issuer      *Issuer
@@ -62,7 +63,14 @@ type MeshOptions struct {
 	// session storage, dedicated to tenant "bounded", hashed on the user with
 	// hash_balance_factor BoundedFactor; its first instance has --capacity 5.
 	Bounded int
+	// Hostile adds a pool "hostile" of one shared-mode sidecar, logging at debug,
+	// attached to its CLI through a Tap (Taps["hostile-0"]); tenants acme and
+	// globex reach it with the request header x-climesh-target: hostile.
+	Hostile bool
 }
+
+// HostileTarget is the header value that routes a tunnel to the hostile pool.
+const HostileTarget = "hostile"
 
 // BoundedCapacity is the --capacity of the bounded pool's first instance, and
 // BoundedFactor the pool's hash_balance_factor.
@@ -91,7 +99,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if err != nil {
 		return nil, err
 	}
-	m = &Mesh{Dir: dir, Homes: map[string]string{}, CLIs: map[string]*CLI{}, Sidecars: map[string]*Sidecar{}, Credential: MeshCredential}
+	m = &Mesh{Dir: dir, Homes: map[string]string{}, CLIs: map[string]*CLI{}, Sidecars: map[string]*Sidecar{}, Taps: map[string]*Tap{}, Credential: MeshCredential}
 	m.stops = append(m.stops, func() { os.RemoveAll(dir) })
 	defer func() {
 		if err != nil {
@@ -124,7 +132,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
 	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
   "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]},
-  "durable": {"tenants": ["durable"]}, "bounded": {"tenants": ["bounded"]}}}}`), 0o644); err != nil {
+  "durable": {"tenants": ["durable"]}, "bounded": {"tenants": ["bounded"]}, "hostile": {"tenants": ["acme", "globex"]}}}}`), 0o644); err != nil {
 		return m, err
 	}
 	copilotBin, err := Tool("copilot")
@@ -195,6 +203,26 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.stops = append(m.stops, sc.Close)
 		m.Sidecars[id] = sc
 	}
+	if o.Hostile {
+		cli, err := StartCLI(ctx, dir, "hostile-0", "hostile-0-secret-token-0123456789")
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, cli.Close)
+		tap, err := StartTap(cli.Addr)
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, tap.Close)
+		m.CLIs["hostile-0"], m.Homes["hostile-0"], m.Taps["hostile-0"] = cli, cli.Home, tap
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "hostile-0", Pool: "hostile", ConsulAddr: m.Consul.Addr,
+			CLIAddr: tap.Addr, CLIToken: cli.Token, Extra: append(append([]string{}, extra...), "--log-level", "debug")})
+		if err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, sc.Close)
+		m.Sidecars["hostile-0"] = sc
+	}
 	m.UsersRoot = filepath.Join(dir, "users")
 	if o.Isolated {
 		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
@@ -224,12 +252,14 @@ listeners:
     port: %d
     idle_timeout: %s
     routes:
+      - {pool: hostile, when: {header: x-climesh-target, exact: hostile}}
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
       - {pool: durable, when: {header: x-climesh-tenant, exact: durable}}
       - {pool: bounded, when: {header: x-climesh-tenant, exact: bounded}}
       - {pool: collab, when: {header: x-climesh-session}}
       - {pool: copilot}
 pools:
+  - {name: hostile, consul_service: hostile, lb: {policy: ring_hash, hash_key: user}}
   - {name: isolated, consul_service: isolated, lb: {policy: ring_hash, hash_key: user}}
   - {name: durable, consul_service: durable, lb: {policy: ring_hash, hash_key: user}}
   - {name: bounded, consul_service: bounded, lb: {policy: ring_hash, hash_key: user, hash_balance_factor: %d}}
@@ -263,6 +293,9 @@ pools:
 		}
 		if bounded, _ := m.Envoy.Hosts("pool/bounded"); o.Bounded > 0 && countHealthy(bounded) != o.Bounded {
 			return fmt.Errorf("envoy sees bounded %v", bounded)
+		}
+		if hostile, _ := m.Envoy.Hosts("pool/hostile"); o.Hostile && countHealthy(hostile) != 1 {
+			return fmt.Errorf("envoy sees hostile %v", hostile)
 		}
 		if healthy != o.Instances {
 			return fmt.Errorf("envoy sees %v", hosts)

@@ -9,9 +9,10 @@ import (
 
 // Sidecar is a climesh-sidecar process in front of one CLI.
 type Sidecar struct {
-	Proc *Proc
-	Port int
-	ID   string
+	Proc      *Proc
+	Port      int // tunnels
+	AdminPort int // /metrics, /healthz, POST /drain, POST /sweep
+	ID        string
 }
 
 // SidecarOptions: exactly one of CLICommand (a child CLI) and CLIAddr (attach).
@@ -35,7 +36,11 @@ func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, 
 			return nil, err
 		}
 	}
-	args := []string{"--listen", "127.0.0.1:" + strconv.Itoa(port), "--pool", o.Pool, "--instance-id", o.ID,
+	adminPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--listen", "127.0.0.1:" + strconv.Itoa(port), "--admin-listen", "127.0.0.1:" + strconv.Itoa(adminPort), "--pool", o.Pool, "--instance-id", o.ID,
 		"--ping-interval", "500ms", "--check-ttl", "3s"}
 	if o.ConsulAddr != "" {
 		args = append(args, "--consul", o.ConsulAddr)
@@ -54,7 +59,7 @@ func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Sidecar{Proc: p, Port: port, ID: o.ID}
+	s := &Sidecar{Proc: p, Port: port, AdminPort: adminPort, ID: o.ID}
 	if err := WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(port), p, 90*time.Second); err != nil {
 		p.Stop(time.Second)
 		return nil, fmt.Errorf("sidecar %s: %w", o.ID, err)

@@ -1,25 +1,21 @@
-# Per-message decisions in the sidecar: which JSON-RPC methods a caller may send to a
-# shared CLI, and which sessions they may touch. Deny by default: a method not
-# listed here — including any a newer CLI adds — is refused.
+# Per-message decisions of climesh-sidecar (data.climesh.session.decision).
 #
-# input: {user, tenant, roles, method, session_id, record}
-#   record: the session registry entry {owner, tenant, mode, members, ...}, or null
-#           when the session is unknown to the registry.
-# Result: decision = {"allow": bool, "reason": string}.
+# input: user, tenant, roles (the verified caller); pool, mode (where the message
+# arrived); kind (request or notification); method; session_id (params.sessionId);
+# params (the whole params object, read strictly by the sidecar); record (the
+# session's registry entry: owner, tenant, mode, members).
+#
+# Identity is (tenant, user): a user name is unique only within its tenant.
+# Deny by default: methods, session options and built-in tools are allow-listed.
 package climesh.session
 
 import rego.v1
 
-# Methods that touch no particular session and no other tenant.
 connection_methods := {
 	"ping", "status.get", "models.list", "session.create", "session.list",
 	"session.getLastId", "session.getForeground",
 }
 
-# Methods that act on the session named by params.sessionId: the turn itself, and
-# what the Copilot SDKs (Go v1.0.11, Node v1.0.14) send while a turn runs (answers to tool calls,
-# permission and input requests). Server-reaching session methods — MCP servers,
-# extensions, filesystem paths, credentials, LSP — are not listed, so they are denied.
 session_methods := {
 	"session.resume", "session.send", "session.abort", "session.getMessages",
 	"session.getMetadata", "session.delete", "session.destroy", "session.detach", "session.log",
@@ -36,7 +32,79 @@ session_methods := {
 	"session.ui.handlePendingExitPlanMode", "session.ui.handlePendingAutoModeSwitch",
 }
 
+# What a chat needs on session.create and session.resume. Everything else —
+# MCP servers, working and additional directories, config/skill/plugin/instruction
+# paths, custom agents, file hooks, host git, GitHub tokens, cloud and remote
+# sessions, extensions — makes the CLI run or reach something on its host, and
+# is refused unless the pool's or tenant's data lists it in session_options.
+chat_options := {
+	"sessionId", "model", "clientName", "reasoningEffort", "reasoningSummary", "contextTier",
+	"provider", "systemMessage", "tools", "availableTools", "excludedTools", "toolFilterPrecedence",
+	"excludedBuiltinAgents", "streaming", "includeSubAgentStreamingEvents", "infiniteSessions",
+	"requestPermission", "requestUserInput", "requestElicitation", "requestExitPlanMode",
+	"requestAutoModeSwitch", "hooks", "commands", "envValueMode", "sessionLimits",
+	"skipCustomInstructions", "enableCitations", "traceparent", "tracestate", "disableResume",
+}
+
+# What session.send may carry: a prompt and attachments that carry their data.
+# File, directory and selection attachments name paths the CLI would read on its
+# host; they need the pool's attachment_types.
+send_options := {"sessionId", "prompt", "displayPrompt", "attachments", "mode", "agentMode", "traceparent", "tracestate"}
+
+option_methods := {"session.create", "session.resume"}
+
+default pool_data := {}
+
+pool_data := data.climesh.pools[input.pool]
+
+default tenant_data := {}
+
+tenant_data := data.climesh.tenants[input.tenant]
+
+listed(key) := {x | some x in object.get(pool_data, key, [])} | {x | some x in object.get(tenant_data, key, [])}
+
+allowed_options := (chat_options | listed("session_options")) if input.method in option_methods
+
+allowed_options := (send_options | listed("send_options")) if input.method == "session.send"
+
+allowed_attachment_types := {"blob"} | listed("attachment_types")
+
+refused_options contains name if {
+	allowed_options
+	some name, _ in input.params
+	not name in allowed_options
+}
+
+refused_options contains "attachments" if {
+	input.method == "session.send"
+	some a in input.params.attachments
+	not a.type in allowed_attachment_types
+}
+
+# provider_base_urls (pool or tenant data), when set, lists the model endpoints a
+# session may name: without it a caller can point the CLI at any URL it reaches.
+refused_options contains "provider" if {
+	input.method in option_methods
+	prefixes := listed("provider_base_urls")
+	count(prefixes) > 0
+	url := input.params.provider.baseUrl
+	not url_allowed(url, prefixes)
+}
+
+url_allowed(url, prefixes) if {
+	some p in prefixes
+	startswith(url, p)
+}
+
+# The CLI's own tools (shell, file read/write, web fetch...) act on the CLI's
+# host, which tenants of a shared CLI share: none by default; a pool or tenant
+# opens them by name in builtin_tools (["*"]: all of them, for isolated pools
+# whose users the OS separates).
+builtin_tools := sort([t | some t in listed("builtin_tools")])
+
 is_admin if "admin" in input.roles
+
+is_request if input.kind == "request"
 
 has_session if {
 	is_string(input.session_id)
@@ -45,57 +113,100 @@ has_session if {
 
 has_record if is_object(input.record)
 
-# The owner, and members of a shared session (pattern 3), may touch it.
-may_touch if input.record.owner == input.user
+same_tenant if input.record.tenant == input.tenant
 
-may_touch if input.user in input.record.members
+room := data.climesh.shared_sessions[input.session_id]
 
-# Shared sessions (pattern 3): members listed in data, by session id.
-may_touch if input.user in data.climesh.shared_sessions[input.session_id].members
+room_member if {
+	room.tenant == input.tenant
+	input.user in room.members
+}
 
-default allow := false
+may_touch if {
+	same_tenant
+	input.record.owner == input.user
+}
 
-allow if is_admin
+may_touch if {
+	same_tenant
+	input.user in input.record.members
+}
 
-allow if {
+may_touch if {
+	same_tenant
+	room_member
+}
+
+# A room listed in data is created by one of its members only.
+may_create if not room
+
+may_create if room_member
+
+method_allowed if is_admin
+
+method_allowed if {
 	input.method in connection_methods
 	not has_session
 }
 
-# Creating a session under a new id, or re-creating one's own.
-allow if {
+method_allowed if {
 	input.method == "session.create"
 	has_session
 	not has_record
+	may_create
 }
 
-allow if {
+method_allowed if {
 	input.method in session_methods
 	has_session
 	may_touch
 }
 
-allow if {
+method_allowed if {
 	input.method == "session.create"
 	has_session
 	may_touch
 }
 
-# Why a call is refused; evaluated only for refusals.
-reason := "access denied: session belongs to another user" if {
+default allow := false
+
+allow if {
+	is_request
+	method_allowed
+	count(refused_options) == 0
+}
+
+# One refusal for a session that does not exist and one that is not the caller's:
+# nothing tells them apart.
+no_session := "access denied: no such session for this caller"
+
+reason := "access denied: notifications are not accepted" if not is_request
+
+else := no_session if {
 	has_session
 	has_record
 	not may_touch
 }
 
-else := sprintf("access denied: unknown session %q", [input.session_id]) if {
+else := no_session if {
 	has_session
 	input.method in session_methods
 	not has_record
 }
 
+else := no_session if {
+	input.method == "session.create"
+	has_session
+	not may_create
+}
+
+else := sprintf("access denied: session option %q is not allowed here", [min(refused_options)]) if {
+	count(refused_options) > 0
+	method_allowed
+}
+
 else := sprintf("access denied: method %q is not allowed here", [input.method])
 
-decision := {"allow": true, "reason": "allowed"} if allow
+decision := {"allow": true, "reason": "allowed", "builtin_tools": builtin_tools} if allow
 
 else := {"allow": false, "reason": reason}

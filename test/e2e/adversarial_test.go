@@ -1,0 +1,463 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/climesh/climesh/session/registry"
+	"github.com/climesh/climesh/test/harness"
+)
+
+// The adversarial suite: through the real edge (JWT, Envoy, ext_authz), a real
+// sidecar and a real CLI, tenants attack each other's sessions and the CLI's host
+// on the "hostile" pool, whose one sidecar reaches its CLI through a tap that
+// records every frame the CLI receives. The promise under test: no tenant reaches
+// another's session, and nobody reaches the host through the CLI.
+
+// rpcTunnel is a raw JSON-RPC client on one tunnel.
+type rpcTunnel struct {
+	t    *testing.T
+	ws   *websocket.Conn
+	next int
+}
+
+func hostileTunnel(t *testing.T, env *meshEnv, user, tenant string) *rpcTunnel {
+	t.Helper()
+	h := bearer(env.Token(user, tenant))
+	h.Set("X-Climesh-Target", harness.HostileTarget)
+	ws, _, err := websocket.Dial(t.Context(), env.EdgeURL, &websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	c := &rpcTunnel{t: t, ws: ws, next: 1000}
+	c.call("connect", map[string]string{})
+	return c
+}
+
+// send writes a frame; a tunnel the sidecar closed shows in recv.
+func (c *rpcTunnel) send(body string) {
+	c.ws.Write(context.Background(), websocket.MessageText, []byte(body))
+}
+
+func (c *rpcTunnel) recv() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, b, err := c.ws.Read(ctx)
+	if err != nil {
+		return "read error: " + err.Error()
+	}
+	return string(b)
+}
+
+// call sends a request and returns its answer.
+func (c *rpcTunnel) call(method string, params any) map[string]any {
+	c.t.Helper()
+	c.next++
+	return call(c.t, c.send, c.recv, c.next, method, params)
+}
+
+// raw sends a frame as written and returns the next answer (or, for frames that
+// get none, the answer to a ping sent after it: what proves the tunnel lives on).
+func (c *rpcTunnel) raw(frame string) string {
+	c.t.Helper()
+	c.send(frame)
+	c.next++
+	c.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"ping","params":{}}`, c.next))
+	for range 50 {
+		got := c.recv()
+		if strings.HasPrefix(got, "read error") || strings.Contains(got, `"error"`) || strings.Contains(got, fmt.Sprintf(`"id":%d`, c.next)) {
+			return got
+		}
+	}
+	c.t.Fatalf("no answer to %s", frame)
+	return ""
+}
+
+// victimState is what an attack must leave as it was.
+type victimState struct {
+	events [32]byte // the session's events.jsonl
+	record string   // its registry entry
+	listed bool     // in its owner's session.list
+}
+
+func (env *meshEnv) victim(t *testing.T, owner *rpcTunnel, sid string) victimState {
+	t.Helper()
+	var s victimState
+	b, err := os.ReadFile(filepath.Join(env.Homes["hostile-0"], "session-state", sid, "events.jsonl"))
+	if err != nil {
+		t.Fatalf("victim's events: %v", err)
+	}
+	s.events = sha256.Sum256(b)
+	rec, err := (&registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}).Get(t.Context(), sid)
+	if err != nil || rec == nil {
+		t.Fatalf("victim's record: %+v %v", rec, err)
+	}
+	rj, _ := json.Marshal(struct{ Owner, Tenant, Mode, Instance string }{rec.Owner, rec.Tenant, rec.Mode, rec.Instance})
+	s.record = string(rj)
+	list := owner.call("session.list", map[string]any{})
+	s.listed = strings.Contains(fmt.Sprint(list), sid)
+	return s
+}
+
+// cliChildren lists the processes the hostile CLI has spawned (MCP servers, shells).
+func cliChildren(t *testing.T, env *meshEnv) []string {
+	t.Helper()
+	pid := env.CLIs["hostile-0"].Proc.Pid()
+	var kids []string
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, k := range strings.Fields(string(b)) {
+			comm, _ := os.ReadFile("/proc/" + k + "/comm")
+			kids = append(kids, k+":"+strings.TrimSpace(string(comm)))
+		}
+	}
+	return kids
+}
+
+// tapNames reports the frames on the CLI's connections other than the victim's
+// that name sid, read as the CLI reads them, or carry it anywhere.
+func tapNames(env *meshEnv, sid string, victimConns map[int]bool) []string {
+	var bad []string
+	for _, f := range env.Taps["hostile-0"].Frames() {
+		if victimConns[f.Conn] {
+			continue
+		}
+		if f.SessionID == sid || strings.Contains(string(f.Body), sid) {
+			bad = append(bad, fmt.Sprintf("conn %d: %s", f.Conn, f.Body))
+		}
+	}
+	return bad
+}
+
+func victimConnections(env *meshEnv, sid string) map[int]bool {
+	conns := map[int]bool{}
+	for _, f := range env.Taps["hostile-0"].Frames() {
+		if f.Method == "session.create" && f.SessionID == sid {
+			conns[f.Conn] = true
+		}
+	}
+	return conns
+}
+
+func TestAdversarialSessions(t *testing.T) {
+	env := startMesh(t)
+	provider := map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}
+
+	// alice of acme: a session with a turn, its tunnel held open.
+	alice := hostileTunnel(t, env, "alice", "acme")
+	sid := fmt.Sprintf("alice-%d", time.Now().UnixNano())
+	if got := alice.call("session.create", map[string]any{"sessionId": sid, "model": "double-1", "provider": provider}); got["error"] != nil {
+		t.Fatalf("alice creates: %v", got)
+	}
+	if got := alice.call("session.send", map[string]any{"sessionId": sid, "prompt": "alice's secret plan"}); got["error"] != nil {
+		t.Fatalf("alice sends: %v", got)
+	}
+	ctx := t.Context()
+	err := harness.Poll(ctx, 50*time.Millisecond, func() error {
+		b, _ := os.ReadFile(filepath.Join(env.Homes["hostile-0"], "session-state", sid, "events.jsonl"))
+		if !strings.Contains(string(b), "session.idle") && !strings.Contains(string(b), "assistant.turn_end") {
+			return fmt.Errorf("alice's turn has not ended")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The CLI's last writes of the turn (title, metadata): wait until the file rests.
+	var last [32]byte
+	err = harness.Poll(ctx, 500*time.Millisecond, func() error {
+		b, _ := os.ReadFile(filepath.Join(env.Homes["hostile-0"], "session-state", sid, "events.jsonl"))
+		sum := sha256.Sum256(b)
+		if sum != last {
+			last = sum
+			return fmt.Errorf("alice's events still change")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimConns := victimConnections(env, sid)
+	if len(victimConns) != 1 {
+		t.Fatalf("alice's session was created on connections %v, want one", victimConns)
+	}
+	before := env.victim(t, alice, sid)
+	if !before.listed {
+		t.Fatal("alice does not see her own session listed")
+	}
+	kidsBefore := cliChildren(t, env)
+
+	// Frames that try to reach alice's session by another reading of the same
+	// field, another type, another kind of message, or an option.
+	q := strconv.Quote(sid)
+	attacks := map[string]string{
+		"case variant beside":         `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":"OWN","SessionId":` + q + `}}`,
+		"case variant before":         `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":` + q + `,"SessionId":"OWN"}}`,
+		"duplicate, own last":         `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":` + q + `,"sessionId":"OWN"}}`,
+		"case variant alone":          `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"SessionId":` + q + `}}`,
+		"unicode case fold":           `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"ſessionId":` + q + `}}`,
+		"duplicate, victim last":      `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":"OWN","sessionId":` + q + `}}`,
+		"escaped duplicate":           `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":"OWN","sess\u0069onId":` + q + `}}`,
+		"numeric case variant":        `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":` + q + `,"sessionID":5,"prompt":"x"}}`,
+		"duplicate method":            `{"jsonrpc":"2.0","id":1,"method":"ping","method":"session.delete","params":{"sessionId":` + q + `}}`,
+		"case variant method":         `{"jsonrpc":"2.0","id":1,"Method":"ping","method":"session.delete","params":{"sessionId":` + q + `}}`,
+		"duplicate params":            `{"jsonrpc":"2.0","id":1,"method":"session.delete","params":{"sessionId":"OWN"},"params":{"sessionId":` + q + `}}`,
+		"request dressed as response": `{"jsonrpc":"2.0","id":1,"method":"session.delete","params":{"sessionId":` + q + `},"result":{}}`,
+		"response carrying params":    `{"jsonrpc":"2.0","id":1,"result":{},"params":{"sessionId":` + q + `}}`,
+		"notification send":           `{"jsonrpc":"2.0","method":"session.send","params":{"sessionId":` + q + `,"prompt":"mine now"}}`,
+		"notification delete":         `{"jsonrpc":"2.0","method":"session.delete","params":{"sessionId":` + q + `}}`,
+		"null id request":             `{"jsonrpc":"2.0","id":null,"method":"session.delete","params":{"sessionId":` + q + `}}`,
+		"float id":                    `{"jsonrpc":"2.0","id":1.0,"method":"session.delete","params":{"sessionId":` + q + `}}`,
+		"reserved id":                 `{"jsonrpc":"2.0","id":"climesh-sidecar-1","method":"session.list","params":{}}`,
+		"resume with own provider":    `{"jsonrpc":"2.0","id":1,"method":"session.resume","params":{"sessionId":` + q + `,"provider":{"type":"openai","baseUrl":"http://127.0.0.1:1/v1","apiKey":"x"}}}`,
+		"create over victim":          `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"sessionId":` + q + `,"model":"double-1"}}`,
+		"event log read":              `{"jsonrpc":"2.0","id":1,"method":"session.eventLog.read","params":{"sessionId":` + q + `}}`,
+		"bulk delete":                 `{"jsonrpc":"2.0","id":1,"method":"sessions.deleteAll","params":{}}`,
+		"fork":                        `{"jsonrpc":"2.0","id":1,"method":"session.fork","params":{"sessionId":` + q + `}}`,
+	}
+	attackers := map[string]*rpcTunnel{
+		"bob of acme":     hostileTunnel(t, env, "bob", "acme"),
+		"alice of globex": hostileTunnel(t, env, "alice", "globex"),
+	}
+	own := map[string]string{}
+	for who, c := range attackers {
+		own[who] = fmt.Sprintf("own-%d", time.Now().UnixNano())
+		if got := c.call("session.create", map[string]any{"sessionId": own[who], "model": "double-1", "provider": provider}); got["error"] != nil {
+			t.Fatalf("%s creates a session of their own: %v", who, got)
+		}
+	}
+	top := t
+	for who, c := range attackers {
+		for name, frame := range attacks {
+			frame := strings.ReplaceAll(frame, `"OWN"`, strconv.Quote(own[who]))
+			t.Run(who+"/"+name, func(t *testing.T) {
+				c.t = t
+				if got := c.raw(frame); !strings.Contains(got, `"error"`) && !strings.HasPrefix(got, "read error") {
+					// A dropped frame is answered by nothing; the ping after it must then be the answer.
+					if !strings.Contains(got, `"result"`) || strings.Contains(frame, `"id":1,`) {
+						t.Errorf("not refused: %s", got)
+					}
+				}
+				if strings.Contains(c.raw(`{"jsonrpc":"2.0","id":2,"method":"ping","params":{}}`), "read error") {
+					// The edge closed this tunnel (a frame that is not JSON-RPC): open another.
+					u, tn, _ := strings.Cut(who, " of ")
+					*c = *hostileTunnel(top, env, u, tn)
+					c.t = t
+				}
+			})
+		}
+	}
+	after := env.victim(t, alice, sid)
+	if after != before {
+		t.Fatalf("alice's session changed under attack:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if bad := tapNames(env, sid, victimConns); len(bad) > 0 {
+		t.Fatalf("the CLI received frames naming alice's session from other tunnels:\n%s", strings.Join(bad, "\n"))
+	}
+	if kids := cliChildren(t, env); fmt.Sprint(kids) != fmt.Sprint(kidsBefore) {
+		t.Fatalf("the CLI spawned processes: before %v, after %v", kidsBefore, kids)
+	}
+
+	// One refusal for a foreign session and an unknown one: no existence oracle.
+	bob := attackers["bob of acme"]
+	bob.t = t
+	foreign := bob.call("session.resume", map[string]any{"sessionId": sid, "provider": provider})
+	unknown := bob.call("session.resume", map[string]any{"sessionId": "no-such-" + sid, "provider": provider})
+	fc, fm := errorOf(foreign)
+	uc, um := errorOf(unknown)
+	if fc != uc || fm != um || fc != -32012 {
+		t.Fatalf("foreign %d %q, unknown %d %q: want one refusal", fc, fm, uc, um)
+	}
+	// bob's list does not show it; alice's does, and her session still answers her.
+	if strings.Contains(fmt.Sprint(bob.call("session.list", map[string]any{})), sid) {
+		t.Fatal("bob's list shows alice's session")
+	}
+	checkTapMatchesDecisions(t, env)
+}
+
+// TestAdversarialHost: options and tools that would make the shared CLI run or
+// read something on its host are refused or absent.
+func TestAdversarialHost(t *testing.T) {
+	env := startMesh(t)
+	provider := map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}
+	canary := filepath.Join(env.Dir, fmt.Sprintf("canary-%d", time.Now().UnixNano()))
+	mallory := hostileTunnel(t, env, "mallory", "acme")
+	kidsBefore := cliChildren(t, env)
+
+	touch := map[string]any{"command": "sh", "args": []string{"-c", "touch " + canary}, "tools": []string{"*"}}
+	refused := map[string]map[string]any{
+		"stdio MCP server":       {"mcpServers": map[string]any{"x": touch}},
+		"http MCP server":        {"mcpServers": map[string]any{"x": map[string]any{"type": "http", "url": "http://127.0.0.1:8500/v1/agent/self"}}},
+		"working directory":      {"workingDirectory": env.Homes["hostile-0"]},
+		"additional directories": {"additionalDirectories": []string{"/"}},
+		"custom agent":           {"customAgents": []any{map[string]any{"name": "a", "prompt": "p", "mcpServers": map[string]any{"x": touch}}}},
+		"config dir":             {"configDir": env.Homes["hostile-0"]},
+		"skill directories":      {"skillDirectories": []string{env.Dir}},
+		"plugin directories":     {"pluginDirectories": []string{env.Dir}},
+		"file hooks":             {"enableFileHooks": true},
+		"case variant option":    {"MCPServers": map[string]any{"x": touch}},
+	}
+	for name, extra := range refused {
+		t.Run(name, func(t *testing.T) {
+			mallory.t = t
+			for _, method := range []string{"session.create"} {
+				params := map[string]any{"model": "double-1", "provider": provider}
+				for k, v := range extra {
+					params[k] = v
+				}
+				code, msg := errorOf(mallory.call(method, params))
+				if code != -32012 || !strings.Contains(msg, "session option") {
+					t.Errorf("%s: %d %q, want the option refused", method, code, msg)
+				}
+			}
+		})
+	}
+	mallory.t = t
+
+	// A plain chat session: the CLI's own tools are not offered, whatever is asked.
+	for name, extra := range map[string]map[string]any{
+		"default":             {},
+		"asks for bash":       {"availableTools": []string{"bash", "view"}},
+		"asks for all (null)": {"availableTools": nil},
+	} {
+		t.Run("tools "+name, func(t *testing.T) {
+			mallory.t = t
+			s := fmt.Sprintf("mallory-%d", time.Now().UnixNano())
+			params := map[string]any{"sessionId": s, "model": "double-1", "provider": provider}
+			for k, v := range extra {
+				params[k] = v
+			}
+			if got := mallory.call("session.create", params); got["error"] != nil {
+				t.Fatalf("create: %v", got)
+			}
+			for _, tool := range []string{"bash", "view", "create", "web_fetch"} {
+				reply := turnReply(t, mallory, s, fmt.Sprintf(`call tool %s {"command":"touch %s","path":"/etc/passwd","url":"http://127.0.0.1:8500/","description":"x"}`, tool, canary))
+				if !strings.Contains(reply, "no tool named "+tool+" was offered") {
+					t.Errorf("%s was offered to the model: %q", tool, reply)
+				}
+			}
+		})
+	}
+	mallory.t = t
+	// Attachments that name host paths.
+	s := fmt.Sprintf("mallory-att-%d", time.Now().UnixNano())
+	mallory.call("session.create", map[string]any{"sessionId": s, "model": "double-1", "provider": provider})
+	for _, typ := range []string{"file", "directory", "selection"} {
+		code, msg := errorOf(mallory.call("session.send", map[string]any{"sessionId": s, "prompt": "read",
+			"attachments": []any{map[string]any{"type": typ, "path": "/proc/self/environ", "displayName": "x"}}}))
+		if code != -32012 || !strings.Contains(msg, "attachments") {
+			t.Errorf("%s attachment: %d %q", typ, code, msg)
+		}
+	}
+	if _, err := os.Stat(canary); err == nil {
+		t.Fatal("the CLI ran a command on its host: the canary exists")
+	}
+	if kids := cliChildren(t, env); fmt.Sprint(kids) != fmt.Sprint(kidsBefore) {
+		t.Fatalf("the CLI spawned processes: before %v, after %v", kidsBefore, kids)
+	}
+	// The admin calls are not on the tunnel port.
+	sc := env.Sidecars["hostile-0"]
+	for _, path := range []string{"/drain", "/sweep?ttl=1ns"} {
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d%s", sc.Port, path), "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatalf("POST %s on the tunnel port: %d", path, resp.StatusCode)
+		}
+	}
+	if got := mallory.call("ping", map[string]any{}); got["error"] != nil {
+		t.Fatalf("the instance stopped serving: %v", got)
+	}
+	checkTapMatchesDecisions(t, env)
+}
+
+// turnReply sends prompt on session s and returns the assistant's final text.
+func turnReply(t *testing.T, c *rpcTunnel, s, prompt string) string {
+	t.Helper()
+	c.next++
+	p, _ := json.Marshal(map[string]any{"sessionId": s, "prompt": prompt})
+	c.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":%s}`, c.next, p))
+	var last string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		raw := c.recv()
+		var m struct {
+			Method string
+			Params struct {
+				SessionID string `json:"sessionId"`
+				Event     struct {
+					Type string
+					Data struct{ Content string }
+				}
+			}
+		}
+		json.Unmarshal([]byte(raw), &m)
+		if m.Method != "session.event" || m.Params.SessionID != s {
+			continue
+		}
+		switch m.Params.Event.Type {
+		case "assistant.message":
+			if m.Params.Event.Data.Content != "" {
+				last = m.Params.Event.Data.Content
+			}
+		case "session.idle", "session.error":
+			return last
+		}
+	}
+	t.Fatalf("no end of turn for %q", prompt)
+	return ""
+}
+
+// checkTapMatchesDecisions: every request the hostile CLI received (read as the
+// CLI reads it) is one the sidecar's policy allowed, with the same method,
+// session and id — from the sidecar's debug log of what it forwarded.
+func checkTapMatchesDecisions(t *testing.T, env *meshEnv) {
+	t.Helper()
+	b, err := os.ReadFile(env.Sidecars["hostile-0"].Proc.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type key struct{ method, session, id string }
+	allowed := map[key]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		var l struct {
+			Msg, Method, ID string
+			SessionID       string `json:"session_id"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "forwarded" {
+			allowed[key{l.Method, l.SessionID, l.ID}]++
+		}
+	}
+	checked := 0
+	for _, f := range env.Taps["hostile-0"].Frames() {
+		if !f.Valid || f.Method == "" || f.ID == nil || strings.HasPrefix(string(f.ID), `"climesh-`) {
+			continue // notifications and answers from the client, the sidecar's own calls
+		}
+		k := key{f.Method, f.SessionID, string(f.ID)}
+		if allowed[k] == 0 {
+			t.Errorf("the CLI executed %s on session %q (id %s), which no decision allowed: %s", f.Method, f.SessionID, f.ID, f.Body)
+			continue
+		}
+		allowed[k]--
+		checked++
+	}
+	if checked == 0 {
+		t.Fatal("the tap saw no request: the check proves nothing")
+	}
+	t.Logf("%d requests the CLI received, each matched to the decision that allowed it", checked)
+}
