@@ -392,35 +392,7 @@ func turnReply(t *testing.T, c *rpcTunnel, s, prompt string) string {
 	c.next++
 	p, _ := json.Marshal(map[string]any{"sessionId": s, "prompt": prompt})
 	c.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":%s}`, c.next, p))
-	var last string
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		raw := c.recv()
-		var m struct {
-			Method string
-			Params struct {
-				SessionID string `json:"sessionId"`
-				Event     struct {
-					Type string
-					Data struct{ Content string }
-				}
-			}
-		}
-		json.Unmarshal([]byte(raw), &m)
-		if m.Method != "session.event" || m.Params.SessionID != s {
-			continue
-		}
-		switch m.Params.Event.Type {
-		case "assistant.message":
-			if m.Params.Event.Data.Content != "" {
-				last = m.Params.Event.Data.Content
-			}
-		case "session.idle", "session.error":
-			return last
-		}
-	}
-	t.Fatalf("no end of turn for %q", prompt)
-	return ""
+	return waitIdle(t, c, s)
 }
 
 // checkTapMatchesDecisions: every request the hostile CLI received (read as the
@@ -460,4 +432,133 @@ func checkTapMatchesDecisions(t *testing.T, env *meshEnv) {
 		t.Fatal("the tap saw no request: the check proves nothing")
 	}
 	t.Logf("%d requests the CLI received, each matched to the decision that allowed it", checked)
+}
+
+// collabTunnel is a raw tunnel to the collab pool, routed by the room's name.
+func collabTunnel(t *testing.T, env *meshEnv, user, tenant, room string) *rpcTunnel {
+	t.Helper()
+	h := bearer(env.Token(user, tenant))
+	h.Set("X-Climesh-Session", room)
+	ws, _, err := websocket.Dial(t.Context(), env.EdgeURL, &websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		t.Fatalf("%s of %s to the collab pool: %v", user, tenant, err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	c := &rpcTunnel{t: t, ws: ws, next: 1000}
+	c.call("connect", map[string]string{})
+	return c
+}
+
+// TestAdversarialCollab: a room listed in policy data is created by a member
+// only, the same user name in another tenant is not a member, and no frame the
+// CLI would take as a send passes the turn lock.
+func TestAdversarialCollab(t *testing.T) {
+	env := startMesh(t)
+	provider := map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}
+	room := fmt.Sprintf("room-%d", time.Now().UnixNano())
+	data := filepath.Join(env.PolicyDir, "room-"+room+".json")
+	if err := os.WriteFile(data, []byte(fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": ["olga", "mia"]}}}}`, room)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(data) })
+	create := map[string]any{"sessionId": room, "model": "double-1", "provider": provider}
+
+	// nils of acme, not a member, tries to take the room's id before its members:
+	// refused (once the data is loaded), and the id stays free.
+	nils := collabTunnel(t, env, "nils", "acme", room)
+	err := harness.Poll(t.Context(), 100*time.Millisecond, func() error {
+		got := nils.call("session.create", create)
+		if code, msg := errorOf(got); code != -32012 || msg != "access denied: no such session for this caller" {
+			return fmt.Errorf("nils creates the room: %v", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := (&registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}).Get(t.Context(), room); rec != nil {
+		t.Fatalf("a refused create left a record: %+v", rec)
+	}
+	// mia of globex has a member's name, not a member's identity.
+	otherMia := collabTunnel(t, env, "mia", "globex", room)
+	if code, _ := errorOf(otherMia.call("session.create", create)); code != -32012 {
+		t.Fatal("mia of globex created acme's room")
+	}
+	olga := collabTunnel(t, env, "olga", "acme", room)
+	if got := olga.call("session.create", create); got["error"] != nil {
+		t.Fatalf("olga, a member, creates the room: %v", got)
+	}
+	mia := collabTunnel(t, env, "mia", "acme", room)
+	if got := mia.call("session.resume", map[string]any{"sessionId": room, "provider": provider}); got["error"] != nil {
+		t.Fatalf("mia, a member, joins: %v", got)
+	}
+	if code, _ := errorOf(otherMia.call("session.resume", map[string]any{"sessionId": room, "provider": provider})); code != -32012 {
+		t.Fatal("mia of globex joined acme's room")
+	}
+
+	// olga's long turn holds the lock; mia's sends in every dress are refused or
+	// dropped, and the CLI starts no turn for them.
+	requests := env.Model.Requests()
+	olga.next++
+	olga.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":{"sessionId":%q,"prompt":"slow 3000"}}`, olga.next, room))
+	time.Sleep(500 * time.Millisecond) // the turn is running
+	q := strconv.Quote(room)
+	for name, frame := range map[string]string{
+		"send":                 `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":` + q + `,"prompt":"mia barges in"}}`,
+		"send as notification": `{"jsonrpc":"2.0","method":"session.send","params":{"sessionId":` + q + `,"prompt":"mia barges in"}}`,
+		"send, method variant": `{"jsonrpc":"2.0","id":1,"Method":"x","method":"session.send","params":{"sessionId":` + q + `,"prompt":"mia barges in"}}`,
+		"send, duplicate id":   `{"jsonrpc":"2.0","id":1,"id":2,"method":"session.send","params":{"sessionId":` + q + `,"prompt":"mia barges in"}}`,
+	} {
+		if got := mia.raw(frame); strings.Contains(got, `"id":1,"result"`) {
+			t.Errorf("%s passed the lock: %s", name, got)
+		}
+		if strings.HasPrefix(mia.raw(`{"jsonrpc":"2.0","id":3,"method":"ping","params":{}}`), "read error") {
+			mia = collabTunnel(t, env, "mia", "acme", room)
+		}
+	}
+	// Wait for olga's turn to end, then count what the model was asked for.
+	if reply := waitIdle(t, olga, room); !strings.Contains(reply, "slow 3000") {
+		t.Fatalf("olga's turn: %q", reply)
+	}
+	b, _ := os.ReadFile(filepath.Join(env.CollabHome, "session-state", room, "events.jsonl"))
+	if strings.Contains(string(b), "mia barges in") {
+		t.Fatal("a send of mia's ran while olga's turn held the lock")
+	}
+	if n := env.Model.Requests() - requests; n > 3 {
+		t.Fatalf("the model was asked %d times for one turn", n)
+	}
+}
+
+// waitIdle reads until session s's turn ends and returns its last assistant text.
+func waitIdle(t *testing.T, c *rpcTunnel, s string) string {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		raw := c.recv()
+		var m struct {
+			Method string
+			Params struct {
+				SessionID string `json:"sessionId"`
+				Event     struct {
+					Type string
+					Data struct{ Content string }
+				}
+			}
+		}
+		json.Unmarshal([]byte(raw), &m)
+		if m.Method != "session.event" || m.Params.SessionID != s {
+			continue
+		}
+		switch m.Params.Event.Type {
+		case "assistant.message":
+			if m.Params.Event.Data.Content != "" {
+				last = m.Params.Event.Data.Content
+			}
+		case "session.idle", "session.error":
+			return last
+		}
+	}
+	t.Fatalf("no end of turn on %s", s)
+	return ""
 }
