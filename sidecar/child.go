@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -24,8 +25,39 @@ type Child struct {
 
 // StartChild runs `command --headless --host 127.0.0.1 --port N --no-auto-update`
 // with COPILOT_HOME=home and a fresh COPILOT_CONNECTION_TOKEN, and waits until it
-// listens.
+// listens. It runs as the sidecar's own UID with the sidecar's environment plus
+// env (shared and collab modes); the isolated pool starts its CLIs with a
+// childSpec of its own instead (their UID, a minimal environment).
 func StartChild(ctx context.Context, command, home string, env ...string) (*Child, error) {
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, fmt.Errorf("--cli-home %s: %w", home, err)
+	}
+	return startChild(ctx, childSpec{Command: command, Home: home, Env: append(os.Environ(), env...)})
+}
+
+// childSpec is how a CLI runs: what, where, with which environment and as whom.
+type childSpec struct {
+	Command string
+	Home    string   // COPILOT_HOME
+	Env     []string // the whole environment but COPILOT_HOME and the token, which are added last (and so win)
+	// Dir is the working directory ("": the sidecar's).
+	Dir string
+	// Cred, if set, is the UID/GID the CLI runs as (the sidecar must be root).
+	Cred *syscall.Credential
+}
+
+// cmd is the command the spec describes, with args, in its own process group and
+// killed if the sidecar dies.
+func (s childSpec) cmd(token string, args ...string) *exec.Cmd {
+	cmd := exec.Command(s.Command, args...)
+	cmd.Env = append(append(slices.Clip(s.Env), "COPILOT_HOME="+s.Home), "COPILOT_CONNECTION_TOKEN="+token)
+	cmd.Dir = s.Dir
+	// Pdeathsig is set after the UID change (the kernel clears it on one).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: s.Cred}
+	return cmd
+}
+
+func startChild(ctx context.Context, s childSpec) (*Child, error) {
 	tok := make([]byte, 32)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, err
@@ -36,16 +68,11 @@ func StartChild(ctx context.Context, command, home string, env ...string) (*Chil
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		return nil, fmt.Errorf("--cli-home %s: %w", home, err)
-	}
 	c := &Child{Addr: "127.0.0.1:" + strconv.Itoa(port), Token: hex.EncodeToString(tok), done: make(chan struct{})}
-	c.Cmd = exec.Command(command, "--headless", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--no-auto-update")
-	c.Cmd.Env = append(append(os.Environ(), env...), "COPILOT_HOME="+home, "COPILOT_CONNECTION_TOKEN="+c.Token)
+	c.Cmd = s.cmd(c.Token, "--headless", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--no-auto-update")
 	c.Cmd.Stdout, c.Cmd.Stderr = os.Stderr, os.Stderr
-	c.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.Cmd.Start(); err != nil {
-		return nil, fmt.Errorf("--cli-command %s: %w", command, err)
+		return nil, fmt.Errorf("--cli-command %s: %w", s.Command, err)
 	}
 	go func() { c.Cmd.Wait(); close(c.done) }()
 	deadline := time.Now().Add(60 * time.Second)

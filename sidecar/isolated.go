@@ -2,14 +2,18 @@ package sidecar
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,49 +22,268 @@ import (
 // UserPool is the isolated mode (pattern 1): one CLI process per user, each with
 // its own COPILOT_HOME (mode 0700) and its own credentials, started on first use,
 // reused, reaped when idle, restarted when it died, and capped in number.
+//
+// A user is a (tenant, user) pair: "alice" of acme and "alice" of globex are two
+// users, with two homes and two CLIs. On disk:
+//
+//	Root/                       0711 (with UIDs), the sidecar's
+//	Root/.uids.json             0600, the sidecar's: which user has which UID
+//	Root/.copilot-pkg/          0755, the sidecar's (if PkgCache points here): the CLI's package, unpacked once
+//	Root/<tenant>/              0711, the sidecar's: traversable, not listable
+//	Root/<tenant>/<user>/       0700, the user's UID (with UIDs)
+//	Root/<tenant>/<user>/home/  0700, HOME and COPILOT_HOME of the user's CLI
+//	Root/<tenant>/<user>/tmp/   0700, its TMPDIR (nothing in a shared /tmp)
+//	Secrets/<tenant>/<user>.env KEY=VALUE lines, read by the sidecar only
+//
+// With UIDs set, each user's CLI runs as a UID (and GID) of its own from the
+// range, with no supplementary groups, so that its shell and file tools cannot
+// read another user's home, token or sessions; the sidecar must then run as
+// root, and the CLI executable must be reachable by an unprivileged UID (o+x on
+// every directory down to it, after symlinks, and o+rx on the file). Without
+// UIDs every CLI runs as the sidecar's UID and only directory permissions, which
+// that UID ignores, stand between users.
+//
+// Either way a CLI's environment is only PATH, HOME, TMPDIR, COPILOT_HOME, its
+// connection token, COPILOT_PKG_CACHE_HOME (with PkgCache), the variables
+// PassEnv names and the user's own secrets: never the sidecar's environment.
 type UserPool struct {
-	Command   string        // the copilot executable
-	Root      string        // per-user directories: Root/<user>/home
-	Secrets   string        // optional: Secrets/<user>.env, KEY=VALUE lines (never logged)
+	Command string   // the copilot executable
+	Root    string   // per-user directories: Root/<tenant>/<user>/home
+	Secrets string   // optional: Secrets/<tenant>/<user>.env, KEY=VALUE lines (never logged)
+	UIDs    UIDRange // optional: each user's CLI runs as its own UID/GID from this range
+	// PassEnv names variables of the sidecar's environment that every CLI also
+	// gets (a proxy, a CA bundle, a locale); put no secret here.
+	PassEnv []string
+	// PkgCache, if set, is a directory where Prepare has the CLI unpack its own
+	// package once (about 235 MB for copilot 1.0), readable by every CLI and
+	// writable by the sidecar alone, and given to each CLI as
+	// COPILOT_PKG_CACHE_HOME. Without it each user's CLI unpacks its own copy into
+	// its home on its first start (and takes some 2 s longer to listen).
+	PkgCache  string
 	Cap       int           // most CLIs at once
 	IdleAfter time.Duration // reap a CLI with no tunnel for this long
 	Log       *zap.Logger
 
 	// start runs one CLI; tests replace it.
-	start func(ctx context.Context, command, home string, env []string) (*Child, error)
+	start func(ctx context.Context, s childSpec) (*Child, error)
 
 	mu    sync.Mutex
-	users map[string]*userCLI
+	users map[string]*userCLI // "tenant/user"
+
+	prepMu   sync.Mutex // Prepare and the UID map
+	prepared bool
+	uids     *uidTable
+	pkgReady bool // PkgCache holds the unpacked package
 }
 
 type userCLI struct {
-	child    *Child
-	tunnels  int
-	lastUsed time.Time
-	starting chan struct{} // closed when the start attempt ended
-	err      error
+	tenant, user string
+	child        *Child
+	tunnels      int
+	lastUsed     time.Time
+	starting     chan struct{} // closed when the start attempt ended
+	err          error
 }
 
 // ErrPoolFull is returned when every CLI is in use and the cap is reached.
 var ErrPoolFull = errors.New("isolated pool full: every per-user CLI is in use")
 
-var userName = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,128}$`)
+var dirName = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,128}$`)
 
-// Acquire returns a dialer for user's own CLI, starting it if needed, and a
-// release to call when the tunnel ends.
-func (p *UserPool) Acquire(ctx context.Context, user string) (CLIDialer, func(), error) {
-	if !userName.MatchString(user) || strings.HasPrefix(user, ".") {
-		return CLIDialer{}, nil, fmt.Errorf("isolated pool: user %q cannot name a directory", user)
+// checkName refuses a tenant or user name that cannot be a directory name of its
+// own: empty, too long, a path separator or any other odd character, a leading
+// dot ("..", hidden files, Root/.uids.json).
+func checkName(kind, name string) error {
+	if name == "" {
+		return fmt.Errorf("isolated pool: the caller's identity has no %s", kind)
 	}
+	if !dirName.MatchString(name) || strings.HasPrefix(name, ".") {
+		return fmt.Errorf("isolated pool: %s %q cannot name a directory", kind, name)
+	}
+	return nil
+}
+
+// Prepare checks the pool's settings and readies Root; Acquire calls it, the
+// sidecar should call it at start to fail early. With UIDs: the sidecar must be
+// root, Root is made 0711 and must be traversable all the way, and the UID map
+// is loaded (refused if unreadable: UIDs would be given twice).
+func (p *UserPool) Prepare() error {
+	p.prepMu.Lock()
+	defer p.prepMu.Unlock()
+	if p.prepared {
+		return nil
+	}
+	if p.Root == "" {
+		return errors.New("isolated pool: no Root for the users' directories")
+	}
+	if !p.UIDs.Set() {
+		if err := os.MkdirAll(p.Root, 0o700); err != nil {
+			return fmt.Errorf("isolated pool: %w", err)
+		}
+		p.Log.Warn("isolated pool without UIDs: every user's CLI runs as the sidecar's UID, users are separated by directory permissions only (a CLI's shell or file tools can read other users' homes and tokens); give a UID range to separate them",
+			zap.Int("uid", os.Geteuid()))
+	} else {
+		if err := p.UIDs.Validate(); err != nil {
+			return fmt.Errorf("isolated pool: UIDs %s: %w", p.UIDs, err)
+		}
+		if euid := os.Geteuid(); euid != 0 {
+			return fmt.Errorf("isolated pool: UIDs %s: the sidecar must run as root to start CLIs as other UIDs and give them their homes (it runs as UID %d)", p.UIDs, euid)
+		}
+		if err := os.MkdirAll(p.Root, 0o711); err != nil {
+			return fmt.Errorf("isolated pool: %w", err)
+		}
+		f, st, err := openDir(p.Root)
+		if err != nil {
+			return fmt.Errorf("isolated pool: %w", err)
+		}
+		if int(st.Uid) != os.Geteuid() {
+			f.Close()
+			return fmt.Errorf("isolated pool: %s belongs to UID %d: it must be the sidecar's (root's)", p.Root, st.Uid)
+		}
+		err = f.Chmod(0o711) // users go through, nobody lists the tenants
+		f.Close()
+		if err == nil {
+			err = searchable(p.Root)
+		}
+		if err != nil {
+			return fmt.Errorf("isolated pool: %w", err)
+		}
+		if p.uids, err = loadUIDTable(filepath.Join(p.Root, ".uids.json"), p.UIDs); err != nil {
+			return fmt.Errorf("isolated pool: %w", err)
+		}
+		if p.Secrets != "" {
+			if info, err := os.Stat(p.Secrets); err == nil && info.Mode().Perm()&0o007 != 0 {
+				p.Log.Warn("isolated pool: the secrets directory is open to other users, the users' UIDs among them; make it 0700",
+					zap.String("dir", p.Secrets), zap.String("mode", fmt.Sprintf("%04o", info.Mode().Perm())))
+			}
+		}
+		p.Log.Info("isolated pool: each user's CLI runs as a UID of its own", zap.String("uids", p.UIDs.String()), zap.Int("users_known", len(p.uids.byKey)))
+	}
+	p.warnOldLayout()
+	if p.PkgCache != "" {
+		took := time.Now()
+		if err := p.unpackPackage(); err != nil {
+			p.Log.Warn("isolated pool: the CLI's package is not shared; each user's CLI unpacks its own copy into its home", zap.String("dir", p.PkgCache), zap.Error(err))
+		} else {
+			p.pkgReady = true
+			p.Log.Info("isolated pool: the CLI's package is unpacked once, shared read-only", zap.String("dir", p.PkgCache), zap.Duration("took", time.Since(took)))
+		}
+	}
+	p.prepared = true
+	return nil
+}
+
+// unpackPackage has the CLI unpack its package into PkgCache (the copilot
+// binary does so, and only that, with COPILOT_SEA_EXTRACT_ONLY=1; a version
+// already there is kept), then makes it readable and traversable by all, and
+// writable by the sidecar only: a CLI must not be able to change the code
+// another user's CLI runs.
+func (p *UserPool) unpackPackage() error {
+	dir := p.PkgCache
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, st, err := openDir(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to UID %d: it must be the sidecar's", dir, st.Uid)
+	}
+	if err := f.Chmod(0o755); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, p.Command, "--binary-version")
+	cmd.Env = []string{"PATH=" + pathEnv(), "HOME=" + dir, "COPILOT_SEA_EXTRACT_ONLY=1", "COPILOT_PKG_CACHE_HOME=" + dir}
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s --binary-version: %v: %s", p.Command, err, bytes.TrimSpace(out))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pkg")); err != nil {
+		return fmt.Errorf("%s did not unpack a package into %s", p.Command, dir)
+	}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		mode := info.Mode().Perm()&^0o022 | 0o444
+		if d.IsDir() || mode&0o100 != 0 {
+			mode |= 0o111
+		}
+		if mode == info.Mode().Perm() {
+			return nil
+		}
+		return os.Chmod(path, mode)
+	})
+	if err != nil {
+		return err
+	}
+	if p.UIDs.Set() {
+		return searchable(dir)
+	}
+	return nil
+}
+
+func pathEnv() string {
+	if path := os.Getenv("PATH"); path != "" {
+		return path
+	}
+	return "/usr/local/bin:/usr/bin:/bin"
+}
+
+// warnOldLayout names homes left from when users were keyed by name alone
+// (Root/<user>/home, Root/<user> 0700; a tenant directory is 0711): they are
+// not used, and should move to Root/<tenant>/<user>/home.
+func (p *UserPool) warnOldLayout() {
+	entries, _ := os.ReadDir(p.Root)
+	var old []string
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || info.Mode().Perm() != 0o700 {
+			continue
+		}
+		if h, err := os.Lstat(filepath.Join(p.Root, e.Name(), "home")); err == nil && h.IsDir() {
+			old = append(old, e.Name())
+		}
+	}
+	if len(old) > 0 {
+		p.Log.Warn("isolated pool: homes from before tenants (Root/<user>/home) are not used; move each to Root/<tenant>/<user>/home",
+			zap.String("root", p.Root), zap.Strings("old_users", old))
+	}
+}
+
+// Acquire returns a dialer for the CLI of user of tenant, starting it if needed,
+// and a release to call when the tunnel ends.
+func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (CLIDialer, func(), error) {
+	if err := checkName("tenant", tenant); err != nil {
+		return CLIDialer{}, nil, err
+	}
+	if err := checkName("user", user); err != nil {
+		return CLIDialer{}, nil, err
+	}
+	if err := p.Prepare(); err != nil {
+		return CLIDialer{}, nil, err
+	}
+	key := tenant + "/" + user // neither name holds a "/"
 	p.mu.Lock()
 	if p.users == nil {
 		p.users = map[string]*userCLI{}
 	}
-	u := p.users[user]
+	u := p.users[key]
 	if u != nil && u.child != nil {
 		select {
 		case <-u.child.Done(): // it died: start again
-			delete(p.users, user)
+			delete(p.users, key)
 			u = nil
 		default:
 		}
@@ -70,9 +293,9 @@ func (p *UserPool) Acquire(ctx context.Context, user string) (CLIDialer, func(),
 			p.mu.Unlock()
 			return CLIDialer{}, nil, err
 		}
-		u = &userCLI{starting: make(chan struct{})}
-		p.users[user] = u
-		go p.startUser(user, u)
+		u = &userCLI{tenant: tenant, user: user, starting: make(chan struct{})}
+		p.users[key] = u
+		go p.startUser(u)
 	}
 	u.tunnels++
 	u.lastUsed = time.Now()
@@ -81,23 +304,23 @@ func (p *UserPool) Acquire(ctx context.Context, user string) (CLIDialer, func(),
 	select {
 	case <-u.starting:
 	case <-ctx.Done():
-		p.release(user, u)
+		p.release(u)
 		return CLIDialer{}, nil, ctx.Err()
 	}
 	if u.err != nil {
-		p.release(user, u)
+		p.release(u)
 		p.mu.Lock()
-		if p.users[user] == u {
-			delete(p.users, user)
+		if p.users[key] == u {
+			delete(p.users, key)
 		}
 		p.mu.Unlock()
 		return CLIDialer{}, nil, u.err
 	}
 	var once sync.Once
-	return CLIDialer{Addr: u.child.Addr, Token: u.child.Token}, func() { once.Do(func() { p.release(user, u) }) }, nil
+	return CLIDialer{Addr: u.child.Addr, Token: u.child.Token}, func() { once.Do(func() { p.release(u) }) }, nil
 }
 
-func (p *UserPool) release(user string, u *userCLI) {
+func (p *UserPool) release(u *userCLI) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	u.tunnels--
@@ -111,9 +334,9 @@ func (p *UserPool) makeRoomLocked() error {
 	}
 	var victim string
 	var oldest time.Time
-	for name, u := range p.users {
+	for key, u := range p.users {
 		if u.tunnels == 0 && u.child != nil && (victim == "" || u.lastUsed.Before(oldest)) {
-			victim, oldest = name, u.lastUsed
+			victim, oldest = key, u.lastUsed
 		}
 	}
 	if victim == "" {
@@ -123,57 +346,128 @@ func (p *UserPool) makeRoomLocked() error {
 	return nil
 }
 
-func (p *UserPool) stopLocked(user, why string) {
-	u := p.users[user]
-	delete(p.users, user)
+func (p *UserPool) stopLocked(key, why string) {
+	u := p.users[key]
+	delete(p.users, key)
 	if u != nil && u.child != nil {
-		p.Log.Info("stopping a user's CLI", zap.String("user", user), zap.String("why", why))
+		p.Log.Info("stopping a user's CLI", zap.String("tenant", u.tenant), zap.String("user", u.user), zap.String("why", why))
 		go u.child.Stop(5 * time.Second)
 	}
 }
 
-func (p *UserPool) startUser(user string, u *userCLI) {
+func (p *UserPool) startUser(u *userCLI) {
 	defer close(u.starting)
-	home := filepath.Join(p.Root, user, "home")
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		u.err = fmt.Errorf("isolated pool: home for %s: %w", user, err)
-		return
-	}
-	os.Chmod(filepath.Join(p.Root, user), 0o700)
-	os.Chmod(home, 0o700)
-	env, err := p.secrets(user)
+	spec, err := p.prepareUser(u.tenant, u.user)
 	if err != nil {
 		u.err = err
 		return
 	}
 	start := p.start
 	if start == nil {
-		start = func(ctx context.Context, command, home string, env []string) (*Child, error) {
-			return StartChild(ctx, command, home, env...)
+		start = func(ctx context.Context, s childSpec) (*Child, error) {
+			c, err := startChild(ctx, s)
+			if err != nil && s.Cred != nil {
+				if why := executableByOthers(s.Command); why != nil {
+					err = fmt.Errorf("%w (as UID %d: %v)", err, s.Cred.Uid, why)
+				}
+			}
+			return c, err
 		}
 	}
-	child, err := start(context.Background(), p.Command, home, env)
+	child, err := start(context.Background(), spec)
 	if err != nil {
-		u.err = fmt.Errorf("isolated pool: start CLI for %s: %w", user, err)
+		u.err = fmt.Errorf("isolated pool: start CLI for %s/%s: %w", u.tenant, u.user, err)
 		return
 	}
 	p.mu.Lock()
 	u.child = child
 	p.mu.Unlock()
-	p.Log.Info("started a user's CLI", zap.String("user", user), zap.String("addr", child.Addr))
+	fields := []zap.Field{zap.String("tenant", u.tenant), zap.String("user", u.user), zap.String("addr", child.Addr)}
+	if spec.Cred != nil {
+		fields = append(fields, zap.Uint32("uid", spec.Cred.Uid))
+	}
+	p.Log.Info("started a user's CLI", fields...)
 }
 
-// secrets reads Secrets/<user>.env (KEY=VALUE per line, # comments).
-func (p *UserPool) secrets(user string) ([]string, error) {
+// prepareUser readies the user's directories (and UID) and says how its CLI runs.
+func (p *UserPool) prepareUser(tenant, user string) (childSpec, error) {
+	tenantDir := filepath.Join(p.Root, tenant)
+	userDir := filepath.Join(tenantDir, user)
+	home, tmp := filepath.Join(userDir, "home"), filepath.Join(userDir, "tmp")
+	var cred *syscall.Credential
+	if p.UIDs.Set() {
+		p.prepMu.Lock()
+		uid, fresh, err := p.uids.assign(tenant + "/" + user)
+		p.prepMu.Unlock()
+		if err != nil {
+			return childSpec{}, fmt.Errorf("isolated pool: no UID for %s/%s: %w", tenant, user, err)
+		}
+		if fresh {
+			p.Log.Info("gave a user a UID", zap.String("tenant", tenant), zap.String("user", user), zap.Int("uid", uid))
+		}
+		// The tenant directory stays the sidecar's: its users go through it, none
+		// lists it or renames a neighbour. Everything below is the user's.
+		if err := ownDir(tenantDir, 0o711, os.Geteuid(), os.Getegid()); err != nil {
+			return childSpec{}, fmt.Errorf("isolated pool: directory of tenant %s: %w", tenant, err)
+		}
+		for _, dir := range []string{userDir, home, tmp} {
+			if err := adopt(dir, uid, uid); err != nil {
+				return childSpec{}, fmt.Errorf("isolated pool: directories of %s/%s: %w", tenant, user, err)
+			}
+		}
+		// No supplementary groups: an empty list (and NoSetGroups false) drops
+		// the sidecar's.
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: []uint32{}, NoSetGroups: false}
+	} else {
+		if err := os.Mkdir(tenantDir, 0o711); err != nil && !errors.Is(err, fs.ErrExist) {
+			return childSpec{}, fmt.Errorf("isolated pool: directory of tenant %s: %w", tenant, err)
+		}
+		os.Chmod(tenantDir, 0o711)
+		for _, dir := range []string{userDir, home, tmp} {
+			if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return childSpec{}, fmt.Errorf("isolated pool: directories of %s/%s: %w", tenant, user, err)
+			}
+			os.Chmod(dir, 0o700)
+		}
+	}
+	secrets, err := p.secrets(tenant, user)
+	if err != nil {
+		return childSpec{}, err
+	}
+	return childSpec{Command: p.Command, Home: home, Env: p.childEnv(home, tmp, secrets), Dir: home, Cred: cred}, nil
+}
+
+// childEnv is a user's CLI's whole environment but COPILOT_HOME and the token:
+// PATH, the shared package, what PassEnv names, the user's secrets, then HOME
+// and TMPDIR (last, so that a secrets file cannot move them).
+func (p *UserPool) childEnv(home, tmp string, secrets []string) []string {
+	env := []string{"PATH=" + pathEnv()}
+	p.prepMu.Lock()
+	if p.pkgReady {
+		env = append(env, "COPILOT_PKG_CACHE_HOME="+p.PkgCache)
+	}
+	p.prepMu.Unlock()
+	for _, name := range p.PassEnv {
+		if v, ok := os.LookupEnv(name); ok {
+			env = append(env, name+"="+v)
+		}
+	}
+	env = append(env, secrets...)
+	return append(env, "HOME="+home, "TMPDIR="+tmp)
+}
+
+// secrets reads Secrets/<tenant>/<user>.env (KEY=VALUE per line, # comments).
+func (p *UserPool) secrets(tenant, user string) ([]string, error) {
 	if p.Secrets == "" {
 		return nil, nil
 	}
-	f, err := os.Open(filepath.Join(p.Secrets, user+".env"))
+	path := filepath.Join(p.Secrets, tenant, user+".env")
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("isolated pool: secrets for %s: %w", user, err)
+		return nil, fmt.Errorf("isolated pool: secrets of %s/%s: %w", tenant, user, err)
 	}
 	defer f.Close()
 	var env []string
@@ -184,11 +478,14 @@ func (p *UserPool) secrets(user string) ([]string, error) {
 			continue
 		}
 		if k, _, ok := strings.Cut(line, "="); !ok || k == "" {
-			return nil, fmt.Errorf("isolated pool: %s.env line %d: want KEY=VALUE", user, n) // the value is never shown
+			return nil, fmt.Errorf("isolated pool: %s line %d: want KEY=VALUE (the line is not shown)", path, n)
 		}
 		env = append(env, line)
 	}
-	return env, sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("isolated pool: %s: %w", path, err)
+	}
+	return env, nil
 }
 
 // Run reaps idle CLIs until ctx ends, then stops them all.
@@ -199,32 +496,44 @@ func (p *UserPool) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			p.mu.Lock()
-			for name := range p.users {
-				p.stopLocked(name, "shutting down")
+			for key := range p.users {
+				p.stopLocked(key, "shutting down")
 			}
 			p.mu.Unlock()
 			return
 		case <-t.C:
 		}
 		p.mu.Lock()
-		for name, u := range p.users {
+		for key, u := range p.users {
 			if u.child != nil && u.tunnels == 0 && time.Since(u.lastUsed) > p.IdleAfter {
-				p.stopLocked(name, "idle")
+				p.stopLocked(key, "idle")
 			}
 		}
 		p.mu.Unlock()
 	}
 }
 
-// Running lists the users whose CLI runs (for tests and the debug view).
+// Running lists the users ("tenant/user") whose CLI runs, with its pid (for
+// tests and the debug view).
 func (p *UserPool) Running() map[string]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := map[string]int{}
-	for name, u := range p.users {
+	for key, u := range p.users {
 		if u.child != nil {
-			out[name] = u.child.Cmd.Process.Pid
+			out[key] = u.child.Cmd.Process.Pid
 		}
 	}
 	return out
+}
+
+// UIDOf returns the UID the user's CLI runs as, if the pool gave it one (only
+// with UIDs set; kept across restarts in Root/.uids.json).
+func (p *UserPool) UIDOf(tenant, user string) (int, bool) {
+	p.prepMu.Lock()
+	defer p.prepMu.Unlock()
+	if p.uids == nil {
+		return 0, false
+	}
+	return p.uids.lookup(tenant + "/" + user)
 }

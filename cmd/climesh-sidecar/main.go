@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,8 +76,10 @@ func run() error {
 	policyWatch := flag.Duration("policy-watch", time.Second, "how often --policy is checked for changes")
 	logLevel := flag.String("log-level", "info", "log `level`")
 	mode := flag.String("mode", "shared", "`mode`: shared (pattern 2), collab (pattern 3: shared sessions, one turn at a time) or isolated (pattern 1: one CLI per user)")
-	usersRoot := flag.String("users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<user>/home, mode 0700)")
-	userSecrets := flag.String("user-secrets", "", "isolated: `dir` of <user>.env files (KEY=VALUE: GitHub token, provider key); never logged")
+	usersRoot := flag.String("users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<tenant>/<user>/home, mode 0700)")
+	userSecrets := flag.String("user-secrets", "", "isolated: `dir` of <tenant>/<user>.env files (KEY=VALUE: GitHub token, provider key); never logged")
+	userUIDs := flag.String("user-uids", "", "isolated: `range` FIRST-LAST of UIDs, one per (tenant, user); each CLI runs under its own UID and GID with a home only it can read (the sidecar must run as root); empty: users are separated by directory permissions only")
+	userEnv := flag.String("user-env", "", "isolated: comma-separated `names` of the sidecar's environment variables each CLI also gets (a proxy, a CA bundle); nothing else of the sidecar's environment is passed")
 	maxUsers := flag.Int("max-users", 20, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
 	userIdle := flag.Duration("user-idle", 10*time.Minute, "isolated: stop a user's CLI after this long without a tunnel")
 	lockTTL := flag.Duration("lock-ttl", 10*time.Second, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
@@ -151,7 +154,19 @@ func run() error {
 		return fmt.Errorf("--mode %q: want shared, collab or isolated", *mode)
 	}
 	if *mode == "isolated" {
-		relay.Users = &sidecar.UserPool{Command: *cliCommand, Root: *usersRoot, Secrets: *userSecrets, Cap: *maxUsers, IdleAfter: *userIdle, Log: log.Named("users")}
+		relay.Users = &sidecar.UserPool{Command: *cliCommand, Root: *usersRoot, Secrets: *userSecrets, Cap: *maxUsers, IdleAfter: *userIdle, Log: log.Named("users"),
+			PkgCache: filepath.Join(*usersRoot, ".copilot-pkg")}
+		if *userUIDs != "" {
+			if relay.Users.UIDs, err = sidecar.ParseUIDRange(*userUIDs); err != nil {
+				return fmt.Errorf("--user-uids: %w", err)
+			}
+		}
+		if *userEnv != "" {
+			relay.Users.PassEnv = strings.Split(*userEnv, ",")
+		}
+		if err := relay.Users.Prepare(); err != nil {
+			return fmt.Errorf("--mode isolated: %w", err)
+		}
 		go relay.Users.Run(ctx)
 	}
 	relay.Instance, relay.Pool, relay.Mode, relay.RecordTTL, relay.LockWaitMax = *instanceID, *pool, *mode, 2*time.Second, *lockWaitMax

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,18 +38,37 @@ func cliPIDs(t *testing.T, root string) map[string]string {
 	return out
 }
 
+// processUID is the real UID a process runs under, from /proc.
+func processUID(t *testing.T, pid string) uint32 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			var uid uint32
+			fmt.Sscan(rest, &uid)
+			return uid
+		}
+	}
+	t.Fatalf("no Uid in /proc/%s/status", pid)
+	return 0
+}
+
 func TestIsolatedOneCLIPerUser(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	solo := func(user string) *copilot.Client {
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, "solo")}})
+	in := func(tenant, user string) *copilot.Client {
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, tenant)}})
 		if err := c.Start(ctx); err != nil {
 			t.Fatalf("%s: %v", user, err)
 		}
 		t.Cleanup(func() { c.Stop() })
 		return c
 	}
+	solo := func(user string) *copilot.Client { return in("solo", user) }
 	create := func(c *copilot.Client, prompt string) *copilot.Session {
 		s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 		if err != nil {
@@ -59,18 +79,31 @@ func TestIsolatedOneCLIPerUser(t *testing.T) {
 		}
 		return s
 	}
-	ivy, max := solo("ivy"), solo("max")
-	ivyS, maxS := create(ivy, "ivy's notes"), create(max, "max's notes")
-	ivyHome, maxHome := filepath.Join(env.UsersRoot, "ivy", "home"), filepath.Join(env.UsersRoot, "max", "home")
+	// ivy of tenant solo-b is another person than ivy of solo: another CLI, home and UID.
+	ivy, max, ivyB := solo("ivy"), solo("max"), in("solo-b", "ivy")
+	ivyS, maxS, ivyBS := create(ivy, "ivy's notes"), create(max, "max's notes"), create(ivyB, "the other ivy's notes")
+	ivyHome, maxHome := filepath.Join(env.UsersRoot, "solo", "ivy", "home"), filepath.Join(env.UsersRoot, "solo", "max", "home")
+	ivyBHome := filepath.Join(env.UsersRoot, "solo-b", "ivy", "home")
 
-	// Two processes, two homes (0700), each session only in its owner's home.
+	// Three processes, three homes (0700), each session only in its owner's home;
+	// run as root, each CLI under a UID of its own that owns its home.
 	pids := cliPIDs(t, env.UsersRoot)
-	if pids[ivyHome] == "" || pids[maxHome] == "" || pids[ivyHome] == pids[maxHome] {
+	if pids[ivyHome] == "" || pids[maxHome] == "" || pids[ivyBHome] == "" || pids[ivyHome] == pids[maxHome] || pids[ivyHome] == pids[ivyBHome] {
 		t.Fatalf("per-user CLIs: %v", pids)
 	}
-	for home, own := range map[string]string{ivyHome: ivyS.SessionID, maxHome: maxS.SessionID} {
-		if info, err := os.Stat(home); err != nil || info.Mode().Perm() != 0o700 {
+	uids := map[string]bool{}
+	for home, own := range map[string]string{ivyHome: ivyS.SessionID, maxHome: maxS.SessionID, ivyBHome: ivyBS.SessionID} {
+		info, err := os.Stat(home)
+		if err != nil || info.Mode().Perm() != 0o700 {
 			t.Fatalf("%s: %v %v", home, info, err)
+		}
+		if os.Geteuid() == 0 {
+			uid := processUID(t, pids[home])
+			owner := info.Sys().(*syscall.Stat_t).Uid
+			if uid == 0 || uid != owner || uids[fmt.Sprint(uid)] {
+				t.Fatalf("%s: the CLI runs as UID %d, the home is owned by %d (UIDs so far %v): want a UID of its own that owns its home", home, uid, owner, uids)
+			}
+			uids[fmt.Sprint(uid)] = true
 		}
 		entries, _ := os.ReadDir(filepath.Join(home, "session-state"))
 		var sessions []string
@@ -93,10 +126,13 @@ func TestIsolatedOneCLIPerUser(t *testing.T) {
 			t.Fatal("max lists ivy's session")
 		}
 	}
-	if _, err := max.ResumeSession(ctx, ivyS.SessionID, &copilot.ResumeSessionConfig{Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err == nil ||
-		!strings.Contains(err.Error(), "access denied") {
-		t.Fatalf("max resumes ivy's session: %v", err)
+	for who, c := range map[string]*copilot.Client{"max": max, "ivy of solo-b": ivyB} {
+		if _, err := c.ResumeSession(ctx, ivyS.SessionID, &copilot.ResumeSessionConfig{Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err == nil ||
+			!strings.Contains(err.Error(), "access denied") {
+			t.Fatalf("%s resumes ivy's session: %v", who, err)
+		}
 	}
+	ivyB.Stop()
 
 	// Idle: ivy's CLI is reaped; the next connection brings it back, sessions resumable.
 	ivy.Stop()
@@ -136,7 +172,7 @@ func TestTenantDedicatedPools(t *testing.T) {
 				return "shared"
 			}
 		}
-		if m, _ := filepath.Glob(filepath.Join(env.UsersRoot, "*", "home", "session-state", sid)); len(m) == 1 {
+		if m, _ := filepath.Glob(filepath.Join(env.UsersRoot, "*", "*", "home", "session-state", sid)); len(m) == 1 {
 			return "isolated"
 		}
 		return "nowhere"

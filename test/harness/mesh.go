@@ -54,7 +54,8 @@ type MeshOptions struct {
 	// share one COPILOT_HOME (shared storage), routed by x-climesh-session.
 	Collab int
 	// Isolated adds a pool "isolated" (pattern 1) of one isolated-mode sidecar,
-	// dedicated to tenant "solo": one CLI per user under UsersRoot.
+	// dedicated to tenants "solo" and "solo-b": one CLI per (tenant, user) under
+	// UsersRoot, each under its own UID (IsolatedUIDs) when the tests run as root.
 	Isolated bool
 	// Durable adds a pool "durable" of this many shared-mode sidecars whose CLIs
 	// share one COPILOT_HOME (shared session storage), dedicated to tenant "durable".
@@ -101,6 +102,10 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	m = &Mesh{Dir: dir, Homes: map[string]string{}, CLIs: map[string]*CLI{}, Sidecars: map[string]*Sidecar{}, Taps: map[string]*Tap{}, Credential: MeshCredential}
 	m.stops = append(m.stops, func() { os.RemoveAll(dir) })
+	// Traversable (not listable) by the isolated pool's per-user UIDs, whose homes are inside.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -131,7 +136,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
 	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
-  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo"]},
+  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo", "solo-b"]},
   "durable": {"tenants": ["durable"]}, "bounded": {"tenants": ["bounded"]}, "hostile": {"tenants": ["acme", "globex"]}}}}`), 0o644); err != nil {
 		return m, err
 	}
@@ -226,7 +231,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	m.UsersRoot = filepath.Join(dir, "users")
 	if o.Isolated {
 		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
-			Extra: append(append([]string{}, extra...), "--mode", "isolated", "--users-root", m.UsersRoot, "--user-idle", "2s", "--max-users", "5")})
+			Extra: append(append([]string{}, extra...), isolatedArgs(m.UsersRoot)...)})
 		if err != nil {
 			return m, err
 		}
@@ -254,6 +259,7 @@ listeners:
     routes:
       - {pool: hostile, when: {header: x-climesh-target, exact: hostile}}
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
+      - {pool: isolated, when: {header: x-climesh-tenant, exact: solo-b}}
       - {pool: durable, when: {header: x-climesh-tenant, exact: durable}}
       - {pool: bounded, when: {header: x-climesh-tenant, exact: bounded}}
       - {pool: collab, when: {header: x-climesh-session}}
@@ -312,6 +318,18 @@ pools:
 	m.stops = append(m.stops, func() { p.Stop(time.Second) })
 	m.ConnectAddr, m.Connect = addr, p
 	return m, nil
+}
+
+// IsolatedUIDs is the UID range of the isolated pool's per-user CLIs, when the
+// tests run as root (the sidecar needs root to switch).
+const IsolatedUIDs = "201000-201099"
+
+func isolatedArgs(root string) []string {
+	args := []string{"--mode", "isolated", "--users-root", root, "--user-idle", "2s", "--max-users", "5"}
+	if os.Geteuid() == 0 {
+		args = append(args, "--user-uids", IsolatedUIDs)
+	}
+	return args
 }
 
 // Close stops everything, last started first.
