@@ -30,6 +30,7 @@ type rpcTunnel struct {
 	t    *testing.T
 	ws   *websocket.Conn
 	next int
+	seen []string // every frame received
 }
 
 func hostileTunnel(t *testing.T, env *meshEnv, user, tenant string) *rpcTunnel {
@@ -58,6 +59,7 @@ func (c *rpcTunnel) recv() string {
 	if err != nil {
 		return "read error: " + err.Error()
 	}
+	c.seen = append(c.seen, string(b))
 	return string(b)
 }
 
@@ -271,9 +273,24 @@ func TestAdversarialSessions(t *testing.T) {
 		t.Fatalf("the CLI spawned processes: before %v, after %v", kidsBefore, kids)
 	}
 
+	// Nothing an attacker received names alice's session (no events, no lists).
+	for who, c := range attackers {
+		for _, f := range c.seen {
+			if strings.Contains(f, sid) && !strings.Contains(f, `"error"`) {
+				t.Errorf("%s received a frame naming alice's session: %s", who, f)
+			}
+		}
+	}
 	// One refusal for a foreign session and an unknown one: no existence oracle.
 	bob := attackers["bob of acme"]
 	bob.t = t
+	// A listing under an id written another way is still filtered.
+	for _, id := range []string{`"l\u0069st"`, `"\u006cist"`, `7`} {
+		got := bob.raw(`{"jsonrpc":"2.0","id":` + id + `,"method":"session.list","params":{}}`)
+		if strings.Contains(got, sid) {
+			t.Fatalf("bob's session.list (id %s) shows alice's session: %s", id, got)
+		}
+	}
 	foreign := bob.call("session.resume", map[string]any{"sessionId": sid, "provider": provider})
 	unknown := bob.call("session.resume", map[string]any{"sessionId": "no-such-" + sid, "provider": provider})
 	fc, fm := errorOf(foreign)
