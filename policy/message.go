@@ -40,6 +40,9 @@ type Decision struct {
 	// BuiltinTools are the CLI's own tools a session.create or session.resume may
 	// use (the policy's builtin_tools); nil means none, ["*"] all of them.
 	BuiltinTools []string
+	// SetParams are params members the sidecar sets on the message, whatever the
+	// client sent (the policy's set_params), e.g. skipCustomInstructions: true.
+	SetParams map[string]any
 }
 
 // AllTools reports whether the decision leaves the CLI's built-in tools alone.
@@ -101,6 +104,9 @@ func (e *Engine) DecideMessage(ctx context.Context, in MessageInput) Decision {
 			}
 		}
 		slices.Sort(d.BuiltinTools)
+	}
+	if set, ok := m["set_params"].(map[string]any); ok && len(set) > 0 {
+		d.SetParams = set
 	}
 	return d
 }

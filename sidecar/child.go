@@ -32,7 +32,10 @@ func StartChild(ctx context.Context, command, home string, env ...string) (*Chil
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return nil, fmt.Errorf("--cli-home %s: %w", home, err)
 	}
-	return startChild(ctx, childSpec{Command: command, Home: home, Env: append(os.Environ(), env...)})
+	// Its working directory is its home, not the sidecar's: the CLI reads custom
+	// instructions (AGENTS.md, .github/copilot-instructions.md) and git facts
+	// from where it runs.
+	return startChild(ctx, childSpec{Command: command, Home: home, Env: append(os.Environ(), env...), Dir: home})
 }
 
 // childSpec is how a CLI runs: what, where, with which environment and as whom.

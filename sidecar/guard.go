@@ -53,6 +53,7 @@ type Guard struct {
 	visible   map[string]bool // sessions decided for events
 	decisions map[decisionKey]policy.Decision
 	held      map[string]*lock.Lock // collab sessions whose turn this tunnel runs
+	asked     map[string]string     // requestIds of the CLI's pending requests this tunnel was shown -> their session
 	touched   map[string]time.Time
 }
 
@@ -233,6 +234,11 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 	if !d.Allow {
 		return nil, Denied(m.ID, d.Reason, m.Method, m.SessionID)
 	}
+	if strings.Contains(m.Method, ".handlePending") && !g.answers(m) {
+		// The CLI finds a pending request by its id across all sessions: an
+		// answer must name one this tunnel was shown, for the session it named.
+		return nil, Denied(m.ID, "access denied: no such request for this caller", m.Method, m.SessionID)
+	}
 	call := pendingCall{method: m.Method, sessionID: m.SessionID}
 	if m.Method == "session.create" && rec == nil {
 		// Claim the id before the CLI creates it: of two creators one wins.
@@ -249,7 +255,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 	}
 	if m.Method == "session.create" || m.Method == "session.resume" {
 		var err error
-		if m, err = limitTools(m, d); err != nil {
+		if m, err = setOptions(m, d); err != nil {
 			g.abandon(ctx, call)
 			return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, err.Error(), nil)
 		}
@@ -273,6 +279,40 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 	g.pending[m.IDKey()] = call
 	g.mu.Unlock()
 	return &m, nil
+}
+
+// answers reports whether m answers a pending request of the CLI's that this
+// tunnel was shown (a requestId in an event of m's session), and uses it up.
+func (g *Guard) answers(m jsonrpc.Message) bool {
+	rid, ok := jsonrpc.StringMember(m.Params, "requestId")
+	if !ok || rid == "" {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if sid, ok := g.asked[rid]; ok && sid == m.SessionID {
+		delete(g.asked, rid)
+		return true
+	}
+	return false
+}
+
+// shown records the requestId an event of a session this tunnel may read carries
+// (external_tool.requested, permission.requested, ...).
+func (g *Guard) shown(m jsonrpc.Message, sid string) {
+	if m.Method != "session.event" {
+		return
+	}
+	rid, ok := jsonrpc.StringMember(m.Params, "event", "data", "requestId")
+	if !ok || rid == "" {
+		return
+	}
+	g.mu.Lock()
+	if g.asked == nil || len(g.asked) >= g.bounds().Pending {
+		g.asked = map[string]string{}
+	}
+	g.asked[rid] = sid
+	g.mu.Unlock()
 }
 
 // abandon undoes a claim whose request will not be forwarded.
@@ -324,14 +364,17 @@ func withMember(m jsonrpc.Message, name string, value any) (jsonrpc.Message, err
 	return m.WithParams(jsontext.Value(b))
 }
 
-// limitTools makes the CLI's built-in tools (shell, files, web fetch...) those the
-// policy opened, whatever the client asked: availableTools is set to the client's
-// own tools (declared in params.tools, which the CLI hands back to the client to
-// run) and the opened built-ins, within the client's own availableTools if it
-// gave one. Each client tool is marked overridesBuiltInTool, so that a client
-// tool named like a built-in is the client's. ["*"] leaves the params alone.
-func limitTools(m jsonrpc.Message, d policy.Decision) (jsonrpc.Message, error) {
-	if d.AllTools() {
+// setOptions applies the decision to a create's or resume's params: the policy's
+// set_params, and the built-in tools it opened.
+//
+// The CLI's built-in tools (shell, files, web fetch...) become those the policy
+// opened, whatever the client asked: availableTools is set to the client's own
+// tools (declared in params.tools, which the CLI hands back to the client to run)
+// and the opened built-ins, within the client's own availableTools if it gave one.
+// Each client tool is marked overridesBuiltInTool, so that a client tool named like
+// a built-in is the client's. ["*"] leaves the tools alone.
+func setOptions(m jsonrpc.Message, d policy.Decision) (jsonrpc.Message, error) {
+	if d.AllTools() && len(d.SetParams) == 0 {
 		return m, nil
 	}
 	obj := map[string]json.RawMessage{}
@@ -339,6 +382,20 @@ func limitTools(m jsonrpc.Message, d policy.Decision) (jsonrpc.Message, error) {
 		if err := json.Unmarshal(m.Params, &obj); err != nil {
 			return m, fmt.Errorf("params: %v", err)
 		}
+	}
+	for name, v := range d.SetParams {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return m, fmt.Errorf("policy set_params.%s: %v", name, err)
+		}
+		obj[name] = b
+	}
+	if d.AllTools() {
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return m, err
+		}
+		return m.WithParams(jsontext.Value(b))
 	}
 	var allowed []string
 	if raw, ok := obj["tools"]; ok && string(raw) != "null" {
@@ -521,6 +578,9 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 		}
 		if sid != "" && !g.mayRead(ctx, sid) {
 			return nil, false // another caller's session: its events are not ours
+		}
+		if sid != "" {
+			g.shown(m, sid)
 		}
 		if m.Kind == jsonrpc.Request {
 			g.mu.Lock()

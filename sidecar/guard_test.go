@@ -256,3 +256,37 @@ func BenchmarkGuardInboundCached(b *testing.B) {
 		g.Outbound(b.Context(), answer)
 	}
 }
+
+func TestGuardPendingAnswersBoundToTheirSession(t *testing.T) {
+	e, reg := shippedPolicy(t), &registry.Memory{}
+	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+	reg.Create(t.Context(), &registry.Record{ID: "s-b", Owner: "bob", Tenant: "globex", Mode: "shared"})
+	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "globex", "bob")
+	event := `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a","event":{"type":"external_tool.requested","data":{"requestId":"R1","toolName":"t1"}}}}`
+	if _, send := alice.Outbound(t.Context(), msg(t, event)); !send {
+		t.Fatal("alice's own tool request was dropped")
+	}
+	bob.Outbound(t.Context(), msg(t, event)) // dropped: not bob's session
+	answer := func(sid, rid string) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%q,"method":"session.tools.handlePendingToolCall","params":{"sessionId":%q,"requestId":%q,"result":"x"}}`, sid+rid, sid, rid)
+	}
+	for name, c := range map[string]struct {
+		g     *Guard
+		frame string
+	}{
+		"bob answers R1 on his own session":   {bob, answer("s-b", "R1")},
+		"alice answers R1 on another session": {alice, answer("s-b", "R1")},
+		"alice answers an unknown request":    {alice, answer("s-a", "R2")},
+		"alice names no request":              {alice, `{"jsonrpc":"2.0","id":9,"method":"session.permissions.handlePendingPermissionRequest","params":{"sessionId":"s-a","result":{}}}`},
+	} {
+		if toCLI, ans := inbound(t, c.g, c.frame); toCLI != "" {
+			t.Errorf("%s: forwarded (%s)", name, ans)
+		}
+	}
+	if toCLI, ans := inbound(t, alice, answer("s-a", "R1")); toCLI == "" {
+		t.Fatalf("alice answering her own pending request: %s", ans)
+	}
+	if toCLI, _ := inbound(t, alice, answer("s-a", "R1")); toCLI != "" {
+		t.Fatal("a request answered twice")
+	}
+}

@@ -81,20 +81,30 @@ refused_options contains "attachments" if {
 	not a.type in allowed_attachment_types
 }
 
-# provider_base_urls (pool or tenant data), when set, lists the model endpoints a
-# session may name: without it a caller can point the CLI at any URL it reaches.
+# A session's model endpoint (provider.baseUrl) is a URL the CLI will POST to from
+# its host: without a check, a caller points it at the host's loopback (the
+# sidecar's admin port, Consul) or at a server of its own that then receives the
+# CLI's system prompt. It must be one of provider_base_urls (pool or tenant data),
+# exactly (a trailing slash aside): no prefixes, queries or fragments. A session
+# that names no baseUrl uses the CLI's own (GitHub) endpoint.
 refused_options contains "provider" if {
 	input.method in option_methods
-	prefixes := listed("provider_base_urls")
-	count(prefixes) > 0
 	url := input.params.provider.baseUrl
-	not url_allowed(url, prefixes)
+	not trim_suffix(url, "/") in {trim_suffix(u, "/") | some u in listed("provider_base_urls")}
 }
 
-url_allowed(url, prefixes) if {
-	some p in prefixes
-	startswith(url, p)
-}
+# Params the sidecar sets on create and resume, whatever the client sent. The
+# CLI's custom instructions come from its own host (its home, its working
+# directory's AGENTS.md and .github/copilot-instructions.md): skipped unless the
+# pool's or tenant's data says custom_instructions: true.
+set_params := {"skipCustomInstructions": true} if {
+	input.method in option_methods
+	not opens_custom_instructions
+} else := {}
+
+opens_custom_instructions if pool_data.custom_instructions == true
+
+opens_custom_instructions if tenant_data.custom_instructions == true
 
 # The CLI's own tools (shell, file read/write, web fetch...) act on the CLI's
 # host, which tenants of a shared CLI share: none by default; a pool or tenant
@@ -207,6 +217,6 @@ else := sprintf("access denied: session option %q is not allowed here", [min(ref
 
 else := sprintf("access denied: method %q is not allowed here", [input.method])
 
-decision := {"allow": true, "reason": "allowed", "builtin_tools": builtin_tools} if allow
+decision := {"allow": true, "reason": "allowed", "builtin_tools": builtin_tools, "set_params": set_params} if allow
 
 else := {"allow": false, "reason": reason}

@@ -127,6 +127,7 @@ test_chat_options_allowed if {
 		"streaming": true, "requestPermission": true, "envValueMode": "direct", "includeSubAgentStreamingEvents": true,
 	}
 	d := session.decision with input as with_params(msg("bob", "session.create", "n1", null), p)
+		with data.climesh.pools as {"copilot": {"provider_base_urls": ["http://model"]}}
 	d.allow
 	d.builtin_tools == []
 }
@@ -168,12 +169,36 @@ test_send_attachments_with_paths_refused if {
 
 test_provider_base_urls if {
 	pools := {"copilot": {"provider_base_urls": ["http://127.0.0.1:9000/v1"]}}
-	ok := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "provider": {"baseUrl": "http://127.0.0.1:9000/v1"}})
-	session.decision.allow with input as ok with data.climesh.pools as pools
-	elsewhere := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "provider": {"baseUrl": "http://127.0.0.1:8500/v1"}})
-	d := session.decision with input as elsewhere with data.climesh.pools as pools
-	not d.allow
-	d.reason == `access denied: session option "provider" is not allowed here`
+	every url in ["http://127.0.0.1:9000/v1", "http://127.0.0.1:9000/v1/"] {
+		ok := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "provider": {"baseUrl": url}})
+		session.decision.allow with input as ok with data.climesh.pools as pools
+	}
+	every url in [
+		"http://127.0.0.1:8500/v1", "http://127.0.0.1:9000/v1/../../drain", "http://127.0.0.1:9000/v1?x=",
+		"http://127.0.0.1:9000/v1#", "http://127.0.0.1:9000/v1x", "http://127.0.0.1:7101/sweep?ttl=1ns&x=",
+	] {
+		elsewhere := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "provider": {"baseUrl": url}})
+		d := session.decision with input as elsewhere with data.climesh.pools as pools
+		not d.allow
+		d.reason == `access denied: session option "provider" is not allowed here`
+	}
+}
+
+test_provider_base_url_refused_without_a_list if {
+	req := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "provider": {"type": "openai", "baseUrl": "https://api.example.com/v1"}})
+	not session.decision.allow with input as req
+	no_url := with_params(msg("alice", "session.create", "n3", null), {"sessionId": "n3", "model": "gpt"})
+	session.decision.allow with input as no_url
+}
+
+test_custom_instructions_skipped_unless_opened if {
+	req := msg("alice", "session.create", "n5", null)
+	d := session.decision with input as req
+	d.set_params == {"skipCustomInstructions": true}
+	opened := session.decision with input as req with data.climesh.pools as {"copilot": {"custom_instructions": true}}
+	opened.set_params == {}
+	send := session.decision with input as msg("alice", "session.send", "s1", alice_rec)
+	send.set_params == {}
 }
 
 test_builtin_tools_from_pool_and_tenant if {

@@ -474,24 +474,37 @@ func TestAdversarialCollab(t *testing.T) {
 	provider := map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}
 	room := fmt.Sprintf("room-%d", time.Now().UnixNano())
 	data := filepath.Join(env.PolicyDir, "room-"+room+".json")
+	reloads := map[string]float64{}
+	for id, sc := range env.Sidecars {
+		if strings.HasPrefix(id, "collab-") {
+			reloads[id] = metricValue(sidecarMetrics(t, sc.AdminPort), `climesh_policy_reloads_total{result="ok"}`)
+		}
+	}
 	if err := os.WriteFile(data, []byte(fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": ["olga", "mia"]}}}}`, room)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(data) })
-	create := map[string]any{"sessionId": room, "model": "double-1", "provider": provider}
-
-	// nils of acme, not a member, tries to take the room's id before its members:
-	// refused (once the data is loaded), and the id stays free.
-	nils := collabTunnel(t, env, "nils", "acme", room)
-	err := harness.Poll(t.Context(), 100*time.Millisecond, func() error {
-		got := nils.call("session.create", create)
-		if code, msg := errorOf(got); code != -32012 || msg != "access denied: no such session for this caller" {
-			return fmt.Errorf("nils creates the room: %v", got)
+	// Every collab sidecar has loaded the room before anyone tries to create it.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := harness.Poll(ctx, 50*time.Millisecond, func() error {
+		for id, before := range reloads {
+			if metricValue(sidecarMetrics(t, env.Sidecars[id].AdminPort), `climesh_policy_reloads_total{result="ok"}`) <= before {
+				return fmt.Errorf("%s has not reloaded its policy", id)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	create := map[string]any{"sessionId": room, "model": "double-1", "provider": provider}
+
+	// nils of acme, not a member, tries to take the room's id before its members:
+	// refused, and the id stays free.
+	nils := collabTunnel(t, env, "nils", "acme", room)
+	if code, msg := errorOf(nils.call("session.create", create)); code != -32012 || msg != "access denied: no such session for this caller" {
+		t.Fatalf("nils creates the room: %d %q", code, msg)
 	}
 	if rec, _ := (&registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}).Get(t.Context(), room); rec != nil {
 		t.Fatalf("a refused create left a record: %+v", rec)

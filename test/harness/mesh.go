@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/climesh/climesh/identity"
@@ -135,9 +137,14 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		return m, err
 	}
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
-	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(`{"climesh": {"pools": {
-  "copilot": {"tenants": ["acme", "globex"]}, "collab": {"tenants": ["acme"]}, "isolated": {"tenants": ["solo", "solo-b"]},
-  "durable": {"tenants": ["durable"]}, "bounded": {"tenants": ["bounded"]}, "hostile": {"tenants": ["acme", "globex"]}}}}`), 0o644); err != nil {
+	// Every pool's sessions may name the model double as their provider, and nothing else.
+	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(strings.ReplaceAll(`{"climesh": {"pools": {
+  "copilot": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]},
+  "collab": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]},
+  "isolated": {"tenants": ["solo", "solo-b"], "provider_base_urls": [MODEL]},
+  "durable": {"tenants": ["durable"], "provider_base_urls": [MODEL]},
+  "bounded": {"tenants": ["bounded"], "provider_base_urls": [MODEL]},
+  "hostile": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]}}}}`, "MODEL", strconv.Quote(m.Model.URL))), 0o644); err != nil {
 		return m, err
 	}
 	copilotBin, err := Tool("copilot")

@@ -29,6 +29,7 @@ type Server struct {
 	requests atomic.Int64
 	mu       sync.Mutex
 	last     []Message
+	texts    []string // every message's text it was sent, system prompts included
 }
 
 // Message is a chat message as the CLI sends it.
@@ -94,6 +95,18 @@ func Start() (*Server, error) {
 
 // Close stops the server.
 func (s *Server) Close() { s.srv.Close() }
+
+// Saw reports whether any message the double was sent so far contains text.
+func (s *Server) Saw(text string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.texts {
+		if strings.Contains(t, text) {
+			return true
+		}
+	}
+	return false
+}
 
 // Requests counts chat completions served.
 func (s *Server) Requests() int64 { return s.requests.Load() }
@@ -162,6 +175,9 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
 	s.mu.Lock()
 	s.last = req.Messages
+	for _, m := range req.Messages {
+		s.texts = append(s.texts, m.Text())
+	}
 	s.mu.Unlock()
 	rep := decide(req)
 	if rep.delay > 0 {
