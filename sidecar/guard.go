@@ -108,7 +108,7 @@ const noSession = "access denied: no such session for this caller"
 
 // reservedIDPrefix marks the ids the sidecar uses on a tunnel's CLI connection
 // (its own connect, capacity's destroy and resume); a client may not use them.
-const reservedIDPrefix = `"climesh-`
+const reservedIDPrefix = `"climesh-sidecar-`
 
 // sessionIDPattern is what a session id may be: the CLI makes a directory of it.
 var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -207,7 +207,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		return &m, nil
 	}
 	if strings.HasPrefix(m.IDKey(), reservedIDPrefix) {
-		return nil, invalid(m.ID, `id: ids beginning "climesh-" are the sidecar's`)
+		return nil, invalid(m.ID, `id: ids beginning "climesh-sidecar-" are the sidecar's`)
 	}
 	g.mu.Lock()
 	_, inUse := g.pending[m.IDKey()]

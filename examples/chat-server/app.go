@@ -276,8 +276,9 @@ func (a *app) teamChat(r *http.Request, token string) (any, error) {
 		return nil, err
 	}
 	s, err := a.attached(r.Context(), c, key, in.Room)
-	if err != nil && (strings.Contains(err.Error(), "unknown session") || strings.Contains(err.Error(), "not found")) {
-		// The mesh has no record of the room (or the CLI no state): open it.
+	if err != nil && (strings.Contains(err.Error(), "no such session") || strings.Contains(err.Error(), "not found")) {
+		// The mesh refuses a room that does not exist and one that is not ours
+		// alike: try to open it. If it exists, the create is refused in turn.
 		cfg := a.sessionConfig()
 		cfg.SessionID = in.Room
 		if s, err = c.CreateSession(r.Context(), cfg); err == nil {

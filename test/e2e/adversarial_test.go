@@ -434,8 +434,8 @@ func checkTapMatchesDecisions(t *testing.T, env *meshEnv) {
 	}
 	checked := 0
 	for _, f := range env.Taps["hostile-0"].Frames() {
-		if !f.Valid || f.Method == "" || f.ID == nil || strings.HasPrefix(string(f.ID), `"climesh-`) {
-			continue // notifications and answers from the client, the sidecar's own calls
+		if !f.Valid || f.Method == "" || f.ID == nil || strings.HasPrefix(string(f.ID), `"climesh-sidecar-`) || strings.HasPrefix(string(f.ID), `"climesh-health-`) {
+			continue // notifications and answers from the client, the sidecar's own calls and health pings
 		}
 		k := key{f.Method, f.SessionID, string(f.ID)}
 		if allowed[k] == 0 {
@@ -474,30 +474,12 @@ func TestAdversarialCollab(t *testing.T) {
 	provider := map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}
 	room := fmt.Sprintf("room-%d", time.Now().UnixNano())
 	data := filepath.Join(env.PolicyDir, "room-"+room+".json")
-	reloads := map[string]float64{}
-	for id, sc := range env.Sidecars {
-		if strings.HasPrefix(id, "collab-") {
-			reloads[id] = metricValue(sidecarMetrics(t, sc.AdminPort), `climesh_policy_reloads_total{result="ok"}`)
-		}
-	}
+	reloaded := env.policyReloads(t, "collab-")
 	if err := os.WriteFile(data, []byte(fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": ["olga", "mia"]}}}}`, room)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(data) })
-	// Every collab sidecar has loaded the room before anyone tries to create it.
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	err := harness.Poll(ctx, 50*time.Millisecond, func() error {
-		for id, before := range reloads {
-			if metricValue(sidecarMetrics(t, env.Sidecars[id].AdminPort), `climesh_policy_reloads_total{result="ok"}`) <= before {
-				return fmt.Errorf("%s has not reloaded its policy", id)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reloaded() // every collab sidecar has the room before anyone tries to create it
 	create := map[string]any{"sessionId": room, "model": "double-1", "provider": provider}
 
 	// nils of acme, not a member, tries to take the room's id before its members:
@@ -591,4 +573,33 @@ func waitIdle(t *testing.T, c *rpcTunnel, s string) string {
 	}
 	t.Fatalf("no end of turn on %s", s)
 	return ""
+}
+
+// policyReloads notes the policy loads of the sidecars whose id starts with
+// prefix; the function it returns waits until each has loaded again.
+func (env *meshEnv) policyReloads(t *testing.T, prefix string) func() {
+	t.Helper()
+	const metric = `climesh_policy_reloads_total{result="ok"}`
+	before := map[string]float64{}
+	for id, sc := range env.Sidecars {
+		if strings.HasPrefix(id, prefix) && !sc.Proc.Exited() { // a drained sidecar has left
+			before[id] = metricValue(sidecarMetrics(t, sc.AdminPort), metric)
+		}
+	}
+	return func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := harness.Poll(ctx, 50*time.Millisecond, func() error {
+			for id, n := range before {
+				if metricValue(sidecarMetrics(t, env.Sidecars[id].AdminPort), metric) <= n {
+					return fmt.Errorf("%s has not loaded the new policy", id)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }

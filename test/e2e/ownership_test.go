@@ -75,7 +75,7 @@ func TestOwnershipAcrossUsers(t *testing.T) {
 	for i, method := range []string{"session.resume", "session.send", "session.getMessages", "session.getMetadata", "session.delete", "session.destroy", "session.abort"} {
 		params := map[string]any{"sessionId": id, "prompt": "mine now", "provider": map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "x"}}
 		code, msg := errorOf(call(t, send, recv, 10+i, method, params))
-		if code != -32012 || msg != "access denied: session belongs to another user" {
+		if code != -32012 || msg != "access denied: no such session for this caller" {
 			t.Errorf("bob %s: %d %q, want -32012 access denied", method, code, msg)
 		}
 	}
@@ -90,7 +90,7 @@ func TestOwnershipAcrossUsers(t *testing.T) {
 	// Through the SDK too, bob's resume fails with that message.
 	bob := env.tcpClient(t, "bob")
 	if _, err := bob.ResumeSession(ctx, id, &copilot.ResumeSessionConfig{Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll}); err == nil ||
-		!strings.Contains(err.Error(), "access denied: session belongs to another user") {
+		!strings.Contains(err.Error(), "access denied: no such session for this caller") {
 		t.Fatalf("SDK resume by bob: %v", err)
 	}
 
@@ -124,7 +124,7 @@ func TestOwnershipAcrossUsers(t *testing.T) {
 		t.Fatalf("alice create with id: %v", got)
 	}
 	if code, msg := errorOf(call(t, send, recv, 40, "session.create", map[string]any{"sessionId": "alice-chosen-id", "model": "double-1"})); code != -32012 ||
-		msg != "access denied: session belongs to another user" {
+		msg != "access denied: no such session for this caller" {
 		t.Fatalf("bob re-creating alice's id: %d %q", code, msg)
 	}
 }
@@ -225,9 +225,11 @@ func TestPolicyChangesLive(t *testing.T) {
 	globex := bearer(env.Token("gina", "globex"))
 	acme := bearer(env.Token("arno", "acme"))
 	t.Cleanup(func() {
+		reloaded := env.policyReloads(t, "")
 		os.Remove(brokenPath)
 		os.WriteFile(dataPath, original, 0o644)
 		waitStatus(t, env.EdgeURL, globex, 101)
+		reloaded() // every sidecar decides on the mesh's data again before the next test
 	})
 	if code, body := upgradeStatus(t, env.EdgeURL, globex); code != 101 {
 		t.Fatalf("globex before the change: %d %s", code, body)

@@ -285,7 +285,7 @@ func TestSharedSessionHolderCrash(t *testing.T) {
 		}
 		return json.Unmarshal(pair.Value, &h)
 	})
-	if err != nil || h.User != "m-a" {
+	if err != nil || h.User != "acme/m-a" {
 		t.Fatalf("lock holder %+v: %v", h, err)
 	}
 	killed := time.Now()
