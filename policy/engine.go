@@ -50,6 +50,7 @@ type engineMetrics struct {
 	evalErrors *prometheus.CounterVec
 	reloads    *prometheus.CounterVec
 	lastGood   prometheus.Gauge
+	serving    *prometheus.GaugeVec
 }
 
 // ErrUndefined is an evaluation that produced no result: a deny.
@@ -72,6 +73,9 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 			lastGood: f.NewGauge(prometheus.GaugeOpts{
 				Name: "climesh_policy_last_load_success_timestamp_seconds", Help: "When the serving policy was loaded.",
 			}),
+			serving: f.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "climesh_policy_serving_info", Help: "1 for the fingerprint (first 12 hex digits of Fingerprint) of the policy that decides now.",
+			}, []string{"fingerprint"}),
 		},
 	}
 	if err := e.Reload(ctx); err != nil {
@@ -83,7 +87,7 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 // Reload loads and compiles the source again. On error the serving policy stays,
 // the error (with file:line for compile errors) is logged and counted.
 func (e *Engine) Reload(ctx context.Context) error {
-	fp, err := fingerprint(e.source)
+	fp, err := Fingerprint(e.source)
 	if err != nil {
 		return e.failed(err)
 	}
@@ -105,6 +109,8 @@ func (e *Engine) Reload(ctx context.Context) error {
 	e.mu.Unlock()
 	e.metrics.reloads.WithLabelValues("ok").Inc()
 	e.metrics.lastGood.SetToCurrentTime()
+	e.metrics.serving.Reset()
+	e.metrics.serving.WithLabelValues(fp[:12]).Set(1)
 	e.log.Info("policy loaded", zap.String("source", e.source), zap.String("fingerprint", fp[:12]))
 	return nil
 }
@@ -137,7 +143,7 @@ func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		fp, err := fingerprint(e.source)
+		fp, err := Fingerprint(e.source)
 		e.mu.RLock()
 		same := fp == e.fingerprint
 		e.mu.RUnlock()
@@ -218,9 +224,10 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 	return c, store, nil
 }
 
-// fingerprint hashes the names and contents of the policy files (policy trees are
-// small; times alone miss two writes within one clock tick).
-func fingerprint(source string) (string, error) {
+// Fingerprint hashes the names and contents of the policy files (policy trees are
+// small; times alone miss two writes within one clock tick): what
+// climesh_policy_serving_info reports, to tell which policy a process decides with.
+func Fingerprint(source string) (string, error) {
 	var lines []string
 	err := filepath.WalkDir(source, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
 )
@@ -575,25 +576,24 @@ func waitIdle(t *testing.T, c *rpcTunnel, s string) string {
 	return ""
 }
 
-// policyReloads notes the policy loads of the sidecars whose id starts with
-// prefix; the function it returns waits until each has loaded again.
+// policyReloads returns a function that waits until every running sidecar whose
+// id starts with prefix decides with the policy now in the mesh's policy
+// directory (its climesh_policy_serving_info fingerprint).
 func (env *meshEnv) policyReloads(t *testing.T, prefix string) func() {
 	t.Helper()
-	const metric = `climesh_policy_reloads_total{result="ok"}`
-	before := map[string]float64{}
-	for id, sc := range env.Sidecars {
-		if strings.HasPrefix(id, prefix) && !sc.Proc.Exited() { // a drained sidecar has left
-			before[id] = metricValue(sidecarMetrics(t, sc.AdminPort), metric)
-		}
-	}
 	return func() {
 		t.Helper()
+		fp, err := policy.Fingerprint(env.PolicyDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`climesh_policy_serving_info{fingerprint=%q} 1`, fp[:12])
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		err := harness.Poll(ctx, 50*time.Millisecond, func() error {
-			for id, n := range before {
-				if metricValue(sidecarMetrics(t, env.Sidecars[id].AdminPort), metric) <= n {
-					return fmt.Errorf("%s has not loaded the new policy", id)
+		err = harness.Poll(ctx, 50*time.Millisecond, func() error {
+			for id, sc := range env.Sidecars {
+				if strings.HasPrefix(id, prefix) && !sc.Proc.Exited() && !strings.Contains(sidecarMetrics(t, sc.AdminPort), want) {
+					return fmt.Errorf("%s does not decide with the policy in %s yet", id, env.PolicyDir)
 				}
 			}
 			return nil
