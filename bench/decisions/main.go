@@ -1,7 +1,7 @@
 // Command decisions measures climesh's policy decisions with the shipped Rego:
 //
-//   - per message in the sidecar (Guard.Inbound: registry lookup + Rego, with the
-//     per-tunnel decision cache, and without it);
+//   - per message in the sidecar (the strict reading, then Guard.Inbound: registry
+//     lookup + Rego), cached and cold as separate series, and session.create;
 //
 //   - ext_authz over real gRPC on loopback at a fixed request rate, and its
 //     closed-loop maximum.
@@ -145,11 +145,11 @@ func guardLatencies(ctx context.Context, e *policy.Engine, n int) (cached, cold 
 		} else {
 			body = fmt.Sprintf(kinds[k], i, target)
 		}
+		start := time.Now() // the strict reading and the decision: what each message costs
 		m, _ := jsonrpc.Parse([]byte(body))
-		key := m.Method + "|" + m.SessionID + "|" + string(m.Params)
-		start := time.Now()
 		fwd, _ := guards[u].Inbound(ctx, m)
 		d := time.Since(start)
+		key := m.Method + "|" + m.SessionID + "|" + string(m.Params)
 		if seen[u][key] {
 			cached = append(cached, d)
 		} else {
@@ -172,9 +172,9 @@ func createLatencies(ctx context.Context, e *policy.Engine, n int) []time.Durati
 	g := newGuard(e, reg, 0)
 	out := make([]time.Duration, 0, n)
 	for i := range n {
-		m, _ := jsonrpc.Parse([]byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.create","params":{"sessionId":"c-%d","model":"m",`+
-			`"provider":{"type":"openai","baseUrl":"http://127.0.0.1:9/v1","apiKey":"k"},"streaming":true,"tools":[{"name":"lookup","description":"d"}],"availableTools":null,"envValueMode":"direct"}}`, i, i)))
 		start := time.Now()
+		m, _ := jsonrpc.Parse([]byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.create","params":{"sessionId":"c-%d","model":"m",`+
+			`"streaming":true,"tools":[{"name":"lookup","description":"d"}],"availableTools":null,"envValueMode":"direct"}}`, i, i)))
 		fwd, answer := g.Inbound(ctx, m)
 		out = append(out, time.Since(start))
 		if fwd == nil {

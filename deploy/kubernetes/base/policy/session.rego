@@ -61,13 +61,22 @@ default tenant_data := {}
 
 tenant_data := data.climesh.tenants[input.tenant]
 
-listed(key) := {x | some x in object.get(pool_data, key, [])} | {x | some x in object.get(tenant_data, key, [])}
+# Each list of the pool's and the tenant's data, joined (a rule each: evaluated once).
+listed_session_options := {x | some x in object.get(pool_data, "session_options", [])} | {x | some x in object.get(tenant_data, "session_options", [])}
 
-allowed_options := (chat_options | listed("session_options")) if input.method in option_methods
+listed_send_options := {x | some x in object.get(pool_data, "send_options", [])} | {x | some x in object.get(tenant_data, "send_options", [])}
 
-allowed_options := (send_options | listed("send_options")) if input.method == "session.send"
+listed_attachment_types := {x | some x in object.get(pool_data, "attachment_types", [])} | {x | some x in object.get(tenant_data, "attachment_types", [])}
 
-allowed_attachment_types := {"blob"} | listed("attachment_types")
+listed_provider_base_urls := {trim_suffix(x, "/") | some x in object.get(pool_data, "provider_base_urls", [])} | {trim_suffix(x, "/") | some x in object.get(tenant_data, "provider_base_urls", [])}
+
+listed_builtin_tools := {x | some x in object.get(pool_data, "builtin_tools", [])} | {x | some x in object.get(tenant_data, "builtin_tools", [])}
+
+allowed_options := chat_options | listed_session_options if input.method in option_methods
+
+allowed_options := send_options | listed_send_options if input.method == "session.send"
+
+allowed_attachment_types := {"blob"} | listed_attachment_types
 
 refused_options contains name if {
 	allowed_options
@@ -90,7 +99,7 @@ refused_options contains "attachments" if {
 refused_options contains "provider" if {
 	input.method in option_methods
 	url := input.params.provider.baseUrl
-	not trim_suffix(url, "/") in {trim_suffix(u, "/") | some u in listed("provider_base_urls")}
+	not trim_suffix(url, "/") in listed_provider_base_urls
 }
 
 # Params the sidecar sets on create and resume, whatever the client sent. The
@@ -110,7 +119,7 @@ opens_custom_instructions if tenant_data.custom_instructions == true
 # host, which tenants of a shared CLI share: none by default; a pool or tenant
 # opens them by name in builtin_tools (["*"]: all of them, for isolated pools
 # whose users the OS separates).
-builtin_tools := sort([t | some t in listed("builtin_tools")])
+builtin_tools := sort(listed_builtin_tools)
 
 is_admin if "admin" in input.roles
 
