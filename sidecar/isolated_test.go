@@ -784,12 +784,19 @@ func TestUserPoolRealCLIUnderUID(t *testing.T) {
 	if err != nil {
 		t.Skip("no Copilot CLI in ../.tools/bin")
 	}
-	if err := executableByOthers(cli); err != nil {
-		t.Fatalf("the CLI cannot run as another UID: %v", err)
-	}
 	rng, _ := ParseUIDRange("200700-200709")
 	core, logs := observer.New(zapcore.InfoLevel)
 	root := openTempDir(t)
+	if executableByOthers(cli) != nil {
+		// The checkout may sit where only its owner can enter (a CI's temporary
+		// clone): run a link of the binary from a directory the UIDs can reach.
+		if cli, err = linkForAll(cli, root); err != nil {
+			t.Fatal(err)
+		}
+		if err := executableByOthers(cli); err != nil {
+			t.Fatalf("the CLI cannot run as another UID: %v", err)
+		}
+	}
 	p := &UserPool{Command: cli, Root: root, UIDs: rng, PkgCache: filepath.Join(root, ".copilot-pkg"), Cap: 5, IdleAfter: time.Minute, Log: zap.New(core)}
 	t.Cleanup(func() { stopAll(p) })
 	if err := p.Prepare(); err != nil || !p.pkgReady {
@@ -886,4 +893,23 @@ func TestExecutableByOthers(t *testing.T) {
 	if err := executableByOthers(link); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// linkForAll hard-links (or copies) bin into dir, mode 0755.
+func linkForAll(bin, dir string) (string, error) {
+	src, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, "copilot")
+	if os.Link(src, dst) != nil {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			return "", err
+		}
+	}
+	return dst, os.Chmod(dst, 0o755)
 }

@@ -33,14 +33,7 @@ type liveTunnel struct {
 
 func openLive(t *testing.T, env *meshEnv, user, tenant string) *liveTunnel {
 	t.Helper()
-	h := bearer(env.Token(user, tenant))
-	h.Set("X-Climesh-Target", harness.HostileTarget)
-	ws, _, err := websocket.Dial(t.Context(), env.EdgeURL, &websocket.DialOptions{HTTPHeader: h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws.SetReadLimit(16 << 20)
-	t.Cleanup(func() { ws.CloseNow() })
+	ws := dialEdge(t, env, user, tenant, "X-Climesh-Target", harness.HostileTarget)
 	c := &liveTunnel{ws: ws, byID: map[string]string{}}
 	go func() {
 		for {

@@ -34,16 +34,24 @@ type rpcTunnel struct {
 	seen []string // every frame received
 }
 
-func hostileTunnel(t *testing.T, env *meshEnv, user, tenant string) *rpcTunnel {
+// dialEdge opens a tunnel through the edge as user of tenant, with one routing
+// header (which pool it reaches); it closes with the test.
+func dialEdge(t *testing.T, env *meshEnv, user, tenant, header, value string) *websocket.Conn {
 	t.Helper()
 	h := bearer(env.Token(user, tenant))
-	h.Set("X-Climesh-Target", harness.HostileTarget)
+	h.Set(header, value)
 	ws, _, err := websocket.Dial(t.Context(), env.EdgeURL, &websocket.DialOptions{HTTPHeader: h})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s of %s through the edge (%s: %s): %v", user, tenant, header, value, err)
 	}
+	ws.SetReadLimit(16 << 20)
 	t.Cleanup(func() { ws.CloseNow() })
-	c := &rpcTunnel{t: t, ws: ws, next: 1000}
+	return ws
+}
+
+func hostileTunnel(t *testing.T, env *meshEnv, user, tenant string) *rpcTunnel {
+	t.Helper()
+	c := &rpcTunnel{t: t, ws: dialEdge(t, env, user, tenant, "X-Climesh-Target", harness.HostileTarget), next: 1000}
 	c.call("connect", map[string]string{})
 	return c
 }
@@ -455,14 +463,7 @@ func checkTapMatchesDecisions(t *testing.T, env *meshEnv) {
 // collabTunnel is a raw tunnel to the collab pool, routed by the room's name.
 func collabTunnel(t *testing.T, env *meshEnv, user, tenant, room string) *rpcTunnel {
 	t.Helper()
-	h := bearer(env.Token(user, tenant))
-	h.Set("X-Climesh-Session", room)
-	ws, _, err := websocket.Dial(t.Context(), env.EdgeURL, &websocket.DialOptions{HTTPHeader: h})
-	if err != nil {
-		t.Fatalf("%s of %s to the collab pool: %v", user, tenant, err)
-	}
-	t.Cleanup(func() { ws.CloseNow() })
-	c := &rpcTunnel{t: t, ws: ws, next: 1000}
+	c := &rpcTunnel{t: t, ws: dialEdge(t, env, user, tenant, "X-Climesh-Session", room), next: 1000}
 	c.call("connect", map[string]string{})
 	return c
 }

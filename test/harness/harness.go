@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -214,4 +215,35 @@ func ChildPID(parent int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("process %d has no child", parent)
+}
+
+// ExecutableByAll returns bin (symlinks resolved) placed where any UID can run it:
+// a hard link (or, across file systems, a copy) at dir/name, mode 0755. The
+// isolated pool runs its CLIs under other UIDs, and the checkout (with .tools) may
+// sit in a directory only its owner can enter, like a CI's temporary clone.
+func ExecutableByAll(bin, dir, name string) (string, error) {
+	src, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return "", err
+	}
+	dst := filepath.Join(dir, name)
+	if err := os.Link(src, dst); err != nil {
+		in, err := os.Open(src)
+		if err != nil {
+			return "", err
+		}
+		defer in.Close()
+		out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+		if err != nil {
+			return "", err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return "", err
+		}
+		if err := out.Close(); err != nil {
+			return "", err
+		}
+	}
+	return dst, os.Chmod(dst, 0o755)
 }

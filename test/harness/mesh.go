@@ -237,7 +237,13 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	m.UsersRoot = filepath.Join(dir, "users")
 	if o.Isolated {
-		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin,
+		usersBin := copilotBin
+		if os.Geteuid() == 0 { // the per-user UIDs must reach the binary, wherever the checkout is
+			if usersBin, err = ExecutableByAll(copilotBin, dir, "copilot-for-users"); err != nil {
+				return m, err
+			}
+		}
+		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: usersBin,
 			Extra: append(append([]string{}, extra...), isolatedArgs(m.UsersRoot)...)})
 		if err != nil {
 			return m, err
