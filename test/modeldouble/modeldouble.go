@@ -6,7 +6,8 @@
 //     request offers it); the tool's result then comes back as `tool NAME said: ...`;
 //   - anything else is answered `echo: <last user message> (user messages: N, first: <first>)`,
 //     so a test can tell that a resumed session still has its history.
-//   - a user message `slow N` answers after N milliseconds (a long turn).
+//   - a user message `slow N` (or `slow N <more words>`) answers after N
+//     milliseconds (a long turn).
 package modeldouble
 
 import (
@@ -159,7 +160,9 @@ func decide(req chatRequest) reply {
 	}
 	r := reply{text: fmt.Sprintf("echo: %s (user messages: %d, first: %s)", u, len(users), users[0])}
 	if rest, ok := strings.CutPrefix(u, "slow "); ok {
-		if ms, err := strconv.Atoi(rest); err == nil {
+		// "slow N" or "slow N for <anything>": the first word is the delay.
+		word, _, _ := strings.Cut(rest, " ")
+		if ms, err := strconv.Atoi(word); err == nil && ms > 0 {
 			r.delay = time.Duration(ms) * time.Millisecond
 		}
 	}
