@@ -107,8 +107,13 @@ func TestOwnershipAcrossUsers(t *testing.T) {
 		t.Fatalf("alice's list lacks her session %s: %v", id, sessions)
 	}
 	ev, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "still mine?"})
-	if err != nil || !strings.Contains(answer(t, ev), "first: alice's secret plan") {
+	if err != nil {
 		t.Fatalf("alice after bob's attempts: %v", err)
+	}
+	// The session holds alice's two messages and nothing of bob's: his send never
+	// reached the CLI (the double counts the user messages it was sent).
+	if got := answer(t, ev); !strings.Contains(got, "(user messages: 2, first: alice's secret plan)") {
+		t.Fatalf("alice's session after bob's attempts: %q, want exactly her two messages", got)
 	}
 	if err := alice.DeleteSession(ctx, id); err != nil {
 		t.Fatal(err)
