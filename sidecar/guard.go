@@ -478,11 +478,9 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 	if ok {
 		return v
 	}
-	probe, err := jsonrpc.Parse(fmt.Appendf(nil, `{"jsonrpc":"2.0","id":0,"method":"session.getMessages","params":{"sessionId":%q}}`, id))
-	if err != nil {
-		return false
-	}
-	d, rec := g.decide(ctx, probe)
+	// Decided as a read of the session would be.
+	params, _ := json.Marshal(map[string]string{"sessionId": id})
+	d, rec := g.decide(ctx, jsonrpc.Message{Kind: jsonrpc.Request, Method: "session.getMessages", SessionID: id, Params: params})
 	v = d.Allow && rec != nil
 	g.setVisible(id, v)
 	return v

@@ -290,3 +290,25 @@ func TestGuardPendingAnswersBoundToTheirSession(t *testing.T) {
 		t.Fatal("a request answered twice")
 	}
 }
+
+// Wrong types in the fields the tools rewrite and the pending-answer check read
+// are refused, never read as "none".
+func TestGuardWrongTypesRefused(t *testing.T) {
+	e, reg := shippedPolicy(t), &registry.Memory{}
+	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+	alice := guardFor(e, reg, "acme", "alice")
+	alice.Outbound(t.Context(), msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a","event":{"type":"external_tool.requested","data":{"requestId":"7"}}}}`))
+	for name, frame := range map[string]string{
+		"availableTools a string":   `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m","availableTools":"bash"}}`,
+		"availableTools of numbers": `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m","availableTools":[1]}}`,
+		"tools an object":           `{"jsonrpc":"2.0","id":3,"method":"session.create","params":{"model":"m","tools":{"name":"bash"}}}`,
+		"tool name a number":        `{"jsonrpc":"2.0","id":4,"method":"session.create","params":{"model":"m","tools":[{"name":7}]}}`,
+		"requestId a number":        `{"jsonrpc":"2.0","id":5,"method":"session.tools.handlePendingToolCall","params":{"sessionId":"s-a","requestId":7,"result":"x"}}`,
+		"requestId duplicated":      `{"jsonrpc":"2.0","id":6,"method":"session.tools.handlePendingToolCall","params":{"sessionId":"s-a","requestId":"x","requestId":"7","result":"x"}}`,
+		"requestId case variant":    `{"jsonrpc":"2.0","id":7,"method":"session.tools.handlePendingToolCall","params":{"sessionId":"s-a","RequestId":"7","result":"x"}}`,
+	} {
+		if toCLI, ans := inbound(t, alice, frame); toCLI != "" {
+			t.Errorf("%s: forwarded %s (%s)", name, toCLI, ans)
+		}
+	}
+}

@@ -6,6 +6,7 @@ package jsonrpc
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,10 +124,20 @@ func (k Kind) String() string {
 	return "invalid"
 }
 
+var (
+	idleMarker  = []byte(`"session.idle"`)
+	errorMarker = []byte(`"session.error"`)
+)
+
 // EndsTurn reports whether m is the CLI's event that ends a session's turn: a
 // session.event notification whose event type is session.idle or session.error.
 func EndsTurn(m Message) bool {
 	if m.Kind != Notification || m.Method != "session.event" {
+		return false
+	}
+	// Every streamed delta is a session.event: skip the walk for those that
+	// cannot end a turn (the CLI writes these names unescaped).
+	if !bytes.Contains(m.Params, idleMarker) && !bytes.Contains(m.Params, errorMarker) {
 		return false
 	}
 	t, _ := StringMember(m.Params, "event", "type")

@@ -121,14 +121,10 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 		name := nameTok.String()
 		switch name {
 		case "jsonrpc":
-			t, err := d.ReadToken()
-			if err != nil {
-				return Message{}, bad("%v", err)
+			if version, err = readString(d, "jsonrpc"); err != nil {
+				return Message{}, err
 			}
-			if t.Kind() != '"' {
-				return Message{}, bad("jsonrpc: want the string \"2.0\"")
-			}
-			version, hasVersion = t.String(), true
+			hasVersion = true
 		case "id":
 			v, err := d.ReadValue()
 			if err != nil {
@@ -143,14 +139,10 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 				return Message{}, err
 			}
 		case "method":
-			t, err := d.ReadToken()
-			if err != nil {
-				return Message{}, bad("%v", err)
+			if m.Method, err = readString(d, "method"); err != nil {
+				return Message{}, err
 			}
-			if t.Kind() != '"' {
-				return Message{}, bad("method: want a string")
-			}
-			m.Method, hasMethod = t.String(), true
+			hasMethod = true
 		case "params":
 			v, err := d.ReadValue()
 			if err != nil {
@@ -216,6 +208,18 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 		m.Kind = Response
 	}
 	return m, nil
+}
+
+// readString reads the value of member field, which must be a string.
+func readString(d *jsontext.Decoder, field string) (string, error) {
+	t, err := d.ReadToken()
+	if err != nil {
+		return "", bad("%v", err)
+	}
+	if t.Kind() != '"' {
+		return "", bad("%s: want a string", field)
+	}
+	return t.String(), nil
 }
 
 // canonicalID checks an id's type and returns its canonical encoding: a string
