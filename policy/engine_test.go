@@ -224,15 +224,37 @@ func waitUntil(t *testing.T, cond func() bool) {
 	}
 }
 
+// benchSend is a send to another user's session, which the shipped policy refuses.
+var benchSend = MessageInput{User: "bob", Tenant: "acme", Pool: "copilot", Mode: "shared", Kind: "request",
+	Method: "session.send", SessionID: "s1", Params: []byte(`{"sessionId": "s1", "prompt": "hi"}`),
+	Record: map[string]any{"owner": "alice", "tenant": "acme", "members": []any{"carol"}}}
+
 func BenchmarkDecideMessage(b *testing.B) {
 	e := shippedEngine(b)
-	in := MessageInput{User: "bob", Tenant: "acme", Pool: "copilot", Mode: "shared", Kind: "request",
-		Method: "session.send", SessionID: "s1", Params: []byte(`{"sessionId": "s1", "prompt": "hi"}`),
-		Record: map[string]any{"owner": "alice", "tenant": "acme", "members": []any{"carol"}}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if e.DecideMessage(b.Context(), in).Allow {
+		if e.DecideMessage(b.Context(), benchSend).Allow {
 			b.Fatal("allowed")
+		}
+	}
+}
+
+// BenchmarkDecideMessageTrivialPolicy is BenchmarkDecideMessage's input and call
+// with a one-rule policy (allowAll): the floor of a decision — building the input,
+// OPA's evaluation, reading the result — whatever the policy says.
+func BenchmarkDecideMessageTrivialPolicy(b *testing.B) {
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.rego"), []byte(allowAll), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	e, err := NewEngine(b.Context(), dir, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !e.DecideMessage(b.Context(), benchSend).Allow {
+			b.Fatal("refused")
 		}
 	}
 }

@@ -434,8 +434,9 @@ func setOptions(m jsonrpc.Message, d policy.Decision) (jsonrpc.Message, error) {
 	return m.WithParams(jsontext.Value(b))
 }
 
-// touch records activity for the idle-session sweeper, at most every 10 s per
-// session per tunnel (it is a Consul write).
+// touch records activity for the idle-session sweeper, and this instance as
+// where the session now lives, at most every 10 s per session per tunnel (it
+// is a Consul write).
 func (g *Guard) touch(ctx context.Context, id string) {
 	g.mu.Lock()
 	if g.touched == nil || len(g.touched) >= g.bounds().Sessions {
@@ -449,7 +450,7 @@ func (g *Guard) touch(ctx context.Context, id string) {
 	}
 	g.touched[id] = now
 	g.mu.Unlock()
-	if err := g.Registry.Touch(ctx, id, now); err != nil {
+	if err := g.Registry.Touch(ctx, id, now, g.Instance); err != nil {
 		g.Log.Debug("session registry: touch", zap.String("session_id", id), zap.Error(err))
 	}
 }

@@ -2,8 +2,9 @@
 // session was released: one real CLI behind climesh-sidecar, one SDK client through
 // climesh-connect with two sessions, turns alternating between them. With
 // --capacity 1 every turn finds its session released and the sidecar resumes it
-// first; with no cap nothing is released. Prints turn latency p50/p99 for both and
-// the difference, with the sidecar's release and resume counters.
+// first; with no cap nothing is released. Prints turn latency p50 and p99 (the
+// maximum below 100 turns) for both and the difference, with the sidecar's release
+// and resume counters.
 //
 //	go run ./bench/capacity [-turns 40]
 package main
@@ -47,8 +48,10 @@ func run(turns int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("capacity: %d turns alternating between two sessions of one client, per run\n", turns)
-	fmt.Printf("%-12s %9s %9s %9s %9s\n", "capacity", "p50", "p99", "released", "resumed")
+	fmt.Print(stats.Provenance())
+	fmt.Printf("# capacity: %d turns alternating between two sessions of one client, per run\n", turns)
+	fmt.Println("| capacity | turns | turn p50 | turn p99 (or max) | released | resumed on demand |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|")
 	var p50 [2]time.Duration
 	for i, capacity := range []int{0, 1} {
 		samples, counters, err := measure(ctx, copilotBin, model.URL, capacity, turns)
@@ -60,13 +63,14 @@ func run(turns int) error {
 		if capacity > 0 {
 			name = strconv.Itoa(capacity)
 		}
-		fmt.Printf("%-12s %9s %9s %9.0f %9.0f\n", name, p50[i].Round(100*time.Microsecond), stats.Percentile(samples, 99).Round(100*time.Microsecond),
+		fmt.Printf("| %s | %d | %s | %s | %.0f | %.0f |\n", name, len(samples), ms(p50[i]), stats.TailCell(samples, 99, ms),
 			counters["climesh_sidecar_evictions_total"], counters["climesh_sidecar_resumes_on_demand_total"])
 	}
-	fmt.Printf("a resume on demand adds %s to a turn at p50\n", (p50[1] - p50[0]).Round(100*time.Microsecond))
-	fmt.Println("reproduce: go run ./bench/capacity -turns", turns)
+	fmt.Printf("\nA resume on demand adds %s to a turn at p50.\n", ms(p50[1]-p50[0]))
 	return nil
 }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 func measure(ctx context.Context, copilotBin, modelURL string, capacity, turns int) ([]time.Duration, map[string]float64, error) {
 	dir, err := os.MkdirTemp("", "climesh-bench-capacity-")

@@ -61,17 +61,17 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("# reproduce: go run ./bench/decisions -rate %d -duration %s -messages %d -workers %d\n", rate, dur, messages, workers)
-	fmt.Println("| measure | p50 | p99 | note |")
-	fmt.Println("|---|---:|---:|---|")
+	fmt.Print(stats.Provenance())
+	fmt.Println("| measure | samples | p50 | p99 (or max) | note |")
+	fmt.Println("|---|---:|---:|---:|---|")
+	row := func(name string, lat []time.Duration, format func(time.Duration) string, note string) {
+		fmt.Printf("| %s | %d | %s | %s | %s |\n", name, len(lat), format(stats.Percentile(lat, 50)), stats.TailCell(lat, 99, format), note)
+	}
 	cached, cold := guardLatencies(ctx, engine, messages)
-	fmt.Printf("| sidecar decision, cached | %s | %s | a (method, session, params) this tunnel decided before: pings, reads, refused retries; %d samples |\n",
-		us(stats.Percentile(cached, 50)), us(stats.Percentile(cached, 99)), len(cached))
-	fmt.Printf("| sidecar decision, cold | %s | %s | first of its kind on the tunnel: every send (its prompt is new), Rego with the whole params; %d samples |\n",
-		us(stats.Percentile(cold, 50)), us(stats.Percentile(cold, 99)), len(cold))
+	row("sidecar decision, cached", cached, us, "a (method, session, params) this tunnel decided before: pings, reads, refused retries")
+	row("sidecar decision, cold", cold, us, "first of its kind on the tunnel: every send (its prompt is new), Rego with the whole params")
 	creates := createLatencies(ctx, engine, messages/10)
-	fmt.Printf("| sidecar decision, session.create | %s | %s | Rego with the options allow-list, the registry claim (in memory) and the tools rewrite; %d samples |\n",
-		us(stats.Percentile(creates, 50)), us(stats.Percentile(creates, 99)), len(creates))
+	row("sidecar decision, session.create", creates, us, "Rego with the options allow-list, the registry claim (in memory) and the tools rewrite")
 
 	keys := &identity.Keys{Active: "k", Keys: map[string][]byte{"k": bytes.Repeat([]byte{1}, 32)}}
 	authz := policy.NewExtAuthz(engine, keys, policy.Claims{User: "sub", Tenant: "tenant", Roles: "roles"}, time.Minute, zap.NewNop(), prometheus.NewRegistry())
@@ -101,9 +101,9 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 		return fmt.Errorf("check does not allow the canned request: %v %v", resp, err)
 	}
 	lat, achieved, errs := fixedRate(ctx, client, req, rate, dur, workers)
-	fmt.Printf("| ext_authz at %d/s (gRPC, loopback) | %s | %s | achieved %.0f/s, %d errors |\n", rate, ms(stats.Percentile(lat, 50)), ms(stats.Percentile(lat, 99)), achieved, errs)
+	row(fmt.Sprintf("ext_authz at %d/s (gRPC, loopback)", rate), lat, ms, fmt.Sprintf("achieved %.0f/s, %d errors", achieved, errs))
 	lat, achieved, errs = closedLoop(ctx, client, req, dur, workers)
-	fmt.Printf("| ext_authz closed loop, %d callers | %s | %s | max %.0f decisions/s, %d errors |\n", workers, ms(stats.Percentile(lat, 50)), ms(stats.Percentile(lat, 99)), achieved, errs)
+	row(fmt.Sprintf("ext_authz closed loop, %d callers", workers), lat, ms, fmt.Sprintf("max %.0f decisions/s, %d errors", achieved, errs))
 	return nil
 }
 

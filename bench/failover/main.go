@@ -1,7 +1,8 @@
 // Command failover measures what a CLI crash costs: SIGKILL one CLI of a pool with
 // shared session storage, then time (a) until Envoy stops routing to it and (b) the
 // failover a user sees — from the last reply before the kill to the first reply
-// after it (climesh-connect reconnects and resumes the session elsewhere).
+// after it (climesh-connect reconnects and resumes the session elsewhere). Below
+// 100 trials the tail column is the maximum, labelled so.
 //
 //	go run ./bench/failover [-trials 20]
 package main
@@ -11,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"slices"
 	"syscall"
 	"time"
 
@@ -25,6 +25,7 @@ import (
 func main() {
 	trials := flag.Int("trials", 20, "kills")
 	flag.Parse()
+	fmt.Print(stats.Provenance())
 	if err := run(*trials); err != nil {
 		fmt.Fprintln(os.Stderr, "failover:", err)
 		os.Exit(1)
@@ -34,11 +35,18 @@ func main() {
 func run(trials int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true, Durable: 2})
+	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true, Scratch: []string{"durable"}})
 	if err != nil {
 		return err
 	}
 	defer m.Close()
+	// Two shared-mode instances whose CLIs share one COPILOT_HOME, so a session
+	// resumes on the survivor.
+	pool, err := m.StartPool(ctx, "durable", harness.PoolOptions{Instances: 2})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
 	reg := &registry.Consul{KV: m.Consul.Client.KV(), Prefix: "climesh/sessions/"}
 	provider := &copilot.ProviderConfig{Type: "openai", BaseURL: m.Model.URL, APIKey: "x"}
 	var outOfRouting, failover []time.Duration
@@ -60,7 +68,7 @@ func run(trials int) error {
 			return fmt.Errorf("no record: %v", err)
 		}
 		victim := rec.Instance
-		cli, err := harness.ChildPID(m.Sidecars[victim].Proc.Pid())
+		cli, err := harness.ChildPID(pool.Sidecars[victim].Proc.Pid())
 		if err != nil {
 			return err
 		}
@@ -85,13 +93,10 @@ func run(trials int) error {
 			return err
 		}
 	}
-	slices.Sort(outOfRouting)
-	slices.Sort(failover)
-	fmt.Printf("# reproduce: go run ./bench/failover -trials %d\n", trials)
-	fmt.Println("| measure | p50 | p99 | trials |")
+	fmt.Println("| measure | p50 | p99 (or max) | trials |")
 	fmt.Println("|---|---:|---:|---:|")
-	fmt.Printf("| kill → out of routing (Envoy) | %s | %s | %d |\n", ms(stats.Percentile(outOfRouting, 50)), ms(stats.Percentile(outOfRouting, 99)), trials)
-	fmt.Printf("| failover seen by the user (last reply → next reply) | %s | %s | %d |\n", ms(stats.Percentile(failover, 50)), ms(stats.Percentile(failover, 99)), trials)
+	fmt.Printf("| kill → out of routing (Envoy) | %s | %s | %d |\n", ms(stats.Percentile(outOfRouting, 50)), stats.TailCell(outOfRouting, 99, ms), len(outOfRouting))
+	fmt.Printf("| failover seen by the user (last reply → next reply) | %s | %s | %d |\n", ms(stats.Percentile(failover, 50)), stats.TailCell(failover, 99, ms), len(failover))
 	return nil
 }
 

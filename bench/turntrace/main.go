@@ -12,10 +12,12 @@ import (
 
 	copilot "github.com/github/copilot-sdk/go"
 
+	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/test/harness"
 )
 
 func main() {
+	fmt.Print(stats.Provenance())
 	ctx := context.Background()
 	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true})
 	if err != nil {
@@ -25,7 +27,8 @@ func main() {
 	defer m.Close()
 	cli := m.CLIs[harness.InstanceID(0)]
 	provider := &copilot.ProviderConfig{Type: "openai", BaseURL: m.Model.URL, APIKey: "double"}
-	for _, p := range []struct{ name, url, tok string }{{"direct", cli.Addr, cli.Token}, {"climesh", m.ConnectAddr, "u"}, {"direct", cli.Addr, cli.Token}, {"climesh", m.ConnectAddr, "u"}} {
+	viaMesh := m.Token("u", "acme") // the edge admits a JWT only
+	for _, p := range []struct{ name, url, tok string }{{"direct", cli.Addr, cli.Token}, {"climesh", m.ConnectAddr, viaMesh}, {"direct", cli.Addr, cli.Token}, {"climesh", m.ConnectAddr, viaMesh}} {
 		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: p.url, ConnectionToken: p.tok}})
 		if err := c.Start(ctx); err != nil {
 			panic(err)

@@ -21,7 +21,7 @@ type Record struct {
 	Tenant     string    `json:"tenant"`
 	Mode       string    `json:"mode"` // shared, collab, isolated
 	Members    []string  `json:"members"`
-	Instance   string    `json:"instance"`
+	Instance   string    `json:"instance"` // where the session was last active (created, or resumed and sent to)
 	Pool       string    `json:"pool,omitempty"`
 	Created    time.Time `json:"created"`
 	LastActive time.Time `json:"last_active"`
@@ -49,8 +49,9 @@ type Registry interface {
 	// Create registers a new record; ErrExists (with the existing record) if taken.
 	Create(ctx context.Context, r *Record) (*Record, error)
 	Delete(ctx context.Context, id string) error
-	// Touch sets LastActive (best effort).
-	Touch(ctx context.Context, id string, at time.Time) error
+	// Touch records activity at instance (best effort): LastActive, and
+	// Instance, which moves with the session when it is resumed elsewhere.
+	Touch(ctx context.Context, id string, at time.Time, instance string) error
 	// List returns every record.
 	List(ctx context.Context) ([]*Record, error)
 }
@@ -109,7 +110,7 @@ func (c *Consul) Delete(ctx context.Context, id string) error {
 
 // Touch sets LastActive with check-and-set; a lost race is ignored (another
 // writer touched it at the same time).
-func (c *Consul) Touch(ctx context.Context, id string, at time.Time) error {
+func (c *Consul) Touch(ctx context.Context, id string, at time.Time, instance string) error {
 	pair, _, err := c.KV.Get(c.key(id), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil || pair == nil {
 		return err
@@ -119,6 +120,9 @@ func (c *Consul) Touch(ctx context.Context, id string, at time.Time) error {
 		return err
 	}
 	r.LastActive = at.UTC()
+	if instance != "" {
+		r.Instance = instance
+	}
 	b, _ := json.Marshal(&r)
 	_, _, err = c.KV.CAS(&api.KVPair{Key: pair.Key, Value: b, ModifyIndex: pair.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
 	return err
@@ -179,12 +183,15 @@ func (m *Memory) Delete(_ context.Context, id string) error {
 	return nil
 }
 
-// Touch sets LastActive.
-func (m *Memory) Touch(_ context.Context, id string, at time.Time) error {
+// Touch sets LastActive and Instance.
+func (m *Memory) Touch(_ context.Context, id string, at time.Time, instance string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if r, ok := m.records[id]; ok {
 		r.LastActive = at
+		if instance != "" {
+			r.Instance = instance
+		}
 		m.records[id] = r
 	}
 	return nil

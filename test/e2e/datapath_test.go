@@ -17,7 +17,6 @@ import (
 	copilot "github.com/github/copilot-sdk/go"
 
 	"github.com/climesh/climesh/session/jsonrpc"
-	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -42,7 +41,8 @@ func startMesh(t *testing.T) *meshEnv {
 	}
 	meshOnce.Do(func() {
 		var m *harness.Mesh
-		m, meshErr = harness.StartMesh(context.Background(), harness.MeshOptions{IdleTimeout: 3 * time.Second, Keepalive: time.Second, Collab: 2, Isolated: true, Durable: 3, Bounded: 2, Hostile: true})
+		m, meshErr = harness.StartMesh(context.Background(), harness.MeshOptions{IdleTimeout: 3 * time.Second, Keepalive: time.Second, Collab: 2, Isolated: true, Bounded: 2, Hostile: true,
+			Scratch: scratchPools})
 		mesh = &meshEnv{m}
 	})
 	if meshErr != nil {
@@ -88,89 +88,6 @@ func (env *meshEnv) stdioClient(t *testing.T, user string) *copilot.Client {
 	}
 	t.Cleanup(func() { c.Stop() })
 	return c
-}
-
-// durableSession starts an SDK client for user of tenant "durable" (the pool with
-// shared session storage) and creates a session; the client stops with the test.
-func (env *meshEnv) durableSession(ctx context.Context, t *testing.T, user string) *copilot.Session {
-	t.Helper()
-	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, "durable")}})
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
-	s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// durableUser is a user of the "durable" pool with one live session.
-type durableUser struct {
-	name    string
-	session *copilot.Session
-	where   string // the instance that created the session
-}
-
-// durableUsers makes n users "<prefix>-NN", each with a session and one turn
-// ("first of <name>"), and returns them and the instance holding the most of
-// their sessions, with its users.
-func (env *meshEnv) durableUsers(ctx context.Context, t *testing.T, prefix string, n int) (all []*durableUser, busiest string, there []*durableUser) {
-	t.Helper()
-	reg := &registry.Consul{KV: env.Consul.Client.KV(), Prefix: "climesh/sessions/"}
-	byInstance := map[string][]*durableUser{}
-	for i := range n {
-		u := &durableUser{name: fmt.Sprintf("%s-%02d", prefix, i)}
-		u.session = env.durableSession(ctx, t, u.name)
-		if _, err := ownTurn(ctx, u.session, "first of "+u.name); err != nil {
-			t.Fatal(err)
-		}
-		rec, err := reg.Get(ctx, u.session.SessionID)
-		if err != nil || rec == nil {
-			t.Fatalf("%s: no record (%v)", u.name, err)
-		}
-		u.where = rec.Instance
-		all = append(all, u)
-		byInstance[u.where] = append(byInstance[u.where], u)
-	}
-	for id, us := range byInstance {
-		if busiest == "" || len(us) > len(byInstance[busiest]) {
-			busiest = id
-		}
-	}
-	return all, busiest, byInstance[busiest]
-}
-
-// turnResult is how a turn started by slowTurns ended, and when.
-type turnResult struct {
-	err error
-	at  time.Time
-}
-
-// slowTurns starts a turn of the model double's "slow <ms>" for each user and
-// returns once every one of them has reached the model; each result arrives on
-// the channel when its turn ends.
-func (env *meshEnv) slowTurns(ctx context.Context, t *testing.T, users []*durableUser, ms int) <-chan turnResult {
-	t.Helper()
-	before := env.Model.Requests()
-	results := make(chan turnResult, len(users))
-	for _, u := range users {
-		go func() {
-			_, err := ownTurn(ctx, u.session, fmt.Sprintf("slow %d for %s", ms, u.name))
-			results <- turnResult{err, time.Now()}
-		}()
-	}
-	err := harness.Poll(ctx, 20*time.Millisecond, func() error {
-		if n := env.Model.Requests() - before; n < int64(len(users)) {
-			return fmt.Errorf("%d of %d turns reached the model", n, len(users))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return results
 }
 
 // instanceOf says which CLI holds a session, from the session state on disk.

@@ -11,7 +11,9 @@ import (
 )
 
 // TestDemoSelfCheck runs the README's demo command in its self-check mode: the
-// embedded config, a real Envoy, and sticky users.
+// embedded config, a real Envoy, and sticky users (the self-check fails unless each
+// user's sessions on two connections ran on one instance and the users used at
+// least two instances).
 func TestDemoSelfCheck(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -20,7 +22,7 @@ func TestDemoSelfCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "run", "./tools/demo", "--self-check")
 	cmd.Dir = root

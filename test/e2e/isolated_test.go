@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,6 +91,22 @@ func TestIsolatedOneCLIPerUser(t *testing.T) {
 	pids := cliPIDs(t, env.UsersRoot)
 	if pids[ivyHome] == "" || pids[maxHome] == "" || pids[ivyBHome] == "" || pids[ivyHome] == pids[maxHome] || pids[ivyHome] == pids[ivyBHome] {
 		t.Fatalf("per-user CLIs: %v", pids)
+	}
+	// Each CLI got its own secret from --user-secrets, and no other user's.
+	for home, tu := range map[string][2]string{ivyHome: {"solo", "ivy"}, maxHome: {"solo", "max"}, ivyBHome: {"solo-b", "ivy"}} {
+		environ, err := os.ReadFile("/proc/" + pids[home] + "/environ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := strings.Split(string(environ), "\x00")
+		if want := "CLIMESH_TEST_SECRET=" + harness.UserSecret(tu[0], tu[1]); !slices.Contains(vars, want) {
+			t.Errorf("the CLI of %s/%s lacks its secret %s", tu[0], tu[1], want)
+		}
+		for _, other := range harness.IsolatedUsers {
+			if other != tu && strings.Contains(string(environ), harness.UserSecret(other[0], other[1])) {
+				t.Errorf("the CLI of %s/%s holds the secret of %s/%s", tu[0], tu[1], other[0], other[1])
+			}
+		}
 	}
 	uids := map[string]bool{}
 	for home, own := range map[string]string{ivyHome: ivyS.SessionID, maxHome: maxS.SessionID, ivyBHome: ivyBS.SessionID} {

@@ -38,11 +38,14 @@ type Mesh struct {
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
 	CollabHome  string
 	UsersRoot   string
-	DurableHome string
+	// UserSecrets is the isolated pool's --user-secrets directory: each
+	// <tenant>/<user>.env there gives that user's CLI CLIMESH_TEST_SECRET=<UserSecret>.
+	UserSecrets string
 	BoundedHome string
 	// SidecarArgs are the flags every mesh sidecar gets (credential, keys, policy),
 	// for tests that add instances.
 	SidecarArgs []string
+	scratch     []string
 	stops       []func()
 }
 
@@ -59,9 +62,10 @@ type MeshOptions struct {
 	// dedicated to tenants "solo" and "solo-b": one CLI per (tenant, user) under
 	// UsersRoot, each under its own UID (IsolatedUIDs) when the tests run as root.
 	Isolated bool
-	// Durable adds a pool "durable" of this many shared-mode sidecars whose CLIs
-	// share one COPILOT_HOME (shared session storage), dedicated to tenant "durable".
-	Durable int
+	// Scratch names pools that start empty, each dedicated to the tenant of the
+	// same name (routed on x-climesh-tenant): a test that drains, kills or grows
+	// instances starts a pool of its own with StartPool and stops it after.
+	Scratch []string
 	// Bounded adds a pool "bounded" of this many shared-mode sidecars with shared
 	// session storage, dedicated to tenant "bounded", hashed on the user with
 	// hash_balance_factor BoundedFactor; its first instance has --capacity 5.
@@ -138,13 +142,13 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	}
 	// Tenant-dedicated pools: "solo" has the isolated pool to itself.
 	// Every pool's sessions may name the model double as their provider, and nothing else.
-	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(strings.ReplaceAll(`{"climesh": {"pools": {
+	if err = os.WriteFile(filepath.Join(m.PolicyDir, "data.json"), []byte(strings.NewReplacer("MODEL", strconv.Quote(m.Model.URL), "SCRATCH", scratchData(o.Scratch, m.Model.URL)).Replace(`{"climesh": {"pools": {
   "copilot": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]},
   "collab": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]},
   "isolated": {"tenants": ["solo", "solo-b"], "provider_base_urls": [MODEL]},
-  "durable": {"tenants": ["durable"], "provider_base_urls": [MODEL]},
   "bounded": {"tenants": ["bounded"], "provider_base_urls": [MODEL]},
-  "hostile": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]}}}}`, "MODEL", strconv.Quote(m.Model.URL))), 0o644); err != nil {
+  SCRATCH
+  "hostile": {"tenants": ["acme", "globex"], "provider_base_urls": [MODEL]}}}}`)), 0o644); err != nil {
 		return m, err
 	}
 	copilotBin, err := Tool("copilot")
@@ -190,17 +194,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		m.Sidecars[id] = sc
 		m.Homes[id] = m.CollabHome
 	}
-	m.DurableHome = filepath.Join(dir, "durable-home")
-	for i := range o.Durable {
-		id := fmt.Sprintf("durable-%d", i)
-		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: id, Pool: "durable", ConsulAddr: m.Consul.Addr, CLICommand: copilotBin, CLIHome: m.DurableHome,
-			Extra: append(append([]string{}, extra...), "--drain-timeout", "30s")})
-		if err != nil {
-			return m, err
-		}
-		m.stops = append(m.stops, sc.Close)
-		m.Sidecars[id] = sc
-	}
+	m.scratch = o.Scratch
 	m.BoundedHome = filepath.Join(dir, "bounded-home")
 	for i := range o.Bounded {
 		id := fmt.Sprintf("bounded-%d", i)
@@ -243,8 +237,11 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 				return m, err
 			}
 		}
+		if m.UserSecrets, err = writeUserSecrets(dir); err != nil {
+			return m, err
+		}
 		sc, err := StartSidecar(ctx, dir, SidecarOptions{ID: "isolated-0", Pool: "isolated", ConsulAddr: m.Consul.Addr, CLICommand: usersBin,
-			Extra: append(append([]string{}, extra...), isolatedArgs(m.UsersRoot)...)})
+			Extra: append(append([]string{}, extra...), append(isolatedArgs(m.UsersRoot), "--user-secrets", m.UserSecrets)...)})
 		if err != nil {
 			return m, err
 		}
@@ -273,18 +270,17 @@ listeners:
       - {pool: hostile, when: {header: x-climesh-target, exact: hostile}}
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo}}
       - {pool: isolated, when: {header: x-climesh-tenant, exact: solo-b}}
-      - {pool: durable, when: {header: x-climesh-tenant, exact: durable}}
-      - {pool: bounded, when: {header: x-climesh-tenant, exact: bounded}}
+%s      - {pool: bounded, when: {header: x-climesh-tenant, exact: bounded}}
       - {pool: collab, when: {header: x-climesh-session}}
       - {pool: copilot}
 pools:
   - {name: hostile, consul_service: hostile, lb: {policy: ring_hash, hash_key: user}}
   - {name: isolated, consul_service: isolated, lb: {policy: ring_hash, hash_key: user}}
-  - {name: durable, consul_service: durable, lb: {policy: ring_hash, hash_key: user}}
   - {name: bounded, consul_service: bounded, lb: {policy: ring_hash, hash_key: user, hash_balance_factor: %d}}
-  - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
+%s  - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
-`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout, BoundedFactor)); err != nil {
+`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout,
+		scratchRoutes(o.Scratch), BoundedFactor, scratchPools(o.Scratch))); err != nil {
 		return m, err
 	}
 	m.stops = append(m.stops, m.XDS.Close)
@@ -306,9 +302,6 @@ pools:
 		}
 		if collab, _ := m.Envoy.Hosts("pool/collab"); o.Collab > 0 && countHealthy(collab) != o.Collab {
 			return fmt.Errorf("envoy sees collab %v", collab)
-		}
-		if durable, _ := m.Envoy.Hosts("pool/durable"); o.Durable > 0 && countHealthy(durable) != o.Durable {
-			return fmt.Errorf("envoy sees durable %v", durable)
 		}
 		if bounded, _ := m.Envoy.Hosts("pool/bounded"); o.Bounded > 0 && countHealthy(bounded) != o.Bounded {
 			return fmt.Errorf("envoy sees bounded %v", bounded)
@@ -336,6 +329,29 @@ pools:
 // IsolatedUIDs is the UID range of the isolated pool's per-user CLIs, when the
 // tests run as root (the sidecar needs root to switch).
 const IsolatedUIDs = "201000-201099"
+
+// IsolatedUsers are the (tenant, user) pairs the isolated pool holds secrets for.
+var IsolatedUsers = [][2]string{{"solo", "ivy"}, {"solo", "max"}, {"solo-b", "ivy"}}
+
+// UserSecret is the value of CLIMESH_TEST_SECRET that the isolated pool gives
+// the CLI of user of tenant, and only that CLI.
+func UserSecret(tenant, user string) string { return "secret-of-" + tenant + "-" + user }
+
+// writeUserSecrets lays out a --user-secrets directory (0700, read by the
+// sidecar only) with one <tenant>/<user>.env per IsolatedUsers.
+func writeUserSecrets(dir string) (string, error) {
+	root := filepath.Join(dir, "user-secrets")
+	for _, tu := range IsolatedUsers {
+		if err := os.MkdirAll(filepath.Join(root, tu[0]), 0o700); err != nil {
+			return "", err
+		}
+		line := "CLIMESH_TEST_SECRET=" + UserSecret(tu[0], tu[1]) + "\n"
+		if err := os.WriteFile(filepath.Join(root, tu[0], tu[1]+".env"), []byte(line), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return root, os.Chmod(root, 0o700)
+}
 
 func isolatedArgs(root string) []string {
 	args := []string{"--mode", "isolated", "--users-root", root, "--user-idle", "2s", "--max-users", "5"}
@@ -396,4 +412,30 @@ func countHealthy(hosts []HostStatus) int {
 		}
 	}
 	return n
+}
+
+// scratchRoutes, scratchPools and scratchData are the xds-server routes and
+// pools and the Rego data of the scratch pools: pool = tenant = name.
+func scratchRoutes(names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "      - {pool: %s, when: {header: x-climesh-tenant, exact: %s}}\n", n, n)
+	}
+	return b.String()
+}
+
+func scratchPools(names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "  - {name: %s, consul_service: %s, lb: {policy: ring_hash, hash_key: user}}\n", n, n)
+	}
+	return b.String()
+}
+
+func scratchData(names []string, modelURL string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, "%q: {\"tenants\": [%q], \"provider_base_urls\": [%q]},\n  ", n, n, modelURL)
+	}
+	return b.String()
 }

@@ -30,7 +30,8 @@ type Server struct {
 	requests atomic.Int64
 	mu       sync.Mutex
 	last     []Message
-	texts    []string // every message's text it was sent, system prompts included
+	texts    []string             // every message's text it was sent, system prompts included
+	arrived  map[string]time.Time // each prompt (a user's last message) -> its first request
 }
 
 // Message is a chat message as the CLI sends it.
@@ -109,6 +110,15 @@ func (s *Server) Saw(text string) bool {
 	return false
 }
 
+// Arrived is when a turn whose prompt is exactly prompt first reached the
+// double (the request whose last message is that user message).
+func (s *Server) Arrived(prompt string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.arrived[prompt]
+	return at, ok
+}
+
 // Requests counts chat completions served.
 func (s *Server) Requests() int64 { return s.requests.Load() }
 
@@ -180,6 +190,15 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	s.last = req.Messages
 	for _, m := range req.Messages {
 		s.texts = append(s.texts, m.Text())
+	}
+	if last := req.Messages[len(req.Messages)-1]; last.Role == "user" {
+		prompt := strings.TrimSpace(contextBlocks.ReplaceAllString(last.Text(), ""))
+		if _, seen := s.arrived[prompt]; !seen {
+			if s.arrived == nil {
+				s.arrived = map[string]time.Time{}
+			}
+			s.arrived[prompt] = time.Now()
+		}
 	}
 	s.mu.Unlock()
 	rep := decide(req)

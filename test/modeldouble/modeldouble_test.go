@@ -46,4 +46,11 @@ func TestSlowReplyIsSlowOverHTTP(t *testing.T) {
 	if took := time.Since(start); took < 250*time.Millisecond || resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d after %v, want 200 after at least 250ms", resp.StatusCode, took)
 	}
+	// The turn reached the model when the request arrived, not when it was answered.
+	if at, ok := s.Arrived("slow 250 for alice"); !ok || at.Before(start) || at.Sub(start) > 200*time.Millisecond {
+		t.Fatalf("Arrived = %v %v, want the arrival, just after %v", at, ok, start)
+	}
+	if _, ok := s.Arrived("slow 250"); ok {
+		t.Fatal("Arrived of a prompt never sent")
+	}
 }

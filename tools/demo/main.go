@@ -2,9 +2,11 @@
 // but the language model: three climesh-sidecars each running a real Copilot CLI,
 // the xds-server (static fleet, no Consul), a real Envoy that takes all of its config
 // from the xds-server, climesh-connect for SDKs, a loopback model double, and the
-// example chat-server (examples/chat-server) on climesh-connect. It runs one real
-// session per demo user through the whole path and one chat through the chat-server,
-// prints how to reach everything, and runs until interrupted.
+// example chat-server (examples/chat-server) on climesh-connect. It checks that users
+// are sticky (each demo user runs a real session on two client connections through
+// the whole path, and both must run on the same instance, with the users spread over
+// at least two instances), runs one chat through the chat-server, prints how to
+// reach everything, and runs until interrupted.
 //
 //	go run ./tools/demo [--self-check]
 //
@@ -18,10 +20,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,7 +126,7 @@ func run(selfCheck bool) error {
 		return err
 	}
 
-	fmt.Println("climesh demo: one session per user through connect → Envoy → sidecar → CLI:")
+	fmt.Println("climesh demo: each user runs a session on two connections through connect → Envoy → sidecar → CLI:")
 	if err := check(ctx, model.URL, homes); err != nil {
 		return fmt.Errorf("%w\nenvoy log:\n%s\nxds-server log:\n%s", err, envoy.Proc.Tail(10), xds.Tail(10))
 	}
@@ -170,53 +174,107 @@ Ctrl-C stops everything.
 	return nil
 }
 
-// check runs a session for each of a few users and shows where it ran.
+// demoUsers are the users the self-check runs. Eight users on three instances make
+// it unlikely that ring hashing puts them all on one, which would make "sticky"
+// say nothing.
+var demoUsers = []string{"alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"}
+
+// check proves what the demo claims, sticky users: each user runs a session on a
+// first client connection and, while that connection is still open, another on a
+// new connection; Envoy picks an instance for each connection, so both sessions
+// must have run on the same instance. The users together must land on at least two
+// instances. It prints where each user's sessions ran.
 func check(ctx context.Context, modelURL string, homes map[string]string) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	seen := map[string]bool{}
-	for _, user := range []string{"alice", "bob", "carol", "dave"} {
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: connectAddr, ConnectionToken: user}})
-		var err error
-		for range 50 { // Envoy may still be taking its first config
-			if err = c.Start(ctx); err == nil {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+	placement := map[string]string{} // user -> instance
+	var unsticky []error
+	for _, user := range demoUsers {
+		first, closeFirst, err := runSession(ctx, modelURL, homes, user, "first connection")
 		if err != nil {
-			return fmt.Errorf("%s: %w", user, err)
+			return err
 		}
-		s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", OnPermissionRequest: copilot.PermissionHandler.ApproveAll,
-			Provider: &copilot.ProviderConfig{Type: "openai", BaseURL: modelURL, APIKey: "demo"}})
+		second, closeSecond, err := runSession(ctx, modelURL, homes, user, "second connection")
+		closeFirst()
 		if err != nil {
-			c.Stop()
-			return fmt.Errorf("%s: create session: %w", user, err)
+			return err
 		}
-		ev, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "hello from " + user})
-		if err != nil {
-			c.Stop()
-			return fmt.Errorf("%s: %w", user, err)
+		closeSecond()
+		if first != second {
+			fmt.Printf("  %-6s -> %s, then %s on a new connection: NOT STICKY\n", user, first, second)
+			unsticky = append(unsticky, fmt.Errorf("user %s is not sticky: its first connection's session ran on %s, a new connection's session on %s", user, first, second))
+			continue
 		}
-		text := ""
-		if d, ok := ev.Data.(*copilot.AssistantMessageData); ok {
-			text = d.Content
+		fmt.Printf("  %-6s -> %s (both connections)\n", user, first)
+		placement[user] = first
+	}
+	if err := errors.Join(unsticky...); err != nil {
+		return err
+	}
+	used := map[string]bool{}
+	for _, id := range placement {
+		used[id] = true
+	}
+	if len(used) < 2 {
+		return fmt.Errorf("all %d users ran on one instance (%s), so stickiness shows nothing; want at least 2 instances used", len(placement), formatPlacement(placement))
+	}
+	return nil
+}
+
+// runSession opens a new client connection as user, runs one turn in a new session
+// and returns the instance whose CLI home holds the session's state. The returned
+// func deletes the session and closes the connection.
+func runSession(ctx context.Context, modelURL string, homes map[string]string, user, conn string) (string, func(), error) {
+	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: connectAddr, ConnectionToken: user}})
+	var err error
+	for range 50 { // Envoy may still be taking its first config
+		if err = c.Start(ctx); err == nil {
+			break
 		}
-		where := "?"
-		for id, home := range homes {
-			if _, err := os.Stat(filepath.Join(home, "session-state", s.SessionID)); err == nil {
-				where = id
-			}
-		}
-		fmt.Printf("  %-6s -> %s: %q\n", user, where, text)
-		seen[s.SessionID] = true
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("%s, %s: %w", user, conn, err)
+	}
+	s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", OnPermissionRequest: copilot.PermissionHandler.ApproveAll,
+		Provider: &copilot.ProviderConfig{Type: "openai", BaseURL: modelURL, APIKey: "demo"}})
+	if err != nil {
+		c.Stop()
+		return "", nil, fmt.Errorf("%s, %s: create session: %w", user, conn, err)
+	}
+	closeFn := func() {
 		c.DeleteSession(ctx, s.SessionID)
 		c.Stop()
 	}
-	if len(seen) != 4 {
-		return errors.New("sessions were not created")
+	ev, err := s.SendAndWait(ctx, copilot.MessageOptions{Prompt: "hello from " + user})
+	if err != nil {
+		closeFn()
+		return "", nil, fmt.Errorf("%s, %s: session %s: %w", user, conn, s.SessionID, err)
 	}
-	return nil
+	if d, ok := ev.Data.(*copilot.AssistantMessageData); !ok || d.Content == "" {
+		closeFn()
+		return "", nil, fmt.Errorf("%s, %s: session %s: no assistant answer (got %v)", user, conn, s.SessionID, ev.Data)
+	}
+	var where []string
+	for id, home := range homes {
+		if _, err := os.Stat(filepath.Join(home, "session-state", s.SessionID)); err == nil {
+			where = append(where, id)
+		}
+	}
+	if len(where) != 1 {
+		closeFn()
+		return "", nil, fmt.Errorf("%s, %s: session %s has state on %d instances %v, want exactly 1", user, conn, s.SessionID, len(where), where)
+	}
+	return where[0], closeFn, nil
+}
+
+// formatPlacement lists user -> instance in a stable order.
+func formatPlacement(placement map[string]string) string {
+	var parts []string
+	for _, user := range slices.Sorted(maps.Keys(placement)) {
+		parts = append(parts, user+" -> "+placement[user])
+	}
+	return strings.Join(parts, ", ")
 }
 
 // checkChat starts a chat on the chat-server as alice and sends two messages; the
