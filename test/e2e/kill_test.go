@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	copilot "github.com/github/copilot-sdk/go"
 
 	"github.com/climesh/climesh/test/harness"
 )
@@ -34,9 +39,34 @@ func TestCLIKilled(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	pool := env.startPool(ctx, t, "kill", harness.PoolOptions{Instances: 3})
+	pool := env.startPool(ctx, t, "kill", harness.PoolOptions{Instances: 3, Extra: []string{"--log-level", "debug"}})
 	all, victim, hit := env.poolUsers(ctx, t, pool, "kil", 9)
 	t.Logf("killing the CLI of %s, which holds %d of 9 users' sessions", victim, len(hit))
+	var mu sync.Mutex
+	told := map[string][]string{} // what each user's app was told by session.error
+	for _, u := range all {
+		u.session.On(func(ev copilot.SessionEvent) {
+			if d, ok := ev.Data.(*copilot.SessionErrorData); ok {
+				mu.Lock()
+				told[u.name] = append(told[u.name], d.Message)
+				mu.Unlock()
+			}
+		})
+	}
+	defer func() {
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("session.error events by user: %q", told)
+			mu.Unlock()
+		}
+	}()
+	// The CLI writes events to disk shortly after they happen (debounced): wait
+	// until every session's first turn is there, so that what the kill can take
+	// is the turn in flight, not a session too young to be on disk (README, Drain
+	// and session continuity).
+	for _, u := range all {
+		persisted(ctx, t, pool.Home, u.session.SessionID, "first of "+u.name)
+	}
 	lost := env.slowTurns(ctx, t, hit, 20000, time.Minute)
 	cliPID := childCLI(t, pool.Sidecars[victim].Proc.Pid())
 	killed := time.Now()
@@ -64,14 +94,14 @@ func TestCLIKilled(t *testing.T) {
 	for range hit {
 		tr := <-lost
 		switch {
-		case !tr.reachedModel.Before(killed):
-			t.Errorf("%s: the turn reached the model at %s, after the kill at %s", tr.user, tr.reachedModel.Format(time.StampMicro), killed.Format(time.StampMicro))
+		case !tr.atModel(killed):
+			t.Errorf("%s: not at the model at the kill (%s): %s", tr.user, killed.Format("15:04:05.000000"), tr.timeline())
 		case tr.err == nil && tr.ended.After(killed):
 			completed++
 		case tr.err != nil && strings.Contains(tr.err.Error(), "session error") && strings.Contains(tr.err.Error(), "lost"):
 			reported++
 		default:
-			t.Errorf("%s: a turn in flight at the kill ended at %s with %v", tr.user, tr.ended.Format(time.StampMicro), tr.err)
+			t.Errorf("%s: a turn in flight at the kill ended with %v: %s", tr.user, tr.err, tr.timeline())
 		}
 	}
 	t.Logf("turns in flight at the kill: %d reported lost to their apps, %d completed after it", reported, completed)
@@ -170,5 +200,24 @@ func TestDeadSidecarLeavesRouting(t *testing.T) {
 		critical.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond), checkTTL)
 	if critical > checkTTL+2*time.Second {
 		t.Fatalf("critical after %s, bound --check-ttl %s (+2 s margin)", critical, checkTTL)
+	}
+}
+
+// persisted waits until the events file of session in home holds text.
+func persisted(ctx context.Context, t *testing.T, home, session, text string) {
+	t.Helper()
+	path := filepath.Join(home, "session-state", session, "events.jsonl")
+	err := harness.Poll(ctx, 20*time.Millisecond, func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), text) {
+			return fmt.Errorf("%s does not hold %q yet", path, text)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

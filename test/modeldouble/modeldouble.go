@@ -32,6 +32,7 @@ type Server struct {
 	last     []Message
 	texts    []string             // every message's text it was sent, system prompts included
 	arrived  map[string]time.Time // each prompt (a user's last message) -> its first request
+	answered map[string]time.Time // each prompt -> when the double first began answering it
 }
 
 // Message is a chat message as the CLI sends it.
@@ -119,6 +120,27 @@ func (s *Server) Arrived(prompt string) (time.Time, bool) {
 	return at, ok
 }
 
+// Answered is when the double first began answering prompt (after its delay);
+// false while it has not, or when every request for it was cancelled first.
+// A turn is in the model's hands from Arrived to Answered.
+func (s *Server) Answered(prompt string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.answered[prompt]
+	return at, ok
+}
+
+// mark records now for prompt in *times unless it is there; s.mu is held.
+func (s *Server) mark(times *map[string]time.Time, prompt string) {
+	if _, seen := (*times)[prompt]; seen {
+		return
+	}
+	if *times == nil {
+		*times = map[string]time.Time{}
+	}
+	(*times)[prompt] = time.Now()
+}
+
 // Requests counts chat completions served.
 func (s *Server) Requests() int64 { return s.requests.Load() }
 
@@ -191,14 +213,10 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	for _, m := range req.Messages {
 		s.texts = append(s.texts, m.Text())
 	}
+	prompt := ""
 	if last := req.Messages[len(req.Messages)-1]; last.Role == "user" {
-		prompt := strings.TrimSpace(contextBlocks.ReplaceAllString(last.Text(), ""))
-		if _, seen := s.arrived[prompt]; !seen {
-			if s.arrived == nil {
-				s.arrived = map[string]time.Time{}
-			}
-			s.arrived[prompt] = time.Now()
-		}
+		prompt = strings.TrimSpace(contextBlocks.ReplaceAllString(last.Text(), ""))
+		s.mark(&s.arrived, prompt)
 	}
 	s.mu.Unlock()
 	rep := decide(req)
@@ -208,6 +226,11 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		}
+	}
+	if prompt != "" {
+		s.mu.Lock()
+		s.mark(&s.answered, prompt)
+		s.mu.Unlock()
 	}
 	id := fmt.Sprintf("chatcmpl-%d", s.requests.Load())
 	finish := "stop"

@@ -50,6 +50,9 @@ func TestSlowReplyIsSlowOverHTTP(t *testing.T) {
 	if at, ok := s.Arrived("slow 250 for alice"); !ok || at.Before(start) || at.Sub(start) > 200*time.Millisecond {
 		t.Fatalf("Arrived = %v %v, want the arrival, just after %v", at, ok, start)
 	}
+	if at, ok := s.Answered("slow 250 for alice"); !ok || at.Sub(start) < 250*time.Millisecond {
+		t.Fatalf("Answered = %v %v, want after the delay of 250ms from %v", at, ok, start)
+	}
 	if _, ok := s.Arrived("slow 250"); ok {
 		t.Fatal("Arrived of a prompt never sent")
 	}
