@@ -35,7 +35,7 @@ func main() {
 func run(trials int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true, Scratch: []string{"durable"}})
+	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true, Scratch: []harness.ScratchPool{{Name: "durable"}}})
 	if err != nil {
 		return err
 	}

@@ -20,11 +20,12 @@ import (
 	"github.com/climesh/climesh/test/harness"
 )
 
-// collabRoom creates a shared session owned by "olga" with the given members
-// (membership in the policy's data, which the mesh hot-reloads), and returns its
-// name and two climesh-connect addresses for it: one that waits for a busy
-// session, one that does not.
-func collabRoom(t *testing.T, env *meshEnv, members []string) (name, waitAddr, noWaitAddr string) {
+// collabRoom creates a shared session owned by "olga" of tenant with the given
+// members (membership in the policy's data, which the mesh hot-reloads), and
+// returns its name and two climesh-connect addresses for it: one that waits for
+// a busy session, one that does not. Tenant "acme" reaches the shared collab
+// pool; a scratch pool's tenant, that pool.
+func collabRoom(t *testing.T, env *meshEnv, tenant string, members []string) (name, waitAddr, noWaitAddr string) {
 	t.Helper()
 	name = fmt.Sprintf("room-%d", time.Now().UnixNano())
 	dir := t.TempDir()
@@ -41,13 +42,13 @@ func collabRoom(t *testing.T, env *meshEnv, members []string) (name, waitAddr, n
 
 	quoted, _ := json.Marshal(append([]string{"olga"}, members...)) // the owner creates the room: a member
 	membersFile := filepath.Join(env.PolicyDir, "members-"+name+".json")
-	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": "acme", "members": %s}}}}`, name, quoted)
+	data := fmt.Sprintf(`{"climesh": {"shared_sessions": {%q: {"tenant": %q, "members": %s}}}}`, name, tenant, quoted)
 	if err := os.WriteFile(membersFile, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Remove(membersFile) })
 
-	olga := clientAt(t, waitAddr, env.Token("olga", "acme"))
+	olga := clientAt(t, waitAddr, env.Token("olga", tenant))
 	s, err := olga.CreateSession(t.Context(), &copilot.SessionConfig{SessionID: name, Model: "double-1", Provider: env.provider(),
 		OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 	if err != nil {
@@ -185,7 +186,7 @@ func TestSharedSessionSerialisedTurns(t *testing.T) {
 	for i := range 20 {
 		members = append(members, fmt.Sprintf("m-%02d", i))
 	}
-	name, waitAddr, noWaitAddr := collabRoom(t, env, members)
+	name, waitAddr, noWaitAddr := collabRoom(t, env, "acme", members)
 
 	// A non-member is refused.
 	zed := clientAt(t, waitAddr, env.Token("zed", "acme"))
@@ -268,14 +269,19 @@ func TestSharedSessionSerialisedTurns(t *testing.T) {
 	}
 }
 
+// TestSharedSessionHolderCrash: the sidecar holding a shared session's turn lock
+// is killed (on a collab pool of its own); the lock frees within the bound and
+// another member's turn runs on the other instance.
 func TestSharedSessionHolderCrash(t *testing.T) {
 	env := startMesh(t)
-	defer dumpSidecars(t, env, "collab")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	name, waitAddr, _ := collabRoom(t, env, []string{"m-a", "m-b"})
+	const tenant = "crashroom"
+	pool := env.startPool(ctx, t, tenant, harness.PoolOptions{Instances: 2,
+		Extra: []string{"--mode", "collab", "--lock-ttl", "10s", "--lock-delay", "1s", "--log-level", "debug"}})
+	name, waitAddr, _ := collabRoom(t, env, tenant, []string{"m-a", "m-b"})
 
-	holder := resume(ctx, t, clientAt(t, waitAddr, env.Token("m-a", "acme")), env, name)
+	holder := resume(ctx, t, clientAt(t, waitAddr, env.Token("m-a", tenant)), env, name)
 	go ownTurn(ctx, holder, "slow 60000")
 	var h lock.Holder
 	err := harness.Poll(ctx, 50*time.Millisecond, func() error {
@@ -285,11 +291,11 @@ func TestSharedSessionHolderCrash(t *testing.T) {
 		}
 		return json.Unmarshal(pair.Value, &h)
 	})
-	if err != nil || h.User != "acme/m-a" {
+	if err != nil || h.User != tenant+"/m-a" {
 		t.Fatalf("lock holder %+v: %v", h, err)
 	}
 	killed := time.Now()
-	if err := env.Sidecars[h.Instance].Proc.Signal(syscall.SIGKILL); err != nil {
+	if err := pool.Sidecars[h.Instance].Proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 
@@ -297,7 +303,7 @@ func TestSharedSessionHolderCrash(t *testing.T) {
 	// waits for the lock: it frees when Consul invalidates the dead holder's session.
 	var text string
 	err = harness.Poll(ctx, 500*time.Millisecond, func() error {
-		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: waitAddr, ConnectionToken: env.Token("m-b", "acme")}})
+		c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: waitAddr, ConnectionToken: env.Token("m-b", tenant)}})
 		if err := c.Start(ctx); err != nil {
 			return err
 		}

@@ -45,7 +45,7 @@ type Mesh struct {
 	// SidecarArgs are the flags every mesh sidecar gets (credential, keys, policy),
 	// for tests that add instances.
 	SidecarArgs []string
-	scratch     []string
+	scratch     []ScratchPool
 	stops       []func()
 }
 
@@ -65,7 +65,7 @@ type MeshOptions struct {
 	// Scratch names pools that start empty, each dedicated to the tenant of the
 	// same name (routed on x-climesh-tenant): a test that drains, kills or grows
 	// instances starts a pool of its own with StartPool and stops it after.
-	Scratch []string
+	Scratch []ScratchPool
 	// Bounded adds a pool "bounded" of this many shared-mode sidecars with shared
 	// session storage, dedicated to tenant "bounded", hashed on the user with
 	// hash_balance_factor BoundedFactor; its first instance has --capacity 5.
@@ -74,6 +74,13 @@ type MeshOptions struct {
 	// attached to its CLI through a Tap (Taps["hostile-0"]); tenants acme and
 	// globex reach it with the request header x-climesh-target: hostile.
 	Hostile bool
+}
+
+// ScratchPool is a pool of MeshOptions.Scratch: Name is the pool and its
+// tenant; HashKey what its ring hashes on ("user" unless set, "session" for
+// a collab pool).
+type ScratchPool struct {
+	Name, HashKey string
 }
 
 // HostileTarget is the header value that routes a tunnel to the hostile pool.
@@ -416,26 +423,30 @@ func countHealthy(hosts []HostStatus) int {
 
 // scratchRoutes, scratchPools and scratchData are the xds-server routes and
 // pools and the Rego data of the scratch pools: pool = tenant = name.
-func scratchRoutes(names []string) string {
+func scratchRoutes(pools []ScratchPool) string {
 	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "      - {pool: %s, when: {header: x-climesh-tenant, exact: %s}}\n", n, n)
+	for _, p := range pools {
+		fmt.Fprintf(&b, "      - {pool: %s, when: {header: x-climesh-tenant, exact: %s}}\n", p.Name, p.Name)
 	}
 	return b.String()
 }
 
-func scratchPools(names []string) string {
+func scratchPools(pools []ScratchPool) string {
 	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "  - {name: %s, consul_service: %s, lb: {policy: ring_hash, hash_key: user}}\n", n, n)
+	for _, p := range pools {
+		key := p.HashKey
+		if key == "" {
+			key = "user"
+		}
+		fmt.Fprintf(&b, "  - {name: %s, consul_service: %s, lb: {policy: ring_hash, hash_key: %s}}\n", p.Name, p.Name, key)
 	}
 	return b.String()
 }
 
-func scratchData(names []string, modelURL string) string {
+func scratchData(pools []ScratchPool, modelURL string) string {
 	var b strings.Builder
-	for _, n := range names {
-		fmt.Fprintf(&b, "%q: {\"tenants\": [%q], \"provider_base_urls\": [%q]},\n  ", n, n, modelURL)
+	for _, p := range pools {
+		fmt.Fprintf(&b, "%q: {\"tenants\": [%q], \"provider_base_urls\": [%q]},\n  ", p.Name, p.Name, modelURL)
 	}
 	return b.String()
 }

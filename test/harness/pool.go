@@ -41,7 +41,7 @@ type PoolOptions struct {
 func (m *Mesh) StartPool(ctx context.Context, name string, o PoolOptions) (*Pool, error) {
 	known := false
 	for _, s := range m.scratch {
-		known = known || s == name
+		known = known || s.Name == name
 	}
 	if !known {
 		return nil, fmt.Errorf("pool %q is not in MeshOptions.Scratch %v: Envoy has no route to it", name, m.scratch)
