@@ -136,12 +136,13 @@ func TestHotReloadAndBrokenPolicy(t *testing.T) {
 	if d := e.DecideMessage(t.Context(), in); !d.Allow || d.Reason != "v1" {
 		t.Fatalf("%+v", d)
 	}
-	// A change is picked up without restart.
-	os.WriteFile(path, []byte(strings.ReplaceAll(allowAll, `true, "reason": "v1"`, `false, "reason": "v2"`)), 0o644)
+	// A change is picked up without restart. (Written whole, by rename: a watcher
+	// that reads a file while os.WriteFile has emptied it sees an empty module.)
+	replaceFile(t, path, strings.ReplaceAll(allowAll, `true, "reason": "v1"`, `false, "reason": "v2"`))
 	waitUntil(t, func() bool { return e.DecideMessage(t.Context(), in).Reason == "v2" })
 
 	// A broken file is refused with file:line; v2 keeps deciding.
-	os.WriteFile(path, []byte("package climesh.session\n\ndecision := {\n"), 0o644)
+	replaceFile(t, path, "package climesh.session\n\ndecision := {\n")
 	waitUntil(t, func() bool { return testutil.ToFloat64(e.metrics.reloads.WithLabelValues("error")) >= 1 })
 	if d := e.DecideMessage(t.Context(), in); d.Reason != "v2" {
 		t.Fatalf("broken policy replaced the good one: %+v", d)
@@ -156,6 +157,18 @@ func TestHotReloadAndBrokenPolicy(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("no log naming p.rego:4 (the line of the error): %v", logs.All())
+	}
+}
+
+// replaceFile gives path its new content at once (a write elsewhere, then a rename).
+func replaceFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(t.TempDir(), filepath.Base(path))
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
 	}
 }
 
