@@ -130,9 +130,6 @@ type Identity struct {
 	PinHeader string `yaml:"pin_header"`
 }
 
-// EdgeCredentialHeader carries the edge credential from Envoy to the sidecars.
-const EdgeCredentialHeader = "x-climesh-edge-credential"
-
 // ResolveFiles reads the files the config names (Load does no I/O). Call it after
 // Load, and again on every reload.
 func (c *Config) ResolveFiles() error {

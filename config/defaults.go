@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/climesh/climesh/protocol"
+)
 
 // Named defaults. Each is applied only where the operator left the field empty.
 const (
@@ -15,9 +19,9 @@ const (
 	DefaultConsulRetryMin = 250 * time.Millisecond
 	DefaultConsulRetryMax = 10 * time.Second
 
-	DefaultUserHeader    = "x-climesh-user"
-	DefaultTenantHeader  = "x-climesh-tenant"
-	DefaultSessionHeader = "x-climesh-session"
+	DefaultUserHeader    = protocol.HeaderUser
+	DefaultTenantHeader  = protocol.HeaderTenant
+	DefaultSessionHeader = protocol.HeaderSession
 
 	DefaultListenerAddress = "127.0.0.1"
 	DefaultListenerPath    = "/v1/rpc"

@@ -19,9 +19,6 @@ import (
 	"time"
 )
 
-// Header carries the assertion from Envoy to the sidecar.
-const Header = "x-climesh-identity"
-
 // Claims are what the edge vouches for.
 type Claims struct {
 	User    string   `json:"sub"`

@@ -19,6 +19,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/protocol"
 )
 
 // JWTMetadataNamespace and JWTPayloadKey are where Envoy's jwt_authn leaves the
@@ -99,7 +100,7 @@ func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 			a.decisions.WithLabelValues("error").Inc()
 			return denied(403, "climesh: cannot sign identity", nil), nil
 		}
-		headers = append(headers, header{identity.Header, assertion})
+		headers = append(headers, header{protocol.HeaderIdentity, assertion})
 	}
 	a.decisions.WithLabelValues("allowed").Inc()
 	ok := &authv3.OkHttpResponse{}
@@ -171,7 +172,7 @@ func headerMap(v any) ([]header, error) {
 		if !ok {
 			return nil, fmt.Errorf("%s: want a string", k)
 		}
-		if strings.EqualFold(k, identity.Header) {
+		if strings.EqualFold(k, protocol.HeaderIdentity) {
 			return nil, fmt.Errorf("%s is climesh's own", k)
 		}
 		out = append(out, header{strings.ToLower(k), s})

@@ -16,6 +16,7 @@ import (
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/protocol"
 )
 
 var testKeys = &identity.Keys{Active: "k1", Keys: map[string][]byte{"k1": bytes.Repeat([]byte{7}, 32)}}
@@ -62,7 +63,7 @@ func TestCheckCanned(t *testing.T) {
 			}
 			var assertion string
 			for _, h := range ok.GetHeaders() {
-				if h.GetHeader().GetKey() == identity.Header {
+				if h.GetHeader().GetKey() == protocol.HeaderIdentity {
 					assertion = h.GetHeader().GetValue()
 				}
 			}

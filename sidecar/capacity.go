@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -188,13 +189,13 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 		return nil, nil
 	}
 	switch m.Method {
-	case "session.create", "session.resume":
+	case protocol.MethodSessionCreate, protocol.MethodSessionResume:
 		ts.mu.Lock()
 		ts.pending[m.IDKey()] = attachCall{sessionID: m.SessionID, params: json.RawMessage(m.Params)}
 		ts.waiting = true
 		ts.mu.Unlock()
 		return nil, nil
-	case "session.destroy", "session.detach", "session.delete":
+	case protocol.MethodSessionDestroy, protocol.MethodSessionDetach, protocol.MethodSessionDelete:
 		if m.SessionID == "" {
 			return nil, nil
 		}
@@ -204,7 +205,7 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 		delete(ts.released, m.SessionID)
 		ts.mu.Unlock()
 		ts.cap.detach(ts, m.SessionID)
-		if released && m.Method != "session.delete" {
+		if released && m.Method != protocol.MethodSessionDelete {
 			answer, _ = jsonrpc.ResultResponse(m.ID, struct{}{})
 		}
 		return answer, nil
@@ -229,7 +230,7 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 	ts.mu.Lock()
 	delete(ts.released, m.SessionID)
 	ts.mu.Unlock()
-	if _, err := ts.call(ctx, "session.resume", params); err != nil {
+	if _, err := ts.call(ctx, protocol.MethodSessionResume, params); err != nil {
 		ts.mu.Lock()
 		ts.released[m.SessionID] = destroyed // the next request tries again
 		ts.mu.Unlock()
@@ -298,7 +299,7 @@ func (ts *tunnelSessions) release(id string) {
 		defer close(done)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := ts.call(ctx, "session.destroy", map[string]string{"sessionId": id}); err != nil {
+		if _, err := ts.call(ctx, protocol.MethodSessionDestroy, map[string]string{"sessionId": id}); err != nil {
 			ts.log.Warn("release of an idle session failed", zap.String("session_id", id), zap.Error(err))
 		}
 	}()

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -74,7 +75,7 @@ func newTunnelTurns(all *turns) *tunnelTurns {
 }
 
 func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
-	if m.Kind == jsonrpc.Request && m.Method == "session.send" && m.SessionID != "" {
+	if m.Kind == jsonrpc.Request && m.Method == protocol.MethodSessionSend && m.SessionID != "" {
 		tt.mu.Lock()
 		tt.sends[m.IDKey()] = m.SessionID
 		tt.mu.Unlock()

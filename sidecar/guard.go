@@ -18,6 +18,7 @@ import (
 
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
@@ -100,7 +101,7 @@ type cachedRecord struct {
 }
 
 // Methods whose answers name sessions and are filtered to what the caller may see.
-var listingMethods = map[string]bool{"session.list": true, "session.getLastId": true, "session.getForeground": true}
+var listingMethods = map[string]bool{protocol.MethodSessionList: true, protocol.MethodSessionGetLastID: true, protocol.MethodSessionGetForeground: true}
 
 // The one refusal for a session that does not exist and one that is not the
 // caller's (the shipped policy's reason too): nothing tells them apart.
@@ -119,7 +120,7 @@ func Denied(id []byte, reason, method, sessionID string) []byte {
 	if sessionID != "" {
 		data["sessionId"] = sessionID
 	}
-	return jsonrpc.ErrorResponse(id, jsonrpc.CodeAccessDenied, reason, data)
+	return jsonrpc.ErrorResponse(id, protocol.CodeAccessDenied, reason, data)
 }
 
 func invalid(id []byte, msg string) []byte {
@@ -217,12 +218,12 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		return nil, invalid(m.ID, "id: a request with this id awaits its answer")
 	}
 	if full {
-		return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, fmt.Sprintf("too many requests in flight on this connection (limit %d)", g.bounds().Pending), nil)
+		return nil, jsonrpc.ErrorResponse(m.ID, protocol.CodeUnavailable, fmt.Sprintf("too many requests in flight on this connection (limit %d)", g.bounds().Pending), nil)
 	}
 	if m.SessionID != "" && !sessionIDPattern.MatchString(m.SessionID) {
 		return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, "params.sessionId: want 1-128 of A-Z a-z 0-9 . _ - (not starting with . _ -)", nil)
 	}
-	if m.Method == "session.create" && m.SessionID == "" {
+	if m.Method == protocol.MethodSessionCreate && m.SessionID == "" {
 		// The sidecar names the session, so that it is claimed in the registry
 		// before the CLI creates it: no session exists that nobody owns.
 		var err error
@@ -240,7 +241,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		return nil, Denied(m.ID, "access denied: no such request for this caller", m.Method, m.SessionID)
 	}
 	call := pendingCall{method: m.Method, sessionID: m.SessionID}
-	if m.Method == "session.create" && rec == nil {
+	if m.Method == protocol.MethodSessionCreate && rec == nil {
 		// Claim the id before the CLI creates it: of two creators one wins.
 		_, err := g.Registry.Create(ctx, g.newRecord(m.SessionID))
 		switch {
@@ -253,7 +254,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		call.claimed = true
 		g.forget(m.SessionID)
 	}
-	if m.Method == "session.create" || m.Method == "session.resume" {
+	if m.Method == protocol.MethodSessionCreate || m.Method == protocol.MethodSessionResume {
 		var err error
 		if m, err = setOptions(m, d); err != nil {
 			g.abandon(ctx, call)
@@ -263,10 +264,10 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 	if m.SessionID != "" {
 		g.setVisible(m.SessionID, true) // allowed to touch it: its events may come here
 	}
-	if m.Method == "session.send" && rec != nil {
+	if m.Method == protocol.MethodSessionSend && rec != nil {
 		g.touch(ctx, m.SessionID)
 	}
-	if (m.Method == "session.destroy" || m.Method == "session.detach") && g.Mode == "collab" {
+	if (m.Method == protocol.MethodSessionDestroy || m.Method == protocol.MethodSessionDetach) && g.Mode == "collab" {
 		// An SDK disconnecting from a shared session must not unload it for the
 		// other members: closing this connection is all the detaching it needs.
 		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
@@ -300,7 +301,7 @@ func (g *Guard) answers(m jsonrpc.Message) bool {
 // shown records the requestId an event of a session this tunnel may read carries
 // (external_tool.requested, permission.requested, ...).
 func (g *Guard) shown(m jsonrpc.Message, sid string) {
-	if m.Method != "session.event" {
+	if m.Method != protocol.MethodSessionEvent {
 		return
 	}
 	rid, ok := jsonrpc.StringMember(m.Params, "event", "data", "requestId")
@@ -481,7 +482,7 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 	}
 	// Decided as a read of the session would be.
 	params, _ := json.Marshal(map[string]string{"sessionId": id})
-	d, rec := g.decide(ctx, jsonrpc.Message{Kind: jsonrpc.Request, Method: "session.getMessages", SessionID: id, Params: params})
+	d, rec := g.decide(ctx, jsonrpc.Message{Kind: jsonrpc.Request, Method: protocol.MethodSessionGetMessages, SessionID: id, Params: params})
 	v = d.Allow && rec != nil
 	g.setVisible(id, v)
 	return v
@@ -491,7 +492,7 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 // turn lock: on a collab sidecar, every session.send. The relay then calls
 // TakeTurn off its read loop, so that waiting never stops the tunnel from being read.
 func (g *Guard) NeedsTurn(m jsonrpc.Message) bool {
-	return g.Locker != nil && g.Mode == "collab" && m.Kind == jsonrpc.Request && m.Method == "session.send" && m.SessionID != ""
+	return g.Locker != nil && g.Mode == "collab" && m.Kind == jsonrpc.Request && m.Method == protocol.MethodSessionSend && m.SessionID != ""
 }
 
 // TakeTurn holds the session's lock for the turn a session.send starts; it
@@ -508,13 +509,13 @@ func (g *Guard) TakeTurn(ctx context.Context, m jsonrpc.Message) []byte {
 	var busy *lock.BusyError
 	if errors.As(err, &busy) {
 		g.Refused(ctx, m)
-		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session is in use by another user",
+		return jsonrpc.ErrorResponse(m.ID, protocol.CodeSessionBusy, "session is in use by another user",
 			map[string]any{"sessionId": m.SessionID, "holder": busy.Holder.User, "since": busy.Holder.Since})
 	}
 	if err != nil {
 		g.Refused(ctx, m)
 		g.Log.Warn("session lock unavailable; refused", zap.Error(err))
-		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
+		return jsonrpc.ErrorResponse(m.ID, protocol.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
 	}
 	g.mu.Lock()
 	if g.held == nil {
@@ -600,11 +601,11 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 	}
 	failed := m.Failed()
 	switch {
-	case call.method == "session.send" && failed:
+	case call.method == protocol.MethodSessionSend && failed:
 		g.endTurn(call.sessionID)
-	case call.method == "session.create" && failed:
+	case call.method == protocol.MethodSessionCreate && failed:
 		g.abandon(ctx, call)
-	case call.method == "session.delete" && !failed:
+	case call.method == protocol.MethodSessionDelete && !failed:
 		if err := g.Registry.Delete(ctx, call.sessionID); err != nil {
 			g.Log.Warn("session registry: delete", zap.String("session_id", call.sessionID), zap.Error(err))
 		}
@@ -613,7 +614,7 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 		if filtered, err := g.filter(ctx, m.ID, m.Result); err == nil {
 			return filtered, true
 		}
-		return jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeAccessDenied, "access denied: session list could not be filtered", nil), true
+		return jsonrpc.ErrorResponse(m.ID, protocol.CodeAccessDenied, "access denied: session list could not be filtered", nil), true
 	}
 	return m.Raw, true
 }

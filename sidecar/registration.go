@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/protocol"
 )
 
 // Registration keeps this instance in Consul: service = pool, address and port =
@@ -145,7 +147,7 @@ func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error 
 		}
 		*conn = c
 	}
-	if _, err := (*conn).Call("climesh-health-"+strconv.Itoa(seq), "ping", map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
+	if _, err := (*conn).Call("climesh-health-"+strconv.Itoa(seq), protocol.MethodPing, map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
 		return fmt.Errorf("ping the copilot CLI: %w", err)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
@@ -45,13 +46,6 @@ type CLIConn struct {
 	Hello json.RawMessage
 }
 
-// edgeCredentialHeader is config.EdgeCredentialHeader (the sidecar does not import
-// the control plane's config).
-const edgeCredentialHeader = "X-Climesh-Edge-Credential"
-
-// lockWaitHeader is how long a caller will wait for a busy shared session.
-const lockWaitHeader = "X-Climesh-Lock-Wait"
-
 // handshakeID is the id of the sidecar's own connect; clients never see it.
 const handshakeID = `"climesh-sidecar-connect"`
 
@@ -71,7 +65,7 @@ func (d CLIDialer) Dial(ctx context.Context) (*CLIConn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	req, _ := jsonrpc.RequestBody(json.RawMessage(handshakeID), "connect", map[string]string{"token": d.Token})
+	req, _ := jsonrpc.RequestBody(json.RawMessage(handshakeID), protocol.MethodConnect, map[string]string{"token": d.Token})
 	if _, err := conn.Write(jsonrpc.Frame(req)); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("copilot CLI at %s: send connect: %w", d.Addr, err)
@@ -262,7 +256,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "climesh sidecar: draining; connect to another instance", http.StatusServiceUnavailable)
 		return
 	}
-	if rl.EdgeCredential != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get(edgeCredentialHeader)), []byte(rl.EdgeCredential)) != 1 {
+	if rl.EdgeCredential != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get(protocol.HeaderEdgeCredential)), []byte(rl.EdgeCredential)) != 1 {
 		rl.metrics.refused.WithLabelValues("edge_credential").Inc()
 		http.Error(w, "climesh sidecar: missing or wrong edge credential: tunnels come through the edge", http.StatusUnauthorized)
 		return
@@ -270,7 +264,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var caller identity.Claims
 	if rl.Keys != nil {
 		var err error
-		if caller, err = rl.Keys.Verify(r.Header.Get(identity.Header), time.Now()); err != nil {
+		if caller, err = rl.Keys.Verify(r.Header.Get(protocol.HeaderIdentity), time.Now()); err != nil {
 			rl.metrics.refused.WithLabelValues("identity").Inc()
 			http.Error(w, "climesh sidecar: "+err.Error(), http.StatusUnauthorized)
 			return
@@ -301,7 +295,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			rl.metrics.refused.WithLabelValues("user_cli").Inc()
 			log.Warn("no CLI for this user", zap.Error(err))
-			rl.answerAll(ctx, c, jsonrpc.CodeUnavailable, err.Error())
+			rl.answerAll(ctx, c, protocol.CodeUnavailable, err.Error())
 			return
 		}
 		defer release()
@@ -313,7 +307,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Answer what the client asks with the cause, then close: no hang.
 		rl.metrics.refused.WithLabelValues("cli_unavailable").Inc()
 		log.Warn("tunnel without a CLI", zap.Error(err))
-		rl.answerAll(ctx, c, jsonrpc.CodeUnavailable, err.Error())
+		rl.answerAll(ctx, c, protocol.CodeUnavailable, err.Error())
 		return
 	}
 	defer cli.Close()
@@ -321,7 +315,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rl.Engine != nil {
 		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Pool: rl.Pool, Mode: rl.Mode,
 			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker, Bounds: rl.Bounds}
-		if w, err := time.ParseDuration(r.Header.Get(lockWaitHeader)); err == nil && w > 0 {
+		if w, err := time.ParseDuration(r.Header.Get(protocol.HeaderLockWait)); err == nil && w > 0 {
 			guard.LockWait = min(w, rl.LockWaitMax)
 		}
 		defer guard.Close()
@@ -532,10 +526,10 @@ func localAnswer(m jsonrpc.Message, hello json.RawMessage) ([]byte, bool) {
 		return nil, false
 	}
 	switch m.Method {
-	case "connect":
+	case protocol.MethodConnect:
 		b, _ := jsonrpc.ResultResponse(m.ID, hello)
 		return b, true
-	case "runtime.shutdown":
+	case protocol.MethodRuntimeShutdown:
 		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
 		return b, true
 	}

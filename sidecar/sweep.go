@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
 )
@@ -78,7 +79,7 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 // deleteSession sends session.delete on a CLI connection; a session the CLI does
 // not know is gone already.
 func deleteSession(cli *CLIConn, id string, seq int) error {
-	_, err := cli.Call(fmt.Sprintf("climesh-sweep-%d", seq), "session.delete", map[string]string{"sessionId": id}, 10*time.Second)
+	_, err := cli.Call(fmt.Sprintf("climesh-sweep-%d", seq), protocol.MethodSessionDelete, map[string]string{"sessionId": id}, 10*time.Second)
 	var ce *CallError
 	if errors.As(err, &ce) && strings.Contains(strings.ToLower(ce.Message), "not found") {
 		return nil

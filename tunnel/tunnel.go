@@ -15,19 +15,17 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
-// Header names the tunnel carries.
+// Header names the tunnel carries (see package protocol).
 const (
-	HeaderAuthorization = "Authorization"
-	HeaderSession       = "X-Climesh-Session"
-	HeaderUser          = "X-Climesh-User"
-	HeaderLockWait      = "X-Climesh-Lock-Wait"
-	// HeaderPin names the instance a tunnel reached, as Envoy's stateful_session
-	// filter encodes it on the upgrade response; sent back on a reconnect, it asks
-	// Envoy for the same instance while that instance is healthy.
-	HeaderPin = "X-Climesh-Host"
+	HeaderAuthorization = protocol.HeaderAuthorization
+	HeaderSession       = protocol.HeaderSession
+	HeaderUser          = protocol.HeaderUser
+	HeaderLockWait      = protocol.HeaderLockWait
+	HeaderPin           = protocol.HeaderPin
 )
 
 // Conn is one tunnel.

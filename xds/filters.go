@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/climesh/climesh/config"
-	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/protocol"
 )
 
 // httpFilter is one entry of the HTTP filter chain.
@@ -34,10 +34,10 @@ func httpFilters(c *config.Config) []httpFilter {
 		strip = id.Headers()
 	}
 	if id.EdgeCredential != "" {
-		strip = append(strip, config.EdgeCredentialHeader) // only Envoy may set it
+		strip = append(strip, protocol.HeaderEdgeCredential) // only Envoy may set it
 	}
 	if c.Policy.On() {
-		strip = append(strip, identity.Header) // only ext_authz may set it
+		strip = append(strip, protocol.HeaderIdentity) // only ext_authz may set it
 	}
 	var chain []httpFilter
 	if len(strip) > 0 {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/protocol"
 )
 
 func headersWithUnderscoresRejected() *corev3.HttpProtocolOptions {
@@ -50,7 +51,7 @@ func buildRouteConfig(l *config.Listener, cfg *config.Config) (*routev3.RouteCon
 		}
 		if cred := cfg.Identity.EdgeCredential; cred != "" {
 			route.RequestHeadersToAdd = []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: config.EdgeCredentialHeader, Value: cred},
+				Header:       &corev3.HeaderValue{Key: protocol.HeaderEdgeCredential, Value: cred},
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 			}}
 		}

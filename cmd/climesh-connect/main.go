@@ -10,6 +10,10 @@
 // TCP: for apps that dial a URL (URIConnection{URL: "127.0.0.1:4321", ConnectionToken: <user token>}).
 //
 //	climesh-connect --listen 127.0.0.1:4321 --edge ws://edge:10000/v1/rpc
+//
+// Its settings are connector.Config: flags override environment variables, which
+// override defaults. A flag or variable that does not parse or validate is printed
+// with the reason and the process exits 2, before anything is dialled or served.
 package main
 
 import (
@@ -22,8 +26,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,66 +37,66 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	cfg, err := connector.Load(os.Args[1:], os.LookupEnv)
+	if errors.Is(err, flag.ErrHelp) {
+		usage(os.Stderr)
+		os.Exit(0)
+	}
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "climesh-connect:", line)
+		}
+		fmt.Fprintln(os.Stderr, "climesh-connect: see climesh-connect -h")
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "climesh-connect:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("climesh-connect", flag.ContinueOnError)
-	edge := fs.String("edge", os.Getenv("CLIMESH_EDGE"), "edge tunnel `URL` (env CLIMESH_EDGE), e.g. ws://127.0.0.1:10000/v1/rpc")
-	token := fs.String("token", os.Getenv("CLIMESH_TOKEN"), "caller's bearer `token` (env CLIMESH_TOKEN)")
-	user := fs.String("user", os.Getenv("CLIMESH_USER"), "x-climesh-user for edges that trust client headers (env CLIMESH_USER)")
-	tokenAsUser := fs.Bool("token-as-user", os.Getenv("CLIMESH_TOKEN_AS_USER") != "", "send each connection's token as x-climesh-user too: development edges that trust client headers and verify no JWT (env CLIMESH_TOKEN_AS_USER)")
-	session := fs.String("session", os.Getenv("CLIMESH_SESSION"), "shared-session `name` (env CLIMESH_SESSION)")
-	lockWait := fs.Duration("lock-wait", envDuration("CLIMESH_LOCK_WAIT"), "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
-	reconnect := fs.Duration("reconnect", envDurationOr("CLIMESH_RECONNECT", time.Minute), "when a tunnel is lost, keep trying this long to regain it and resume the sessions (0: give up at once; env CLIMESH_RECONNECT)")
-	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus /metrics on `host:port` (reconnects)")
-	listen := fs.String("listen", "", "TCP mode: accept SDK connections on `host:port` (default: stdio)")
-	maxFrame := fs.Int("max-frame-bytes", jsonrpc.DefaultLimits.MaxFrameBytes, "largest JSON-RPC message")
-	// Flags the SDK passes to what it believes is the CLI: accepted, ignored.
-	for _, b := range []string{"headless", "no-auto-update", "stdio", "no-auto-login", "remote"} {
-		fs.Bool(b, false, "ignored (passed by the Copilot SDK)")
-	}
-	for _, s := range []string{"log-level", "auth-token-env", "session-idle-timeout", "port"} {
-		fs.String(s, "", "ignored (passed by the Copilot SDK)")
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *edge == "" {
-		return errors.New("no edge: set --edge or CLIMESH_EDGE (ws://host:port/v1/rpc)")
-	}
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: climesh-connect [flags]")
+	fmt.Fprintln(w, "Flags override environment variables (CLIMESH_*; empty counts as unset), which override defaults.")
+	c := connector.DefaultConfig()
+	fs := c.FlagSet()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// run serves SDK connections with a validated cfg until a signal.
+func run(cfg connector.Config) error {
 	events := &connector.Events{}
-	if *metricsAddr != "" {
+	if cfg.MetricsListen != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "climesh_connect_reconnects_total", Help: "Tunnels regained after a loss (sessions resumed).",
 		}, func() float64 { return float64(events.Reconnects.Load()) }))
-		ml, err := net.Listen("tcp", *metricsAddr)
+		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		go http.Serve(ml, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
-	o := connector.Options{Events: events, EdgeURL: *edge, Token: *token, User: *user, TokenAsUser: *tokenAsUser, Session: *session, LockWait: *lockWait, Reconnect: *reconnect,
-		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: *maxFrame}}
+	o := cfg.Options(events)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if *listen == "" {
+	if cfg.Listen == "" {
 		err := connector.Serve(ctx, o, o.Token, jsonrpc.NewReader(os.Stdin, o.Limits), stdout{}, nil)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			return err
 		}
 		return nil
 	}
-	lis, err := net.Listen("tcp", *listen)
+	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
 	go func() { <-ctx.Done(); lis.Close() }()
-	fmt.Fprintf(os.Stderr, "climesh-connect: listening on %s, edge %s\n", lis.Addr(), *edge)
+	fmt.Fprintf(os.Stderr, "climesh-connect: listening on %s, edge %s\n", lis.Addr(), cfg.EdgeURL)
 	for {
 		c, err := lis.Accept()
 		if err != nil {
@@ -134,13 +138,4 @@ func (stdout) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
 func (stdout) Close() error {
 	os.Stdin.Close()
 	return os.Stdout.Close()
-}
-
-func envDuration(name string) time.Duration { return envDurationOr(name, 0) }
-
-func envDurationOr(name string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
-		return d
-	}
-	return def
 }

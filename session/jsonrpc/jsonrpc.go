@@ -13,6 +13,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/climesh/climesh/protocol"
 )
 
 // Limits bound what a peer can make us buffer.
@@ -125,14 +127,14 @@ func (k Kind) String() string {
 }
 
 var (
-	idleMarker  = []byte(`"session.idle"`)
-	errorMarker = []byte(`"session.error"`)
+	idleMarker  = []byte(`"` + protocol.EventSessionIdle + `"`)
+	errorMarker = []byte(`"` + protocol.EventSessionError + `"`)
 )
 
 // EndsTurn reports whether m is the CLI's event that ends a session's turn: a
 // session.event notification whose event type is session.idle or session.error.
 func EndsTurn(m Message) bool {
-	if m.Kind != Notification || m.Method != "session.event" {
+	if m.Kind != Notification || m.Method != protocol.MethodSessionEvent {
 		return false
 	}
 	// Every streamed delta is a session.event: skip the walk for those that
@@ -141,19 +143,20 @@ func EndsTurn(m Message) bool {
 		return false
 	}
 	t, _ := StringMember(m.Params, "event", "type")
-	return t == "session.idle" || t == "session.error"
+	return t == protocol.EventSessionIdle || t == protocol.EventSessionError
 }
 
-// Error codes climesh answers with, beside the CLI's own (-32601 unknown method,
-// -32603 internal, -32001 authentication required, -32002 authentication failed).
+// JSON-RPC's own error codes; climesh's are in package protocol.
 const (
 	CodeParseError     = -32700 // a message that is not JSON-RPC
 	CodeInvalidRequest = -32600
 	CodeInvalidParams  = -32602
-	CodeUnavailable    = -32010 // the edge or the CLI cannot be reached
-	CodeRefused        = -32011 // the edge refused the tunnel (status and reason in data)
-	CodeAccessDenied   = -32012 // the policy refused this call; the CLI never saw it
-	CodeSessionBusy    = -32013 // a shared session's turn is running (holder and since in data)
+)
+
+// Deprecated aliases of protocol's codes, kept while climesh-connect moves over.
+const (
+	CodeUnavailable = protocol.CodeUnavailable
+	CodeRefused     = protocol.CodeRefused
 )
 
 // ErrorResponse builds a JSON-RPC error response to id (null when id is empty).

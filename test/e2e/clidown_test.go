@@ -11,7 +11,7 @@ import (
 	copilot "github.com/github/copilot-sdk/go"
 	"github.com/hashicorp/consul/api"
 
-	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -78,7 +78,7 @@ func TestDataPathCLIDown(t *testing.T) {
 		http.Header{"X-Climesh-Edge-Credential": {env.Credential}, "X-Climesh-Identity": {env.Assertion("probe", "acme", time.Minute)}})
 	send(`{"jsonrpc":"2.0","id":9,"method":"ping","params":{}}`)
 	got := recv()
-	if !strings.Contains(got, fmt.Sprint(jsonrpc.CodeUnavailable)) || !strings.Contains(got, "copilot CLI") {
+	if !strings.Contains(got, fmt.Sprint(protocol.CodeUnavailable)) || !strings.Contains(got, "copilot CLI") {
 		t.Fatalf("answer %q, want an error naming the unreachable CLI", got)
 	}
 	err = harness.Poll(ctx, 100*time.Millisecond, func() error {

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"flag"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -9,13 +10,26 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/climesh/climesh/connector"
 )
 
-// Flags lists the flags cmd/<name> defines, read from its main.go: every
-// flag.String("name", ...)-style call and every fs.StringVar(&v, "name", ...) (the
-// package flag or a FlagSet named fs).
+// configFlags are the commands whose flags are their typed config's flag set:
+// listed from it, not from main.go.
+var configFlags = map[string]func() *flag.FlagSet{
+	"climesh-connect": func() *flag.FlagSet { c := connector.DefaultConfig(); return c.FlagSet() },
+}
+
+// Flags lists the flags cmd/<name> defines: its config's flag set (configFlags),
+// or else read from its main.go: every flag.String("name", ...)-style call and
+// every fs.StringVar(&v, "name", ...) (the package flag or a FlagSet named fs).
 // Tests use it to check that manifests and docs name real flags.
 func Flags(name string) (map[string]bool, error) {
+	if fs, ok := configFlags[name]; ok {
+		names := map[string]bool{}
+		fs().VisitAll(func(f *flag.Flag) { names[f.Name] = true })
+		return names, nil
+	}
 	root, err := Root()
 	if err != nil {
 		return nil, err

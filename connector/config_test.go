@@ -1,0 +1,289 @@
+package connector
+
+import (
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+)
+
+// envOf is a fake environment for Load.
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// withDefaults is DefaultConfig changed by edit.
+func withDefaults(edit func(*Config)) Config {
+	c := DefaultConfig()
+	if edit != nil {
+		edit(&c)
+	}
+	return c
+}
+
+// TestLoadEnv sets each variable alone, to good and bad values.
+func TestLoadEnv(t *testing.T) {
+	type value struct {
+		in   string
+		want func(*Config) // nil: Load refuses in
+	}
+	cases := map[string][]value{
+		"CLIMESH_EDGE":    {{"ws://edge:10000/v1/rpc", func(c *Config) { c.EdgeURL = "ws://edge:10000/v1/rpc" }}},
+		"CLIMESH_TOKEN":   {{"alice-token", func(c *Config) { c.Token = "alice-token" }}},
+		"CLIMESH_USER":    {{"alice", func(c *Config) { c.User = "alice" }}},
+		"CLIMESH_SESSION": {{"team-room", func(c *Config) { c.Session = "team-room" }}},
+		"CLIMESH_TOKEN_AS_USER": {
+			{"1", func(c *Config) { c.TokenAsUser = true }},
+			{"true", func(c *Config) { c.TokenAsUser = true }},
+			{"TRUE", func(c *Config) { c.TokenAsUser = true }},
+			// Equal to the default, but checked: "false" once turned the option on.
+			{"0", func(c *Config) { c.TokenAsUser = false }},
+			{"false", func(c *Config) { c.TokenAsUser = false }},
+			{"yes", nil},
+			{"on", nil},
+		},
+		"CLIMESH_LOCK_WAIT": {
+			{"30s", func(c *Config) { c.LockWait = 30 * time.Second }},
+			{"1m30s", func(c *Config) { c.LockWait = 90 * time.Second }},
+			{"0", func(c *Config) { c.LockWait = 0 }},
+			{"30", nil},
+			{"half a minute", nil},
+		},
+		"CLIMESH_RECONNECT": {
+			{"5m", func(c *Config) { c.Reconnect = 5 * time.Minute }},
+			{"0s", func(c *Config) { c.Reconnect = 0 }},
+			{"-1s", func(c *Config) { c.Reconnect = -time.Second }}, // parses; Validate refuses it
+			{"5 minutes", nil},
+			{"60", nil},
+		},
+	}
+	for _, e := range envVars {
+		if len(cases[e.name]) == 0 {
+			t.Errorf("%s: no test values", e.name)
+		}
+	}
+	for name, values := range cases {
+		for _, v := range values {
+			t.Run(name+"="+v.in, func(t *testing.T) {
+				got, err := Load(nil, envOf(map[string]string{name: v.in}))
+				if v.want == nil {
+					var fe *FieldError
+					if !errors.As(err, &fe) || fe.Name != name || fe.Value != v.in || !errors.Is(err, ErrMalformed) {
+						t.Fatalf("Load = %+v, %v; want a malformed-value error naming %s=%q", got, err, name, v.in)
+					}
+					if !strings.HasPrefix(err.Error(), name+"="+`"`+v.in+`": not a `) {
+						t.Errorf("error %q does not start with the variable, its value and why", err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := withDefaults(v.want); got != want {
+					t.Errorf("Load =\n %+v\nwant\n %+v", got, want)
+				}
+			})
+		}
+	}
+}
+
+func TestLoadPrecedence(t *testing.T) {
+	edge := "ws://edge:10000/v1/rpc"
+	cases := map[string]struct {
+		args []string
+		env  map[string]string
+		want func(*Config)
+	}{
+		"defaults": {want: nil},
+		"environment over default": {
+			env:  map[string]string{"CLIMESH_RECONNECT": "10s", "CLIMESH_EDGE": edge},
+			want: func(c *Config) { c.Reconnect = 10 * time.Second; c.EdgeURL = edge },
+		},
+		"flag over environment": {
+			args: []string{"--reconnect", "20s", "--edge", "wss://other/v1/rpc"},
+			env:  map[string]string{"CLIMESH_RECONNECT": "10s", "CLIMESH_EDGE": edge},
+			want: func(c *Config) { c.Reconnect = 20 * time.Second; c.EdgeURL = "wss://other/v1/rpc" },
+		},
+		"flag over a malformed variable, which is not read": {
+			args: []string{"--reconnect=20s", "--token-as-user"},
+			env:  map[string]string{"CLIMESH_RECONNECT": "5 minutes", "CLIMESH_TOKEN_AS_USER": "yes"},
+			want: func(c *Config) { c.Reconnect = 20 * time.Second; c.TokenAsUser = true },
+		},
+		"false flag over a true variable": {
+			args: []string{"--token-as-user=false"},
+			env:  map[string]string{"CLIMESH_TOKEN_AS_USER": "1"},
+			want: nil,
+		},
+		"a flag overrides only its own variable": {
+			args: []string{"--token", "from-flag"},
+			env:  map[string]string{"CLIMESH_TOKEN": "from-env", "CLIMESH_USER": "bob"},
+			want: func(c *Config) { c.Token = "from-flag"; c.User = "bob" },
+		},
+		"empty variable counts as unset": {
+			env:  map[string]string{"CLIMESH_RECONNECT": "", "CLIMESH_TOKEN_AS_USER": "", "CLIMESH_EDGE": ""},
+			want: nil,
+		},
+		"flags without a variable": {
+			args: []string{"--listen", "127.0.0.1:4321", "--metrics-listen", "127.0.0.1:9100", "--max-frame-bytes", "1024"},
+			want: func(c *Config) { c.Listen, c.MetricsListen, c.MaxFrameBytes = "127.0.0.1:4321", "127.0.0.1:9100", 1024 },
+		},
+		"the SDK's flags are accepted and ignored": {
+			args: []string{"--headless", "--no-auto-update", "--log-level", "info", "--stdio", "--auth-token-env", "X",
+				"--no-auto-login", "--session-idle-timeout", "30", "--remote", "--port", "0"},
+			want: nil,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := Load(tc.args, envOf(tc.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := withDefaults(tc.want); got != want {
+				t.Errorf("Load =\n %+v\nwant\n %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadRefusesArgs(t *testing.T) {
+	cases := map[string]struct {
+		args []string
+		want string // in the error
+	}{
+		"unknown flag":          {[]string{"--edg", "ws://e/v1/rpc"}, "-edg"},
+		"bad duration flag":     {[]string{"--reconnect", "5 minutes"}, "-reconnect"},
+		"bad boolean flag":      {[]string{"--token-as-user=yes"}, "-token-as-user"},
+		"bad integer flag":      {[]string{"--max-frame-bytes", "8M"}, "-max-frame-bytes"},
+		"positional argument":   {[]string{"ws://e/v1/rpc"}, `"ws://e/v1/rpc"`},
+		"flag after positional": {[]string{"--edge", "ws://e/v1/rpc", "extra", "--listen", ":1"}, `"extra"`},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(tc.args, envOf(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Load(%q) = %v; want an error naming %s", tc.args, err, tc.want)
+			}
+		})
+	}
+	if _, err := Load([]string{"-h"}, envOf(nil)); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("Load(-h) = %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	base := func(c *Config) { c.EdgeURL = "ws://edge:10000/v1/rpc"; c.Token = "alice-token" }
+	cases := map[string]struct {
+		edit func(*Config)
+		name string // flag named by the only error; "" for a valid config
+		kind error
+	}{
+		"base":                          {},
+		"wss edge":                      {edit: func(c *Config) { c.EdgeURL = "wss://edge.example/v1/rpc" }},
+		"no token (the edge decides)":   {edit: func(c *Config) { c.Token = "" }},
+		"token-as-user with a token":    {edit: func(c *Config) { c.TokenAsUser = true }},
+		"token-as-user in TCP mode":     {edit: func(c *Config) { c.TokenAsUser, c.Token, c.Listen = true, "", "127.0.0.1:4321" }},
+		"zero durations":                {edit: func(c *Config) { c.LockWait, c.Reconnect = 0, 0 }},
+		"listen on every interface":     {edit: func(c *Config) { c.Listen = ":4321" }},
+		"listen and metrics on port 0":  {edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:0", "127.0.0.1:0" }},
+		"shared session with lock wait": {edit: func(c *Config) { c.Session, c.LockWait = "team-room", 90*time.Second }},
+
+		"no edge":              {edit: func(c *Config) { c.EdgeURL = "" }, name: "--edge/CLIMESH_EDGE", kind: ErrRequired},
+		"http edge":            {edit: func(c *Config) { c.EdgeURL = "http://edge:10000/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: ErrMalformed},
+		"edge without scheme":  {edit: func(c *Config) { c.EdgeURL = "edge:10000/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: ErrMalformed},
+		"edge without host":    {edit: func(c *Config) { c.EdgeURL = "ws:///v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: ErrMalformed},
+		"edge unparsable":      {edit: func(c *Config) { c.EdgeURL = "ws://edge:port/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: ErrMalformed},
+		"token with newline":   {edit: func(c *Config) { c.Token = "alice-token\n" }, name: "--token/CLIMESH_TOKEN", kind: ErrMalformed},
+		"user with newline":    {edit: func(c *Config) { c.User = "alice\r\nx-evil: 1" }, name: "--user/CLIMESH_USER", kind: ErrMalformed},
+		"session with newline": {edit: func(c *Config) { c.Session = "room\n" }, name: "--session/CLIMESH_SESSION", kind: ErrMalformed},
+		"token-as-user without a token in stdio mode": {
+			edit: func(c *Config) { c.TokenAsUser, c.Token = true, "" }, name: "--token-as-user/CLIMESH_TOKEN_AS_USER", kind: ErrRequired},
+		"token-as-user and user": {
+			edit: func(c *Config) { c.TokenAsUser, c.User = true, "bob" }, name: "--token-as-user/CLIMESH_TOKEN_AS_USER", kind: ErrConflict},
+		"negative lock wait":       {edit: func(c *Config) { c.LockWait = -time.Second }, name: "--lock-wait/CLIMESH_LOCK_WAIT", kind: ErrOutOfRange},
+		"negative reconnect":       {edit: func(c *Config) { c.Reconnect = -time.Second }, name: "--reconnect/CLIMESH_RECONNECT", kind: ErrOutOfRange},
+		"zero frame size":          {edit: func(c *Config) { c.MaxFrameBytes = 0 }, name: "--max-frame-bytes", kind: ErrOutOfRange},
+		"negative frame size":      {edit: func(c *Config) { c.MaxFrameBytes = -1 }, name: "--max-frame-bytes", kind: ErrOutOfRange},
+		"listen without port":      {edit: func(c *Config) { c.Listen = "127.0.0.1" }, name: "--listen", kind: ErrMalformed},
+		"listen port not a number": {edit: func(c *Config) { c.Listen = "127.0.0.1:http" }, name: "--listen", kind: ErrMalformed},
+		"listen port too large":    {edit: func(c *Config) { c.Listen = "127.0.0.1:65536" }, name: "--listen", kind: ErrMalformed},
+		"metrics without port":     {edit: func(c *Config) { c.MetricsListen = "localhost" }, name: "--metrics-listen", kind: ErrMalformed},
+		"metrics on the listen address": {
+			edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:4321", "127.0.0.1:4321" }, name: "--metrics-listen", kind: ErrConflict},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := withDefaults(base)
+			if tc.edit != nil {
+				tc.edit(&c)
+			}
+			err := c.Validate()
+			if tc.name == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Name != tc.name || !errors.Is(err, tc.kind) {
+				t.Fatalf("Validate = %v; want %v naming %s", err, tc.kind, tc.name)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("Validate = %v; want only the error naming %s", err, tc.name)
+			}
+			if !strings.HasPrefix(err.Error(), tc.name) {
+				t.Errorf("message %q does not start with %s", err, tc.name)
+			}
+			if c.Token != "" && strings.Contains(err.Error(), strings.TrimSpace(c.Token)) {
+				t.Errorf("message %q shows the token", err)
+			}
+		})
+	}
+}
+
+// TestValidateJoinsEveryError: one run names every field at fault.
+func TestValidateJoinsEveryError(t *testing.T) {
+	c := Config{EdgeURL: "http://edge", Reconnect: -1, LockWait: -1, Listen: "x"}
+	err := c.Validate()
+	for _, name := range []string{"--edge/CLIMESH_EDGE", "--reconnect/CLIMESH_RECONNECT", "--lock-wait/CLIMESH_LOCK_WAIT", "--listen", "--max-frame-bytes"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("Validate = %v; nothing names %s", err, name)
+		}
+	}
+}
+
+// TestFlagSet: each variable has its flag, whose help names the variable, and the
+// flags' defaults are DefaultConfig's.
+func TestFlagSet(t *testing.T) {
+	c := DefaultConfig()
+	fs := c.FlagSet()
+	for _, e := range envVars {
+		f := fs.Lookup(e.flag)
+		if f == nil {
+			t.Errorf("%s: no flag --%s", e.name, e.flag)
+		} else if !strings.Contains(f.Usage, e.name) {
+			t.Errorf("--%s: help %q does not name %s", e.flag, f.Usage, e.name)
+		}
+	}
+	for flagName, want := range map[string]string{"reconnect": DefaultReconnect.String(), "max-frame-bytes": "8388608", "lock-wait": "0s", "token-as-user": "false", "edge": ""} {
+		if got := fs.Lookup(flagName).DefValue; got != want {
+			t.Errorf("--%s default %q, want %q", flagName, got, want)
+		}
+	}
+}
+
+func TestOptions(t *testing.T) {
+	ev := &Events{}
+	c := Config{EdgeURL: "ws://e/v1/rpc", Token: "t", User: "u", TokenAsUser: true, Session: "s",
+		LockWait: time.Second, Reconnect: 2 * time.Second, Listen: ":1", MaxFrameBytes: 1024}
+	got := c.Options(ev)
+	want := Options{EdgeURL: "ws://e/v1/rpc", Token: "t", User: "u", TokenAsUser: true, Session: "s",
+		LockWait: time.Second, Reconnect: 2 * time.Second, Events: ev,
+		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: 1024}}
+	if got != want {
+		t.Errorf("Options =\n %+v\nwant\n %+v", got, want)
+	}
+}

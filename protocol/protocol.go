@@ -1,0 +1,70 @@
+// Package protocol names what climesh and its peers agree on, in one place: the
+// Copilot CLI's JSON-RPC methods and session events that climesh acts on, the
+// error codes climesh answers with, and the HTTP headers of the edge and its
+// tunnels. It holds names only, no behaviour, and imports nothing of climesh, so
+// that every package (sidecar, connector, policy, control plane, tests) can use
+// it without depending on another's internals.
+package protocol
+
+// Methods of the CLI's JSON-RPC API that climesh reads, answers or sends.
+const (
+	MethodConnect         = "connect"          // authenticates a connection with the CLI's token
+	MethodPing            = "ping"             // liveness
+	MethodRuntimeShutdown = "runtime.shutdown" // ends "its" CLI, as a stdio SDK believes
+
+	MethodSessionCreate        = "session.create"
+	MethodSessionResume        = "session.resume"
+	MethodSessionSend          = "session.send"
+	MethodSessionAbort         = "session.abort"
+	MethodSessionDestroy       = "session.destroy" // releases a session from memory; its state stays on disk
+	MethodSessionDetach        = "session.detach"
+	MethodSessionDelete        = "session.delete" // deletes a session's state
+	MethodSessionList          = "session.list"
+	MethodSessionGetMessages   = "session.getMessages"
+	MethodSessionGetMetadata   = "session.getMetadata"
+	MethodSessionGetForeground = "session.getForeground"
+	MethodSessionGetLastID     = "session.getLastId"
+
+	// MethodSessionEvent is the CLI's notification carrying one session event.
+	MethodSessionEvent = "session.event"
+)
+
+// Session event types that end a turn.
+const (
+	EventSessionIdle  = "session.idle"
+	EventSessionError = "session.error"
+)
+
+// Error codes climesh answers with, beside JSON-RPC's own (-32700 parse error,
+// -32600 invalid request, -32602 invalid params) and the CLI's (-32601 unknown
+// method, -32603 internal, -32001 authentication required, -32002 authentication
+// failed).
+const (
+	CodeUnavailable  = -32010 // the edge or the CLI cannot be reached
+	CodeRefused      = -32011 // the edge refused the tunnel (status and reason in data)
+	CodeAccessDenied = -32012 // the policy refused this call; the CLI never saw it
+	CodeSessionBusy  = -32013 // a shared session's turn is running (holder and since in data)
+)
+
+// HTTP headers on the edge and its tunnels, in lower case as Envoy's config
+// and HTTP/2 spell them (net/http's Header.Get and Set accept any case).
+const (
+	HeaderAuthorization = "authorization"
+	// HeaderUser, HeaderTenant and HeaderSession are the defaults of the control
+	// plane's identity.*_header settings: Envoy writes the verified user and
+	// tenant, and a collab client names its shared session.
+	HeaderUser    = "x-climesh-user"
+	HeaderTenant  = "x-climesh-tenant"
+	HeaderSession = "x-climesh-session"
+	// HeaderIdentity carries the edge's signed identity assertion to the sidecar.
+	HeaderIdentity = "x-climesh-identity"
+	// HeaderEdgeCredential carries the secret only Envoy adds, so that a client
+	// dialling a sidecar directly is refused.
+	HeaderEdgeCredential = "x-climesh-edge-credential"
+	// HeaderLockWait is how long a caller will wait for a busy shared session.
+	HeaderLockWait = "x-climesh-lock-wait"
+	// HeaderPin names the instance a tunnel reached, as Envoy's stateful_session
+	// filter encodes it on the upgrade response; sent back on a reconnect, it asks
+	// Envoy for the same instance while that instance is healthy.
+	HeaderPin = "x-climesh-host"
+)
