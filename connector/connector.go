@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -41,18 +42,18 @@ type Options struct {
 func (o Options) Header(token string) http.Header {
 	h := http.Header{}
 	if token != "" {
-		h.Set(tunnel.HeaderAuthorization, "Bearer "+token)
+		h.Set(protocol.HeaderAuthorization, "Bearer "+token)
 	}
 	if o.User != "" {
-		h.Set(tunnel.HeaderUser, o.User)
+		h.Set(protocol.HeaderUser, o.User)
 	} else if o.TokenAsUser && token != "" {
-		h.Set(tunnel.HeaderUser, token)
+		h.Set(protocol.HeaderUser, token)
 	}
 	if o.Session != "" {
-		h.Set(tunnel.HeaderSession, o.Session)
+		h.Set(protocol.HeaderSession, o.Session)
 	}
 	if o.LockWait > 0 {
-		h.Set(tunnel.HeaderLockWait, o.LockWait.String())
+		h.Set(protocol.HeaderLockWait, o.LockWait.String())
 	}
 	return h
 }
@@ -60,7 +61,7 @@ func (o Options) Header(token string) http.Header {
 // ConnectToken returns the token of an SDK `connect` request, if first is one.
 func ConnectToken(first []byte) string {
 	m, err := jsonrpc.ParseTrusted(first)
-	if err != nil || m.Kind != jsonrpc.Request || m.Method != "connect" {
+	if err != nil || m.Kind != jsonrpc.Request || m.Method != protocol.MethodConnect {
 		return ""
 	}
 	token, _ := jsonrpc.StringMember(m.Params, "token")
@@ -171,7 +172,7 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 // regained, every held request is answered with an error. nil means the edge was
 // not regained (or reconnecting is off).
 //
-// *pin is the instance the lost tunnel reached (see tunnel.HeaderPin): the first
+// *pin is the instance the lost tunnel reached (see protocol.HeaderPin): the first
 // attempts ask for it, so that a user whose sessions live on one instance's disk
 // goes back there even if the ring has changed since; once that instance refuses
 // (draining) or fails the restore, the pin is dropped and the ring decides.
@@ -184,7 +185,7 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 	giveUp := func(why string) *link {
 		for _, body := range held {
 			if m, err := jsonrpc.ParseTrusted(body); err == nil && m.Kind == jsonrpc.Request {
-				cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: "+why+": "+cause.Error(), nil))
+				cont.write(jsonrpc.ErrorResponse(m.ID, protocol.CodeUnavailable, "climesh: "+why+": "+cause.Error(), nil))
 			}
 		}
 		return nil
@@ -197,7 +198,7 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 	for time.Now().Before(deadline) {
 		header := o.Header(token)
 		if *pin != "" {
-			header.Set(tunnel.HeaderPin, *pin)
+			header.Set(protocol.HeaderPin, *pin)
 		}
 		conn, err := tunnel.Dial(ctx, o.EdgeURL, header, o.Limits.MaxFrameBytes)
 		var refused *tunnel.RefusedError
@@ -236,7 +237,7 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 				case len(held) < maxQueued:
 					held = append(held, body)
 				case m.Kind == jsonrpc.Request:
-					cont.write(jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeUnavailable, "climesh: reconnecting to the edge: "+cause.Error(), nil))
+					cont.write(jsonrpc.ErrorResponse(m.ID, protocol.CodeUnavailable, "climesh: reconnecting to the edge: "+cause.Error(), nil))
 				}
 			case <-timer.C:
 				break waiting
@@ -263,10 +264,10 @@ func closeOut(out io.Writer, err error) error {
 
 // refuse answers each request with the dial error until in ends.
 func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
-	code, data := jsonrpc.CodeUnavailable, map[string]any{}
+	code, data := protocol.CodeUnavailable, map[string]any{}
 	var refused *tunnel.RefusedError
 	if errors.As(cause, &refused) {
-		code, data["status"], data["reason"] = jsonrpc.CodeRefused, refused.Status, refused.Reason
+		code, data["status"], data["reason"] = protocol.CodeRefused, refused.Status, refused.Reason
 	}
 	answer := func(body []byte) {
 		m, err := jsonrpc.ParseTrusted(body)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -212,14 +213,14 @@ type pinningEdge struct {
 
 func (e *pinningEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
-	e.asked = append(e.asked, r.Header.Get(tunnel.HeaderPin))
+	e.asked = append(e.asked, r.Header.Get(protocol.HeaderPin))
 	n := len(e.asked)
 	e.mu.Unlock()
-	if r.Header.Get(tunnel.HeaderPin) == "host-1" {
+	if r.Header.Get(protocol.HeaderPin) == "host-1" {
 		http.Error(w, "climesh sidecar: draining; connect to another instance", http.StatusServiceUnavailable)
 		return
 	}
-	w.Header().Set(tunnel.HeaderPin, fmt.Sprintf("host-%d", n))
+	w.Header().Set(protocol.HeaderPin, fmt.Sprintf("host-%d", n))
 	c, err := tunnel.Accept(w, r, 1<<20)
 	if err != nil {
 		return
@@ -274,8 +275,8 @@ func TestHeaderNamesTheUser(t *testing.T) {
 		"token as the user": {Options{TokenAsUser: true}, "alice"},
 	} {
 		h := c.o.Header("alice")
-		if got := h.Get(tunnel.HeaderUser); got != c.want || h.Get(tunnel.HeaderAuthorization) != "Bearer alice" {
-			t.Errorf("%s: user %q (want %q), authorization %q", name, got, c.want, h.Get(tunnel.HeaderAuthorization))
+		if got := h.Get(protocol.HeaderUser); got != c.want || h.Get(protocol.HeaderAuthorization) != "Bearer alice" {
+			t.Errorf("%s: user %q (want %q), authorization %q", name, got, c.want, h.Get(protocol.HeaderAuthorization))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -100,14 +101,14 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch call.method {
-	case "session.create", "session.resume":
+	case protocol.MethodSessionCreate, protocol.MethodSessionResume:
 		if id := jsonrpc.AttachedSession(r.Result, call.sessionID); id != "" {
 			c.attached[id] = jsonrpc.ResumeParams(call.params, id)
 		}
-	case "session.destroy", "session.detach", "session.delete":
+	case protocol.MethodSessionDestroy, protocol.MethodSessionDetach, protocol.MethodSessionDelete:
 		delete(c.attached, call.sessionID)
 		delete(c.running, call.sessionID)
-	case "session.send":
+	case protocol.MethodSessionSend:
 		c.running[call.sessionID] = true
 	}
 }
@@ -125,7 +126,7 @@ func (c *continuity) lost(cause error) {
 	c.mu.Unlock()
 	msg := "climesh: the connection to the instance was lost: " + cause.Error()
 	for id := range pending {
-		c.write(jsonrpc.ErrorResponse(json.RawMessage(id), jsonrpc.CodeUnavailable, msg, map[string]bool{"reconnecting": true}))
+		c.write(jsonrpc.ErrorResponse(json.RawMessage(id), protocol.CodeUnavailable, msg, map[string]bool{"reconnecting": true}))
 	}
 	for sid := range running {
 		c.write(errorEvent(sid, "climesh: the turn in flight was lost when its instance went away; the session was resumed"))
@@ -133,9 +134,9 @@ func (c *continuity) lost(cause error) {
 }
 
 func errorEvent(sessionID, message string) []byte {
-	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "session.event", "params": map[string]any{
+	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": protocol.MethodSessionEvent, "params": map[string]any{
 		"sessionId": sessionID,
-		"event": map[string]any{"type": "session.error", "id": fmt.Sprintf("climesh-%d", time.Now().UnixNano()),
+		"event": map[string]any{"type": protocol.EventSessionError, "id": fmt.Sprintf("climesh-%d", time.Now().UnixNano()),
 			"parentId": nil, "timestamp": time.Now().UTC().Format(time.RFC3339Nano), "ephemeral": true,
 			"data": map[string]any{"errorType": "connection", "message": message}},
 	}})
@@ -177,7 +178,7 @@ func (c *continuity) call(ctx context.Context, conn *tunnel.Conn, method string,
 // restore re-attaches every session on a new tunnel; one that cannot be resumed
 // is reported to the application as a session.error event.
 func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
-	if _, err := c.call(ctx, conn, "connect", map[string]any{}); err != nil {
+	if _, err := c.call(ctx, conn, protocol.MethodConnect, map[string]any{}); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -187,7 +188,7 @@ func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
 	}
 	c.mu.Unlock()
 	for id, params := range attached {
-		if _, err := c.call(ctx, conn, "session.resume", params); err != nil {
+		if _, err := c.call(ctx, conn, protocol.MethodSessionResume, params); err != nil {
 			c.write(errorEvent(id, "climesh: the session could not be resumed after a reconnect: "+err.Error()))
 		}
 	}

@@ -19,15 +19,6 @@ import (
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
-// Header names the tunnel carries (see package protocol).
-const (
-	HeaderAuthorization = protocol.HeaderAuthorization
-	HeaderSession       = protocol.HeaderSession
-	HeaderUser          = protocol.HeaderUser
-	HeaderLockWait      = protocol.HeaderLockWait
-	HeaderPin           = protocol.HeaderPin
-)
-
 // Conn is one tunnel.
 type Conn struct {
 	ws *websocket.Conn
@@ -120,7 +111,7 @@ func Dial(ctx context.Context, url string, header http.Header, limit int) (*Conn
 		return nil, fmt.Errorf("climesh edge unreachable at %s: %w", url, err)
 	}
 	ws.SetReadLimit(int64(limit))
-	return &Conn{ws: ws, Pin: resp.Header.Get(HeaderPin)}, nil
+	return &Conn{ws: ws, Pin: resp.Header.Get(protocol.HeaderPin)}, nil
 }
 
 // DefaultLimit is the largest message either side accepts by default.

@@ -153,12 +153,6 @@ const (
 	CodeInvalidParams  = -32602
 )
 
-// Deprecated aliases of protocol's codes, kept while climesh-connect moves over.
-const (
-	CodeUnavailable = protocol.CodeUnavailable
-	CodeRefused     = protocol.CodeRefused
-)
-
 // ErrorResponse builds a JSON-RPC error response to id (null when id is empty).
 func ErrorResponse(id []byte, code int, message string, data any) []byte {
 	if len(id) == 0 {

@@ -101,7 +101,7 @@ func TestParseKinds(t *testing.T) {
 }
 
 func TestErrorResponseParses(t *testing.T) {
-	m, err := Parse(ErrorResponse([]byte(`3`), CodeRefused, "refused", map[string]int{"status": 403}))
+	m, err := Parse(ErrorResponse([]byte(`3`), -32011, "refused", map[string]int{"status": 403}))
 	if err != nil || m.Kind != Response || string(m.ID) != "3" || !m.Failed() {
 		t.Fatalf("%+v %v", m, err)
 	}

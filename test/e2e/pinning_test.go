@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/test/harness"
@@ -18,9 +19,9 @@ import (
 // instance that created the session (from the registry).
 func (env *meshEnv) pinnedSession(t *testing.T, user, pin string) (gotPin, instance string) {
 	t.Helper()
-	h := http.Header{tunnel.HeaderAuthorization: {"Bearer " + env.Token(user, "acme")}}
+	h := http.Header{protocol.HeaderAuthorization: {"Bearer " + env.Token(user, "acme")}}
 	if pin != "" {
-		h.Set(tunnel.HeaderPin, pin)
+		h.Set(protocol.HeaderPin, pin)
 	}
 	c, err := tunnel.Dial(t.Context(), env.EdgeURL, h, 1<<20)
 	if err != nil {
