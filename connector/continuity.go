@@ -3,6 +3,7 @@ package connector
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -27,8 +28,7 @@ type continuity struct {
 	pending  map[string]sdkCall         // SDK request id -> the call
 	attached map[string]json.RawMessage // session id -> params for session.resume
 	running  map[string]bool            // sessions with a turn in flight
-	internal map[string]chan []byte     // our own requests' answers
-	seq      int
+	own      *jsonrpc.Caller            // our own requests on the current tunnel (restore)
 }
 
 type sdkCall struct {
@@ -38,7 +38,7 @@ type sdkCall struct {
 
 func newContinuity(out io.Writer) *continuity {
 	return &continuity{out: out, pending: map[string]sdkCall{}, attached: map[string]json.RawMessage{},
-		running: map[string]bool{}, internal: map[string]chan []byte{}}
+		running: map[string]bool{}}
 }
 
 func (c *continuity) write(msg []byte) error {
@@ -68,12 +68,12 @@ func (c *continuity) fromEdge(body []byte) bool {
 	switch m.Kind {
 	case jsonrpc.Response:
 		c.mu.Lock()
-		if ch, ok := c.internal[m.IDKey()]; ok {
-			delete(c.internal, m.IDKey())
-			c.mu.Unlock()
-			ch <- body
-			return false
+		own := c.own
+		c.mu.Unlock()
+		if own != nil && (own.Deliver(m) || own.Owns(m.IDKey())) {
+			return false // ours, answered or given up on
 		}
+		c.mu.Lock()
 		call, ok := c.pending[m.IDKey()]
 		delete(c.pending, m.IDKey())
 		c.mu.Unlock()
@@ -117,13 +117,12 @@ func (c *continuity) answered(call sdkCall, body []byte) {
 // an error, every running turn a session.error event.
 func (c *continuity) lost(cause error) {
 	c.mu.Lock()
-	pending, running := c.pending, c.running
-	c.pending, c.running = map[string]sdkCall{}, map[string]bool{}
-	for id, ch := range c.internal {
-		close(ch)
-		delete(c.internal, id)
-	}
+	pending, running, own := c.pending, c.running, c.own
+	c.pending, c.running, c.own = map[string]sdkCall{}, map[string]bool{}, nil
 	c.mu.Unlock()
+	if own != nil {
+		own.Close(errors.New("tunnel lost"))
+	}
 	msg := "climesh: the connection to the instance was lost: " + cause.Error()
 	for id := range pending {
 		c.write(jsonrpc.ErrorResponse(json.RawMessage(id), protocol.CodeUnavailable, msg, map[string]bool{"reconnecting": true}))
@@ -143,42 +142,14 @@ func errorEvent(sessionID, message string) []byte {
 	return b
 }
 
-// call sends one request of our own on conn and waits for its answer.
-func (c *continuity) call(ctx context.Context, conn *tunnel.Conn, method string, params any) (json.RawMessage, error) {
-	c.mu.Lock()
-	c.seq++
-	id := fmt.Sprintf(`"climesh-connect-%d"`, c.seq)
-	ch := make(chan []byte, 1)
-	c.internal[id] = ch
-	c.mu.Unlock()
-	body, _ := jsonrpc.RequestBody(json.RawMessage(id), method, params)
-	if err := conn.Write(ctx, body); err != nil {
-		return nil, err
-	}
-	select {
-	case answer, ok := <-ch:
-		if !ok {
-			return nil, fmt.Errorf("%s: tunnel lost", method)
-		}
-		var r struct {
-			Error *struct {
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		json.Unmarshal(answer, &r)
-		if r.Error != nil {
-			return answer, fmt.Errorf("%s: %s", method, r.Error.Message)
-		}
-		return answer, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
 // restore re-attaches every session on a new tunnel; one that cannot be resumed
 // is reported to the application as a session.error event.
 func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
-	if _, err := c.call(ctx, conn, protocol.MethodConnect, map[string]any{}); err != nil {
+	own := jsonrpc.NewCaller("climesh-connect-", func(b []byte) error { return conn.Write(ctx, b) })
+	c.mu.Lock()
+	c.own = own
+	c.mu.Unlock()
+	if _, err := own.Call(ctx, protocol.MethodConnect, map[string]any{}); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -188,7 +159,7 @@ func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
 	}
 	c.mu.Unlock()
 	for id, params := range attached {
-		if _, err := c.call(ctx, conn, protocol.MethodSessionResume, params); err != nil {
+		if _, err := own.Call(ctx, protocol.MethodSessionResume, params); err != nil {
 			c.write(errorEvent(id, "climesh: the session could not be resumed after a reconnect: "+err.Error()))
 		}
 	}

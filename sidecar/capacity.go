@@ -3,8 +3,8 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -157,13 +157,12 @@ type tunnelSessions struct {
 	cli  func([]byte) error // writes one frame to this tunnel's CLI connection
 	busy func(id string) bool
 
+	own *jsonrpc.Caller // the sidecar's own requests on this connection
+
 	mu       sync.Mutex
-	pending  map[string]attachCall           // client request id -> a create or resume
-	attached map[string]json.RawMessage      // session id -> params for session.resume
-	released map[string]chan struct{}        // released sessions; closed once the CLI answered the destroy
-	internal map[string]chan jsonrpc.Message // the sidecar's own requests, by id
-	waiting  bool                            // pending or internal is not empty
-	seq      int
+	pending  map[string]attachCall      // client request id -> a create or resume
+	attached map[string]json.RawMessage // session id -> params for session.resume
+	released map[string]chan struct{}   // released sessions; closed once the CLI answered the destroy
 }
 
 type attachCall struct {
@@ -173,11 +172,13 @@ type attachCall struct {
 
 func newTunnelSessions(c *Capacity, log *zap.Logger, cli func([]byte) error, busy func(string) bool) *tunnelSessions {
 	return &tunnelSessions{cap: c, log: log, cli: cli, busy: busy, pending: map[string]attachCall{},
-		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{}, internal: map[string]chan jsonrpc.Message{}}
+		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{},
+		own: jsonrpc.NewCaller(ownIDPrefix, func(b []byte) error { return cli(jsonrpc.Frame(b)) })}
 }
 
-// internalIDPrefix marks the sidecar's own request ids on a tunnel's CLI connection.
-const internalIDPrefix = `"climesh-sidecar-`
+// ownIDPrefix begins the ids of the sidecar's own requests on a tunnel's CLI
+// connection; a client may not use it (see reservedIDPrefix).
+const ownIDPrefix = "climesh-sidecar-"
 
 // fromClient looks at a request about to be forwarded to the CLI. A session the
 // sidecar released is resumed first, so that the request finds it; an error
@@ -192,7 +193,6 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 	case protocol.MethodSessionCreate, protocol.MethodSessionResume:
 		ts.mu.Lock()
 		ts.pending[m.IDKey()] = attachCall{sessionID: m.SessionID, params: json.RawMessage(m.Params)}
-		ts.waiting = true
 		ts.mu.Unlock()
 		return nil, nil
 	case protocol.MethodSessionDestroy, protocol.MethodSessionDetach, protocol.MethodSessionDelete:
@@ -230,7 +230,7 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 	ts.mu.Lock()
 	delete(ts.released, m.SessionID)
 	ts.mu.Unlock()
-	if _, err := ts.call(ctx, protocol.MethodSessionResume, params); err != nil {
+	if _, err := ts.own.Call(ctx, protocol.MethodSessionResume, params); err != nil {
 		ts.mu.Lock()
 		ts.released[m.SessionID] = destroyed // the next request tries again
 		ts.mu.Unlock()
@@ -247,28 +247,20 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 // fromCLI looks at what the CLI sends; true means the message answers one of the
 // sidecar's own requests and is not the client's.
 func (ts *tunnelSessions) fromCLI(m jsonrpc.Message) bool {
-	ts.mu.Lock()
-	waiting := ts.waiting
-	ts.mu.Unlock()
-	if !waiting || m.Kind != jsonrpc.Response {
+	if m.Kind != jsonrpc.Response {
 		return false
 	}
-	ts.mu.Lock()
-	if ch, ok := ts.internal[m.IDKey()]; ok {
-		delete(ts.internal, m.IDKey())
-		ts.waiting = len(ts.pending)+len(ts.internal) > 0
-		ts.mu.Unlock()
-		ch <- m
+	if ts.own.Deliver(m) {
 		return true
 	}
+	ts.mu.Lock()
 	call, ok := ts.pending[m.IDKey()]
 	delete(ts.pending, m.IDKey())
-	ts.waiting = len(ts.pending)+len(ts.internal) > 0
 	ts.mu.Unlock()
 	if ok && !m.Failed() {
 		ts.accepted(call, m.Result)
 	}
-	return strings.HasPrefix(m.IDKey(), internalIDPrefix)
+	return ts.own.Owns(m.IDKey()) // a late answer to a call that gave up: nobody's
 }
 
 // accepted records a create or resume the CLI accepted.
@@ -299,51 +291,10 @@ func (ts *tunnelSessions) release(id string) {
 		defer close(done)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := ts.call(ctx, protocol.MethodSessionDestroy, map[string]string{"sessionId": id}); err != nil {
+		if _, err := ts.own.Call(ctx, protocol.MethodSessionDestroy, map[string]string{"sessionId": id}); err != nil {
 			ts.log.Warn("release of an idle session failed", zap.String("session_id", id), zap.Error(err))
 		}
 	}()
-}
-
-// call sends one request of the sidecar's own and waits for its answer.
-func (ts *tunnelSessions) call(ctx context.Context, method string, params any) (json.RawMessage, error) {
-	ts.mu.Lock()
-	ts.seq++
-	id := fmt.Sprintf(`%s%d"`, internalIDPrefix, ts.seq)
-	ch := make(chan jsonrpc.Message, 1)
-	ts.internal[id] = ch // already canonical: a plain quoted string
-	ts.waiting = true
-	ts.mu.Unlock()
-	forget := func() {
-		ts.mu.Lock()
-		delete(ts.internal, id)
-		ts.waiting = len(ts.pending)+len(ts.internal) > 0
-		ts.mu.Unlock()
-	}
-	body, err := jsonrpc.RequestBody(json.RawMessage(id), method, params)
-	if err != nil {
-		forget()
-		return nil, err
-	}
-	if err := ts.cli(jsonrpc.Frame(body)); err != nil {
-		forget()
-		return nil, fmt.Errorf("%s: %w", method, err)
-	}
-	select {
-	case answer, ok := <-ch:
-		if !ok {
-			return nil, fmt.Errorf("%s: the tunnel closed", method)
-		}
-		if answer.Failed() {
-			var e CallError
-			json.Unmarshal(answer.Error, &e)
-			return nil, &e
-		}
-		return json.RawMessage(answer.Result), nil
-	case <-ctx.Done():
-		forget()
-		return nil, ctx.Err()
-	}
 }
 
 // close forgets the tunnel's sessions: the CLI shuts them down with the connection.
@@ -354,10 +305,7 @@ func (ts *tunnelSessions) close() {
 		ids = append(ids, id)
 	}
 	ts.attached = map[string]json.RawMessage{}
-	for id, ch := range ts.internal {
-		close(ch)
-		delete(ts.internal, id)
-	}
 	ts.mu.Unlock()
+	ts.own.Close(errors.New("the tunnel closed"))
 	ts.cap.detach(ts, ids...)
 }

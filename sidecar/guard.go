@@ -109,7 +109,7 @@ const noSession = "access denied: no such session for this caller"
 
 // reservedIDPrefix marks the ids the sidecar uses on a tunnel's CLI connection
 // (its own connect, capacity's destroy and resume); a client may not use them.
-const reservedIDPrefix = `"climesh-sidecar-`
+const reservedIDPrefix = `"` + ownIDPrefix
 
 // sessionIDPattern is what a session id may be: the CLI makes a directory of it.
 var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)

@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -103,12 +102,12 @@ func (r *Registration) Run(ctx context.Context) {
 	}()
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
-	for seq := 1; ; seq++ {
+	for {
 		var err error
 		if r.Probe != nil {
 			err = r.Probe(ctx)
 		} else {
-			err = r.ping(ctx, &conn, seq)
+			err = r.ping(ctx, &conn)
 		}
 		status, output := api.HealthPassing, "copilot CLI answered ping"
 		if r.Load != nil {
@@ -134,7 +133,7 @@ func (r *Registration) Run(ctx context.Context) {
 	}
 }
 
-func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error {
+func (r *Registration) ping(ctx context.Context, conn **CLIConn) error {
 	dialer, changed := r.cli()
 	if changed && *conn != nil {
 		(*conn).Close()
@@ -147,7 +146,7 @@ func (r *Registration) ping(ctx context.Context, conn **CLIConn, seq int) error 
 		}
 		*conn = c
 	}
-	if _, err := (*conn).Call("climesh-health-"+strconv.Itoa(seq), protocol.MethodPing, map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
+	if _, err := (*conn).Call(protocol.MethodPing, map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
 		return fmt.Errorf("ping the copilot CLI: %w", err)
 	}
 	return nil

@@ -44,6 +44,8 @@ type CLIConn struct {
 	Reader *jsonrpc.Reader
 	// Hello is the CLI's answer to our connect: what the client's connect gets.
 	Hello json.RawMessage
+
+	own *jsonrpc.Caller // Call's requests
 }
 
 // handshakeID is the id of the sidecar's own connect; clients never see it.
@@ -95,45 +97,41 @@ func (d CLIDialer) Dial(ctx context.Context) (*CLIConn, error) {
 	return &CLIConn{Conn: conn, Reader: r, Hello: resp.Result}, nil
 }
 
-// CallError is the CLI's JSON-RPC error answer to a Call.
-type CallError struct {
-	Code    int    `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *CallError) Error() string { return fmt.Sprintf("%d %s", e.Code, e.Message) }
+// CallError is the CLI's JSON-RPC error answer to a call.
+type CallError = jsonrpc.CallError
 
 // Call sends one request of the sidecar's own on an idle connection (no tunnel
 // uses it) and reads until its answer, skipping events; the whole exchange is
-// bounded by timeout. An error answer is a *CallError.
-func (c *CLIConn) Call(id, method string, params any, timeout time.Duration) (json.RawMessage, error) {
+// bounded by timeout. An error answer is a *CallError. A connection whose call
+// failed (timeout, read error) is not to be used again.
+func (c *CLIConn) Call(method string, params any, timeout time.Duration) (json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	c.SetDeadline(time.Now().Add(timeout))
-	defer c.SetDeadline(time.Time{})
-	req, err := jsonrpc.RequestBody(id, method, params)
+	if c.own == nil {
+		c.own = jsonrpc.NewCaller("climesh-sidecar-own-", func(b []byte) error { _, err := c.Write(jsonrpc.Frame(b)); return err })
+	}
+	read := make(chan struct{})
+	go func() { // this connection's reader, for the call's duration
+		defer close(read)
+		for {
+			body, err := c.Reader.Read()
+			if err != nil {
+				c.own.Close(fmt.Errorf("no answer: %w", err))
+				return
+			}
+			if m, err := jsonrpc.ParseTrusted(body); err == nil && c.own.Deliver(m) {
+				return
+			} // else an event, or an older answer
+		}
+	}()
+	v, err := c.own.Call(ctx, method, params)
 	if err != nil {
-		return nil, err
+		c.SetDeadline(time.Now()) // unblock the reader: one reader at a time
 	}
-	if _, err := c.Write(jsonrpc.Frame(req)); err != nil {
-		return nil, fmt.Errorf("%s: %w", method, err)
-	}
-	for {
-		body, err := c.Reader.Read()
-		if err != nil {
-			return nil, fmt.Errorf("%s: no answer: %w", method, err)
-		}
-		var resp struct {
-			ID     string          `json:"id"`
-			Result json.RawMessage `json:"result"`
-			Error  *CallError      `json:"error"`
-		}
-		if json.Unmarshal(body, &resp) != nil || resp.ID != id {
-			continue // an event, or an older answer
-		}
-		if resp.Error != nil {
-			return nil, resp.Error
-		}
-		return resp.Result, nil
-	}
+	<-read
+	c.SetDeadline(time.Time{})
+	return v, err
 }
 
 // Relay serves tunnels on one path.

@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -51,7 +50,7 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 		}
 	}()
 	n := 0
-	for i, r := range records {
+	for _, r := range records {
 		if r.Pool != s.Pool || time.Since(r.LastActive) < ttl {
 			continue
 		}
@@ -60,7 +59,7 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 				return n, err
 			}
 		}
-		if err := deleteSession(cli, r.ID, i); err != nil {
+		if err := deleteSession(cli, r.ID); err != nil {
 			s.Log.Warn("sweeper: delete", zap.String("session_id", r.ID), zap.Error(err))
 			continue
 		}
@@ -78,8 +77,8 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 
 // deleteSession sends session.delete on a CLI connection; a session the CLI does
 // not know is gone already.
-func deleteSession(cli *CLIConn, id string, seq int) error {
-	_, err := cli.Call(fmt.Sprintf("climesh-sweep-%d", seq), protocol.MethodSessionDelete, map[string]string{"sessionId": id}, 10*time.Second)
+func deleteSession(cli *CLIConn, id string) error {
+	_, err := cli.Call(protocol.MethodSessionDelete, map[string]string{"sessionId": id}, 10*time.Second)
 	var ce *CallError
 	if errors.As(err, &ce) && strings.Contains(strings.ToLower(ce.Message), "not found") {
 		return nil
