@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/climesh/climesh/protocol"
+	"github.com/climesh/climesh/session/attach"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -25,10 +26,10 @@ type continuity struct {
 	outMu sync.Mutex
 
 	mu       sync.Mutex
-	pending  map[string]sdkCall         // SDK request id -> the call
-	attached map[string]json.RawMessage // session id -> params for session.resume
-	running  map[string]bool            // sessions with a turn in flight
-	own      *jsonrpc.Caller            // our own requests on the current tunnel (restore)
+	pending  map[string]sdkCall // SDK request id -> the call
+	attached attach.Tracker     // sessions attached, with their resume params
+	running  map[string]bool    // sessions with a turn in flight
+	own      *jsonrpc.Caller    // our own requests on the current tunnel (restore)
 }
 
 type sdkCall struct {
@@ -37,8 +38,7 @@ type sdkCall struct {
 }
 
 func newContinuity(out io.Writer) *continuity {
-	return &continuity{out: out, pending: map[string]sdkCall{}, attached: map[string]json.RawMessage{},
-		running: map[string]bool{}}
+	return &continuity{out: out, pending: map[string]sdkCall{}, running: map[string]bool{}}
 }
 
 func (c *continuity) write(msg []byte) error {
@@ -56,6 +56,9 @@ func (c *continuity) fromSDK(body []byte) {
 	}
 	c.mu.Lock()
 	c.pending[m.IDKey()] = sdkCall{method: m.Method, sessionID: m.SessionID, params: json.RawMessage(m.Params)}
+	if detached := c.attached.Request(m); detached != "" {
+		delete(c.running, detached)
+	}
 	c.mu.Unlock()
 }
 
@@ -77,8 +80,11 @@ func (c *continuity) fromEdge(body []byte) bool {
 		call, ok := c.pending[m.IDKey()]
 		delete(c.pending, m.IDKey())
 		c.mu.Unlock()
-		if ok {
-			c.answered(call, body)
+		c.attached.Answer(m)
+		if ok && call.method == protocol.MethodSessionSend && !m.Failed() {
+			c.mu.Lock()
+			c.running[call.sessionID] = true
+			c.mu.Unlock()
 		}
 	case jsonrpc.Notification:
 		if m.SessionID != "" && jsonrpc.EndsTurn(m) {
@@ -88,29 +94,6 @@ func (c *continuity) fromEdge(body []byte) bool {
 		}
 	}
 	return true
-}
-
-func (c *continuity) answered(call sdkCall, body []byte) {
-	var r struct {
-		Result json.RawMessage `json:"result"`
-		Error  json.RawMessage `json:"error"`
-	}
-	if json.Unmarshal(body, &r) != nil || len(r.Error) > 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch call.method {
-	case protocol.MethodSessionCreate, protocol.MethodSessionResume:
-		if id := jsonrpc.AttachedSession(r.Result, call.sessionID); id != "" {
-			c.attached[id] = jsonrpc.ResumeParams(call.params, id)
-		}
-	case protocol.MethodSessionDestroy, protocol.MethodSessionDetach, protocol.MethodSessionDelete:
-		delete(c.attached, call.sessionID)
-		delete(c.running, call.sessionID)
-	case protocol.MethodSessionSend:
-		c.running[call.sessionID] = true
-	}
 }
 
 // lost reports what the closed tunnel took with it: every unanswered request gets
@@ -152,13 +135,7 @@ func (c *continuity) restore(ctx context.Context, conn *tunnel.Conn) error {
 	if _, err := own.Call(ctx, protocol.MethodConnect, map[string]any{}); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	attached := make(map[string]json.RawMessage, len(c.attached))
-	for id, p := range c.attached {
-		attached[id] = p
-	}
-	c.mu.Unlock()
-	for id, params := range attached {
+	for id, params := range c.attached.Sessions() {
 		if _, err := own.Call(ctx, protocol.MethodSessionResume, params); err != nil {
 			c.write(errorEvent(id, "climesh: the session could not be resumed after a reconnect: "+err.Error()))
 		}

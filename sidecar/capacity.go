@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/protocol"
+	"github.com/climesh/climesh/session/attach"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -157,22 +157,15 @@ type tunnelSessions struct {
 	cli  func([]byte) error // writes one frame to this tunnel's CLI connection
 	busy func(id string) bool
 
-	own *jsonrpc.Caller // the sidecar's own requests on this connection
+	own      *jsonrpc.Caller // the sidecar's own requests on this connection
+	attached attach.Tracker  // the sessions this tunnel attached, with their resume params
 
 	mu       sync.Mutex
-	pending  map[string]attachCall      // client request id -> a create or resume
-	attached map[string]json.RawMessage // session id -> params for session.resume
-	released map[string]chan struct{}   // released sessions; closed once the CLI answered the destroy
-}
-
-type attachCall struct {
-	sessionID string
-	params    json.RawMessage
+	released map[string]chan struct{} // released sessions; closed once the CLI answered the destroy
 }
 
 func newTunnelSessions(c *Capacity, log *zap.Logger, cli func([]byte) error, busy func(string) bool) *tunnelSessions {
-	return &tunnelSessions{cap: c, log: log, cli: cli, busy: busy, pending: map[string]attachCall{},
-		attached: map[string]json.RawMessage{}, released: map[string]chan struct{}{},
+	return &tunnelSessions{cap: c, log: log, cli: cli, busy: busy, released: map[string]chan struct{}{},
 		own: jsonrpc.NewCaller(ownIDPrefix, func(b []byte) error { return cli(jsonrpc.Frame(b)) })}
 }
 
@@ -189,34 +182,29 @@ func (ts *tunnelSessions) fromClient(ctx context.Context, m jsonrpc.Message) (an
 	if m.Kind != jsonrpc.Request {
 		return nil, nil
 	}
-	switch m.Method {
-	case protocol.MethodSessionCreate, protocol.MethodSessionResume:
+	if detached := ts.attached.Request(m); detached != "" {
 		ts.mu.Lock()
-		ts.pending[m.IDKey()] = attachCall{sessionID: m.SessionID, params: json.RawMessage(m.Params)}
+		_, released := ts.released[detached]
+		delete(ts.released, detached)
 		ts.mu.Unlock()
-		return nil, nil
-	case protocol.MethodSessionDestroy, protocol.MethodSessionDetach, protocol.MethodSessionDelete:
-		if m.SessionID == "" {
-			return nil, nil
-		}
-		ts.mu.Lock()
-		_, released := ts.released[m.SessionID]
-		delete(ts.attached, m.SessionID)
-		delete(ts.released, m.SessionID)
-		ts.mu.Unlock()
-		ts.cap.detach(ts, m.SessionID)
+		ts.cap.detach(ts, detached)
 		if released && m.Method != protocol.MethodSessionDelete {
 			answer, _ = jsonrpc.ResultResponse(m.ID, struct{}{})
 		}
 		return answer, nil
+	}
+	switch m.Method {
+	case protocol.MethodSessionCreate, protocol.MethodSessionResume, protocol.MethodSessionDestroy,
+		protocol.MethodSessionDetach, protocol.MethodSessionDelete:
+		return nil, nil
 	}
 	if m.SessionID == "" {
 		return nil, nil
 	}
 	ts.mu.Lock()
 	destroyed, released := ts.released[m.SessionID]
-	params := ts.attached[m.SessionID]
 	ts.mu.Unlock()
+	params, _ := ts.attached.ResumeParams(m.SessionID)
 	if !released {
 		ts.cap.touch(m.SessionID)
 		return nil, nil
@@ -253,37 +241,22 @@ func (ts *tunnelSessions) fromCLI(m jsonrpc.Message) bool {
 	if ts.own.Deliver(m) {
 		return true
 	}
-	ts.mu.Lock()
-	call, ok := ts.pending[m.IDKey()]
-	delete(ts.pending, m.IDKey())
-	ts.mu.Unlock()
-	if ok && !m.Failed() {
-		ts.accepted(call, m.Result)
+	if id := ts.attached.Answer(m); id != "" {
+		ts.mu.Lock()
+		delete(ts.released, id)
+		ts.mu.Unlock()
+		ts.cap.attach(ts, id)
 	}
 	return ts.own.Owns(m.IDKey()) // a late answer to a call that gave up: nobody's
-}
-
-// accepted records a create or resume the CLI accepted.
-func (ts *tunnelSessions) accepted(call attachCall, result []byte) {
-	id := jsonrpc.AttachedSession(result, call.sessionID)
-	if id == "" {
-		return
-	}
-	ts.mu.Lock()
-	ts.attached[id] = jsonrpc.ResumeParams(call.params, id)
-	delete(ts.released, id)
-	ts.mu.Unlock()
-	ts.cap.attach(ts, id)
 }
 
 // release sends session.destroy for id on this tunnel's CLI connection; the next
 // request naming id resumes it.
 func (ts *tunnelSessions) release(id string) {
-	ts.mu.Lock()
-	if _, ok := ts.attached[id]; !ok {
-		ts.mu.Unlock()
+	if _, ok := ts.attached.ResumeParams(id); !ok {
 		return
 	}
+	ts.mu.Lock()
 	done := make(chan struct{})
 	ts.released[id] = done
 	ts.mu.Unlock()
@@ -299,13 +272,7 @@ func (ts *tunnelSessions) release(id string) {
 
 // close forgets the tunnel's sessions: the CLI shuts them down with the connection.
 func (ts *tunnelSessions) close() {
-	ts.mu.Lock()
-	ids := make([]string, 0, len(ts.attached))
-	for id := range ts.attached {
-		ids = append(ids, id)
-	}
-	ts.attached = map[string]json.RawMessage{}
-	ts.mu.Unlock()
+	ids := ts.attached.Reset()
 	ts.own.Close(errors.New("the tunnel closed"))
 	ts.cap.detach(ts, ids...)
 }
