@@ -60,60 +60,46 @@ func (t *turns) waitIdle(ctx context.Context) bool {
 	}
 }
 
-// tunnelTurns follows one tunnel's turns.
+// tunnelTurns follows one tunnel's turns: the turns stage.
 type tunnelTurns struct {
 	all     *turns
+	calls   *callTable // sends awaiting their answer
 	mu      sync.Mutex
-	sends   map[string]string // send request id -> session
-	running map[string]int    // session -> turns in flight
+	running map[string]int // session -> turns in flight
 	started map[string][]time.Time
 	observe func(float64) // turn duration in seconds; may be nil
 }
 
-func newTunnelTurns(all *turns) *tunnelTurns {
-	return &tunnelTurns{all: all, sends: map[string]string{}, running: map[string]int{}, started: map[string][]time.Time{}}
-}
-
-func (tt *tunnelTurns) fromClient(m jsonrpc.Message) {
-	if m.Kind == jsonrpc.Request && m.Method == protocol.MethodSessionSend && m.SessionID != "" {
-		tt.mu.Lock()
-		tt.sends[m.IDKey()] = m.SessionID
-		tt.mu.Unlock()
-	}
+func newTunnelTurns(all *turns, calls *callTable) *tunnelTurns {
+	return &tunnelTurns{all: all, calls: calls, running: map[string]int{}, started: map[string][]time.Time{}}
 }
 
 // busy reports whether a turn runs on session id, or a session.send for it awaits its answer.
 func (tt *tunnelTurns) busy(id string) bool {
 	tt.mu.Lock()
-	defer tt.mu.Unlock()
-	if tt.running[id] > 0 {
-		return true
-	}
-	for _, sid := range tt.sends {
-		if sid == id {
-			return true
-		}
-	}
-	return false
+	running := tt.running[id] > 0
+	tt.mu.Unlock()
+	return running || tt.calls.sending(id)
 }
 
-// fromCLI follows what the CLI sends: a send's answer starts a turn, the
+func (tt *tunnelTurns) toCLI(context.Context, *flow)   {}
+func (tt *tunnelTurns) refused(context.Context, *flow) {}
+
+// toClient follows what the CLI sends: a send's answer starts a turn, the
 // session's idle or error event ends it.
-func (tt *tunnelTurns) fromCLI(m jsonrpc.Message) {
+func (tt *tunnelTurns) toClient(_ context.Context, f *flow) {
+	m := f.msg
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
 	switch {
 	case m.Kind == jsonrpc.Response:
-		sid, ok := tt.sends[m.IDKey()]
-		if !ok {
+		if f.call == nil || f.call.method != protocol.MethodSessionSend || f.call.sessionID == "" || m.Failed() {
 			return
 		}
-		delete(tt.sends, m.IDKey())
-		if !m.Failed() {
-			tt.running[sid]++
-			tt.started[sid] = append(tt.started[sid], time.Now())
-			tt.all.add(1)
-		}
+		sid := f.call.sessionID
+		tt.running[sid]++
+		tt.started[sid] = append(tt.started[sid], time.Now())
+		tt.all.add(1)
 	case m.Kind == jsonrpc.Notification && m.SessionID != "" && jsonrpc.EndsTurn(m):
 		if tt.running[m.SessionID] > 0 {
 			tt.running[m.SessionID]--

@@ -48,8 +48,8 @@ type Guard struct {
 	Bounds Bounds
 
 	mu        sync.Mutex
-	pending   map[string]pendingCall // client request id (canonical) -> what to do with its answer
-	cliCalls  map[string]struct{}    // the CLI's requests to the client awaiting an answer
+	claims    map[string]string   // create request id (canonical) -> the session it claimed in the registry
+	cliCalls  map[string]struct{} // the CLI's requests to the client awaiting an answer
 	records   map[string]cachedRecord
 	visible   map[string]bool // sessions decided for events
 	decisions map[decisionKey]policy.Decision
@@ -89,11 +89,6 @@ type decisionKey struct {
 }
 
 var paramsSeed = maphash.MakeSeed()
-
-type pendingCall struct {
-	method, sessionID string
-	claimed           bool // the registry entry was written before forwarding
-}
 
 type cachedRecord struct {
 	rec *registry.Record
@@ -185,10 +180,10 @@ func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision,
 	return d, rec
 }
 
-// Inbound handles a client→CLI message. It returns the message to forward (the
+// inbound handles a client→CLI message. It returns the message to forward (the
 // one the decision was made on, possibly with params the sidecar set), or an
 // answer to give the client instead; neither means: drop it.
-func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Message, answer []byte) {
+func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Message, answer []byte) {
 	switch m.Kind {
 	case jsonrpc.Response:
 		// An answer to one of the CLI's requests on this connection, or nothing.
@@ -210,16 +205,6 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 	if strings.HasPrefix(m.IDKey(), reservedIDPrefix) {
 		return nil, invalid(m.ID, `id: ids beginning "climesh-sidecar-" are the sidecar's`)
 	}
-	g.mu.Lock()
-	_, inUse := g.pending[m.IDKey()]
-	full := len(g.pending) >= g.bounds().Pending
-	g.mu.Unlock()
-	if inUse {
-		return nil, invalid(m.ID, "id: a request with this id awaits its answer")
-	}
-	if full {
-		return nil, jsonrpc.ErrorResponse(m.ID, protocol.CodeUnavailable, fmt.Sprintf("too many requests in flight on this connection (limit %d)", g.bounds().Pending), nil)
-	}
 	if m.SessionID != "" && !sessionIDPattern.MatchString(m.SessionID) {
 		return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, "params.sessionId: want 1-128 of A-Z a-z 0-9 . _ - (not starting with . _ -)", nil)
 	}
@@ -240,7 +225,7 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		// answer must name one this tunnel was shown, for the session it named.
 		return nil, Denied(m.ID, "access denied: no such request for this caller", m.Method, m.SessionID)
 	}
-	call := pendingCall{method: m.Method, sessionID: m.SessionID}
+	claimed := false
 	if m.Method == protocol.MethodSessionCreate && rec == nil {
 		// Claim the id before the CLI creates it: of two creators one wins.
 		_, err := g.Registry.Create(ctx, g.newRecord(m.SessionID))
@@ -251,13 +236,15 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		case err != nil:
 			return nil, Denied(m.ID, "access denied: session registry unavailable", m.Method, m.SessionID)
 		}
-		call.claimed = true
+		claimed = true
 		g.forget(m.SessionID)
 	}
 	if m.Method == protocol.MethodSessionCreate || m.Method == protocol.MethodSessionResume {
 		var err error
 		if m, err = setOptions(m, d); err != nil {
-			g.abandon(ctx, call)
+			if claimed {
+				g.abandon(ctx, m.SessionID)
+			}
 			return nil, jsonrpc.ErrorResponse(m.ID, jsonrpc.CodeInvalidParams, err.Error(), nil)
 		}
 	}
@@ -273,12 +260,14 @@ func (g *Guard) Inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
 		return nil, b
 	}
-	g.mu.Lock()
-	if g.pending == nil {
-		g.pending = map[string]pendingCall{}
+	if claimed {
+		g.mu.Lock()
+		if g.claims == nil {
+			g.claims = map[string]string{}
+		}
+		g.claims[m.IDKey()] = m.SessionID
+		g.mu.Unlock()
 	}
-	g.pending[m.IDKey()] = call
-	g.mu.Unlock()
 	return &m, nil
 }
 
@@ -316,23 +305,26 @@ func (g *Guard) shown(m jsonrpc.Message, sid string) {
 	g.mu.Unlock()
 }
 
-// abandon undoes a claim whose request will not be forwarded.
-func (g *Guard) abandon(ctx context.Context, call pendingCall) {
-	if call.claimed {
-		g.Registry.Delete(ctx, call.sessionID)
-		g.forget(call.sessionID)
-	}
+// abandon undoes the registry claim of a session that will not be created.
+func (g *Guard) abandon(ctx context.Context, sessionID string) {
+	g.Registry.Delete(ctx, sessionID)
+	g.forget(sessionID)
 }
 
-// Refused tells the guard that a request it let through was answered before
-// reaching the CLI (busy, a failed resume): it awaits no answer.
-func (g *Guard) Refused(ctx context.Context, m jsonrpc.Message) {
+// claim takes back the claim request idKey made, if any: the session it names.
+func (g *Guard) claim(idKey string) string {
 	g.mu.Lock()
-	call, ok := g.pending[m.IDKey()]
-	delete(g.pending, m.IDKey())
-	g.mu.Unlock()
-	if ok {
-		g.abandon(ctx, call)
+	defer g.mu.Unlock()
+	sid := g.claims[idKey]
+	delete(g.claims, idKey)
+	return sid
+}
+
+// refused tells the guard that a request it let through was stopped before
+// reaching the CLI (busy, a failed resume): a session it claimed is not created.
+func (g *Guard) refused(ctx context.Context, m jsonrpc.Message) {
+	if sid := g.claim(m.IDKey()); sid != "" {
+		g.abandon(ctx, sid)
 	}
 }
 
@@ -508,12 +500,10 @@ func (g *Guard) TakeTurn(ctx context.Context, m jsonrpc.Message) []byte {
 	lk, err := g.Locker.Acquire(ctx, m.SessionID, g.owner(), g.LockWait)
 	var busy *lock.BusyError
 	if errors.As(err, &busy) {
-		g.Refused(ctx, m)
 		return jsonrpc.ErrorResponse(m.ID, protocol.CodeSessionBusy, "session is in use by another user",
 			map[string]any{"sessionId": m.SessionID, "holder": busy.Holder.User, "since": busy.Holder.Since})
 	}
 	if err != nil {
-		g.Refused(ctx, m)
 		g.Log.Warn("session lock unavailable; refused", zap.Error(err))
 		return jsonrpc.ErrorResponse(m.ID, protocol.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
 	}
@@ -564,8 +554,9 @@ func eventSession(m jsonrpc.Message) string {
 	return id
 }
 
-// Outbound handles a CLI→client message: the bytes to send, or none to drop it.
-func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) {
+// outbound handles a CLI→client message: the bytes to send, or none to drop it.
+// c is the client request m answers (from the tunnel's call table), if any.
+func (g *Guard) outbound(ctx context.Context, m jsonrpc.Message, c *call) ([]byte, bool) {
 	if m.Kind != jsonrpc.Response {
 		sid := eventSession(m)
 		if m.Kind == jsonrpc.Notification && sid != "" {
@@ -592,25 +583,22 @@ func (g *Guard) Outbound(ctx context.Context, m jsonrpc.Message) ([]byte, bool) 
 		}
 		return m.Raw, true
 	}
-	g.mu.Lock()
-	call, ok := g.pending[m.IDKey()]
-	delete(g.pending, m.IDKey())
-	g.mu.Unlock()
-	if !ok {
+	if c == nil {
 		return nil, false // nobody on this tunnel asked
 	}
 	failed := m.Failed()
+	claimed := g.claim(m.IDKey())
 	switch {
-	case call.method == protocol.MethodSessionSend && failed:
-		g.endTurn(call.sessionID)
-	case call.method == protocol.MethodSessionCreate && failed:
-		g.abandon(ctx, call)
-	case call.method == protocol.MethodSessionDelete && !failed:
-		if err := g.Registry.Delete(ctx, call.sessionID); err != nil {
-			g.Log.Warn("session registry: delete", zap.String("session_id", call.sessionID), zap.Error(err))
+	case c.method == protocol.MethodSessionSend && failed:
+		g.endTurn(c.sessionID)
+	case c.method == protocol.MethodSessionCreate && failed && claimed != "":
+		g.abandon(ctx, claimed)
+	case c.method == protocol.MethodSessionDelete && !failed:
+		if err := g.Registry.Delete(ctx, c.sessionID); err != nil {
+			g.Log.Warn("session registry: delete", zap.String("session_id", c.sessionID), zap.Error(err))
 		}
-		g.forget(call.sessionID)
-	case listingMethods[call.method] && !failed:
+		g.forget(c.sessionID)
+	case listingMethods[c.method] && !failed:
 		if filtered, err := g.filter(ctx, m.ID, m.Result); err == nil {
 			return filtered, true
 		}

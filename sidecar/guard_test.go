@@ -33,13 +33,16 @@ func msg(t testing.TB, body string) jsonrpc.Message {
 	return m
 }
 
-func guardFor(e *policy.Engine, reg registry.Registry, tenant, user string) *Guard {
-	return &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: user, Tenant: tenant}, Pool: "copilot", Mode: "shared", Log: zap.NewNop()}
+// tunnelGuard is a Guard as a tunnel runs it (with the call table).
+type tunnelGuard = PolicyPath
+
+func guardFor(e *policy.Engine, reg registry.Registry, tenant, user string) *tunnelGuard {
+	return &tunnelGuard{Guard: &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: user, Tenant: tenant}, Pool: "copilot", Mode: "shared", Log: zap.NewNop()}}
 }
 
 // inbound is what the relay does with a client's frame: the strict reading, then
 // the guard. It returns what the CLI would receive ("" when nothing) and the answer.
-func inbound(t testing.TB, g *Guard, body string) (toCLI string, answer string) {
+func inbound(t testing.TB, g *tunnelGuard, body string) (toCLI string, answer string) {
 	t.Helper()
 	m, err := jsonrpc.Parse([]byte(body))
 	if err != nil {
@@ -271,7 +274,7 @@ func TestGuardPendingAnswersBoundToTheirSession(t *testing.T) {
 		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%q,"method":"session.tools.handlePendingToolCall","params":{"sessionId":%q,"requestId":%q,"result":"x"}}`, sid+rid, sid, rid)
 	}
 	for name, c := range map[string]struct {
-		g     *Guard
+		g     *tunnelGuard
 		frame string
 	}{
 		"bob answers R1 on his own session":   {bob, answer("s-b", "R1")},

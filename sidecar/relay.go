@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -347,17 +346,11 @@ func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg st
 	}
 }
 
+// relay runs one tunnel: each frame read once (strictly from the client, as
+// the CLI wrote it from the CLI) and taken through the pipeline's stages.
 func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tt := newTunnelTurns(&rl.turns)
-	tt.observe = rl.metrics.turn.Observe
-	defer tt.close()
-	var ts *tunnelSessions
-	if rl.Capacity != nil && rl.Users == nil {
-		ts = newTunnelSessions(rl.Capacity, log, func(b []byte) error { _, err := cli.Write(b); return err }, tt.busy)
-		defer ts.close()
-	}
 	var closeOnce sync.Once
 	finish := func(reason string, fail bool) {
 		closeOnce.Do(func() {
@@ -371,28 +364,13 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			log.Debug("tunnel closed", zap.String("reason", reason))
 		})
 	}
+	p := rl.newPipeline(log, c, cli, guard)
+	defer p.close()
+	p.onError = func(err error) { finish(err.Error(), errors.Is(err, errCLIWrite)) }
 	if rl.Keepalive > 0 {
-		go func() {
-			t := time.NewTicker(rl.Keepalive)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
-				err := c.Ping(pctx)
-				cancel()
-				if err != nil && ctx.Err() == nil {
-					finish("client did not answer a keepalive ping", true)
-					return
-				}
-			}
-		}()
+		go rl.keepalive(ctx, c, finish)
 	}
-	// CLI -> client: each frame read once; every stage uses that reading.
-	go func() {
+	go func() { // CLI -> client
 		for {
 			body, err := cli.Reader.Read()
 			if err != nil {
@@ -408,27 +386,13 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 				finish("copilot CLI sent a message that is not JSON-RPC: "+err.Error(), true)
 				return
 			}
-			if ts != nil && ts.fromCLI(m) {
-				continue // the answer to the sidecar's own request
-			}
-			tt.fromCLI(m)
-			rl.countError(m)
-			if guard != nil {
-				var send bool
-				if body, send = guard.Outbound(ctx, m); !send {
-					rl.metrics.refused.WithLabelValues("event_filtered").Inc()
-					continue
-				}
-			}
-			if err := c.Write(ctx, body); err != nil {
-				finish("client gone", false)
+			if err := p.fromCLI(ctx, m); err != nil {
+				p.onError(err)
 				return
 			}
-			rl.metrics.messages.WithLabelValues("to_client").Inc()
 		}
 	}()
-	// client -> CLI: each frame read once, strictly; what the CLI gets is what was decided on.
-	for {
+	for { // client -> CLI: what the CLI gets is what was decided on
 		body, err := c.Read(ctx)
 		if err != nil {
 			finish("client closed", false)
@@ -441,97 +405,76 @@ func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli
 			finish("not a JSON-RPC message", true)
 			return
 		}
-		answer, local := localAnswer(m, cli.Hello)
-		fwd := &m
-		if !local && guard != nil {
-			start := time.Now()
-			fwd, answer = guard.Inbound(ctx, m)
-			rl.metrics.decision.Observe(time.Since(start).Seconds())
-			if fwd == nil {
-				rl.metrics.refused.WithLabelValues("policy").Inc()
-				log.Info("refused", zap.String("kind", m.Kind.String()), zap.String("method", m.Method), zap.String("session_id", m.SessionID))
-			}
-		}
-		if local || fwd == nil {
-			if answer != nil {
-				if err := c.Write(ctx, answer); err != nil {
-					finish("client gone", false)
-					return
-				}
-			}
-			continue
-		}
-		m = *fwd
-		if ts != nil {
-			answer, err := ts.fromClient(ctx, m)
-			if err != nil {
-				log.Warn("forwarding to a session that could not be resumed", zap.Error(err))
-			}
-			if answer != nil {
-				if guard != nil {
-					guard.Refused(ctx, m)
-				}
-				if err := c.Write(ctx, answer); err != nil {
-					finish("client gone", false)
-					return
-				}
-				continue
-			}
-		}
-		if guard != nil && guard.NeedsTurn(m) {
-			// Wait for the shared session's turn without blocking this loop: it
-			// must keep reading (pongs, other requests) while the caller waits.
-			go func() {
-				start := time.Now()
-				busy := guard.TakeTurn(ctx, m)
-				rl.metrics.lockWait.Observe(time.Since(start).Seconds())
-				if busy != nil {
-					rl.metrics.refused.WithLabelValues("session_busy").Inc()
-					if c.Write(ctx, busy) != nil {
-						finish("client gone", false)
-					}
-					return
-				}
-				tt.fromClient(m)
-				if _, err := cli.Write(jsonrpc.Frame(m.Raw)); err != nil {
-					finish("copilot CLI write failed: "+err.Error(), true)
-				}
-			}()
-			continue
-		}
-		tt.fromClient(m)
-		if _, err := cli.Write(jsonrpc.Frame(m.Raw)); err != nil {
-			finish("copilot CLI write failed: "+err.Error(), true)
+		if err := p.fromClient(ctx, m); err != nil {
+			p.onError(err)
 			return
-		}
-		rl.metrics.messages.WithLabelValues("to_cli").Inc()
-		if log.Core().Enabled(zap.DebugLevel) && m.Kind == jsonrpc.Request {
-			log.Debug("forwarded", zap.String("method", m.Method),
-				zap.String("session_id", m.SessionID), zap.String("id", m.IDKey()))
 		}
 	}
 }
 
-// localAnswer answers the requests an SDK sends because it believes it owns the
-// CLI, which a shared CLI must never see:
-//   - connect: the sidecar authenticated already, with the CLI's token; the client's
-//     token (its identity, not the CLI's secret) never reaches the CLI. The client
-//     gets the CLI's own answer (protocol version).
-//   - runtime.shutdown: a stdio SDK sends it on Stop to end "its" CLI; for a shared
-//     CLI that means ending this connection only, which the SDK does next.
-func localAnswer(m jsonrpc.Message, hello json.RawMessage) ([]byte, bool) {
-	if m.Kind != jsonrpc.Request {
-		return nil, false
+// newPipeline builds a tunnel's stages, in their order (see pipeline.go).
+func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) *pipeline {
+	calls := &callTable{max: rl.Bounds.Pending}
+	if calls.max <= 0 {
+		calls.max = DefaultBounds.Pending
 	}
-	switch m.Method {
-	case protocol.MethodConnect:
-		b, _ := jsonrpc.ResultResponse(m.ID, hello)
-		return b, true
-	case protocol.MethodRuntimeShutdown:
-		b, _ := jsonrpc.ResultResponse(m.ID, struct{}{})
-		return b, true
+	tt := newTunnelTurns(&rl.turns, calls)
+	tt.observe = rl.metrics.turn.Observe
+	inbound := []stage{localStage{hello: cli.Hello}}
+	outbound := []stage{}
+	var policy, lock stage
+	if guard != nil {
+		policy, lock = policyStage{g: guard, log: log, metrics: rl.metrics}, lockStage{g: guard, metrics: rl.metrics}
+		inbound = append(inbound, policy)
 	}
-	return nil, false
+	if rl.Capacity != nil && rl.Users == nil {
+		capacity := capacityStage{ts: newTunnelSessions(rl.Capacity, log, func(b []byte) error { _, err := cli.Write(b); return err }, tt.busy), log: log}
+		inbound, outbound = append(inbound, capacity), append(outbound, capacity)
+	}
+	if lock != nil {
+		inbound = append(inbound, lock)
+	}
+	outbound = append(outbound, calls, tt, metricsStage{rl.metrics})
+	if policy != nil {
+		outbound = append(outbound, policy)
+	}
+	return &pipeline{inbound: inbound, outbound: outbound, calls: calls,
+		toCLIw: func(b []byte) error { _, err := cli.Write(b); return err },
+		toClient: func(ctx context.Context, b []byte) error {
+			if err := c.Write(ctx, b); err != nil {
+				return errClientGone
+			}
+			rl.metrics.messages.WithLabelValues("to_client").Inc()
+			return nil
+		},
+		sent: func(m jsonrpc.Message) {
+			rl.metrics.messages.WithLabelValues("to_cli").Inc()
+			if m.Kind == jsonrpc.Request && log.Core().Enabled(zap.DebugLevel) {
+				log.Debug("forwarded", zap.String("method", m.Method), zap.String("session_id", m.SessionID), zap.String("id", m.IDKey()))
+			}
+		},
+	}
+}
+
+// keepalive pings the client every rl.Keepalive until ctx ends; a client that
+// does not answer within pongWait fails the tunnel.
+func (rl *Relay) keepalive(ctx context.Context, c *tunnel.Conn, finish func(string, bool)) {
+	t := time.NewTicker(rl.Keepalive)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
+		err := c.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			finish("client did not answer a keepalive ping", true)
+			return
+		}
+	}
 }
 
 func (rl *Relay) track(c *tunnel.Conn, add bool) {
@@ -583,19 +526,6 @@ func (rl *Relay) CloseAll(reason string) {
 
 // Wait blocks until every tunnel handler has returned.
 func (rl *Relay) Wait() { rl.wg.Wait() }
-
-// countError counts the CLI's JSON-RPC errors by code.
-func (rl *Relay) countError(m jsonrpc.Message) {
-	if m.Kind != jsonrpc.Response || !m.Failed() {
-		return
-	}
-	var e struct {
-		Code int `json:"code"`
-	}
-	if json.Unmarshal(m.Error, &e) == nil {
-		rl.metrics.errors.WithLabelValues(strconv.Itoa(e.Code)).Inc()
-	}
-}
 
 // Load describes the instance's load for its Consul check:
 // "active_sessions=N capacity=M turns_in_flight=T tunnels=U".

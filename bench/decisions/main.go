@@ -115,7 +115,7 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 func guardLatencies(ctx context.Context, e *policy.Engine, n int) (cached, cold []time.Duration) {
 	reg := &registry.Memory{}
 	const users = 50
-	guards := make([]*sidecar.Guard, users)
+	guards := make([]*sidecar.PolicyPath, users)
 	seen := make([]map[string]bool, users)
 	for u := range users {
 		reg.Create(ctx, &registry.Record{ID: fmt.Sprintf("s-%d", u), Owner: fmt.Sprintf("u-%d", u), Tenant: "acme", Members: []string{}})
@@ -187,9 +187,10 @@ func createLatencies(ctx context.Context, e *policy.Engine, n int) []time.Durati
 	return out
 }
 
-func newGuard(e *policy.Engine, reg registry.Registry, u int) *sidecar.Guard {
-	return &sidecar.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
-		Pool: "copilot", Mode: "shared", Log: zap.NewNop(), RecordTTL: time.Hour}
+// newGuard is a tunnel's policy path (the guard and its call table) for user u.
+func newGuard(e *policy.Engine, reg registry.Registry, u int) *sidecar.PolicyPath {
+	return &sidecar.PolicyPath{Guard: &sidecar.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
+		Pool: "copilot", Mode: "shared", Log: zap.NewNop(), RecordTTL: time.Hour}}
 }
 
 func fixedRate(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, rate int, dur time.Duration, workers int) ([]time.Duration, float64, int64) {
