@@ -176,9 +176,9 @@ func TestLocalStage(t *testing.T) {
 	s := localStage{hello: json.RawMessage(`{"protocolVersion":3}`)}
 	for body, want := range map[string]string{
 		`{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"the-user's"}}`: `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":3}}`,
-		`{"jsonrpc":"2.0","id":2,"method":"runtime.shutdown"}`:                         `{"jsonrpc":"2.0","id":2,"result":{}}`,
-		`{"jsonrpc":"2.0","id":3,"method":"ping","params":{}}`:                         ``,
-		`{"jsonrpc":"2.0","method":"connect","params":{}}`:                             ``, // a notification is not answered
+		`{"jsonrpc":"2.0","id":2,"method":"runtime.shutdown"}`:                        `{"jsonrpc":"2.0","id":2,"result":{}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"ping","params":{}}`:                        ``,
+		`{"jsonrpc":"2.0","method":"connect","params":{}}`:                            ``, // a notification is not answered
 	} {
 		f := &flow{msg: msg(t, body)}
 		s.toCLI(t.Context(), f)

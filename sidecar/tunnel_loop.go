@@ -1,0 +1,172 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/tunnel"
+)
+
+// pongWait is how long a client has to answer a keepalive ping before its tunnel
+// is failed. The ping frame itself is what keeps idle timers quiet, so the answer
+// may take longer than the interval: a busy client (or a busy machine) is not a
+// dead one.
+func pongWait(keepalive time.Duration) time.Duration { return max(3*keepalive, 10*time.Second) }
+
+// answerAll answers the first request a client sends with an error and closes.
+func (rl *Relay) answerAll(ctx context.Context, c *tunnel.Conn, code int, msg string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		body, err := c.Read(ctx)
+		if err != nil {
+			c.Fail(msg)
+			return
+		}
+		m, err := jsonrpc.Parse(body)
+		if err != nil || m.Kind != jsonrpc.Request {
+			continue
+		}
+		c.Write(ctx, jsonrpc.ErrorResponse(m.ID, code, msg, nil))
+		c.Fail(msg)
+		return
+	}
+}
+
+// relay runs one tunnel: each frame read once (strictly from the client, as
+// the CLI wrote it from the CLI) and taken through the pipeline's stages.
+func (rl *Relay) relay(ctx context.Context, log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var closeOnce sync.Once
+	finish := func(reason string, fail bool) {
+		closeOnce.Do(func() {
+			cancel()
+			cli.Close()
+			if fail {
+				c.Fail(reason)
+			} else {
+				c.Close(reason)
+			}
+			log.Debug("tunnel closed", zap.String("reason", reason))
+		})
+	}
+	p := rl.newPipeline(log, c, cli, guard)
+	defer p.close()
+	p.onError = func(err error) { finish(err.Error(), errors.Is(err, errCLIWrite)) }
+	if rl.Keepalive > 0 {
+		go rl.keepalive(ctx, c, finish)
+	}
+	go func() { // CLI -> client
+		for {
+			body, err := cli.Reader.Read()
+			if err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+					finish("copilot CLI closed the connection", true)
+				} else {
+					finish("copilot CLI sent a bad frame: "+err.Error(), true)
+				}
+				return
+			}
+			m, err := jsonrpc.ParseTrusted(body)
+			if err != nil {
+				finish("copilot CLI sent a message that is not JSON-RPC: "+err.Error(), true)
+				return
+			}
+			if err := p.fromCLI(ctx, m); err != nil {
+				p.onError(err)
+				return
+			}
+		}
+	}()
+	for { // client -> CLI: what the CLI gets is what was decided on
+		body, err := c.Read(ctx)
+		if err != nil {
+			finish("client closed", false)
+			return
+		}
+		m, err := jsonrpc.Parse(body)
+		if err != nil {
+			rl.metrics.refused.WithLabelValues("not_jsonrpc").Inc()
+			c.Write(ctx, jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, err.Error(), nil))
+			finish("not a JSON-RPC message", true)
+			return
+		}
+		if err := p.fromClient(ctx, m); err != nil {
+			p.onError(err)
+			return
+		}
+	}
+}
+
+// newPipeline builds a tunnel's stages, in their order (see pipeline.go).
+func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guard *Guard) *pipeline {
+	calls := &callTable{max: rl.Bounds.Pending}
+	if calls.max <= 0 {
+		calls.max = DefaultBounds.Pending
+	}
+	tt := newTunnelTurns(&rl.turns, calls)
+	tt.observe = rl.metrics.turn.Observe
+	inbound := []stage{localStage{hello: cli.Hello}}
+	outbound := []stage{}
+	var policy, lock stage
+	if guard != nil {
+		policy, lock = policyStage{g: guard, log: log, metrics: rl.metrics}, lockStage{g: guard, metrics: rl.metrics}
+		inbound = append(inbound, policy)
+	}
+	if rl.Capacity != nil && rl.Users == nil {
+		capacity := capacityStage{ts: newTunnelSessions(rl.Capacity, log, func(b []byte) error { _, err := cli.Write(b); return err }, tt.busy), log: log}
+		inbound, outbound = append(inbound, capacity), append(outbound, capacity)
+	}
+	if lock != nil {
+		inbound = append(inbound, lock)
+	}
+	outbound = append(outbound, calls, tt, metricsStage{rl.metrics})
+	if policy != nil {
+		outbound = append(outbound, policy)
+	}
+	return &pipeline{inbound: inbound, outbound: outbound, calls: calls,
+		toCLIw: func(b []byte) error { _, err := cli.Write(b); return err },
+		toClient: func(ctx context.Context, b []byte) error {
+			if err := c.Write(ctx, b); err != nil {
+				return errClientGone
+			}
+			rl.metrics.messages.WithLabelValues("to_client").Inc()
+			return nil
+		},
+		sent: func(m jsonrpc.Message) {
+			rl.metrics.messages.WithLabelValues("to_cli").Inc()
+			if m.Kind == jsonrpc.Request && log.Core().Enabled(zap.DebugLevel) {
+				log.Debug("forwarded", zap.String("method", m.Method), zap.String("session_id", m.SessionID), zap.String("id", m.IDKey()))
+			}
+		},
+	}
+}
+
+// keepalive pings the client every rl.Keepalive until ctx ends; a client that
+// does not answer within pongWait fails the tunnel.
+func (rl *Relay) keepalive(ctx context.Context, c *tunnel.Conn, finish func(string, bool)) {
+	t := time.NewTicker(rl.Keepalive)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
+		err := c.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			finish("client did not answer a keepalive ping", true)
+			return
+		}
+	}
+}
