@@ -4,6 +4,8 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"strings"
+
+	"github.com/climesh/climesh/protocol"
 )
 
 // AdminOnly guards an admin call (drain, sweep): with a credential, the request
@@ -12,7 +14,7 @@ import (
 func AdminOnly(credential string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if credential != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			got, ok := strings.CutPrefix(r.Header.Get(protocol.HeaderAuthorization), "Bearer ")
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(credential)) != 1 {
 				http.Error(w, "climesh sidecar: admin credential required", http.StatusUnauthorized)
 				return

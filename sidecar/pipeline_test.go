@@ -164,6 +164,11 @@ func TestPipelineWait(t *testing.T) {
 	if got, want := strings.Join(log(), " "), "a:toCLI session.send lock:toCLI session.send a:refused session.send"; got != want {
 		t.Fatalf("busy: got %s\nwant %s", got, want)
 	}
+	// A send answered busy awaits no answer: its session is not busy with it
+	// (issue 12: it used to stay recorded until the tunnel closed).
+	if p.calls.sending("s") {
+		t.Fatal("a send answered busy is still awaiting its answer")
+	}
 	p, w, log = newTestPipeline(recorder{name: "a"}, recorder{name: "lock", wait: "forward"}, recorder{name: "c"})
 	p.fromClient(t.Context(), msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s"}}`))
 	<-w.forwarded

@@ -132,17 +132,18 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 	if policy != nil {
 		outbound = append(outbound, policy)
 	}
+	toCLICount, toClientCount := rl.metrics.messages.WithLabelValues("to_cli"), rl.metrics.messages.WithLabelValues("to_client")
 	return &pipeline{inbound: inbound, outbound: outbound, calls: calls,
 		toCLIw: func(b []byte) error { _, err := cli.Write(b); return err },
 		toClient: func(ctx context.Context, b []byte) error {
 			if err := c.Write(ctx, b); err != nil {
 				return errClientGone
 			}
-			rl.metrics.messages.WithLabelValues("to_client").Inc()
+			toClientCount.Inc()
 			return nil
 		},
 		sent: func(m jsonrpc.Message) {
-			rl.metrics.messages.WithLabelValues("to_cli").Inc()
+			toCLICount.Inc()
 			if m.Kind == jsonrpc.Request && log.Core().Enabled(zap.DebugLevel) {
 				log.Debug("forwarded", zap.String("method", m.Method), zap.String("session_id", m.SessionID), zap.String("id", m.IDKey()))
 			}
