@@ -12,12 +12,14 @@ import (
 	"strings"
 
 	"github.com/climesh/climesh/connector"
+	"github.com/climesh/climesh/sidecar"
 )
 
 // configFlags are the commands whose flags are their typed config's flag set:
 // listed from it, not from main.go.
 var configFlags = map[string]func() *flag.FlagSet{
 	"climesh-connect": func() *flag.FlagSet { c := connector.DefaultConfig(); return c.FlagSet() },
+	"climesh-sidecar": func() *flag.FlagSet { c := sidecar.DefaultConfig(); return c.FlagSet() },
 }
 
 // Flags lists the flags cmd/<name> defines: its config's flag set (configFlags),

@@ -1,0 +1,425 @@
+package sidecar
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/session/jsonrpc"
+)
+
+// The modes a sidecar runs in (--mode).
+const (
+	ModeShared   = "shared"   // pattern 2: one CLI, each caller's own sessions
+	ModeCollab   = "collab"   // pattern 3: shared sessions, one turn at a time
+	ModeIsolated = "isolated" // pattern 1: one CLI per verified user
+)
+
+// Consul's bounds on a session: its TTL is 10s to 24h, its lock-delay at most 60s.
+const (
+	MinLockTTL   = 10 * time.Second
+	MaxLockTTL   = 24 * time.Hour
+	MaxLockDelay = 60 * time.Second
+)
+
+// TokenEnv is the environment variable holding the token of the CLI that
+// --cli-address names. It has no flag: a flag would show it in ps.
+const TokenEnv = "COPILOT_CONNECTION_TOKEN"
+
+// Config is climesh-sidecar's whole configuration: every flag and environment
+// variable, in one typed value. Load fills it, Validate checks it, New builds the
+// sidecar from it.
+type Config struct {
+	Listen              string // --listen: tunnels, host:port with a fixed port
+	AdminListen         string // --admin-listen: /metrics, /healthz, POST /drain, POST /sweep
+	AdminCredentialFile string // --admin-credential-file: the admin calls' bearer secret
+	Path                string // --path: the tunnel path
+
+	Pool       string // --pool: Consul service name
+	InstanceID string // --instance-id: Consul service id (empty: <pool>-<port>, see Instance)
+	Consul     string // --consul: Consul HTTP address (empty: no registration, no lock, no sweeper)
+	Advertise  string // --advertise: address registered in Consul (empty: the --listen host)
+
+	CLIAddress string // --cli-address: attach to a running CLI
+	CLIToken   string // $COPILOT_CONNECTION_TOKEN: that CLI's token
+	CLICommand string // --cli-command: run the CLI (isolated: each user's) as a child
+	CLIHome    string // --cli-home: the child's COPILOT_HOME (empty: a new temp dir)
+
+	Mode              string // --mode: shared, collab or isolated
+	Capacity          int    // --capacity: sessions the CLI holds in memory (0: no cap)
+	MaxPending        int    // --max-pending: requests per tunnel awaiting the CLI
+	MaxTunnelSessions int    // --max-tunnel-sessions: sessions per tunnel's decisions
+	MaxTunnelsPerUser int    // --max-tunnels-per-user: 0: no limit
+	MaxFrameBytes     int    // --max-frame-bytes: largest JSON-RPC message
+
+	PingInterval  time.Duration // --ping-interval: the CLI's health ping
+	CheckTTL      time.Duration // --check-ttl: the Consul TTL check
+	Keepalive     time.Duration // --keepalive: WebSocket pings to clients (0: off)
+	DrainTimeout  time.Duration // --drain-timeout: longest wait for running turns
+	SessionTTL    time.Duration // --session-ttl: the sweeper deletes sessions idle longer
+	SweepInterval time.Duration // --sweep-interval: 0: only POST /sweep
+
+	EdgeCredentialFile string        // --edge-credential-file: the secret Envoy adds to tunnels
+	IdentityKeys       string        // --identity-keys: keys verifying the edge's identity assertion
+	Policy             string        // --policy: Rego dir or bundle for per-message decisions
+	PolicyWatch        time.Duration // --policy-watch: how often --policy is checked for changes
+
+	UsersRoot   string        // --users-root: isolated: per-user homes
+	UserSecrets string        // --user-secrets: isolated: per-user .env files
+	UserUIDs    string        // --user-uids: isolated: FIRST-LAST (ParseUIDRange)
+	UserEnv     string        // --user-env: isolated: comma-separated variable names
+	MaxUsers    int           // --max-users: isolated: most CLIs at once
+	UserIdle    time.Duration // --user-idle: isolated: stop a CLI idle this long
+
+	LockTTL     time.Duration // --lock-ttl: the turn lock's (and the sweeper's) Consul session TTL
+	LockDelay   time.Duration // --lock-delay: its Consul lock-delay
+	LockWaitMax time.Duration // --lock-wait-max: collab: longest x-climesh-lock-wait
+
+	LogLevel string // --log-level: a zap level
+}
+
+// DefaultConfig is the Config with no flag and no environment variable.
+func DefaultConfig() Config {
+	return Config{
+		Listen: "127.0.0.1:7001", AdminListen: "127.0.0.1:7101", Path: "/v1/rpc", Pool: "copilot",
+		Mode: ModeShared, Capacity: 50, MaxPending: DefaultBounds.Pending, MaxTunnelSessions: DefaultBounds.Sessions,
+		MaxTunnelsPerUser: 32, MaxFrameBytes: jsonrpc.DefaultLimits.MaxFrameBytes,
+		PingInterval: 2 * time.Second, CheckTTL: 6 * time.Second, Keepalive: 30 * time.Second, DrainTimeout: 2 * time.Minute,
+		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
+		MaxUsers: 20, UserIdle: 10 * time.Minute,
+		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
+		LogLevel: "info",
+	}
+}
+
+// FlagSet returns climesh-sidecar's flags bound to c's fields, each defaulting to
+// c's current value (use it on DefaultConfig() to list the flags). Its output is
+// discarded: Load returns errors, and callers print the usage themselves.
+func (c *Config) FlagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("climesh-sidecar", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Listen, "listen", c.Listen, "`address` for tunnels (/v1/rpc) and nothing else")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "`address` for /metrics, /healthz and the admin calls POST /drain and POST /sweep; a non-loopback address needs --admin-credential-file")
+	fs.StringVar(&c.AdminCredentialFile, "admin-credential-file", c.AdminCredentialFile, "`file` with a secret the admin calls must carry (Authorization: Bearer ...); GET /metrics and /healthz stay open")
+	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "most requests one tunnel may have awaiting the CLI's answer")
+	fs.IntVar(&c.MaxTunnelSessions, "max-tunnel-sessions", c.MaxTunnelSessions, "most sessions one tunnel's decisions remember (records, visibility); past it they are decided again")
+	fs.IntVar(&c.MaxTunnelsPerUser, "max-tunnels-per-user", c.MaxTunnelsPerUser, "most tunnels one (tenant, user) may hold open on this sidecar (0: no limit)")
+	fs.StringVar(&c.Path, "path", c.Path, "tunnel `path`")
+	fs.StringVar(&c.Pool, "pool", c.Pool, "Consul service `name` (the climesh pool)")
+	fs.StringVar(&c.InstanceID, "instance-id", c.InstanceID, "Consul service `id` (default: pool-port)")
+	fs.StringVar(&c.Consul, "consul", c.Consul, "Consul HTTP `address`; empty: do not register")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "`address` registered in Consul (default: the --listen host)")
+	fs.StringVar(&c.CLIAddress, "cli-address", c.CLIAddress, "attach to a running CLI at `host:port` (token from $COPILOT_CONNECTION_TOKEN)")
+	fs.StringVar(&c.CLICommand, "cli-command", c.CLICommand, "run the CLI as a child: the copilot `executable`")
+	fs.StringVar(&c.CLIHome, "cli-home", c.CLIHome, "COPILOT_HOME for --cli-command (default: a new temp dir)")
+	fs.IntVar(&c.Capacity, "capacity", c.Capacity, "most sessions the CLI holds in memory; past it the least recently used idle one is released with session.destroy and resumed on demand (0: no cap; published in Consul meta)")
+	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval, "how often the CLI is pinged for the Consul check")
+	fs.DurationVar(&c.CheckTTL, "check-ttl", c.CheckTTL, "Consul TTL check: critical if no passing ping for this long")
+	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "ping each client this often so idle timers do not cut a long turn; a client that does not answer within 3x this (at least 10s) is dropped (0: off)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed")
+	fs.DurationVar(&c.SessionTTL, "session-ttl", c.SessionTTL, "sessions idle longer than this are deleted (disk and registry) by the pool's sweeper")
+	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often the pool's sweeper runs (one sidecar at a time, elected in Consul; 0: only POST /sweep)")
+	fs.StringVar(&c.EdgeCredentialFile, "edge-credential-file", c.EdgeCredentialFile, "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
+	fs.StringVar(&c.IdentityKeys, "identity-keys", c.IdentityKeys, "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
+	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
+	fs.DurationVar(&c.PolicyWatch, "policy-watch", c.PolicyWatch, "how often --policy is checked for changes")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `level`")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "`mode`: shared (pattern 2), collab (pattern 3: shared sessions, one turn at a time) or isolated (pattern 1: one CLI per user)")
+	fs.StringVar(&c.UsersRoot, "users-root", c.UsersRoot, "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<tenant>/<user>/home, mode 0700)")
+	fs.StringVar(&c.UserSecrets, "user-secrets", c.UserSecrets, "isolated: `dir` of <tenant>/<user>.env files (KEY=VALUE: GitHub token, provider key); never logged")
+	fs.StringVar(&c.UserUIDs, "user-uids", c.UserUIDs, "isolated: `range` FIRST-LAST of UIDs, one per (tenant, user); each CLI runs under its own UID and GID with a home only it can read (the sidecar must run as root); empty: users are separated by directory permissions only")
+	fs.StringVar(&c.UserEnv, "user-env", c.UserEnv, "isolated: comma-separated `names` of the sidecar's environment variables each CLI also gets (a proxy, a CA bundle); nothing else of the sidecar's environment is passed")
+	fs.IntVar(&c.MaxUsers, "max-users", c.MaxUsers, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
+	fs.DurationVar(&c.UserIdle, "user-idle", c.UserIdle, "isolated: stop a user's CLI after this long without a tunnel")
+	fs.DurationVar(&c.LockTTL, "lock-ttl", c.LockTTL, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
+	fs.DurationVar(&c.LockDelay, "lock-delay", c.LockDelay, "collab: Consul lock-delay after a holder's session is invalidated")
+	fs.DurationVar(&c.LockWaitMax, "lock-wait-max", c.LockWaitMax, "collab: longest wait a caller may ask for (x-climesh-lock-wait)")
+	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "largest JSON-RPC message accepted")
+	return fs
+}
+
+// Load reads the command line (args, without the program name) and the
+// environment (env is os.LookupEnv in main) over DefaultConfig. The only variable
+// is COPILOT_CONNECTION_TOKEN (an empty value counts as unset); every other
+// setting is a flag. It reports the first flag it cannot parse, naming it and its
+// value, and flag.ErrHelp for -h. It does not validate: call Validate.
+func Load(args []string, env func(string) (string, bool)) (Config, error) {
+	c := DefaultConfig()
+	fs := c.FlagSet()
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if rest := fs.Args(); len(rest) > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: climesh-sidecar takes flags only", rest[0])
+	}
+	if v, ok := env(TokenEnv); ok && v != "" {
+		c.CLIToken = v
+	}
+	return c, nil
+}
+
+// Instance is the Consul service id: --instance-id, or <pool>-<port of --listen>.
+func (c Config) Instance() string {
+	if c.InstanceID != "" {
+		return c.InstanceID
+	}
+	_, port, _ := net.SplitHostPort(c.Listen)
+	return c.Pool + "-" + port
+}
+
+// AdvertiseAddress is the address registered in Consul: --advertise, or the
+// --listen host.
+func (c Config) AdvertiseAddress() string {
+	if c.Advertise != "" {
+		return c.Advertise
+	}
+	host, _, _ := net.SplitHostPort(c.Listen)
+	return host
+}
+
+// Sweeps reports whether this sidecar takes part in the pool's sweeper: only
+// with a policy (the registry it sweeps is kept by the policy stage) and Consul
+// (the sweeper lock and the shared registry), and not in isolated mode, whose
+// sessions live in per-user homes.
+func (c Config) Sweeps() bool {
+	return c.Policy != "" && c.Consul != "" && c.Mode != ModeIsolated
+}
+
+// Kinds of configuration error, matched with errors.Is.
+var (
+	ErrRequired   = errors.New("required")
+	ErrMalformed  = errors.New("malformed")
+	ErrOutOfRange = errors.New("out of range")
+	ErrConflict   = errors.New("conflicting settings")
+)
+
+// FieldError names the flag or variable at fault, its value (never a token's)
+// and why.
+type FieldError struct {
+	Name   string // "--mode", "COPILOT_CONNECTION_TOKEN"
+	Value  string // quoted in the message; empty: not shown
+	Kind   error  // one of the Err kinds
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return e.Name + ": " + e.Reason
+	}
+	return e.Name + "=" + strconv.Quote(e.Value) + ": " + e.Reason
+}
+
+func (e *FieldError) Unwrap() error { return e.Kind }
+
+var (
+	// pathPattern is a plain absolute path: nothing http.ServeMux would read as
+	// a method, a host or a wildcard.
+	pathPattern = regexp.MustCompile(`^/[A-Za-z0-9._~/-]*$`)
+	envName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// Validate refuses what cannot work or contradicts itself, naming each flag (or
+// variable) at fault with its value; every error is joined in the result.
+func (c Config) Validate() error {
+	v := &validator{}
+	c.validateCLI(v)
+	c.validateMode(v)
+	c.validateAddresses(v)
+	c.validateBounds(v)
+	c.validateDurations(v)
+	if _, err := zap.ParseAtomicLevel(c.LogLevel); err != nil {
+		v.bad("--log-level", c.LogLevel, ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
+	}
+	if c.Policy != "" && c.IdentityKeys == "" {
+		v.bad("--policy", c.Policy, ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")
+	}
+	if c.Pool == "" {
+		v.bad("--pool", "", ErrRequired, "required: the pool (Consul service) this instance serves")
+	}
+	return errors.Join(v.errs...)
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) bad(name, value string, kind error, reason string) {
+	v.errs = append(v.errs, &FieldError{Name: name, Value: value, Kind: kind, Reason: reason})
+}
+
+func (v *validator) atLeast(name string, n, least int, reason string) {
+	if n < least {
+		v.bad(name, strconv.Itoa(n), ErrOutOfRange, reason)
+	}
+}
+
+func (v *validator) duration(name string, d, least time.Duration, reason string) {
+	if d < least {
+		v.bad(name, d.String(), ErrOutOfRange, reason)
+	}
+}
+
+// validateCLI: which CLI, and its token.
+func (c Config) validateCLI(v *validator) {
+	switch {
+	case c.CLIAddress == "" && c.CLICommand == "":
+		v.bad("--cli-address/--cli-command", "", ErrRequired, "give one: attach to a running CLI, or run it as a child")
+	case c.CLIAddress != "" && c.CLICommand != "":
+		v.bad("--cli-address/--cli-command", "", ErrConflict, "give only one: attach to a running CLI, or run it as a child")
+	case c.CLIAddress != "":
+		if !hostPort(c.CLIAddress, false) {
+			v.bad("--cli-address", c.CLIAddress, ErrMalformed, "want host:port, e.g. 127.0.0.1:4321")
+		}
+		if c.CLIToken == "" {
+			v.bad(TokenEnv, "", ErrRequired, "--cli-address needs the CLI's token in $"+TokenEnv+": the CLI must not run without a token")
+		}
+	}
+	if c.CLIHome != "" && (c.CLICommand == "" || c.Mode == ModeIsolated) {
+		v.bad("--cli-home", c.CLIHome, ErrConflict, "only for the child of --cli-command in shared or collab mode (isolated mode keeps each user's home under --users-root)")
+	}
+}
+
+// validateMode: what each mode needs, and the flags only one mode reads.
+func (c Config) validateMode(v *validator) {
+	need := func(missing map[string]string, order ...string) []string {
+		var out []string
+		for _, name := range order {
+			if why, ok := missing[name]; ok {
+				out = append(out, name+" ("+why+")")
+			}
+		}
+		return out
+	}
+	switch c.Mode {
+	case ModeShared:
+	case ModeCollab:
+		missing := map[string]string{}
+		if c.Consul == "" {
+			missing["--consul"] = "the turn lock lives in Consul"
+		}
+		if c.Policy == "" {
+			missing["--policy"] = "shared sessions, their members and the lock are decided per message"
+		}
+		if m := need(missing, "--consul", "--policy"); len(m) > 0 {
+			v.bad("--mode", c.Mode, ErrRequired, "collab needs "+strings.Join(m, " and ")+"; without them nothing would be serialised")
+		}
+	case ModeIsolated:
+		missing := map[string]string{}
+		if c.CLICommand == "" {
+			missing["--cli-command"] = "a CLI is started per user"
+		}
+		if c.UsersRoot == "" {
+			missing["--users-root"] = "the users' homes"
+		}
+		if c.IdentityKeys == "" {
+			missing["--identity-keys"] = "a CLI per verified user"
+		}
+		if m := need(missing, "--cli-command", "--users-root", "--identity-keys"); len(m) > 0 {
+			v.bad("--mode", c.Mode, ErrRequired, "isolated needs "+strings.Join(m, ", "))
+		}
+		v.atLeast("--max-users", c.MaxUsers, 1, "isolated: want at least one CLI")
+		if c.UserUIDs != "" {
+			if _, err := ParseUIDRange(c.UserUIDs); err != nil {
+				v.bad("--user-uids", c.UserUIDs, ErrMalformed, err.Error())
+			}
+		}
+		if c.UserEnv != "" {
+			for _, name := range strings.Split(c.UserEnv, ",") {
+				if !envName.MatchString(name) {
+					v.bad("--user-env", c.UserEnv, ErrMalformed, fmt.Sprintf("%q is not a variable name (want NAME,NAME without spaces)", name))
+					break
+				}
+			}
+		}
+	default:
+		v.bad("--mode", c.Mode, ErrMalformed, "want shared, collab or isolated")
+	}
+	if c.Mode != ModeIsolated {
+		for _, f := range []struct{ name, value string }{{"--users-root", c.UsersRoot}, {"--user-secrets", c.UserSecrets}, {"--user-uids", c.UserUIDs}, {"--user-env", c.UserEnv}} {
+			if f.value != "" {
+				v.bad(f.name, f.value, ErrConflict, "only for --mode isolated (here: "+c.Mode+"): it would be ignored")
+			}
+		}
+	}
+	// The sweeper: a setting away from its default asks for sweeping; refuse it
+	// where no sweeper runs rather than ignore it. (A value equal to the default
+	// cannot be told from an absent flag, and --sweep-interval 0 asks for none.)
+	if !c.Sweeps() {
+		d := DefaultConfig()
+		why := "no sweeper runs here: it needs --policy and --consul, and isolated mode has none"
+		if c.SessionTTL != d.SessionTTL {
+			v.bad("--session-ttl", c.SessionTTL.String(), ErrConflict, why)
+		}
+		if c.SweepInterval != d.SweepInterval && c.SweepInterval != 0 {
+			v.bad("--sweep-interval", c.SweepInterval.String(), ErrConflict, why)
+		}
+	}
+}
+
+// validateAddresses: the listeners and the tunnel path.
+func (c Config) validateAddresses(v *validator) {
+	if !hostPort(c.Listen, true) {
+		v.bad("--listen", c.Listen, ErrMalformed, "want host:port with a fixed port (it is registered in Consul), e.g. 127.0.0.1:7001")
+	}
+	if !hostPort(c.AdminListen, false) {
+		v.bad("--admin-listen", c.AdminListen, ErrMalformed, "want host:port, e.g. 127.0.0.1:7101")
+	} else if c.AdminCredentialFile == "" {
+		host, _, _ := net.SplitHostPort(c.AdminListen)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			v.bad("--admin-listen", c.AdminListen, ErrRequired, "not loopback: give --admin-credential-file, or whoever reaches it can drain the instance")
+		}
+	}
+	if c.AdminListen == c.Listen {
+		v.bad("--admin-listen", c.AdminListen, ErrConflict, "the same address as --listen")
+	}
+	if !pathPattern.MatchString(c.Path) {
+		v.bad("--path", c.Path, ErrMalformed, "want an absolute path of letters, digits and ._~/-, e.g. /v1/rpc")
+	}
+}
+
+// validateBounds: the numeric limits.
+func (c Config) validateBounds(v *validator) {
+	v.atLeast("--capacity", c.Capacity, 0, "want 0 (no cap) or more")
+	v.atLeast("--max-pending", c.MaxPending, 1, "want more than 0")
+	v.atLeast("--max-tunnel-sessions", c.MaxTunnelSessions, 1, "want more than 0")
+	v.atLeast("--max-tunnels-per-user", c.MaxTunnelsPerUser, 0, "want 0 (no limit) or more")
+	v.atLeast("--max-frame-bytes", c.MaxFrameBytes, 1, "want a positive number of bytes")
+}
+
+// validateDurations: timers, and what Consul accepts for a lock's session.
+func (c Config) validateDurations(v *validator) {
+	v.duration("--ping-interval", c.PingInterval, time.Nanosecond, "want a positive duration")
+	if c.PingInterval > 0 && c.CheckTTL <= c.PingInterval {
+		v.bad("--check-ttl", c.CheckTTL.String(), ErrOutOfRange, "want more than --ping-interval ("+c.PingInterval.String()+"), or the check fails between two passing pings")
+	}
+	v.duration("--keepalive", c.Keepalive, 0, "negative (want 0 for off, or more)")
+	v.duration("--drain-timeout", c.DrainTimeout, 0, "negative (want 0 to close tunnels at once, or more)")
+	v.duration("--session-ttl", c.SessionTTL, time.Nanosecond, "want a positive duration (0 would delete every idle session)")
+	v.duration("--sweep-interval", c.SweepInterval, 0, "negative (want 0 for only POST /sweep, or more)")
+	v.duration("--policy-watch", c.PolicyWatch, time.Nanosecond, "want a positive duration")
+	v.duration("--user-idle", c.UserIdle, 0, "negative (want 0 or more)")
+	if c.LockTTL < MinLockTTL || c.LockTTL > MaxLockTTL {
+		v.bad("--lock-ttl", c.LockTTL.String(), ErrOutOfRange, "Consul accepts a session TTL of 10s to 24h")
+	}
+	if c.LockDelay < 0 || c.LockDelay > MaxLockDelay {
+		v.bad("--lock-delay", c.LockDelay.String(), ErrOutOfRange, "Consul accepts a lock-delay of 0 to 60s")
+	}
+	v.duration("--lock-wait-max", c.LockWaitMax, 0, "negative (want 0 for no waiting, or more)")
+}
+
+// hostPort reports whether s is host:port with a numeric port (host may be
+// empty: every interface); fixed refuses port 0.
+func hostPort(s string, fixed bool) bool {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && (n > 0 || !fixed)
+}

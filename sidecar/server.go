@@ -1,0 +1,325 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/policy"
+	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/session/lock"
+	"github.com/climesh/climesh/session/registry"
+)
+
+// Version is reported in the Consul meta.
+const Version = "0.1.0"
+
+// Server is one climesh-sidecar: what New builds from a Config (the CLI, the
+// relay and its stages, the listeners, the Consul registration, lock and
+// sweeper), served by Run until its context ends or POST /drain.
+type Server struct {
+	cfg   Config
+	log   *zap.Logger
+	Relay *Relay
+
+	child        *Child // nil: an attached CLI, or isolated mode
+	cliHome      string
+	registration *Registration // nil without --consul
+	sweeper      *Sweeper      // nil unless cfg.Sweeps()
+
+	lis, adminLis net.Listener
+	srv, adminSrv *http.Server
+	drainNow      chan struct{}
+	drainOnce     sync.Once
+}
+
+// New checks cfg (Validate) and builds the sidecar: it starts the child CLI (not
+// in isolated mode), prepares the isolated users' directories, loads the identity
+// keys, the policy and the credentials, binds both listeners and makes the
+// Consul client. It serves nothing and registers nothing: Run does. ctx bounds
+// the CLI's start and the policy's first load. Metrics go to reg. On error,
+// whatever it started is stopped.
+func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Registry) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, drainNow: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	limits := jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: cfg.MaxFrameBytes}
+	cli := CLIDialer{Addr: cfg.CLIAddress, Token: cfg.CLIToken, Limits: limits}
+	if cfg.CLICommand != "" && cfg.Mode != ModeIsolated {
+		home := cfg.CLIHome
+		if home == "" {
+			if home, err = os.MkdirTemp("", "climesh-cli-home-"); err != nil {
+				return nil, err
+			}
+		}
+		if s.child, err = StartChild(ctx, cfg.CLICommand, home); err != nil {
+			return nil, err
+		}
+		cli.Addr, cli.Token = s.child.Addr, s.child.Token
+		s.cliHome = home
+	}
+
+	rl := NewRelay(log, cli, limits, reg)
+	s.Relay = rl
+	rl.Keepalive = cfg.Keepalive
+	rl.SetCapacity(cfg.Capacity)
+	if cfg.Mode == ModeIsolated {
+		if rl.Users, err = cfg.userPool(log.Named("users")); err != nil {
+			return nil, err
+		}
+	}
+	rl.Instance, rl.Pool, rl.Mode, rl.RecordTTL, rl.LockWaitMax = cfg.Instance(), cfg.Pool, cfg.Mode, 2*time.Second, cfg.LockWaitMax
+	rl.Bounds = Bounds{Pending: cfg.MaxPending, Sessions: cfg.MaxTunnelSessions}
+	rl.MaxTunnelsPerUser = cfg.MaxTunnelsPerUser
+	if cfg.IdentityKeys != "" {
+		if rl.Keys, err = identity.LoadKeys(cfg.IdentityKeys); err != nil {
+			return nil, fmt.Errorf("--identity-keys: %w", err)
+		}
+	}
+	if cfg.Policy != "" {
+		if rl.Engine, err = policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg); err != nil {
+			return nil, fmt.Errorf("--policy: %w", err)
+		}
+		rl.Registry = &registry.Memory{}
+	}
+	if cfg.EdgeCredentialFile != "" {
+		if rl.EdgeCredential, err = readSecret("--edge-credential-file", cfg.EdgeCredentialFile, 1); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Warn("no --edge-credential-file: any client that reaches --listen can open a tunnel")
+	}
+	var adminCred string
+	if cfg.AdminCredentialFile != "" {
+		if adminCred, err = readSecret("--admin-credential-file", cfg.AdminCredentialFile, 16); err != nil {
+			return nil, err
+		}
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle(cfg.Path, rl)
+	admin := http.NewServeMux()
+	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	// POST /drain: take the instance out (admin listener only, credential if set).
+	admin.Handle("POST /drain", AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.drainOnce.Do(func() { close(s.drainNow) })
+		fmt.Fprintln(w, "draining")
+	})))
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	if s.adminLis, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		return nil, fmt.Errorf("--admin-listen: %w", err)
+	}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+
+	if cfg.Consul != "" {
+		if err := s.consul(admin, adminCred, cli, reg); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// userPool is isolated mode's pool of per-user CLIs, prepared (directories, UID
+// map, the shared package).
+func (c Config) userPool(log *zap.Logger) (*UserPool, error) {
+	p := &UserPool{Command: c.CLICommand, Root: c.UsersRoot, Secrets: c.UserSecrets, Cap: c.MaxUsers, IdleAfter: c.UserIdle, Log: log,
+		PkgCache: filepath.Join(c.UsersRoot, ".copilot-pkg")}
+	if c.UserUIDs != "" {
+		var err error
+		if p.UIDs, err = ParseUIDRange(c.UserUIDs); err != nil {
+			return nil, fmt.Errorf("--user-uids: %w", err)
+		}
+	}
+	if c.UserEnv != "" {
+		p.PassEnv = strings.Split(c.UserEnv, ",")
+	}
+	if err := p.Prepare(); err != nil {
+		return nil, fmt.Errorf("--mode isolated: %w", err)
+	}
+	return p, nil
+}
+
+// consul wires what lives in Consul: the shared session registry (with a
+// policy), the collab turn lock, the pool's sweeper and POST /sweep, and the
+// instance's registration.
+func (s *Server) consul(admin *http.ServeMux, adminCred string, cli CLIDialer, reg prometheus.Registerer) error {
+	cfg, rl := s.cfg, s.Relay
+	ccfg := api.DefaultConfig() // honours CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...
+	ccfg.Address = cfg.Consul
+	client, err := api.NewClient(ccfg)
+	if err != nil {
+		return fmt.Errorf("--consul: %w", err)
+	}
+	if rl.Engine != nil {
+		rl.Registry = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
+	}
+	locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: cfg.LockTTL, LockDelay: cfg.LockDelay, Instance: cfg.Instance()}
+	if cfg.Mode == ModeCollab {
+		rl.Locker = locker
+	}
+	if cfg.Sweeps() {
+		swept := promauto.With(reg).NewCounter(prometheus.CounterOpts{
+			Name: "climesh_sidecar_sessions_swept_total", Help: "Idle sessions this sidecar deleted as the pool's sweeper.",
+		})
+		s.sweeper = &Sweeper{Registry: rl.Registry, Locker: locker, Relay: rl, Pool: cfg.Pool, Instance: cfg.Instance(),
+			Log: s.log.Named("sweeper"), OnSwept: func(n int) { swept.Add(float64(n)) }}
+		// POST /sweep[?ttl=2m]: the admin call; answers how many it deleted.
+		admin.Handle("POST /sweep", AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ttl := cfg.SessionTTL
+			if v := r.URL.Query().Get("ttl"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					http.Error(w, "ttl: "+err.Error(), http.StatusBadRequest)
+					return
+				}
+				ttl = d
+			}
+			n, err := s.sweeper.Sweep(r.Context(), ttl)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			fmt.Fprintln(w, n)
+		})))
+	}
+	_, port, _ := net.SplitHostPort(cfg.Listen)
+	portNum, _ := strconv.Atoi(port) // Validate: a fixed port
+	s.registration = &Registration{
+		Agent: client.Agent(), Log: s.log, Pool: cfg.Pool, InstanceID: cfg.Instance(), Address: cfg.AdvertiseAddress(), Port: portNum,
+		Meta: map[string]string{"mode": cfg.Mode, "capacity": strconv.Itoa(cfg.Capacity), "version": Version},
+		TTL:  cfg.CheckTTL, Interval: cfg.PingInterval, CLI: cli, Load: rl.Load,
+	}
+	if rl.Users != nil {
+		s.registration.Probe = func(context.Context) error {
+			_, err := exec.LookPath(cfg.CLICommand)
+			return err
+		}
+	}
+	return nil
+}
+
+// AdminAddr is the admin listener's address (--admin-listen may name port 0).
+func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
+
+// readSecret reads a credential file: trimmed, at least least characters.
+func readSecret(flagName, file string, least int) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	secret := strings.TrimSpace(string(b))
+	switch {
+	case secret == "":
+		return "", fmt.Errorf("%s %s is empty", flagName, file)
+	case len(secret) < least:
+		return "", fmt.Errorf("%s %s: want a secret of at least %d characters", flagName, file, least)
+	}
+	return secret, nil
+}
+
+// Run serves until ctx ends (SIGTERM) or POST /drain, then drains: it marks the
+// instance draining in Consul (no new users), lets running turns finish (up to
+// --drain-timeout), closes the tunnels, deregisters and stops the CLI. It
+// registers the instance first; a registration Consul refuses is returned. Call
+// it once.
+func (s *Server) Run(ctx context.Context) error {
+	cfg, rl, log := s.cfg, s.Relay, s.log
+	ctx, cancel := context.WithCancel(ctx) // ends the watchers if Run returns early
+	defer cancel()
+	defer s.adminSrv.Close()
+	if rl.Users != nil {
+		go rl.Users.Run(ctx)
+	}
+	if rl.Engine != nil {
+		go rl.Engine.Watch(ctx, cfg.PolicyWatch)
+	}
+	go s.srv.Serve(s.lis)
+	go s.adminSrv.Serve(s.adminLis)
+	if s.sweeper != nil && cfg.SweepInterval > 0 {
+		go s.sweeper.Run(ctx, cfg.SweepInterval, cfg.SessionTTL)
+	}
+	if s.registration != nil {
+		if err := s.registration.Register(); err != nil {
+			s.close()
+			return fmt.Errorf("register in consul at %s: %w", cfg.Consul, err)
+		}
+		go s.registration.Run(ctx)
+	}
+	log.Info("serving", zap.String("listen", cfg.Listen), zap.String("admin", cfg.AdminListen), zap.String("cli", rl.CLI.Addr), zap.String("pool", cfg.Pool))
+
+	var supervised sync.WaitGroup
+	superviseCtx, stopSupervisor := context.WithCancel(context.Background())
+	if s.child != nil {
+		sup := NewSupervisor(s.child, cfg.CLICommand, s.cliHome, rl, s.registration, log)
+		sup.OnRestart = rl.CLIRestarted
+		s.child = nil // the supervisor stops it
+		supervised.Go(func() { sup.Run(superviseCtx) })
+	}
+	select {
+	case <-ctx.Done():
+	case <-s.drainNow:
+	}
+	// Leave routing first (DRAINING in Consul, so in Envoy: no new users), let
+	// running turns finish, then close tunnels so clients reconnect elsewhere.
+	if s.registration != nil {
+		if err := s.registration.SetDraining(); err != nil {
+			log.Warn("mark draining in consul", zap.Error(err))
+		}
+	}
+	start := time.Now()
+	left := rl.Drain(context.Background(), cfg.DrainTimeout)
+	log.Info("drained", zap.Duration("took", time.Since(start)), zap.Int("turns_cut", left))
+	s.srv.Close()
+	rl.Wait()
+	if s.registration != nil {
+		if err := s.registration.Deregister(); err != nil {
+			log.Warn("deregister", zap.Error(err))
+		}
+	}
+	stopSupervisor() // stops the CLI
+	supervised.Wait()
+	return nil
+}
+
+// close releases what New made when the sidecar will not run.
+func (s *Server) close() {
+	for _, srv := range []*http.Server{s.srv, s.adminSrv} {
+		if srv != nil {
+			srv.Close()
+		}
+	}
+	for _, l := range []net.Listener{s.lis, s.adminLis} {
+		if l != nil {
+			l.Close() // a server that never served does not close it
+		}
+	}
+	if s.child != nil {
+		s.child.Stop(10 * time.Second)
+		s.child = nil
+	}
+}
