@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -127,7 +128,7 @@ func Load(args []string, env func(string) (string, bool)) (Config, error) {
 			continue
 		}
 		if err := e.set(&c, v); err != nil {
-			return Config{}, &FieldError{Name: e.name, Value: v, Kind: ErrMalformed, Reason: err.Error()}
+			return Config{}, &field.Error{Name: e.name, Value: v, Kind: field.ErrMalformed, Reason: err.Error()}
 		}
 	}
 	return c, nil
@@ -140,77 +141,51 @@ func (c Config) Options(events *Events) Options {
 		Limits: jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: c.MaxFrameBytes}}
 }
 
-// Kinds of configuration error, matched with errors.Is.
-var (
-	ErrRequired   = errors.New("required")
-	ErrMalformed  = errors.New("malformed")
-	ErrOutOfRange = errors.New("out of range")
-	ErrConflict   = errors.New("conflicting settings")
-)
-
-// FieldError names the flag or variable at fault, its value (never a token's)
-// and why.
-type FieldError struct {
-	Name   string // "--edge/CLIMESH_EDGE", "--listen", "CLIMESH_RECONNECT"
-	Value  string // quoted in the message; empty: not shown
-	Kind   error  // one of the Err kinds
-	Reason string
-}
-
-func (e *FieldError) Error() string {
-	if e.Value == "" {
-		return e.Name + ": " + e.Reason
-	}
-	return e.Name + "=" + strconv.Quote(e.Value) + ": " + e.Reason
-}
-
-func (e *FieldError) Unwrap() error { return e.Kind }
-
 // Validate refuses what cannot work or contradicts itself, naming each flag (and
 // its environment variable) at fault; every error is joined in the result.
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(name, value string, kind error, reason string) {
-		errs = append(errs, &FieldError{Name: name, Value: value, Kind: kind, Reason: reason})
+		errs = append(errs, &field.Error{Name: name, Value: value, Kind: kind, Reason: reason})
 	}
 	const edge = "--edge/CLIMESH_EDGE"
 	if c.EdgeURL == "" {
-		bad(edge, "", ErrRequired, "required: the edge's tunnel URL, ws://host:10000/v1/rpc")
+		bad(edge, "", field.ErrRequired, "required: the edge's tunnel URL, ws://host:10000/v1/rpc")
 	} else if u, err := url.Parse(c.EdgeURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
-		bad(edge, c.EdgeURL, ErrMalformed, "want a ws:// or wss:// URL with a host, e.g. ws://host:10000/v1/rpc")
+		bad(edge, c.EdgeURL, field.ErrMalformed, "want a ws:// or wss:// URL with a host, e.g. ws://host:10000/v1/rpc")
 	}
 	if strings.ContainsFunc(c.Token, isCtl) {
-		bad("--token/CLIMESH_TOKEN", "", ErrMalformed, "contains a control character (a trailing newline?)")
+		bad("--token/CLIMESH_TOKEN", "", field.ErrMalformed, "contains a control character (a trailing newline?)")
 	}
 	if strings.ContainsFunc(c.User, isCtl) {
-		bad("--user/CLIMESH_USER", c.User, ErrMalformed, "contains a control character")
+		bad("--user/CLIMESH_USER", c.User, field.ErrMalformed, "contains a control character")
 	}
 	if strings.ContainsFunc(c.Session, isCtl) {
-		bad("--session/CLIMESH_SESSION", c.Session, ErrMalformed, "contains a control character")
+		bad("--session/CLIMESH_SESSION", c.Session, field.ErrMalformed, "contains a control character")
 	}
 	if c.TokenAsUser && c.User != "" {
-		bad("--token-as-user/CLIMESH_TOKEN_AS_USER", "", ErrConflict, "excludes --user/CLIMESH_USER, which names the user already")
+		bad("--token-as-user/CLIMESH_TOKEN_AS_USER", "", field.ErrConflict, "excludes --user/CLIMESH_USER, which names the user already")
 	}
 	if c.TokenAsUser && c.Token == "" && c.Listen == "" {
-		bad("--token-as-user/CLIMESH_TOKEN_AS_USER", "", ErrRequired, "in stdio mode it needs --token/CLIMESH_TOKEN (in TCP mode, --listen, the SDK's connect token is used)")
+		bad("--token-as-user/CLIMESH_TOKEN_AS_USER", "", field.ErrRequired, "in stdio mode it needs --token/CLIMESH_TOKEN (in TCP mode, --listen, the SDK's connect token is used)")
 	}
 	if c.LockWait < 0 {
-		bad("--lock-wait/CLIMESH_LOCK_WAIT", c.LockWait.String(), ErrOutOfRange, "negative (want 0 to fail busy at once, or more)")
+		bad("--lock-wait/CLIMESH_LOCK_WAIT", c.LockWait.String(), field.ErrOutOfRange, "negative (want 0 to fail busy at once, or more)")
 	}
 	if c.Reconnect < 0 {
-		bad("--reconnect/CLIMESH_RECONNECT", c.Reconnect.String(), ErrOutOfRange, "negative (want 0 to give up at once, or more)")
+		bad("--reconnect/CLIMESH_RECONNECT", c.Reconnect.String(), field.ErrOutOfRange, "negative (want 0 to give up at once, or more)")
 	}
 	if c.MaxFrameBytes <= 0 {
-		bad("--max-frame-bytes", strconv.Itoa(c.MaxFrameBytes), ErrOutOfRange, "want a positive number of bytes")
+		bad("--max-frame-bytes", strconv.Itoa(c.MaxFrameBytes), field.ErrOutOfRange, "want a positive number of bytes")
 	}
 	if c.Listen != "" && !hostPort(c.Listen) {
-		bad("--listen", c.Listen, ErrMalformed, "want host:port, e.g. 127.0.0.1:4321")
+		bad("--listen", c.Listen, field.ErrMalformed, "want host:port, e.g. 127.0.0.1:4321")
 	}
 	if c.MetricsListen != "" && !hostPort(c.MetricsListen) {
-		bad("--metrics-listen", c.MetricsListen, ErrMalformed, "want host:port, e.g. 127.0.0.1:9100")
+		bad("--metrics-listen", c.MetricsListen, field.ErrMalformed, "want host:port, e.g. 127.0.0.1:9100")
 	}
 	if c.Listen != "" && c.Listen == c.MetricsListen && !strings.HasSuffix(c.Listen, ":0") {
-		bad("--metrics-listen", c.MetricsListen, ErrConflict, "the same address as --listen")
+		bad("--metrics-listen", c.MetricsListen, field.ErrConflict, "the same address as --listen")
 	}
 	return errors.Join(errs...)
 }

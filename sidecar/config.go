@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -193,32 +194,6 @@ func (c Config) Sweeps() bool {
 	return c.Policy != "" && c.Consul != "" && c.Mode != ModeIsolated
 }
 
-// Kinds of configuration error, matched with errors.Is.
-var (
-	ErrRequired   = errors.New("required")
-	ErrMalformed  = errors.New("malformed")
-	ErrOutOfRange = errors.New("out of range")
-	ErrConflict   = errors.New("conflicting settings")
-)
-
-// FieldError names the flag or variable at fault, its value (never a token's)
-// and why.
-type FieldError struct {
-	Name   string // "--mode", "COPILOT_CONNECTION_TOKEN"
-	Value  string // quoted in the message; empty: not shown
-	Kind   error  // one of the Err kinds
-	Reason string
-}
-
-func (e *FieldError) Error() string {
-	if e.Value == "" {
-		return e.Name + ": " + e.Reason
-	}
-	return e.Name + "=" + strconv.Quote(e.Value) + ": " + e.Reason
-}
-
-func (e *FieldError) Unwrap() error { return e.Kind }
-
 var (
 	// pathPattern is a plain absolute path: nothing http.ServeMux would read as
 	// a method, a host or a wildcard.
@@ -236,13 +211,13 @@ func (c Config) Validate() error {
 	c.validateBounds(v)
 	c.validateDurations(v)
 	if _, err := zap.ParseAtomicLevel(c.LogLevel); err != nil {
-		v.bad("--log-level", c.LogLevel, ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
+		v.bad("--log-level", c.LogLevel, field.ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
 	}
 	if c.Policy != "" && c.IdentityKeys == "" {
-		v.bad("--policy", c.Policy, ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")
+		v.bad("--policy", c.Policy, field.ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")
 	}
 	if c.Pool == "" {
-		v.bad("--pool", "", ErrRequired, "required: the pool (Consul service) this instance serves")
+		v.bad("--pool", "", field.ErrRequired, "required: the pool (Consul service) this instance serves")
 	}
 	return errors.Join(v.errs...)
 }
@@ -250,18 +225,18 @@ func (c Config) Validate() error {
 type validator struct{ errs []error }
 
 func (v *validator) bad(name, value string, kind error, reason string) {
-	v.errs = append(v.errs, &FieldError{Name: name, Value: value, Kind: kind, Reason: reason})
+	v.errs = append(v.errs, &field.Error{Name: name, Value: value, Kind: kind, Reason: reason})
 }
 
 func (v *validator) atLeast(name string, n, least int, reason string) {
 	if n < least {
-		v.bad(name, strconv.Itoa(n), ErrOutOfRange, reason)
+		v.bad(name, strconv.Itoa(n), field.ErrOutOfRange, reason)
 	}
 }
 
 func (v *validator) duration(name string, d, least time.Duration, reason string) {
 	if d < least {
-		v.bad(name, d.String(), ErrOutOfRange, reason)
+		v.bad(name, d.String(), field.ErrOutOfRange, reason)
 	}
 }
 
@@ -269,19 +244,19 @@ func (v *validator) duration(name string, d, least time.Duration, reason string)
 func (c Config) validateCLI(v *validator) {
 	switch {
 	case c.CLIAddress == "" && c.CLICommand == "":
-		v.bad("--cli-address/--cli-command", "", ErrRequired, "give one: attach to a running CLI, or run it as a child")
+		v.bad("--cli-address/--cli-command", "", field.ErrRequired, "give one: attach to a running CLI, or run it as a child")
 	case c.CLIAddress != "" && c.CLICommand != "":
-		v.bad("--cli-address/--cli-command", "", ErrConflict, "give only one: attach to a running CLI, or run it as a child")
+		v.bad("--cli-address/--cli-command", "", field.ErrConflict, "give only one: attach to a running CLI, or run it as a child")
 	case c.CLIAddress != "":
 		if !hostPort(c.CLIAddress, false) {
-			v.bad("--cli-address", c.CLIAddress, ErrMalformed, "want host:port, e.g. 127.0.0.1:4321")
+			v.bad("--cli-address", c.CLIAddress, field.ErrMalformed, "want host:port, e.g. 127.0.0.1:4321")
 		}
 		if c.CLIToken == "" {
-			v.bad(TokenEnv, "", ErrRequired, "--cli-address needs the CLI's token in $"+TokenEnv+": the CLI must not run without a token")
+			v.bad(TokenEnv, "", field.ErrRequired, "--cli-address needs the CLI's token in $"+TokenEnv+": the CLI must not run without a token")
 		}
 	}
 	if c.CLIHome != "" && (c.CLICommand == "" || c.Mode == ModeIsolated) {
-		v.bad("--cli-home", c.CLIHome, ErrConflict, "only for the child of --cli-command in shared or collab mode (isolated mode keeps each user's home under --users-root)")
+		v.bad("--cli-home", c.CLIHome, field.ErrConflict, "only for the child of --cli-command in shared or collab mode (isolated mode keeps each user's home under --users-root)")
 	}
 }
 
@@ -307,7 +282,7 @@ func (c Config) validateMode(v *validator) {
 			missing["--policy"] = "shared sessions, their members and the lock are decided per message"
 		}
 		if m := need(missing, "--consul", "--policy"); len(m) > 0 {
-			v.bad("--mode", c.Mode, ErrRequired, "collab needs "+strings.Join(m, " and ")+"; without them nothing would be serialised")
+			v.bad("--mode", c.Mode, field.ErrRequired, "collab needs "+strings.Join(m, " and ")+"; without them nothing would be serialised")
 		}
 	case ModeIsolated:
 		missing := map[string]string{}
@@ -321,29 +296,29 @@ func (c Config) validateMode(v *validator) {
 			missing["--identity-keys"] = "a CLI per verified user"
 		}
 		if m := need(missing, "--cli-command", "--users-root", "--identity-keys"); len(m) > 0 {
-			v.bad("--mode", c.Mode, ErrRequired, "isolated needs "+strings.Join(m, ", "))
+			v.bad("--mode", c.Mode, field.ErrRequired, "isolated needs "+strings.Join(m, ", "))
 		}
 		v.atLeast("--max-users", c.MaxUsers, 1, "isolated: want at least one CLI")
 		if c.UserUIDs != "" {
 			if _, err := ParseUIDRange(c.UserUIDs); err != nil {
-				v.bad("--user-uids", c.UserUIDs, ErrMalformed, err.Error())
+				v.bad("--user-uids", c.UserUIDs, field.ErrMalformed, err.Error())
 			}
 		}
 		if c.UserEnv != "" {
 			for _, name := range strings.Split(c.UserEnv, ",") {
 				if !envName.MatchString(name) {
-					v.bad("--user-env", c.UserEnv, ErrMalformed, fmt.Sprintf("%q is not a variable name (want NAME,NAME without spaces)", name))
+					v.bad("--user-env", c.UserEnv, field.ErrMalformed, fmt.Sprintf("%q is not a variable name (want NAME,NAME without spaces)", name))
 					break
 				}
 			}
 		}
 	default:
-		v.bad("--mode", c.Mode, ErrMalformed, "want shared, collab or isolated")
+		v.bad("--mode", c.Mode, field.ErrMalformed, "want shared, collab or isolated")
 	}
 	if c.Mode != ModeIsolated {
 		for _, f := range []struct{ name, value string }{{"--users-root", c.UsersRoot}, {"--user-secrets", c.UserSecrets}, {"--user-uids", c.UserUIDs}, {"--user-env", c.UserEnv}} {
 			if f.value != "" {
-				v.bad(f.name, f.value, ErrConflict, "only for --mode isolated (here: "+c.Mode+"): it would be ignored")
+				v.bad(f.name, f.value, field.ErrConflict, "only for --mode isolated (here: "+c.Mode+"): it would be ignored")
 			}
 		}
 	}
@@ -354,10 +329,10 @@ func (c Config) validateMode(v *validator) {
 		d := DefaultConfig()
 		why := "no sweeper runs here: it needs --policy and --consul, and isolated mode has none"
 		if c.SessionTTL != d.SessionTTL {
-			v.bad("--session-ttl", c.SessionTTL.String(), ErrConflict, why)
+			v.bad("--session-ttl", c.SessionTTL.String(), field.ErrConflict, why)
 		}
 		if c.SweepInterval != d.SweepInterval && c.SweepInterval != 0 {
-			v.bad("--sweep-interval", c.SweepInterval.String(), ErrConflict, why)
+			v.bad("--sweep-interval", c.SweepInterval.String(), field.ErrConflict, why)
 		}
 	}
 }
@@ -365,21 +340,21 @@ func (c Config) validateMode(v *validator) {
 // validateAddresses: the listeners and the tunnel path.
 func (c Config) validateAddresses(v *validator) {
 	if !hostPort(c.Listen, true) {
-		v.bad("--listen", c.Listen, ErrMalformed, "want host:port with a fixed port (it is registered in Consul), e.g. 127.0.0.1:7001")
+		v.bad("--listen", c.Listen, field.ErrMalformed, "want host:port with a fixed port (it is registered in Consul), e.g. 127.0.0.1:7001")
 	}
 	if !hostPort(c.AdminListen, false) {
-		v.bad("--admin-listen", c.AdminListen, ErrMalformed, "want host:port, e.g. 127.0.0.1:7101")
+		v.bad("--admin-listen", c.AdminListen, field.ErrMalformed, "want host:port, e.g. 127.0.0.1:7101")
 	} else if c.AdminCredentialFile == "" {
 		host, _, _ := net.SplitHostPort(c.AdminListen)
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			v.bad("--admin-listen", c.AdminListen, ErrRequired, "not loopback: give --admin-credential-file, or whoever reaches it can drain the instance")
+			v.bad("--admin-listen", c.AdminListen, field.ErrRequired, "not loopback: give --admin-credential-file, or whoever reaches it can drain the instance")
 		}
 	}
 	if c.AdminListen == c.Listen {
-		v.bad("--admin-listen", c.AdminListen, ErrConflict, "the same address as --listen")
+		v.bad("--admin-listen", c.AdminListen, field.ErrConflict, "the same address as --listen")
 	}
 	if !pathPattern.MatchString(c.Path) {
-		v.bad("--path", c.Path, ErrMalformed, "want an absolute path of letters, digits and ._~/-, e.g. /v1/rpc")
+		v.bad("--path", c.Path, field.ErrMalformed, "want an absolute path of letters, digits and ._~/-, e.g. /v1/rpc")
 	}
 }
 
@@ -396,7 +371,7 @@ func (c Config) validateBounds(v *validator) {
 func (c Config) validateDurations(v *validator) {
 	v.duration("--ping-interval", c.PingInterval, time.Nanosecond, "want a positive duration")
 	if c.PingInterval > 0 && c.CheckTTL <= c.PingInterval {
-		v.bad("--check-ttl", c.CheckTTL.String(), ErrOutOfRange, "want more than --ping-interval ("+c.PingInterval.String()+"), or the check fails between two passing pings")
+		v.bad("--check-ttl", c.CheckTTL.String(), field.ErrOutOfRange, "want more than --ping-interval ("+c.PingInterval.String()+"), or the check fails between two passing pings")
 	}
 	v.duration("--keepalive", c.Keepalive, 0, "negative (want 0 for off, or more)")
 	v.duration("--drain-timeout", c.DrainTimeout, 0, "negative (want 0 to close tunnels at once, or more)")
@@ -405,10 +380,10 @@ func (c Config) validateDurations(v *validator) {
 	v.duration("--policy-watch", c.PolicyWatch, time.Nanosecond, "want a positive duration")
 	v.duration("--user-idle", c.UserIdle, 0, "negative (want 0 or more)")
 	if c.LockTTL < MinLockTTL || c.LockTTL > MaxLockTTL {
-		v.bad("--lock-ttl", c.LockTTL.String(), ErrOutOfRange, "Consul accepts a session TTL of 10s to 24h")
+		v.bad("--lock-ttl", c.LockTTL.String(), field.ErrOutOfRange, "Consul accepts a session TTL of 10s to 24h")
 	}
 	if c.LockDelay < 0 || c.LockDelay > MaxLockDelay {
-		v.bad("--lock-delay", c.LockDelay.String(), ErrOutOfRange, "Consul accepts a lock-delay of 0 to 60s")
+		v.bad("--lock-delay", c.LockDelay.String(), field.ErrOutOfRange, "Consul accepts a lock-delay of 0 to 60s")
 	}
 	v.duration("--lock-wait-max", c.LockWaitMax, 0, "negative (want 0 for no waiting, or more)")
 }

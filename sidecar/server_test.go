@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/climesh/climesh/config/field"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -130,10 +131,10 @@ func TestNewRefuses(t *testing.T) {
 			l.Close()
 		})
 	}
-	var fe *FieldError
+	var fe *field.Error
 	c := serverConfig(t)
 	c.LockTTL = time.Second
 	if _, err := New(t.Context(), c, zap.NewNop(), prometheus.NewRegistry()); !errors.As(err, &fe) {
-		t.Errorf("New with an invalid config = %v; want Validate's FieldError", err)
+		t.Errorf("New with an invalid config = %v; want Validate's field.Error", err)
 	}
 }

@@ -19,43 +19,24 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/connector"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
 func main() {
-	cfg, err := connector.Load(os.Args[1:], os.LookupEnv)
-	if errors.Is(err, flag.ErrHelp) {
-		usage(os.Stderr)
-		os.Exit(0)
-	}
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
-		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintln(os.Stderr, "climesh-connect:", line)
-		}
-		fmt.Fprintln(os.Stderr, "climesh-connect: see climesh-connect -h")
-		os.Exit(2)
-	}
-	if err := run(cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "climesh-connect:", err)
-		os.Exit(1)
-	}
+	field.Main("climesh-connect", func() (connector.Config, error) { return connector.Load(os.Args[1:], os.LookupEnv) }, usage, run)
 }
 
 func usage(w io.Writer) {

@@ -14,41 +14,21 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/sidecar"
 )
 
 func main() {
-	cfg, err := sidecar.Load(os.Args[1:], os.LookupEnv)
-	if errors.Is(err, flag.ErrHelp) {
-		usage(os.Stderr)
-		os.Exit(0)
-	}
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
-		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintln(os.Stderr, "climesh-sidecar:", line)
-		}
-		fmt.Fprintln(os.Stderr, "climesh-sidecar: see climesh-sidecar -h")
-		os.Exit(2)
-	}
-	if err := run(cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "climesh-sidecar:", err)
-		os.Exit(1)
-	}
+	field.Main("climesh-sidecar", func() (sidecar.Config, error) { return sidecar.Load(os.Args[1:], os.LookupEnv) }, usage, run)
 }
 
 func usage(w io.Writer) {
