@@ -15,6 +15,8 @@ import (
 
 	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/session/jsonrpc"
+
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // The modes a sidecar runs in (--mode).
@@ -91,7 +93,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen: "127.0.0.1:7001", AdminListen: "127.0.0.1:7101", Path: "/v1/rpc", Pool: "copilot",
-		Mode: ModeShared, Capacity: 50, MaxPending: DefaultBounds.Pending, MaxTunnelSessions: DefaultBounds.Sessions,
+		Mode: ModeShared, Capacity: 50, MaxPending: datapath.DefaultBounds.Pending, MaxTunnelSessions: datapath.DefaultBounds.Sessions,
 		MaxTunnelsPerUser: 32, MaxFrameBytes: jsonrpc.DefaultLimits.MaxFrameBytes,
 		PingInterval: 2 * time.Second, CheckTTL: 6 * time.Second, Keepalive: 30 * time.Second, DrainTimeout: 2 * time.Minute,
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/climesh/climesh/sidecar/datapath"
 	"go.uber.org/zap"
 )
 
@@ -170,15 +171,15 @@ func (p *UserPool) Prepare() error {
 
 // Acquire returns a dialer for the CLI of user of tenant, starting it if needed,
 // and a release to call when the tunnel ends.
-func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (CLIDialer, func(), error) {
+func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (datapath.CLIDialer, func(), error) {
 	if err := checkName("tenant", tenant); err != nil {
-		return CLIDialer{}, nil, err
+		return datapath.CLIDialer{}, nil, err
 	}
 	if err := checkName("user", user); err != nil {
-		return CLIDialer{}, nil, err
+		return datapath.CLIDialer{}, nil, err
 	}
 	if err := p.Prepare(); err != nil {
-		return CLIDialer{}, nil, err
+		return datapath.CLIDialer{}, nil, err
 	}
 	key := tenant + "/" + user // neither name holds a "/"
 	p.mu.Lock()
@@ -197,7 +198,7 @@ func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (CLIDialer,
 	if u == nil {
 		if err := p.makeRoomLocked(); err != nil {
 			p.mu.Unlock()
-			return CLIDialer{}, nil, err
+			return datapath.CLIDialer{}, nil, err
 		}
 		u = &userCLI{tenant: tenant, user: user, starting: make(chan struct{})}
 		p.users[key] = u
@@ -211,7 +212,7 @@ func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (CLIDialer,
 	case <-u.starting:
 	case <-ctx.Done():
 		p.release(u)
-		return CLIDialer{}, nil, ctx.Err()
+		return datapath.CLIDialer{}, nil, ctx.Err()
 	}
 	if u.err != nil {
 		p.release(u)
@@ -220,10 +221,10 @@ func (p *UserPool) Acquire(ctx context.Context, tenant, user string) (CLIDialer,
 			delete(p.users, key)
 		}
 		p.mu.Unlock()
-		return CLIDialer{}, nil, u.err
+		return datapath.CLIDialer{}, nil, u.err
 	}
 	var once sync.Once
-	return CLIDialer{Addr: u.child.Addr, Token: u.child.Token}, func() { once.Do(func() { p.release(u) }) }, nil
+	return datapath.CLIDialer{Addr: u.child.Addr, Token: u.child.Token}, func() { once.Do(func() { p.release(u) }) }, nil
 }
 
 func (p *UserPool) release(u *userCLI) {

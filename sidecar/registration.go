@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/protocol"
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // Registration keeps this instance in Consul: service = pool, address and port =
@@ -25,7 +26,7 @@ type Registration struct {
 	Meta       map[string]string
 	TTL        time.Duration // the check turns critical if not refreshed within this
 	Interval   time.Duration // how often the CLI is pinged
-	CLI        CLIDialer
+	CLI        datapath.CLIDialer
 	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
 	Probe func(context.Context) error
 	// Load, when set, is appended to the check's output: the instance's load as
@@ -45,7 +46,7 @@ func (r *Registration) SetCLI(addr, token string) {
 	r.changed = true
 }
 
-func (r *Registration) cli() (CLIDialer, bool) {
+func (r *Registration) cli() (datapath.CLIDialer, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	changed := r.changed
@@ -94,7 +95,7 @@ func (r *Registration) SetDraining() error {
 // until ctx ends. The ping uses one long-lived authenticated connection, redialled
 // when it breaks.
 func (r *Registration) Run(ctx context.Context) {
-	var conn *CLIConn
+	var conn *datapath.CLIConn
 	defer func() {
 		if conn != nil {
 			conn.Close()
@@ -133,7 +134,7 @@ func (r *Registration) Run(ctx context.Context) {
 	}
 }
 
-func (r *Registration) ping(ctx context.Context, conn **CLIConn) error {
+func (r *Registration) ping(ctx context.Context, conn **datapath.CLIConn) error {
 	dialer, changed := r.cli()
 	if changed && *conn != nil {
 		(*conn).Close()

@@ -1,3 +1,9 @@
+// Package sidecar runs beside one Copilot CLI instance: it starts and supervises
+// the CLI (or per-user CLIs, in isolated mode), registers the instance in Consul
+// with a check that follows the CLI's ping, sweeps idle sessions, serves the admin
+// listener, and drains on SIGTERM. The tunnels themselves — every frame, every
+// decision — are package datapath's; this package builds it from the one typed
+// Config (config.go) and runs it (server.go).
 package sidecar
 
 import (
@@ -24,6 +30,8 @@ import (
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
+
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // Version is reported in the Consul meta.
@@ -35,9 +43,10 @@ const Version = "0.1.0"
 type Server struct {
 	cfg   Config
 	log   *zap.Logger
-	Relay *Relay
+	Relay *datapath.Relay
 
-	child        *Child // nil: an attached CLI, or isolated mode
+	child        *Child    // nil: an attached CLI, or isolated mode
+	users        *UserPool // isolated mode only
 	cliHome      string
 	registration *Registration // nil without --consul
 	sweeper      *Sweeper      // nil unless cfg.Sweeps()
@@ -65,7 +74,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		}
 	}()
 	limits := jsonrpc.Limits{MaxHeaderBytes: jsonrpc.DefaultLimits.MaxHeaderBytes, MaxFrameBytes: cfg.MaxFrameBytes}
-	cli := CLIDialer{Addr: cfg.CLIAddress, Token: cfg.CLIToken, Limits: limits}
+	cli := datapath.CLIDialer{Addr: cfg.CLIAddress, Token: cfg.CLIToken, Limits: limits}
 	if cfg.CLICommand != "" && cfg.Mode != ModeIsolated {
 		home := cfg.CLIHome
 		if home == "" {
@@ -80,17 +89,18 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		s.cliHome = home
 	}
 
-	rl := NewRelay(log, cli, limits, reg)
+	rl := datapath.NewRelay(log, cli, limits, reg)
 	s.Relay = rl
 	rl.Keepalive = cfg.Keepalive
 	rl.SetCapacity(cfg.Capacity)
 	if cfg.Mode == ModeIsolated {
-		if rl.Users, err = cfg.userPool(log.Named("users")); err != nil {
+		if s.users, err = cfg.userPool(log.Named("users")); err != nil {
 			return nil, err
 		}
+		rl.Users = s.users
 	}
 	rl.Instance, rl.Pool, rl.Mode, rl.RecordTTL, rl.LockWaitMax = cfg.Instance(), cfg.Pool, cfg.Mode, 2*time.Second, cfg.LockWaitMax
-	rl.Bounds = Bounds{Pending: cfg.MaxPending, Sessions: cfg.MaxTunnelSessions}
+	rl.Bounds = datapath.Bounds{Pending: cfg.MaxPending, Sessions: cfg.MaxTunnelSessions}
 	rl.MaxTunnelsPerUser = cfg.MaxTunnelsPerUser
 	if cfg.IdentityKeys != "" {
 		if rl.Keys, err = identity.LoadKeys(cfg.IdentityKeys); err != nil {
@@ -167,7 +177,7 @@ func (c Config) userPool(log *zap.Logger) (*UserPool, error) {
 // consul wires what lives in Consul: the shared session registry (with a
 // policy), the collab turn lock, the pool's sweeper and POST /sweep, and the
 // instance's registration.
-func (s *Server) consul(admin *http.ServeMux, adminCred string, cli CLIDialer, reg prometheus.Registerer) error {
+func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLIDialer, reg prometheus.Registerer) error {
 	cfg, rl := s.cfg, s.Relay
 	ccfg := api.DefaultConfig() // honours CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...
 	ccfg.Address = cfg.Consul
@@ -252,8 +262,8 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx) // ends the watchers if Run returns early
 	defer cancel()
 	defer s.adminSrv.Close()
-	if rl.Users != nil {
-		go rl.Users.Run(ctx)
+	if s.users != nil {
+		go s.users.Run(ctx)
 	}
 	if rl.Engine != nil {
 		go rl.Engine.Watch(ctx, cfg.PolicyWatch)

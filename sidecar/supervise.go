@@ -5,20 +5,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/sidecar/datapath"
 )
-
-// SetCLI points new tunnels (and the health ping) at a CLI, after a restart.
-func (rl *Relay) SetCLI(addr, token string) {
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
-	rl.CLI.Addr, rl.CLI.Token = addr, token
-}
-
-func (rl *Relay) cliDialer() CLIDialer {
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
-	return rl.CLI
-}
 
 // Supervisor keeps a child CLI running: when it dies, the instance's check turns
 // critical at once (it leaves routing without waiting for the TTL), tunnels on the
@@ -27,7 +16,7 @@ func (rl *Relay) cliDialer() CLIDialer {
 // answers ping.
 type Supervisor struct {
 	Command, Home string
-	Relay         *Relay
+	Relay         *datapath.Relay
 	Registration  *Registration // may be nil
 	Log           *zap.Logger
 	OnRestart     func()
@@ -36,7 +25,7 @@ type Supervisor struct {
 }
 
 // NewSupervisor adopts a running child.
-func NewSupervisor(c *Child, command, home string, rl *Relay, reg *Registration, log *zap.Logger) *Supervisor {
+func NewSupervisor(c *Child, command, home string, rl *datapath.Relay, reg *Registration, log *zap.Logger) *Supervisor {
 	return &Supervisor{Command: command, Home: home, Relay: rl, Registration: reg, Log: log, child: c}
 }
 

@@ -11,6 +11,8 @@ import (
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
+
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // Sweeper deletes sessions idle longer than a TTL, once, fleet-wide: only the
@@ -20,7 +22,7 @@ import (
 type Sweeper struct {
 	Registry registry.Registry
 	Locker   *lock.Locker
-	Relay    *Relay // its CLI does the deleting
+	Relay    *datapath.Relay // its CLI does the deleting
 	Pool     string
 	Instance string
 	Log      *zap.Logger
@@ -43,7 +45,7 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var cli *CLIConn
+	var cli *datapath.CLIConn
 	defer func() {
 		if cli != nil {
 			cli.Close()
@@ -55,7 +57,7 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 			continue
 		}
 		if cli == nil {
-			if cli, err = s.Relay.cliDialer().Dial(ctx); err != nil {
+			if cli, err = s.Relay.Dialer().Dial(ctx); err != nil {
 				return n, err
 			}
 		}
@@ -77,9 +79,9 @@ func (s *Sweeper) Sweep(ctx context.Context, ttl time.Duration) (int, error) {
 
 // deleteSession sends session.delete on a CLI connection; a session the CLI does
 // not know is gone already.
-func deleteSession(cli *CLIConn, id string) error {
+func deleteSession(cli *datapath.CLIConn, id string) error {
 	_, err := cli.Call(protocol.MethodSessionDelete, map[string]string{"sessionId": id}, 10*time.Second)
-	var ce *CallError
+	var ce *datapath.CallError
 	if errors.As(err, &ce) && strings.Contains(strings.ToLower(ce.Message), "not found") {
 		return nil
 	}

@@ -34,7 +34,7 @@ import (
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/registry"
-	"github.com/climesh/climesh/sidecar"
+	"github.com/climesh/climesh/sidecar/datapath"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -115,7 +115,7 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 func guardLatencies(ctx context.Context, e *policy.Engine, n int) (cached, cold []time.Duration) {
 	reg := &registry.Memory{}
 	const users = 50
-	guards := make([]*sidecar.PolicyPath, users)
+	guards := make([]*datapath.PolicyPath, users)
 	seen := make([]map[string]bool, users)
 	for u := range users {
 		reg.Create(ctx, &registry.Record{ID: fmt.Sprintf("s-%d", u), Owner: fmt.Sprintf("u-%d", u), Tenant: "acme", Members: []string{}})
@@ -188,8 +188,8 @@ func createLatencies(ctx context.Context, e *policy.Engine, n int) []time.Durati
 }
 
 // newGuard is a tunnel's policy path (the guard and its call table) for user u.
-func newGuard(e *policy.Engine, reg registry.Registry, u int) *sidecar.PolicyPath {
-	return &sidecar.PolicyPath{Guard: &sidecar.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
+func newGuard(e *policy.Engine, reg registry.Registry, u int) *datapath.PolicyPath {
+	return &datapath.PolicyPath{Guard: &datapath.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
 		Pool: "copilot", Mode: "shared", Log: zap.NewNop(), RecordTTL: time.Hour}}
 }
 

@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/climesh/climesh/protocol"
 )
 
 // The one reading of a frame.
@@ -52,6 +54,9 @@ type Message struct {
 	// Raw is the body to forward. From a client (Parse), the canonical
 	// re-encoding of the fields above; from a trusted peer (ParseTrusted), the bytes
 	// as read, which were validated to mean the fields above.
+	//
+	// ID, Params, Result and Error share Raw's memory where they hold the same
+	// bytes (from ParseTrusted, the body's: do not change a body once read).
 	Raw []byte
 }
 
@@ -65,16 +70,49 @@ func (m Message) Failed() bool { return len(m.Error) > 0 }
 // numbers are doubles).
 const MaxSafeInteger = 1<<53 - 1
 
-var decoders = sync.Pool{New: func() any { return new(jsontext.Decoder) }}
+// A reader holds what one reading needs, pooled since every frame is read: the
+// frame's decoder, a second one for the top-level members of params, and their
+// fold keys. It serves one goroutine at a time, from readers.Get to put.
+type reader struct {
+	frame, params jsontext.Decoder
+	// What the decoders read. From a bytes.Buffer, jsontext reads the bytes in
+	// place, without copying them into a buffer of its own: the values it returns
+	// are slices of the body, valid for the whole reading.
+	frameIn, paramsIn bytes.Buffer
+	folds             folds
+}
+
+var readers = sync.Pool{New: func() any { return new(reader) }}
+
+// put returns r to the pool, keeping no reference to the bytes it read.
+func (r *reader) put() {
+	r.frameIn, r.paramsIn = bytes.Buffer{}, bytes.Buffer{}
+	r.frame.Reset(&r.frameIn)
+	r.params.Reset(&r.paramsIn)
+	r.folds.reset()
+	readers.Put(r)
+}
+
+// The decoders' options, boxed once rather than on every reading.
+var (
+	clientOptions  = []jsontext.Options{jsontext.AllowDuplicateNames(false), jsontext.AllowInvalidUTF8(false)}
+	trustedOptions = []jsontext.Options{jsontext.AllowDuplicateNames(false), jsontext.AllowInvalidUTF8(true)}
+	// params were validated already, by the frame's decoder or IsValid.
+	paramsOptions = []jsontext.Options{jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)}
+)
 
 // Parse reads a client's frame strictly (see the package comment on the one
 // reading) and sets Raw to its canonical re-encoding.
 func Parse(body []byte) (Message, error) {
-	m, err := parse(body, false)
+	r := readers.Get().(*reader)
+	defer r.put()
+	m, err := r.parse(body, false)
 	if err != nil {
 		return Message{}, err
 	}
-	m.Raw = m.encode()
+	// m's values are slices of body, which the caller may reuse: move them into
+	// Raw, so that what was checked is what is kept and forwarded.
+	m.encode(true)
 	return m, nil
 }
 
@@ -83,7 +121,9 @@ func Parse(body []byte) (Message, error) {
 // string contents, which may hold invalid UTF-8 (JSON.stringify writes lone
 // surrogates as escapes); Raw is the body as read.
 func ParseTrusted(body []byte) (Message, error) {
-	m, err := parse(body, true)
+	r := readers.Get().(*reader)
+	defer r.put()
+	m, err := r.parse(body, true)
 	if err != nil {
 		return Message{}, err
 	}
@@ -95,10 +135,14 @@ func bad(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrNotJSONRPC, fmt.Sprintf(format, args...))
 }
 
-func parse(body []byte, lenientUTF8 bool) (Message, error) {
-	d := decoders.Get().(*jsontext.Decoder)
-	defer func() { d.Reset(bytes.NewReader(nil)); decoders.Put(d) }()
-	d.Reset(bytes.NewReader(body), jsontext.AllowDuplicateNames(false), jsontext.AllowInvalidUTF8(lenientUTF8))
+// parse reads body; the values of the Message it returns are slices of body.
+func (r *reader) parse(body []byte, lenientUTF8 bool) (Message, error) {
+	d, opts := &r.frame, clientOptions
+	if lenientUTF8 {
+		opts = trustedOptions
+	}
+	r.frameIn = *bytes.NewBuffer(body)
+	d.Reset(&r.frameIn, opts...)
 	tok, err := d.ReadToken()
 	if err != nil {
 		return Message{}, bad("%v", err)
@@ -118,13 +162,16 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 		if err != nil {
 			return Message{}, bad("%v", err)
 		}
+		// name stays on the stack, not copied to the heap for each member, as
+		// long as it does not escape: the error below takes a copy.
 		name := nameTok.String()
 		switch name {
 		case "jsonrpc":
-			if version, err = readString(d, "jsonrpc"); err != nil {
+			t, err := readString(d, "jsonrpc")
+			if err != nil {
 				return Message{}, err
 			}
-			hasVersion = true
+			version, hasVersion = intern(t.String()), true
 		case "id":
 			v, err := d.ReadValue()
 			if err != nil {
@@ -139,10 +186,11 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 				return Message{}, err
 			}
 		case "method":
-			if m.Method, err = readString(d, "method"); err != nil {
+			t, err := readString(d, "method")
+			if err != nil {
 				return Message{}, err
 			}
-			hasMethod = true
+			m.Method, hasMethod = intern(t.String()), true
 		case "params":
 			v, err := d.ReadValue()
 			if err != nil {
@@ -151,18 +199,16 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 			if v.Kind() != '{' {
 				return Message{}, bad("params: want an object")
 			}
-			if m.SessionID, err = readParams(v, !lenientUTF8); err != nil {
+			if m.SessionID, err = r.readParams(v, !lenientUTF8); err != nil {
 				return Message{}, err
 			}
-			// Values read alias the decoder's buffer, which later reads (and the
-			// next Parse, the decoder being pooled) overwrite: keep copies.
-			m.Params, hasParams = v.Clone(), true
+			m.Params, hasParams = v, true
 		case "result":
 			v, err := d.ReadValue()
 			if err != nil {
 				return Message{}, bad("%v", err)
 			}
-			m.Result, hasResult = v.Clone(), true
+			m.Result, hasResult = v, true
 		case "error":
 			v, err := d.ReadValue()
 			if err != nil {
@@ -171,9 +217,9 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 			if v.Kind() != '{' {
 				return Message{}, bad("error: want an object")
 			}
-			m.Error, hasError = v.Clone(), true
+			m.Error, hasError = v, true
 		default:
-			return Message{}, bad("unknown member %q", truncate(name))
+			return Message{}, bad("unknown member %q", truncate(strings.Clone(name)))
 		}
 	}
 	if _, err := d.ReadToken(); err != nil { // '}'
@@ -210,24 +256,48 @@ func parse(body []byte, lenientUTF8 bool) (Message, error) {
 	return m, nil
 }
 
-// readString reads the value of member field, which must be a string.
-func readString(d *jsontext.Decoder, field string) (string, error) {
+// readString reads the value of member field, which must be a string; the
+// token is valid until the next read.
+func readString(d *jsontext.Decoder, field string) (jsontext.Token, error) {
 	t, err := d.ReadToken()
 	if err != nil {
-		return "", bad("%v", err)
+		return jsontext.Token{}, bad("%v", err)
 	}
 	if t.Kind() != '"' {
-		return "", bad("%s: want a string", field)
+		return jsontext.Token{}, bad("%s: want a string", field)
 	}
-	return t.String(), nil
+	return t, nil
+}
+
+// intern is a copy of s, or the constant equal to it for the strings most frames
+// carry (the version, the frequent methods), which are then not copied each time.
+func intern(s string) string {
+	switch s {
+	case "2.0":
+		return "2.0"
+	case protocol.MethodSessionEvent:
+		return protocol.MethodSessionEvent
+	case protocol.MethodSessionSend:
+		return protocol.MethodSessionSend
+	case protocol.MethodPing:
+		return protocol.MethodPing
+	}
+	return strings.Clone(s)
 }
 
 // canonicalID checks an id's type and returns its canonical encoding: a string
 // re-quoted, or an integer within ±2^53 written as plain digits. Fractions and
-// exponents are refused: 1, 1.0 and 1e0 would be one id to JavaScript.
+// exponents are refused: 1, 1.0 and 1e0 would be one id to JavaScript. An id
+// already canonical (most are) is returned as it is, v itself.
 func canonicalID(v jsontext.Value) (jsontext.Value, error) {
 	switch v.Kind() {
 	case '"':
+		// Without escapes, and in valid UTF-8, the contents are the string, and
+		// quoting them again changes nothing: no character in them needs escaping
+		// (quotes and control characters are escaped in valid JSON).
+		if bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
+			return v, nil
+		}
 		s, err := jsontext.AppendUnquote(nil, v)
 		if err != nil {
 			return nil, bad("id: %v", err)
@@ -242,7 +312,12 @@ func canonicalID(v jsontext.Value) (jsontext.Value, error) {
 		if err != nil || n > MaxSafeInteger || n < -MaxSafeInteger {
 			return nil, bad("id: want a string or an integer within ±2^53, got %s", truncate(string(v)))
 		}
-		return strconv.AppendInt(nil, n, 10), nil
+		// JSON writes an integer as its plain digits already, but for -0.
+		var digits [20]byte
+		if c := strconv.AppendInt(digits[:0], n, 10); !bytes.Equal(c, v) {
+			return bytes.Clone(c), nil
+		}
+		return v, nil
 	}
 	return nil, bad("id: want a string or an integer, got %s", v.Kind())
 }
@@ -252,27 +327,30 @@ func canonicalID(v jsontext.Value) (jsontext.Value, error) {
 // Unicode case folding (sessionId beside SessionId, or "ſessionId" alone, which
 // folds to sessionId). Reading a client's frame (strict), it also refuses an
 // empty sessionId: the CLI reads "" as a sessionId given, the sidecar as none.
-func readParams(v jsontext.Value, strict bool) (string, error) {
-	d := jsontext.NewDecoder(bytes.NewReader(v), jsontext.AllowInvalidUTF8(true))
+// v is a valid object.
+func (r *reader) readParams(v jsontext.Value, strict bool) (string, error) {
+	d := &r.params
+	r.paramsIn = *bytes.NewBuffer(v)
+	d.Reset(&r.paramsIn, paramsOptions...)
+	r.folds.reset()
 	d.ReadToken() // '{' (validated already)
 	var sessionID string
-	seen := map[string]string{}
 	for d.PeekKind() != '}' {
 		nameTok, err := d.ReadToken()
 		if err != nil {
 			return "", bad("params: %v", err)
 		}
-		name := nameTok.String()
-		key := foldKey(name)
-		if other, ok := seen[key]; ok {
-			return "", bad("params: members %q and %q differ only in case", truncate(other), truncate(name))
+		name := nameTok.String() // on the stack, as in parse: errors take copies
+		key, other, clash := r.folds.add(name)
+		if clash {
+			return "", bad("params: members %q and %q differ only in case", truncate(other), truncate(strings.Clone(name)))
 		}
-		seen[key] = name
-		if key == sessionIDFold && name != "sessionId" {
-			return "", bad("params: member %q is not sessionId", truncate(name))
+		if string(key) == sessionIDFold && name != "sessionId" {
+			return "", bad("params: member %q is not sessionId", truncate(strings.Clone(name)))
 		}
 		if name != "sessionId" {
-			if err := d.SkipValue(); err != nil {
+			// A value at once, not token by token as SkipValue would.
+			if _, err := d.ReadValue(); err != nil {
 				return "", bad("params: %v", err)
 			}
 			continue
@@ -292,11 +370,12 @@ func readParams(v jsontext.Value, strict bool) (string, error) {
 	return sessionID, nil
 }
 
-var sessionIDFold = foldKey("sessionId")
+var sessionIDFold = string(appendFoldKey(nil, "sessionId"))
 
-// foldKey maps every rune to the smallest rune of its Unicode case-folding orbit,
-// so that two names equal under strings.EqualFold have one key.
-func foldKey(s string) string {
+// appendFoldKey appends s with every rune mapped to the smallest rune of its
+// Unicode case-folding orbit, so that two names equal under strings.EqualFold
+// have one key.
+func appendFoldKey(dst []byte, s string) []byte {
 	ascii := true
 	for i := 0; i < len(s); i++ {
 		if s[i] >= utf8.RuneSelf {
@@ -304,30 +383,112 @@ func foldKey(s string) string {
 			break
 		}
 	}
-	if ascii {
-		return strings.ToLower(s)
+	if ascii { // strings.ToLower
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			dst = append(dst, c)
+		}
+		return dst
 	}
-	var b strings.Builder
 	for _, r := range s {
 		low := r
 		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
 			low = min(low, f)
 		}
-		b.WriteRune(unicode.ToLower(low))
+		dst = utf8.AppendRune(dst, unicode.ToLower(low))
 	}
-	return b.String()
+	return dst
 }
 
-// encode is the canonical body of a parsed message.
-func (m Message) encode() []byte {
-	out := make([]byte, 0, 64+len(m.Method)+len(m.Params)+len(m.Result)+len(m.Error))
+// folds finds two member names with one fold key. It keeps each name and its key
+// back to back in one buffer, reused from reading to reading, and searches the
+// keys in turn, as params hold a handful of members; past maxLinearFolds
+// members it indexes them in a map, so that an object of very many members
+// costs linear time, not quadratic.
+type folds struct {
+	buf   []byte
+	spans []foldSpan     // per member: its name is buf[start:mid], its key buf[mid:end]
+	index map[string]int // key → member, past maxLinearFolds members
+}
+
+type foldSpan struct{ start, mid, end int }
+
+const maxLinearFolds = 32
+
+func (f *folds) reset() {
+	f.buf, f.spans, f.index = f.buf[:0], f.spans[:0], nil
+	if cap(f.buf) > 16<<10 || cap(f.spans) > 1<<10 { // a pooled reader does not pin a large object's names
+		f.buf, f.spans = nil, nil
+	}
+}
+
+// add records a member's name. It returns the name's key (valid until the next
+// add) and, if an earlier member has the same key, that member's name.
+func (f *folds) add(name string) (key []byte, other string, clash bool) {
+	s := foldSpan{start: len(f.buf)}
+	f.buf = append(f.buf, name...)
+	s.mid = len(f.buf)
+	f.buf = appendFoldKey(f.buf, name)
+	s.end = len(f.buf)
+	key = f.buf[s.mid:s.end]
+	if f.index == nil && len(f.spans) == maxLinearFolds {
+		f.index = make(map[string]int, 2*maxLinearFolds)
+		for i, e := range f.spans {
+			f.index[string(f.buf[e.mid:e.end])] = i
+		}
+	}
+	match := -1
+	if f.index != nil {
+		if i, ok := f.index[string(key)]; ok {
+			match = i
+		} else {
+			f.index[string(key)] = len(f.spans)
+		}
+	} else {
+		for i, e := range f.spans {
+			if bytes.Equal(f.buf[e.mid:e.end], key) {
+				match = i
+				break
+			}
+		}
+	}
+	if match >= 0 {
+		e := f.spans[match]
+		return key, string(f.buf[e.start:e.mid]), true
+	}
+	f.spans = append(f.spans, s)
+	return key, "", false
+}
+
+// A span is where a value is in an encoding.
+type span struct{ start, end int }
+
+// encode sets Raw to the canonical body of a parsed message. With own, the
+// values are then Raw's own bytes, a slice of it where the bytes are the same
+// (as they are unless the value held whitespace), a copy otherwise.
+func (m *Message) encode(own bool) {
+	out := make([]byte, 0, 64+len(m.ID)+len(m.Method)+len(m.Params)+len(m.Result)+len(m.Error))
+	var id, params, result, errv span
+	appendValue := func(v jsontext.Value, compact bool) span {
+		s := span{start: len(out)}
+		if compact {
+			out = appendCompact(out, v)
+		} else {
+			out = append(out, v...)
+		}
+		s.end = len(out)
+		return s
+	}
 	out = append(out, `{"jsonrpc":"2.0"`...)
 	if m.Kind == Request || m.Kind == Response {
 		out = append(out, `,"id":`...)
 		if m.ID == nil {
 			out = append(out, "null"...)
 		} else {
-			out = append(out, m.ID...)
+			id = appendValue(m.ID, false)
 		}
 	}
 	if m.Kind == Request || m.Kind == Notification {
@@ -335,27 +496,67 @@ func (m Message) encode() []byte {
 		out, _ = jsontext.AppendQuote(out, m.Method)
 		if m.Params != nil {
 			out = append(out, `,"params":`...)
-			out = appendCompact(out, m.Params)
+			params = appendValue(m.Params, true)
 		}
 	}
 	if m.Kind == Response {
 		if m.Error != nil {
 			out = append(out, `,"error":`...)
-			out = appendCompact(out, m.Error)
+			errv = appendValue(m.Error, true)
 		} else {
 			out = append(out, `,"result":`...)
-			out = appendCompact(out, m.Result)
+			result = appendValue(m.Result, true)
 		}
 	}
-	return append(out, '}')
+	out = append(out, '}')
+	m.Raw = out
+	if own {
+		m.ID, m.Params = owned(out, id, m.ID), owned(out, params, m.Params)
+		m.Result, m.Error = owned(out, result, m.Result), owned(out, errv, m.Error)
+	}
 }
 
+// owned is v as bytes of raw: raw at s if it holds v's bytes (capped, so that an
+// append to the value cannot write over raw), else a copy.
+func owned(raw []byte, s span, v jsontext.Value) jsontext.Value {
+	if v == nil {
+		return nil
+	}
+	if b := raw[s.start:s.end:s.end]; bytes.Equal(b, v) {
+		return b
+	}
+	return v.Clone()
+}
+
+// appendCompact appends v without whitespace. Most values are sent compact
+// already: those are copied as they are, without Compact's re-encoding.
 func appendCompact(out []byte, v jsontext.Value) []byte {
+	if isCompact(v) {
+		return append(out, v...)
+	}
 	c := v.Clone()
 	if err := c.Compact(); err != nil {
 		return append(out, v...) // validated already; cannot happen
 	}
 	return append(out, c...)
+}
+
+// isCompact reports whether the valid JSON value v is as Compact would leave it:
+// no whitespace outside its strings (Compact keeps strings and numbers as they
+// are written).
+func isCompact(v []byte) bool {
+	inString := false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case inString && c == '\\':
+			i++ // the escaped character, which may be a quote
+		case c == '"':
+			inString = !inString
+		case !inString && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			return false
+		}
+	}
+	return true
 }
 
 // WithParams is m with new params (an object the caller built from m.Params),
@@ -366,19 +567,21 @@ func (m Message) WithParams(params jsontext.Value) (Message, error) {
 	if params.Kind() != '{' || !params.IsValid() {
 		return Message{}, bad("params: want one valid JSON object")
 	}
-	sid, err := readParams(params, true)
+	r := readers.Get().(*reader)
+	defer r.put()
+	sid, err := r.readParams(params, true)
 	if err != nil {
 		return Message{}, err
 	}
 	m.Params, m.SessionID = params, sid
-	m.Raw = m.encode()
+	m.encode(false)
 	return m, nil
 }
 
 // WithID is a response m answering id instead (a client's id restored).
 func (m Message) WithID(id jsontext.Value) Message {
 	m.ID = id
-	m.Raw = m.encode()
+	m.encode(false)
 	return m
 }
 

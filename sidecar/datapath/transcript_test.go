@@ -1,4 +1,4 @@
-package sidecar
+package datapath
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ import (
 // relay dials, which answers the sidecar's own connect and otherwise sends only
 // what the script says). <name>.golden is each step followed by the frames that
 // came out to each side. testdata/transcripts/README.md describes the format;
-// go test ./sidecar -run TestTranscripts -update rewrites the goldens.
+// go test ./sidecar/datapath -run TestTranscripts -update rewrites the goldens.
 
 var updateTranscripts = flag.Bool("update", false, "rewrite sidecar/testdata/transcripts/*.golden from today's behaviour")
 
@@ -71,10 +71,10 @@ func TestTranscripts(t *testing.T) {
 			}
 			exp, err := os.ReadFile(golden)
 			if err != nil {
-				t.Fatalf("%v (run go test ./sidecar -run TestTranscripts -update)", err)
+				t.Fatalf("%v (run go test ./sidecar/datapath -run TestTranscripts -update)", err)
 			}
 			if string(exp) != got {
-				t.Errorf("%s differs from today's frames (review the diff, then go test ./sidecar -run TestTranscripts -update):\n%s",
+				t.Errorf("%s differs from today's frames (review the diff, then go test ./sidecar/datapath -run TestTranscripts -update):\n%s",
 					golden, unifiedDiff(golden, "got", string(exp), got))
 			}
 		})
@@ -122,7 +122,7 @@ func runTranscript(t *testing.T, tr *transcript, engine *policy.Engine) string {
 	var out strings.Builder
 	fmt.Fprintf(&out, "%s\n# Golden of %s.transcript: after each step, what the scripted CLI received (→ cli) and what\n"+
 		"# reached the client (→ client), each side in order of arrival (sorted where the step awaits\n"+
-		"# frames written concurrently). Regenerate: go test ./sidecar -run TestTranscripts -update\n",
+		"# frames written concurrently). Regenerate: go test ./sidecar/datapath -run TestTranscripts -update\n",
 		cmp.Or(tr.title, "# "+tr.name), tr.name)
 	for _, st := range tr.steps {
 		o := r.step(st)

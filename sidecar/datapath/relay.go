@@ -1,10 +1,14 @@
-// Package sidecar is the server side of climesh: one per CLI instance. It
-// terminates tunnels, dials the local CLI once per tunnel, authenticates to it with
-// the CLI's connection token (which clients never learn), and relays JSON-RPC both
-// ways — requests, responses, events and the CLI's own requests to the client.
-package sidecar
+// Package datapath is the sidecar's tunnel data path: it terminates tunnels,
+// dials the local CLI once per tunnel, authenticates to it with the CLI's
+// connection token (which clients never learn), and takes every frame, read once,
+// through a pipeline of stages (pipeline.go) — local answers, policy, capacity,
+// the collab lock, turns and metrics — each way. What keeps the instance alive
+// around it (the CLI child, Consul registration, the sweeper, isolated mode's
+// per-user CLIs, the drain sequence) is package sidecar's.
+package datapath
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"net/http"
@@ -45,7 +49,7 @@ type Relay struct {
 	RecordTTL time.Duration
 	// Users, in isolated mode, runs one CLI per caller; CLI is then only a
 	// template for its limits.
-	Users *UserPool
+	Users UserCLIs
 	// Locker serialises turns on collab sessions; LockWaitMax caps what a caller
 	// may ask for in x-climesh-lock-wait.
 	Locker      *lock.Locker
@@ -177,7 +181,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("tenant", caller.Tenant), zap.String("user", caller.User))
 	ctx := r.Context()
 
-	dialer := rl.cliDialer()
+	dialer := rl.Dialer()
 	if rl.Users != nil {
 		d, release, err := rl.Users.Acquire(ctx, caller.Tenant, caller.User)
 		if err != nil {
@@ -276,3 +280,24 @@ func (rl *Relay) Load() string {
 
 // CLIRestarted counts a child CLI restart.
 func (rl *Relay) CLIRestarted() { rl.metrics.restarts.Inc() }
+
+// SetCLI points new tunnels at a CLI, after a restart.
+func (rl *Relay) SetCLI(addr, token string) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	rl.CLI.Addr, rl.CLI.Token = addr, token
+}
+
+// Dialer reaches the CLI new tunnels use (the sweeper deletes through it).
+func (rl *Relay) Dialer() CLIDialer {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	return rl.CLI
+}
+
+// UserCLIs gives each caller a CLI of their own (isolated mode: the sidecar's
+// UserPool): the dialer of the caller's CLI, and a release for when the tunnel
+// closes.
+type UserCLIs interface {
+	Acquire(ctx context.Context, tenant, user string) (CLIDialer, func(), error)
+}

@@ -1,4 +1,4 @@
-package sidecar
+package datapath
 
 import (
 	"context"
@@ -248,32 +248,5 @@ func TestRelayTunnelsPerUser(t *testing.T) {
 	var refused *tunnel.RefusedError
 	if !errors.As(err, &refused) || refused.Status != http.StatusTooManyRequests {
 		t.Fatalf("a third tunnel of one user: %v, want 429", err)
-	}
-}
-
-func TestAdminOnly(t *testing.T) {
-	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
-	cases := map[string]struct {
-		cred, auth string
-		want       int
-	}{
-		"no credential configured": {"", "", http.StatusNoContent},
-		"right bearer":             {"s3cret-s3cret-s3cret", "Bearer s3cret-s3cret-s3cret", http.StatusNoContent},
-		"missing":                  {"s3cret-s3cret-s3cret", "", http.StatusUnauthorized},
-		"wrong":                    {"s3cret-s3cret-s3cret", "Bearer s3cret-s3cret-s3creX", http.StatusUnauthorized},
-		"not a bearer":             {"s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret", http.StatusUnauthorized},
-	}
-	for name, c := range cases {
-		t.Run(name, func(t *testing.T) {
-			rec := httptest.NewRecorder()
-			req := httptest.NewRequest(http.MethodPost, "/drain", nil)
-			if c.auth != "" {
-				req.Header.Set("Authorization", c.auth)
-			}
-			AdminOnly(c.cred, ok).ServeHTTP(rec, req)
-			if rec.Code != c.want {
-				t.Fatalf("%d, want %d", rec.Code, c.want)
-			}
-		})
 	}
 }

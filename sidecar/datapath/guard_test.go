@@ -1,4 +1,4 @@
-package sidecar
+package datapath
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 
 func shippedPolicy(t testing.TB) *policy.Engine {
 	t.Helper()
-	e, err := policy.NewEngine(context.Background(), "../policies/rego", []string{policy.MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	e, err := policy.NewEngine(context.Background(), "../../policies/rego", []string{policy.MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
