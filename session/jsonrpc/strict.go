@@ -141,7 +141,7 @@ func (r *reader) parse(body []byte, lenientUTF8 bool) (Message, error) {
 	if lenientUTF8 {
 		opts = trustedOptions
 	}
-	r.frameIn = *bytes.NewBuffer(body)
+	r.frameIn = *bytes.NewBuffer(body) // body itself, not a copy
 	d.Reset(&r.frameIn, opts...)
 	tok, err := d.ReadToken()
 	if err != nil {
@@ -383,7 +383,7 @@ func appendFoldKey(dst []byte, s string) []byte {
 			break
 		}
 	}
-	if ascii { // strings.ToLower
+	if ascii { // as strings.ToLower, without the string
 		for i := 0; i < len(s); i++ {
 			c := s[i]
 			if 'A' <= c && c <= 'Z' {
@@ -545,15 +545,28 @@ func appendCompact(out []byte, v jsontext.Value) []byte {
 // no whitespace outside its strings (Compact keeps strings and numbers as they
 // are written).
 func isCompact(v []byte) bool {
-	inString := false
 	for i := 0; i < len(v); i++ {
-		switch c := v[i]; {
-		case inString && c == '\\':
-			i++ // the escaped character, which may be a quote
-		case c == '"':
-			inString = !inString
-		case !inString && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+		switch v[i] {
+		case ' ', '\t', '\n', '\r':
 			return false
+		case '"':
+			// Skip the string, prompts and tool outputs mostly, at the speed of
+			// IndexByte: it ends at the first quote after an even number of
+			// backslashes (an odd number escapes the quote).
+			for {
+				j := bytes.IndexByte(v[i+1:], '"')
+				if j < 0 {
+					return false // not valid JSON; cannot happen
+				}
+				i += 1 + j
+				n := 0
+				for v[i-1-n] == '\\' { // stops at the opening quote at the latest
+					n++
+				}
+				if n%2 == 0 {
+					break
+				}
+			}
 		}
 	}
 	return true
