@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,6 +133,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	// Go's profiles, for an operator (and bench/datapath -profile): behind the
+	// admin credential, like drain, since a profile shows the process's innards.
+	admin.Handle("GET /debug/pprof/", AdminOnly(adminCred, http.HandlerFunc(pprof.Index)))
+	admin.Handle("GET /debug/pprof/profile", AdminOnly(adminCred, http.HandlerFunc(pprof.Profile)))
 	// POST /drain: take the instance out (admin listener only, credential if set).
 	admin.Handle("POST /drain", AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.drainOnce.Do(func() { close(s.drainNow) })

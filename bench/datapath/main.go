@@ -11,8 +11,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -30,9 +33,10 @@ func main() {
 	turns := flag.Int("turns", 50, "sequential turns per path")
 	conc := flag.Int("concurrency", 8, "concurrent pingers for the throughput run")
 	dur := flag.Duration("duration", 3*time.Second, "length of the throughput run")
+	profile := flag.String("profile", "", "write a CPU profile of the sidecar during the throughput run through climesh to this `file`")
 	flag.Parse()
 	fmt.Print(stats.Provenance())
-	if err := run(*pings, *turns, *conc, *dur); err != nil {
+	if err := run(*pings, *turns, *conc, *dur, *profile); err != nil {
 		fmt.Fprintln(os.Stderr, "datapath:", err)
 		os.Exit(1)
 	}
@@ -43,7 +47,7 @@ type result struct {
 	perSecond  float64
 }
 
-func run(pings, turns, conc int, dur time.Duration) error {
+func run(pings, turns, conc int, dur time.Duration, profile string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	m, err := harness.StartMesh(ctx, harness.MeshOptions{Instances: 1, AttachAll: true})
@@ -65,7 +69,11 @@ func run(pings, turns, conc int, dur time.Duration) error {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 		defer p.client.Stop()
-		r, err := measure(ctx, p.client, provider, pings, turns, conc, dur)
+		var onLoad func() func() error // starts the sidecar's profile, returns its wait
+		if profile != "" && p.name == "climesh" {
+			onLoad = profileSidecar(m.Sidecars[harness.InstanceID(0)].AdminPort, dur, profile)
+		}
+		r, err := measure(ctx, p.client, provider, pings, turns, conc, dur, onLoad)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -89,7 +97,7 @@ func run(pings, turns, conc int, dur time.Duration) error {
 	return nil
 }
 
-func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderConfig, pings, turns, conc int, dur time.Duration) (*result, error) {
+func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderConfig, pings, turns, conc int, dur time.Duration, onLoad func() func() error) (*result, error) {
 	r := &result{}
 	for range 50 { // warm up
 		if _, err := c.Ping(ctx, "warm"); err != nil {
@@ -107,6 +115,10 @@ func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderC
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	stop := time.Now().Add(dur)
+	profiled := func() error { return nil }
+	if onLoad != nil {
+		profiled = onLoad()
+	}
 	for range conc {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
@@ -119,6 +131,9 @@ func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderC
 		})
 	}
 	wg.Wait()
+	if err := profiled(); err != nil {
+		return nil, err
+	}
 	if err, ok := firstErr.Load().(error); ok {
 		return nil, err
 	}
@@ -144,3 +159,32 @@ func measure(ctx context.Context, c *copilot.Client, provider *copilot.ProviderC
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+
+// profileSidecar returns a starter of a CPU profile of the sidecar (its admin
+// listener's /debug/pprof/profile) covering the throughput run; the starter
+// returns a wait that writes the profile to file.
+func profileSidecar(adminPort int, dur time.Duration, file string) func() func() error {
+	return func() func() error {
+		done := make(chan error, 1)
+		go func() {
+			secs := max(1, int(dur.Seconds()))
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", adminPort, secs))
+			if err != nil {
+				done <- err
+				return
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				done <- fmt.Errorf("profile: %s", resp.Status)
+				return
+			}
+			f, err := os.Create(file)
+			if err == nil {
+				_, err = io.Copy(f, resp.Body)
+				err = errors.Join(err, f.Close())
+			}
+			done <- err
+		}()
+		return func() error { return <-done }
+	}
+}
