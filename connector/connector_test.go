@@ -59,17 +59,7 @@ func TestServeCarriesIdentityAndMessages(t *testing.T) {
 	var seen http.Header
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen = r.Header.Clone()
-		c, err := tunnel.Accept(w, r, 1<<20)
-		if err != nil {
-			return
-		}
-		for {
-			msg, err := c.Read(r.Context())
-			if err != nil {
-				return
-			}
-			c.Write(r.Context(), msg) // echo
-		}
+		serveTunnel(w, r, func(msg []byte) ([]byte, string) { return msg, "" }) // echo
 	}))
 	defer srv.Close()
 	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Session: "team-chat", User: "alice", Limits: jsonrpc.DefaultLimits}
@@ -221,23 +211,14 @@ func (e *pinningEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set(protocol.HeaderPin, fmt.Sprintf("host-%d", n))
-	c, err := tunnel.Accept(w, r, 1<<20)
-	if err != nil {
-		return
-	}
-	for {
-		msg, err := c.Read(r.Context())
-		if err != nil {
-			return
-		}
+	serveTunnel(w, r, func(msg []byte) ([]byte, string) {
 		m, _ := jsonrpc.ParseTrusted(msg)
 		resp, _ := jsonrpc.ResultResponse(m.ID, map[string]any{})
-		c.Write(r.Context(), resp)
 		if n == 1 {
-			c.Fail("instance going away")
-			return
+			return resp, "instance going away"
 		}
-	}
+		return resp, ""
+	})
 }
 
 // TestReconnectAsksForItsInstanceFirst: a lost tunnel's reconnect asks for the
@@ -312,5 +293,26 @@ func TestCallsWhileReconnectingAreHeld(t *testing.T) {
 	}
 	if fmt.Sprint(order) != "[connect session.resume session.send]" {
 		t.Fatalf("the new tunnel saw %v, want the resume before the held send", order)
+	}
+}
+
+// serveTunnel accepts a tunnel and answers each message with reply's answer;
+// a reason from reply then fails the tunnel with it.
+func serveTunnel(w http.ResponseWriter, r *http.Request, reply func([]byte) (answer []byte, fail string)) {
+	c, err := tunnel.Accept(w, r, 1<<20)
+	if err != nil {
+		return
+	}
+	for {
+		msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		answer, fail := reply(msg)
+		c.Write(r.Context(), answer)
+		if fail != "" {
+			c.Fail(fail)
+			return
+		}
 	}
 }

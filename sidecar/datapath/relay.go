@@ -92,46 +92,47 @@ type relayMetrics struct {
 
 // NewRelay registers its metrics on reg.
 func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometheus.Registerer) *Relay {
-	f := promauto.With(reg)
+	m := metricsOn{promauto.With(reg)}
 	rl := &Relay{
 		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]struct{}{},
 		metrics: &relayMetrics{
-			tunnels: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_tunnels", Help: "Open tunnels."}),
-			messages: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "climesh_sidecar_messages_total", Help: "Messages relayed, by direction (to_cli, to_client).",
-			}, []string{"direction"}),
-			refused: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "climesh_sidecar_refused_total", Help: "Tunnels or messages refused, by reason.",
-			}, []string{"reason"}),
-			decision: f.NewHistogram(prometheus.HistogramOpts{
-				Name: "climesh_sidecar_decision_seconds", Help: "Per-message policy decision time (registry lookup included).",
-				Buckets: prometheus.ExponentialBuckets(0.00001, 2, 16),
-			}),
-			inFlight: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_turns_in_flight", Help: "Turns running through this sidecar."}),
-			turn: f.NewHistogram(prometheus.HistogramOpts{
-				Name: "climesh_sidecar_turn_seconds", Help: "From an accepted session.send to its session.idle or session.error.",
-				Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
-			}),
-			errors: f.NewCounterVec(prometheus.CounterOpts{
-				Name: "climesh_sidecar_jsonrpc_errors_total", Help: "JSON-RPC error answers from the CLI, by code.",
-			}, []string{"code"}),
-			lockWait: f.NewHistogram(prometheus.HistogramOpts{
-				Name: "climesh_sidecar_lock_wait_seconds", Help: "Time a shared session's turn waited for its lock (busy answers included).",
-				Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
-			}),
-			drains:   f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_drains_total", Help: "Drains begun."}),
-			restarts: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_cli_restarts_total", Help: "Child CLI restarts."}),
-			active:   f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_active_sessions", Help: "Sessions the CLI holds in memory (attached on an open tunnel)."}),
-			evicted: f.NewCounter(prometheus.CounterOpts{
-				Name: "climesh_sidecar_evictions_total", Help: "Idle sessions released with session.destroy because the CLI was at --capacity.",
-			}),
-			resumed: f.NewCounter(prometheus.CounterOpts{
-				Name: "climesh_sidecar_resumes_on_demand_total", Help: "Released sessions resumed when their client named them again.",
-			}),
+			tunnels:  m.gauge("tunnels", "Open tunnels."),
+			messages: m.counters("messages_total", "Messages relayed, by direction (to_cli, to_client).", "direction"),
+			refused:  m.counters("refused_total", "Tunnels or messages refused, by reason.", "reason"),
+			decision: m.histogram("decision_seconds", "Per-message policy decision time (registry lookup included).", 0.00001, 16),
+			inFlight: m.gauge("turns_in_flight", "Turns running through this sidecar."),
+			turn:     m.histogram("turn_seconds", "From an accepted session.send to its session.idle or session.error.", 0.01, 16),
+			errors:   m.counters("jsonrpc_errors_total", "JSON-RPC error answers from the CLI, by code.", "code"),
+			lockWait: m.histogram("lock_wait_seconds", "Time a shared session's turn waited for its lock (busy answers included).", 0.001, 18),
+			drains:   m.counter("drains_total", "Drains begun."),
+			restarts: m.counter("cli_restarts_total", "Child CLI restarts."),
+			active:   m.gauge("active_sessions", "Sessions the CLI holds in memory (attached on an open tunnel)."),
+			evicted:  m.counter("evictions_total", "Idle sessions released with session.destroy because the CLI was at --capacity."),
+			resumed:  m.counter("resumes_on_demand_total", "Released sessions resumed when their client named them again."),
 		},
 	}
 	rl.turns.gauge = rl.metrics.inFlight.Set
 	return rl
+}
+
+// metricsOn makes the sidecar's metrics, each named climesh_sidecar_<name>.
+type metricsOn struct{ f promauto.Factory }
+
+func (m metricsOn) gauge(name, help string) prometheus.Gauge {
+	return m.f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_" + name, Help: help})
+}
+
+func (m metricsOn) counter(name, help string) prometheus.Counter {
+	return m.f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_" + name, Help: help})
+}
+
+func (m metricsOn) counters(name, help, label string) *prometheus.CounterVec {
+	return m.f.NewCounterVec(prometheus.CounterOpts{Name: "climesh_sidecar_" + name, Help: help}, []string{label})
+}
+
+// histogram has exponential buckets from start, doubling, count of them.
+func (m metricsOn) histogram(name, help string, start float64, count int) prometheus.Histogram {
+	return m.f.NewHistogram(prometheus.HistogramOpts{Name: "climesh_sidecar_" + name, Help: help, Buckets: prometheus.ExponentialBuckets(start, 2, count)})
 }
 
 // SetCapacity caps the CLI's active sessions at n (0: no cap) and feeds the

@@ -154,14 +154,7 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 // keepalive pings the client every rl.Keepalive until ctx ends; a client that
 // does not answer within pongWait fails the tunnel.
 func (rl *Relay) keepalive(ctx context.Context, c *tunnel.Conn, finish func(string, bool)) {
-	t := time.NewTicker(rl.Keepalive)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	for sleep(ctx, rl.Keepalive) {
 		pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
 		err := c.Ping(pctx)
 		cancel()
@@ -169,5 +162,17 @@ func (rl *Relay) keepalive(ctx context.Context, c *tunnel.Conn, finish func(stri
 			finish("client did not answer a keepalive ping", true)
 			return
 		}
+	}
+}
+
+// sleep waits d; false means ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
