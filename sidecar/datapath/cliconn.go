@@ -3,6 +3,7 @@ package datapath
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -54,7 +55,7 @@ func (d CLIDialer) Dial(ctx context.Context) (*CLIConn, error) {
 		return nil, fmt.Errorf("copilot CLI at %s: send connect: %w", d.Addr, err)
 	}
 	r := jsonrpc.NewReader(conn, d.Limits)
-	body, err := r.Read()
+	body, err := readConnectAnswer(r)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("copilot CLI at %s: read connect answer: %w", d.Addr, err)
@@ -113,4 +114,22 @@ func (c *CLIConn) Call(method string, params any, timeout time.Duration) (json.R
 	<-read
 	c.SetDeadline(time.Time{})
 	return v, err
+}
+
+// readConnectAnswer reads up to the answer to the sidecar's connect. The CLI
+// broadcasts some notifications to every connection (session.lifecycle when any
+// session changes), so on a busy CLI one may arrive first: they belong to no
+// tunnel yet and are skipped, within the dial's deadline and a bound.
+func readConnectAnswer(r *jsonrpc.Reader) ([]byte, error) {
+	for range 1000 {
+		body, err := r.Read()
+		if err != nil {
+			return nil, err
+		}
+		if m, err := jsonrpc.ParseTrusted(body); err == nil && m.Kind == jsonrpc.Notification {
+			continue
+		}
+		return body, nil
+	}
+	return nil, errors.New("1000 notifications and no answer")
 }
