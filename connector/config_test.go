@@ -2,12 +2,12 @@ package connector
 
 import (
 	"errors"
-	"flag"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/climesh/climesh/config/field"
+	"github.com/climesh/climesh/config/field/fieldtest"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
@@ -151,28 +151,14 @@ func TestLoadPrecedence(t *testing.T) {
 }
 
 func TestLoadRefusesArgs(t *testing.T) {
-	cases := map[string]struct {
-		args []string
-		want string // in the error
-	}{
-		"unknown flag":          {[]string{"--edg", "ws://e/v1/rpc"}, "-edg"},
-		"bad duration flag":     {[]string{"--reconnect", "5 minutes"}, "-reconnect"},
-		"bad boolean flag":      {[]string{"--token-as-user=yes"}, "-token-as-user"},
-		"bad integer flag":      {[]string{"--max-frame-bytes", "8M"}, "-max-frame-bytes"},
-		"positional argument":   {[]string{"ws://e/v1/rpc"}, `"ws://e/v1/rpc"`},
-		"flag after positional": {[]string{"--edge", "ws://e/v1/rpc", "extra", "--listen", ":1"}, `"extra"`},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			_, err := Load(tc.args, envOf(nil))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Load(%q) = %v; want an error naming %s", tc.args, err, tc.want)
-			}
-		})
-	}
-	if _, err := Load([]string{"-h"}, envOf(nil)); !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("Load(-h) = %v, want flag.ErrHelp", err)
-	}
+	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, envOf(nil)); return err }, map[string]fieldtest.Refusal{
+		"unknown flag":          {Args: []string{"--edg", "ws://e/v1/rpc"}, Want: "-edg"},
+		"bad duration flag":     {Args: []string{"--reconnect", "5 minutes"}, Want: "-reconnect"},
+		"bad boolean flag":      {Args: []string{"--token-as-user=yes"}, Want: "-token-as-user"},
+		"bad integer flag":      {Args: []string{"--max-frame-bytes", "8M"}, Want: "-max-frame-bytes"},
+		"positional argument":   {Args: []string{"ws://e/v1/rpc"}, Want: `"ws://e/v1/rpc"`},
+		"flag after positional": {Args: []string{"--edge", "ws://e/v1/rpc", "extra", "--listen", ":1"}, Want: `"extra"`},
+	})
 }
 
 func TestValidate(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/climesh/climesh/config/field"
+	"github.com/climesh/climesh/config/field/fieldtest"
 )
 
 // envOf is a fake environment for Load.
@@ -155,29 +156,15 @@ func TestLoadEnvironment(t *testing.T) {
 }
 
 func TestLoadRefusesArgs(t *testing.T) {
-	cases := map[string]struct {
-		args []string
-		want string // in the error
-	}{
-		"unknown flag":           {[]string{"--lisen", ":1"}, "-lisen"},
-		"bad duration flag":      {[]string{"--lock-ttl", "10"}, "-lock-ttl"},
-		"bad integer flag":       {[]string{"--capacity", "fifty"}, "-capacity"},
-		"flag without its value": {[]string{"--mode"}, "-mode"},
-		"positional argument":    {[]string{"copilot"}, `"copilot"`},
-		"flag after positional":  {[]string{"--mode", "shared", "extra", "--listen", ":1"}, `"extra"`},
-		"the token as a flag":    {[]string{"--token", "x"}, "-token"},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			_, err := Load(tc.args, envOf(nil))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Load(%q) = %v; want an error naming %s", tc.args, err, tc.want)
-			}
-		})
-	}
-	if _, err := Load([]string{"-h"}, envOf(nil)); !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("Load(-h) = %v, want flag.ErrHelp", err)
-	}
+	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, envOf(nil)); return err }, map[string]fieldtest.Refusal{
+		"unknown flag":           {Args: []string{"--lisen", ":1"}, Want: "-lisen"},
+		"bad duration flag":      {Args: []string{"--lock-ttl", "10"}, Want: "-lock-ttl"},
+		"bad integer flag":       {Args: []string{"--capacity", "fifty"}, Want: "-capacity"},
+		"flag without its value": {Args: []string{"--mode"}, Want: "-mode"},
+		"positional argument":    {Args: []string{"copilot"}, Want: `"copilot"`},
+		"flag after positional":  {Args: []string{"--mode", "shared", "extra", "--listen", ":1"}, Want: `"extra"`},
+		"the token as a flag":    {Args: []string{"--token", "x"}, Want: "-token"},
+	})
 }
 
 // TestValidateCollabNeedsConsulAndPolicy: the case the issue names; it used to

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/climesh/climesh/tunnel"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 )
@@ -15,11 +16,7 @@ import (
 // session is destroyed in the CLI; when the client names it again the sidecar
 // resumes it with the options of its create, and the client never sees either.
 func TestCapacityReleasesLRUAndResumesOnDemand(t *testing.T) {
-	cli := startFakeCLI(t, "cli-secret")
-	rl, url := startRelay(t, cli.addr, "cli-secret", cred)
-	rl.SetCapacity(2)
-	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
-	exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"u"}}`)
+	cli, rl, c := capped(t, 2)
 	for i, s := range []string{"s1", "s2", "s3"} {
 		req := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.create","params":{"sessionId":%q,"model":"m","provider":{"type":"openai","baseUrl":"http://x"}}}`, 10+i, s)
 		if got := exchange(t, c, req); !strings.Contains(got, `"sessionId":"`+s+`"`) {
@@ -105,11 +102,7 @@ func waitFor(t *testing.T, cond func() bool) {
 // sidecar released gets its success here; the CLI, which no longer has the
 // session, is not asked.
 func TestCapacityDetachOfAReleasedSession(t *testing.T) {
-	cli := startFakeCLI(t, "cli-secret")
-	rl, url := startRelay(t, cli.addr, "cli-secret", cred)
-	rl.SetCapacity(1)
-	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
-	exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"u"}}`)
+	cli, rl, c := capped(t, 1)
 	for i, s := range []string{"s1", "s2"} {
 		exchange(t, c, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.create","params":{"sessionId":%q}}`, 10+i, s))
 	}
@@ -124,4 +117,15 @@ func TestCapacityDetachOfAReleasedSession(t *testing.T) {
 	if n := rl.Capacity.Active(); n != 1 {
 		t.Fatalf("active %d, want 1 (s2)", n)
 	}
+}
+
+// capped is a relay with --capacity n before a fake CLI, and a connected tunnel.
+func capped(t *testing.T, n int) (*fakeCLI, *Relay, *tunnel.Conn) {
+	t.Helper()
+	cli := startFakeCLI(t, "cli-secret")
+	rl, url := startRelay(t, cli.addr, "cli-secret", cred)
+	rl.SetCapacity(n)
+	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
+	exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"u"}}`)
+	return cli, rl, c
 }

@@ -310,31 +310,37 @@ func (r *transcriptRun) closeBoth(st *transcriptStep, out *stepOutput) {
 			r.t.Fatalf("line %d: the tunnel did not close within %v; so far → cli %q → client %q", st.line, transcriptWait, out.toCLI, out.toClient)
 		}
 	}
-	for {
-		select {
-		case f, ok := <-r.conn.frames:
-			if !ok {
-				return
-			}
-			r.recordCLI(f, out)
-		case <-deadline:
-			r.t.Fatalf("line %d: the relay kept its CLI connection open %v after the tunnel closed", st.line, transcriptWait)
-		}
+	if !r.takeCLI(out, deadline) {
+		r.t.Fatalf("line %d: the relay kept its CLI connection open %v after the tunnel closed", st.line, transcriptWait)
 	}
 }
 
 // drainCLI takes what the scripted CLI has received so far.
-func (r *transcriptRun) drainCLI(out *stepOutput) {
+func (r *transcriptRun) drainCLI(out *stepOutput) { r.takeCLI(out, nil) }
+
+// takeCLI records what the scripted CLI receives until its connection closes,
+// or, with until nil, until nothing more is waiting; false: until fired first.
+func (r *transcriptRun) takeCLI(out *stepOutput, until <-chan time.Time) bool {
 	for {
-		select {
-		case f, ok := <-r.conn.frames:
-			if !ok {
-				return
+		var f string
+		var ok bool
+		if until == nil {
+			select {
+			case f, ok = <-r.conn.frames:
+			default:
+				return true
 			}
-			r.recordCLI(f, out)
-		default:
-			return
+		} else {
+			select {
+			case f, ok = <-r.conn.frames:
+			case <-until:
+				return false
+			}
 		}
+		if !ok {
+			return true
+		}
+		r.recordCLI(f, out)
 	}
 }
 
