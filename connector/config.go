@@ -3,8 +3,6 @@ package connector
 import (
 	"errors"
 	"flag"
-	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -55,8 +53,7 @@ var (
 // c's current value (use it on DefaultConfig() to list the flags). Its output is
 // discarded: Load returns errors, and callers print the usage themselves.
 func (c *Config) FlagSet() *flag.FlagSet {
-	fs := flag.NewFlagSet("climesh-connect", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := field.NewFlagSet("climesh-connect")
 	fs.StringVar(&c.EdgeURL, "edge", c.EdgeURL, "edge tunnel `URL` (env CLIMESH_EDGE), e.g. ws://127.0.0.1:10000/v1/rpc")
 	fs.StringVar(&c.Token, "token", c.Token, "caller's bearer `token` (env CLIMESH_TOKEN); in TCP mode the SDK's connect token wins")
 	fs.StringVar(&c.User, "user", c.User, "x-climesh-`user` for edges that trust client headers (env CLIMESH_USER)")
@@ -114,11 +111,8 @@ func parseDuration(v string) (time.Duration, error) {
 func Load(args []string, env func(string) (string, bool)) (Config, error) {
 	c := DefaultConfig()
 	fs := c.FlagSet()
-	if err := fs.Parse(args); err != nil {
+	if err := field.Parse(fs, args); err != nil {
 		return Config{}, err
-	}
-	if rest := fs.Args(); len(rest) > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q: climesh-connect takes flags only", rest[0])
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })

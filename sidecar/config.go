@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"regexp"
 	"strconv"
@@ -107,8 +106,7 @@ func DefaultConfig() Config {
 // c's current value (use it on DefaultConfig() to list the flags). Its output is
 // discarded: Load returns errors, and callers print the usage themselves.
 func (c *Config) FlagSet() *flag.FlagSet {
-	fs := flag.NewFlagSet("climesh-sidecar", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := field.NewFlagSet("climesh-sidecar")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "`address` for tunnels (/v1/rpc) and nothing else")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "`address` for /metrics, /healthz and the admin calls POST /drain and POST /sweep; a non-loopback address needs --admin-credential-file")
 	fs.StringVar(&c.AdminCredentialFile, "admin-credential-file", c.AdminCredentialFile, "`file` with a secret the admin calls must carry (Authorization: Bearer ...); GET /metrics and /healthz stay open")
@@ -157,11 +155,8 @@ func (c *Config) FlagSet() *flag.FlagSet {
 func Load(args []string, env func(string) (string, bool)) (Config, error) {
 	c := DefaultConfig()
 	fs := c.FlagSet()
-	if err := fs.Parse(args); err != nil {
+	if err := field.Parse(fs, args); err != nil {
 		return Config{}, err
-	}
-	if rest := fs.Args(); len(rest) > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q: climesh-sidecar takes flags only", rest[0])
 	}
 	if v, ok := env(TokenEnv); ok && v != "" {
 		c.CLIToken = v

@@ -50,6 +50,26 @@ func (es *Errors) Add(name, value string, kind error, reason string) {
 // Err joins them (nil when there are none).
 func (es Errors) Err() error { return errors.Join(es...) }
 
+// NewFlagSet is a typed config's flag set: errors returned, not printed (the
+// command prints them with its usage, and exits 2).
+func NewFlagSet(prog string) *flag.FlagSet {
+	fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+// Parse parses args with fs and refuses what is left over: a typed config's
+// command takes flags only.
+func Parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if rest := fs.Args(); len(rest) > 0 {
+		return fmt.Errorf("unexpected argument %q: %s takes flags only", rest[0], fs.Name())
+	}
+	return nil
+}
+
 // Validator is a typed config.
 type Validator interface{ Validate() error }
 
