@@ -11,17 +11,20 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/climesh/climesh/config/field"
 )
 
-// Sentinel kinds of validation error, matched with errors.Is.
+// Sentinel kinds of validation error, matched with errors.Is; the four that every
+// binary's config shares are package field's.
 var (
-	ErrRequired     = errors.New("required")
-	ErrOutOfRange   = errors.New("out of range")
+	ErrRequired     = field.ErrRequired
+	ErrOutOfRange   = field.ErrOutOfRange
 	ErrUnknownValue = errors.New("unknown value")
 	ErrDuplicate    = errors.New("duplicate")
-	ErrConflict     = errors.New("conflicting fields")
+	ErrConflict     = field.ErrConflict
 	ErrUnknownRef   = errors.New("unknown reference")
-	ErrMalformed    = errors.New("malformed")
+	ErrMalformed    = field.ErrMalformed
 )
 
 // FieldError names the field at fault, the value and why.

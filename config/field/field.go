@@ -14,12 +14,13 @@ import (
 	"strings"
 )
 
-// Kinds of configuration error, matched with errors.Is.
+// Kinds of configuration error, matched with errors.Is. They are the xds-server
+// config's kinds too (package config aliases them): one vocabulary for every binary.
 var (
 	ErrRequired   = errors.New("required")
 	ErrMalformed  = errors.New("malformed")
 	ErrOutOfRange = errors.New("out of range")
-	ErrConflict   = errors.New("conflicting settings")
+	ErrConflict   = errors.New("conflicting fields")
 )
 
 // Error names the flag or variable at fault, its value and why.
