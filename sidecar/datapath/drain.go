@@ -89,18 +89,20 @@ func (tt *tunnelTurns) refused(context.Context, *flow) {}
 // session's idle or error event ends it.
 func (tt *tunnelTurns) toClient(_ context.Context, f *flow) {
 	m := f.msg
+	starts := m.Kind == jsonrpc.Response && f.call != nil && f.call.method == protocol.MethodSessionSend && f.call.sessionID != "" && !m.Failed()
+	ends := m.Kind == jsonrpc.Notification && m.SessionID != "" && jsonrpc.EndsTurn(m)
+	if !starts && !ends {
+		return // most frames (streamed deltas, other answers): no lock
+	}
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
 	switch {
-	case m.Kind == jsonrpc.Response:
-		if f.call == nil || f.call.method != protocol.MethodSessionSend || f.call.sessionID == "" || m.Failed() {
-			return
-		}
+	case starts:
 		sid := f.call.sessionID
 		tt.running[sid]++
 		tt.started[sid] = append(tt.started[sid], time.Now())
 		tt.all.add(1)
-	case m.Kind == jsonrpc.Notification && m.SessionID != "" && jsonrpc.EndsTurn(m):
+	case ends:
 		if tt.running[m.SessionID] > 0 {
 			tt.running[m.SessionID]--
 			tt.all.add(-1)

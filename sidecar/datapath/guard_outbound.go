@@ -113,12 +113,13 @@ func (g *Guard) outbound(ctx context.Context, m jsonrpc.Message, c *call) ([]byt
 		return nil, false // nobody on this tunnel asked
 	}
 	failed := m.Failed()
-	claimed := g.claim(m.IDKey())
 	switch {
 	case c.method == protocol.MethodSessionSend && failed:
 		g.endTurn(c.sessionID)
-	case c.method == protocol.MethodSessionCreate && failed && claimed != "":
-		g.abandon(ctx, claimed)
+	case c.method == protocol.MethodSessionCreate:
+		if claimed := g.claim(m.IDKey()); failed && claimed != "" {
+			g.abandon(ctx, claimed)
+		}
 	case c.method == protocol.MethodSessionDelete && !failed:
 		if err := g.Registry.Delete(ctx, c.sessionID); err != nil {
 			g.Log.Warn("session registry: delete", zap.String("session_id", c.sessionID), zap.Error(err))

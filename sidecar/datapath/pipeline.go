@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -124,6 +123,7 @@ var (
 type pipeline struct {
 	inbound  []stage // client → CLI, in order
 	outbound []stage // CLI → client, in order
+	stages   []stage // every stage once, closed with the tunnel
 	calls    *callTable
 	toCLIw   func(body []byte) error // one frame to the CLI
 	toClient func(ctx context.Context, body []byte) error
@@ -216,13 +216,8 @@ func (p *pipeline) fromCLI(ctx context.Context, m jsonrpc.Message) error {
 }
 
 func (p *pipeline) close() {
-	for _, s := range p.inbound {
+	for _, s := range p.stages {
 		s.close()
-	}
-	for _, s := range p.outbound {
-		if !slices.Contains(p.inbound, s) {
-			s.close()
-		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -128,12 +129,14 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 	if lock != nil {
 		inbound = append(inbound, lock)
 	}
-	outbound = append(outbound, calls, tt, metricsStage{rl.metrics})
+	metrics := metricsStage{rl.metrics}
+	outbound = append(outbound, calls, tt, metrics)
+	stages := append(slices.Clone(inbound), calls, tt, metrics) // each once: those that also go out are inbound
 	if policy != nil {
 		outbound = append(outbound, policy)
 	}
 	toCLICount, toClientCount := rl.metrics.messages.WithLabelValues("to_cli"), rl.metrics.messages.WithLabelValues("to_client")
-	return &pipeline{inbound: inbound, outbound: outbound, calls: calls,
+	return &pipeline{inbound: inbound, outbound: outbound, stages: stages, calls: calls,
 		toCLIw: func(b []byte) error { _, err := cli.Write(b); return err },
 		toClient: func(ctx context.Context, b []byte) error {
 			if err := c.Write(ctx, b); err != nil {
