@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -136,5 +137,32 @@ func TestNewRefuses(t *testing.T) {
 	c.LockTTL = time.Second
 	if _, err := New(t.Context(), c, zap.NewNop(), prometheus.NewRegistry()); !errors.As(err, &fe) {
 		t.Errorf("New with an invalid config = %v; want Validate's field.Error", err)
+	}
+}
+
+// TestAdminCredentialGuardsProfilesAndDrain: with an admin credential, the
+// profiles and the drain want it; /metrics and /healthz stay open.
+func TestAdminCredentialGuardsProfilesAndDrain(t *testing.T) {
+	cfg := serverConfig(t)
+	cfg.AdminCredentialFile = filepath.Join(t.TempDir(), "admin")
+	if err := os.WriteFile(cfg.AdminCredentialFile, []byte("an-admin-secret-of-length\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(t.Context(), cfg, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	admin := "http://" + s.AdminAddr().String()
+	for _, c := range []struct{ method, path string }{{"GET", "/debug/pprof/"}, {"GET", "/debug/pprof/profile?seconds=1"}, {"POST", "/drain"}} {
+		if code, _ := get(t, c.method, admin+c.path); code != http.StatusUnauthorized {
+			t.Errorf("%s %s without the credential = %d, want 401", c.method, c.path, code)
+		}
+	}
+	if code, _ := get(t, "GET", admin+"/healthz"); code != 200 {
+		t.Errorf("GET /healthz = %d, want 200 without a credential", code)
 	}
 }
