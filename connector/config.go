@@ -49,21 +49,46 @@ var (
 	sdkStringFlags = []string{"log-level", "auth-token-env", "session-idle-timeout", "port"}
 )
 
+// setting is one of climesh-connect's flags and, where env is set, the
+// environment variable it falls back to: one row per setting, so that a flag and
+// its variable cannot drift apart.
+type setting struct {
+	flag, env string
+	value     flag.Value
+	usage     string
+}
+
+// settings binds every setting to c's fields.
+func (c *Config) settings() []setting {
+	return []setting{
+		{"edge", "CLIMESH_EDGE", field.String(&c.EdgeURL), "edge tunnel `URL`, e.g. ws://127.0.0.1:10000/v1/rpc"},
+		{"token", "CLIMESH_TOKEN", field.String(&c.Token), "caller's bearer `token`; in TCP mode the SDK's connect token wins"},
+		{"user", "CLIMESH_USER", field.String(&c.User), "x-climesh-`user` for edges that trust client headers"},
+		{"token-as-user", "CLIMESH_TOKEN_AS_USER", field.Bool(&c.TokenAsUser), "send each connection's token as x-climesh-user too: development edges that trust client headers and verify no JWT"},
+		{"session", "CLIMESH_SESSION", field.String(&c.Session), "shared-session `name`"},
+		{"lock-wait", "CLIMESH_LOCK_WAIT", field.Duration(&c.LockWait), "shared sessions: wait up to this `duration` for another member's turn instead of failing busy"},
+		{"reconnect", "CLIMESH_RECONNECT", field.Duration(&c.Reconnect), "when a tunnel is lost, keep trying for this `duration` to regain it and resume the sessions (0: give up at once)"},
+		{"listen", "", field.String(&c.Listen), "TCP mode: accept SDK connections on `host:port` (default: stdio)"},
+		{"metrics-listen", "", field.String(&c.MetricsListen), "serve Prometheus /metrics on `host:port` (reconnects)"},
+		{"max-frame-bytes", "", field.Int(&c.MaxFrameBytes), "largest JSON-RPC message, in `bytes`"},
+	}
+}
+
 // FlagSet returns climesh-connect's flags bound to c's fields, each defaulting to
 // c's current value (use it on DefaultConfig() to list the flags). Its output is
 // discarded: Load returns errors, and callers print the usage themselves.
-func (c *Config) FlagSet() *flag.FlagSet {
+func (c *Config) FlagSet() *flag.FlagSet { return flagSet(c.settings()) }
+
+// flagSet declares each setting's flag, and the SDK's flags it ignores.
+func flagSet(settings []setting) *flag.FlagSet {
 	fs := field.NewFlagSet("climesh-connect")
-	fs.StringVar(&c.EdgeURL, "edge", c.EdgeURL, "edge tunnel `URL` (env CLIMESH_EDGE), e.g. ws://127.0.0.1:10000/v1/rpc")
-	fs.StringVar(&c.Token, "token", c.Token, "caller's bearer `token` (env CLIMESH_TOKEN); in TCP mode the SDK's connect token wins")
-	fs.StringVar(&c.User, "user", c.User, "x-climesh-`user` for edges that trust client headers (env CLIMESH_USER)")
-	fs.BoolVar(&c.TokenAsUser, "token-as-user", c.TokenAsUser, "send each connection's token as x-climesh-user too: development edges that trust client headers and verify no JWT (env CLIMESH_TOKEN_AS_USER, a boolean)")
-	fs.StringVar(&c.Session, "session", c.Session, "shared-session `name` (env CLIMESH_SESSION)")
-	fs.DurationVar(&c.LockWait, "lock-wait", c.LockWait, "shared sessions: wait this long for another member's turn instead of failing busy (env CLIMESH_LOCK_WAIT)")
-	fs.DurationVar(&c.Reconnect, "reconnect", c.Reconnect, "when a tunnel is lost, keep trying this long to regain it and resume the sessions (0: give up at once; env CLIMESH_RECONNECT)")
-	fs.StringVar(&c.Listen, "listen", c.Listen, "TCP mode: accept SDK connections on `host:port` (default: stdio)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve Prometheus /metrics on `host:port` (reconnects)")
-	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "largest JSON-RPC message")
+	for _, s := range settings {
+		usage := s.usage
+		if s.env != "" {
+			usage += " (env " + s.env + ")"
+		}
+		fs.Var(s.value, s.flag, usage)
+	}
 	for _, b := range sdkBoolFlags {
 		fs.Bool(b, false, "ignored (passed by the Copilot SDK)")
 	}
@@ -73,56 +98,25 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	return fs
 }
 
-// envVars are the environment variables, each with the flag that overrides it.
-var envVars = []struct {
-	name, flag string
-	set        func(c *Config, v string) error
-}{
-	{"CLIMESH_EDGE", "edge", func(c *Config, v string) error { c.EdgeURL = v; return nil }},
-	{"CLIMESH_TOKEN", "token", func(c *Config, v string) error { c.Token = v; return nil }},
-	{"CLIMESH_USER", "user", func(c *Config, v string) error { c.User = v; return nil }},
-	{"CLIMESH_TOKEN_AS_USER", "token-as-user", func(c *Config, v string) (err error) { c.TokenAsUser, err = parseBool(v); return err }},
-	{"CLIMESH_SESSION", "session", func(c *Config, v string) error { c.Session = v; return nil }},
-	{"CLIMESH_LOCK_WAIT", "lock-wait", func(c *Config, v string) (err error) { c.LockWait, err = parseDuration(v); return err }},
-	{"CLIMESH_RECONNECT", "reconnect", func(c *Config, v string) (err error) { c.Reconnect, err = parseDuration(v); return err }},
-}
-
-func parseBool(v string) (bool, error) {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, errors.New("not a boolean (want 1, t, true, 0, f or false)")
-	}
-	return b, nil
-}
-
-func parseDuration(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		return 0, errors.New("not a duration (want e.g. 90s or 5m)")
-	}
-	return d, nil
-}
-
-// Load reads the command line (args, without the program name) and the
-// environment (env is os.LookupEnv in main) over DefaultConfig: flags override
-// environment variables, which override defaults. It reports the first flag or
-// variable it cannot parse, naming it and its value, and flag.ErrHelp for -h. It
-// does not validate: call Validate.
+// Load fills a Config from args (the command line without the program name)
+// and env (os.LookupEnv in main): each setting takes its flag if given, else its
+// CLIMESH_* variable if set and not empty, else DefaultConfig's value. The first
+// flag or variable that does not parse is returned as an error naming it and its
+// value; -h is flag.ErrHelp. Validate is the caller's next step.
 func Load(args []string, env func(string) (string, bool)) (Config, error) {
 	c := DefaultConfig()
-	fs := c.FlagSet()
+	settings := c.settings()
+	fs := flagSet(settings)
 	if err := field.Parse(fs, args); err != nil {
 		return Config{}, err
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for _, e := range envVars {
-		v, ok := env(e.name)
-		if !ok || v == "" || given[e.flag] {
-			continue
-		}
-		if err := e.set(&c, v); err != nil {
-			return Config{}, &field.Error{Name: e.name, Value: v, Kind: field.ErrMalformed, Reason: err.Error()}
+	for _, s := range settings {
+		if v, ok := env(s.env); s.env != "" && ok && v != "" && !given[s.flag] {
+			if err := s.value.Set(v); err != nil {
+				return Config{}, &field.Error{Name: s.env, Value: v, Kind: field.ErrMalformed, Reason: err.Error()}
+			}
 		}
 	}
 	return c, nil

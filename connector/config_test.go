@@ -11,11 +11,6 @@ import (
 	"github.com/climesh/climesh/session/jsonrpc"
 )
 
-// envOf is a fake environment for Load.
-func envOf(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
-
 // withDefaults is DefaultConfig changed by edit.
 func withDefaults(edit func(*Config)) Config {
 	c := DefaultConfig()
@@ -61,15 +56,16 @@ func TestLoadEnv(t *testing.T) {
 			{"60", nil},
 		},
 	}
-	for _, e := range envVars {
-		if len(cases[e.name]) == 0 {
-			t.Errorf("%s: no test values", e.name)
+	c := DefaultConfig()
+	for _, s := range c.settings() {
+		if s.env != "" && len(cases[s.env]) == 0 {
+			t.Errorf("%s: no test values", s.env)
 		}
 	}
 	for name, values := range cases {
 		for _, v := range values {
 			t.Run(name+"="+v.in, func(t *testing.T) {
-				got, err := Load(nil, envOf(map[string]string{name: v.in}))
+				got, err := Load(nil, fieldtest.Env(map[string]string{name: v.in}))
 				if v.want == nil {
 					var fe *field.Error
 					if !errors.As(err, &fe) || fe.Name != name || fe.Value != v.in || !errors.Is(err, field.ErrMalformed) {
@@ -139,7 +135,7 @@ func TestLoadPrecedence(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, err := Load(tc.args, envOf(tc.env))
+			got, err := Load(tc.args, fieldtest.Env(tc.env))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -151,7 +147,7 @@ func TestLoadPrecedence(t *testing.T) {
 }
 
 func TestLoadRefusesArgs(t *testing.T) {
-	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, envOf(nil)); return err }, map[string]fieldtest.Refusal{
+	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, fieldtest.Env(nil)); return err }, map[string]fieldtest.Refusal{
 		"unknown flag":          {Args: []string{"--edg", "ws://e/v1/rpc"}, Want: "-edg"},
 		"bad duration flag":     {Args: []string{"--reconnect", "5 minutes"}, Want: "-reconnect"},
 		"bad boolean flag":      {Args: []string{"--token-as-user=yes"}, Want: "-token-as-user"},
@@ -163,62 +159,41 @@ func TestLoadRefusesArgs(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	base := func(c *Config) { c.EdgeURL = "ws://edge:10000/v1/rpc"; c.Token = "alice-token" }
-	cases := map[string]struct {
-		edit func(*Config)
-		name string // flag named by the only error; "" for a valid config
-		kind error
-	}{
+	cases := map[string]fieldtest.Case[Config]{
 		"base":                          {},
-		"wss edge":                      {edit: func(c *Config) { c.EdgeURL = "wss://edge.example/v1/rpc" }},
-		"no token (the edge decides)":   {edit: func(c *Config) { c.Token = "" }},
-		"token-as-user with a token":    {edit: func(c *Config) { c.TokenAsUser = true }},
-		"token-as-user in TCP mode":     {edit: func(c *Config) { c.TokenAsUser, c.Token, c.Listen = true, "", "127.0.0.1:4321" }},
-		"zero durations":                {edit: func(c *Config) { c.LockWait, c.Reconnect = 0, 0 }},
-		"listen on every interface":     {edit: func(c *Config) { c.Listen = ":4321" }},
-		"listen and metrics on port 0":  {edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:0", "127.0.0.1:0" }},
-		"shared session with lock wait": {edit: func(c *Config) { c.Session, c.LockWait = "team-room", 90*time.Second }},
+		"wss edge":                      {Edit: func(c *Config) { c.EdgeURL = "wss://edge.example/v1/rpc" }},
+		"no token (the edge decides)":   {Edit: func(c *Config) { c.Token = "" }},
+		"token-as-user with a token":    {Edit: func(c *Config) { c.TokenAsUser = true }},
+		"token-as-user in TCP mode":     {Edit: func(c *Config) { c.TokenAsUser, c.Token, c.Listen = true, "", "127.0.0.1:4321" }},
+		"zero durations":                {Edit: func(c *Config) { c.LockWait, c.Reconnect = 0, 0 }},
+		"listen on every interface":     {Edit: func(c *Config) { c.Listen = ":4321" }},
+		"listen and metrics on port 0":  {Edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:0", "127.0.0.1:0" }},
+		"shared session with lock wait": {Edit: func(c *Config) { c.Session, c.LockWait = "team-room", 90*time.Second }},
 
-		"no edge":              {edit: func(c *Config) { c.EdgeURL = "" }, name: "--edge/CLIMESH_EDGE", kind: field.ErrRequired},
-		"http edge":            {edit: func(c *Config) { c.EdgeURL = "http://edge:10000/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: field.ErrMalformed},
-		"edge without scheme":  {edit: func(c *Config) { c.EdgeURL = "edge:10000/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: field.ErrMalformed},
-		"edge without host":    {edit: func(c *Config) { c.EdgeURL = "ws:///v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: field.ErrMalformed},
-		"edge unparsable":      {edit: func(c *Config) { c.EdgeURL = "ws://edge:port/v1/rpc" }, name: "--edge/CLIMESH_EDGE", kind: field.ErrMalformed},
-		"token with newline":   {edit: func(c *Config) { c.Token = "alice-token\n" }, name: "--token/CLIMESH_TOKEN", kind: field.ErrMalformed},
-		"user with newline":    {edit: func(c *Config) { c.User = "alice\r\nx-evil: 1" }, name: "--user/CLIMESH_USER", kind: field.ErrMalformed},
-		"session with newline": {edit: func(c *Config) { c.Session = "room\n" }, name: "--session/CLIMESH_SESSION", kind: field.ErrMalformed},
+		"no edge":              {Edit: func(c *Config) { c.EdgeURL = "" }, Name: "--edge/CLIMESH_EDGE", Kind: field.ErrRequired},
+		"http edge":            {Edit: func(c *Config) { c.EdgeURL = "http://edge:10000/v1/rpc" }, Name: "--edge/CLIMESH_EDGE", Kind: field.ErrMalformed},
+		"edge without scheme":  {Edit: func(c *Config) { c.EdgeURL = "edge:10000/v1/rpc" }, Name: "--edge/CLIMESH_EDGE", Kind: field.ErrMalformed},
+		"edge without host":    {Edit: func(c *Config) { c.EdgeURL = "ws:///v1/rpc" }, Name: "--edge/CLIMESH_EDGE", Kind: field.ErrMalformed},
+		"edge unparsable":      {Edit: func(c *Config) { c.EdgeURL = "ws://edge:port/v1/rpc" }, Name: "--edge/CLIMESH_EDGE", Kind: field.ErrMalformed},
+		"token with newline":   {Edit: func(c *Config) { c.Token = "alice-token\n" }, Name: "--token/CLIMESH_TOKEN", Kind: field.ErrMalformed},
+		"user with newline":    {Edit: func(c *Config) { c.User = "alice\r\nx-evil: 1" }, Name: "--user/CLIMESH_USER", Kind: field.ErrMalformed},
+		"session with newline": {Edit: func(c *Config) { c.Session = "room\n" }, Name: "--session/CLIMESH_SESSION", Kind: field.ErrMalformed},
 		"token-as-user without a token in stdio mode": {
-			edit: func(c *Config) { c.TokenAsUser, c.Token = true, "" }, name: "--token-as-user/CLIMESH_TOKEN_AS_USER", kind: field.ErrRequired},
+			Edit: func(c *Config) { c.TokenAsUser, c.Token = true, "" }, Name: "--token-as-user/CLIMESH_TOKEN_AS_USER", Kind: field.ErrRequired},
 		"token-as-user and user": {
-			edit: func(c *Config) { c.TokenAsUser, c.User = true, "bob" }, name: "--token-as-user/CLIMESH_TOKEN_AS_USER", kind: field.ErrConflict},
-		"negative lock wait":       {edit: func(c *Config) { c.LockWait = -time.Second }, name: "--lock-wait/CLIMESH_LOCK_WAIT", kind: field.ErrOutOfRange},
-		"negative reconnect":       {edit: func(c *Config) { c.Reconnect = -time.Second }, name: "--reconnect/CLIMESH_RECONNECT", kind: field.ErrOutOfRange},
-		"zero frame size":          {edit: func(c *Config) { c.MaxFrameBytes = 0 }, name: "--max-frame-bytes", kind: field.ErrOutOfRange},
-		"negative frame size":      {edit: func(c *Config) { c.MaxFrameBytes = -1 }, name: "--max-frame-bytes", kind: field.ErrOutOfRange},
-		"listen without port":      {edit: func(c *Config) { c.Listen = "127.0.0.1" }, name: "--listen", kind: field.ErrMalformed},
-		"listen port not a number": {edit: func(c *Config) { c.Listen = "127.0.0.1:http" }, name: "--listen", kind: field.ErrMalformed},
-		"listen port too large":    {edit: func(c *Config) { c.Listen = "127.0.0.1:65536" }, name: "--listen", kind: field.ErrMalformed},
-		"metrics without port":     {edit: func(c *Config) { c.MetricsListen = "localhost" }, name: "--metrics-listen", kind: field.ErrMalformed},
+			Edit: func(c *Config) { c.TokenAsUser, c.User = true, "bob" }, Name: "--token-as-user/CLIMESH_TOKEN_AS_USER", Kind: field.ErrConflict},
+		"negative lock wait":       {Edit: func(c *Config) { c.LockWait = -time.Second }, Name: "--lock-wait/CLIMESH_LOCK_WAIT", Kind: field.ErrOutOfRange},
+		"negative reconnect":       {Edit: func(c *Config) { c.Reconnect = -time.Second }, Name: "--reconnect/CLIMESH_RECONNECT", Kind: field.ErrOutOfRange},
+		"zero frame size":          {Edit: func(c *Config) { c.MaxFrameBytes = 0 }, Name: "--max-frame-bytes", Kind: field.ErrOutOfRange},
+		"negative frame size":      {Edit: func(c *Config) { c.MaxFrameBytes = -1 }, Name: "--max-frame-bytes", Kind: field.ErrOutOfRange},
+		"listen without port":      {Edit: func(c *Config) { c.Listen = "127.0.0.1" }, Name: "--listen", Kind: field.ErrMalformed},
+		"listen port not a number": {Edit: func(c *Config) { c.Listen = "127.0.0.1:http" }, Name: "--listen", Kind: field.ErrMalformed},
+		"listen port too large":    {Edit: func(c *Config) { c.Listen = "127.0.0.1:65536" }, Name: "--listen", Kind: field.ErrMalformed},
+		"metrics without port":     {Edit: func(c *Config) { c.MetricsListen = "localhost" }, Name: "--metrics-listen", Kind: field.ErrMalformed},
 		"metrics on the listen address": {
-			edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:4321", "127.0.0.1:4321" }, name: "--metrics-listen", kind: field.ErrConflict},
+			Edit: func(c *Config) { c.Listen, c.MetricsListen = "127.0.0.1:4321", "127.0.0.1:4321" }, Name: "--metrics-listen", Kind: field.ErrConflict},
 	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			c := withDefaults(base)
-			if tc.edit != nil {
-				tc.edit(&c)
-			}
-			err := c.Validate()
-			if tc.name == "" {
-				if err != nil {
-					t.Fatalf("Validate: %v", err)
-				}
-				return
-			}
-			if problem := field.Single(err, tc.name, tc.kind, strings.TrimSpace(c.Token)); problem != "" {
-				t.Error(problem)
-			}
-		})
-	}
+	fieldtest.ValidateCases(t, func() Config { return withDefaults(base) }, func(c Config) string { return strings.TrimSpace(c.Token) }, cases)
 }
 
 // TestValidateJoinsEveryError: one run names every field at fault.
@@ -232,17 +207,14 @@ func TestValidateJoinsEveryError(t *testing.T) {
 	}
 }
 
-// TestFlagSet: each variable has its flag, whose help names the variable, and the
-// flags' defaults are DefaultConfig's.
+// TestFlagSet: each variable's flag's help names the variable, and the flags'
+// defaults are DefaultConfig's.
 func TestFlagSet(t *testing.T) {
 	c := DefaultConfig()
 	fs := c.FlagSet()
-	for _, e := range envVars {
-		f := fs.Lookup(e.flag)
-		if f == nil {
-			t.Errorf("%s: no flag --%s", e.name, e.flag)
-		} else if !strings.Contains(f.Usage, e.name) {
-			t.Errorf("--%s: help %q does not name %s", e.flag, f.Usage, e.name)
+	for _, s := range c.settings() {
+		if f := fs.Lookup(s.flag); s.env != "" && !strings.Contains(f.Usage, s.env) {
+			t.Errorf("--%s: help %q does not name %s", s.flag, f.Usage, s.env)
 		}
 	}
 	for flagName, want := range map[string]string{"reconnect": DefaultReconnect.String(), "max-frame-bytes": "8388608", "lock-wait": "0s", "token-as-user": "false", "edge": ""} {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
+	"github.com/climesh/climesh/tunnel/tunneltest"
 )
 
 // sdkSide is the SDK's end of a connection: what it writes goes to Serve's input,
@@ -38,9 +38,7 @@ func run(t *testing.T, o Options, token string) (*sdkSide, chan error) {
 // reconnectingTo serves edge for the test and returns Options that reach it and
 // reconnect for up to 10 s.
 func reconnectingTo(t *testing.T, edge http.Handler) Options {
-	srv := httptest.NewServer(edge)
-	t.Cleanup(srv.Close)
-	return Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
+	return Options{EdgeURL: tunneltest.Serve(t, edge), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
 }
 
 func (s *sdkSide) call(t *testing.T, body string) string {
@@ -57,12 +55,11 @@ func (s *sdkSide) call(t *testing.T, body string) string {
 
 func TestServeCarriesIdentityAndMessages(t *testing.T) {
 	var seen http.Header
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url := tunneltest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen = r.Header.Clone()
 		serveTunnel(w, r, func(msg []byte) ([]byte, string) { return msg, "" }) // echo
 	}))
-	defer srv.Close()
-	o := Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Session: "team-chat", User: "alice", Limits: jsonrpc.DefaultLimits}
+	o := Options{EdgeURL: url, Session: "team-chat", User: "alice", Limits: jsonrpc.DefaultLimits}
 	sdk, _ := run(t, o, "alice-token")
 	if got := sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`); got != `{"jsonrpc":"2.0","id":1,"method":"ping"}` {
 		t.Fatalf("echo %q", got)
@@ -73,11 +70,10 @@ func TestServeCarriesIdentityAndMessages(t *testing.T) {
 }
 
 func TestServeAnswersWhenTheEdgeRefuses(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url := tunneltest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "tenant not admitted", http.StatusForbidden)
 	}))
-	defer srv.Close()
-	sdk, done := run(t, Options{EdgeURL: "ws" + strings.TrimPrefix(srv.URL, "http"), Limits: jsonrpc.DefaultLimits}, "bob")
+	sdk, done := run(t, Options{EdgeURL: url, Limits: jsonrpc.DefaultLimits}, "bob")
 	got := sdk.call(t, `{"jsonrpc":"2.0","id":5,"method":"connect","params":{}}`)
 	for _, want := range []string{`"id":5`, "-32011", "403", "tenant not admitted"} {
 		if !strings.Contains(got, want) {

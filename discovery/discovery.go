@@ -20,6 +20,7 @@ import (
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/model"
+	"github.com/climesh/climesh/periodic"
 )
 
 // HealthAPI is the part of Consul's API discovery uses: *api.Health satisfies it.
@@ -193,7 +194,7 @@ func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 			wait := Backoff(failures, d.consul.RetryMin, d.consul.RetryMax, rand.Float64)
 			failures++
 			log.Warn("consul query failed; keeping the last known instances", zap.Error(err), zap.Int("failures", failures), zap.Duration("retry_in", wait))
-			if !sleep(ctx, wait) {
+			if !periodic.Sleep(ctx, wait) {
 				return
 			}
 			continue
@@ -227,15 +228,4 @@ func Backoff(attempt int, lo, hi time.Duration, random func() float64) time.Dura
 	}
 	d = min(d, hi)
 	return d/2 + time.Duration(random()*float64(d/2))
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -257,13 +257,21 @@ func (c Config) validateCLI(v *validator) {
 	}
 }
 
+// modeNeed is a flag a mode needs: whether it is set, and why the mode needs it.
+type modeNeed struct {
+	flag string
+	set  bool
+	why  string
+}
+
 // validateMode: what each mode needs, and the flags only one mode reads.
 func (c Config) validateMode(v *validator) {
-	need := func(missing map[string]string, order ...string) []string {
+	// missing lists, in order, each flag a mode needs that is not set, with why.
+	missing := func(needs ...modeNeed) []string {
 		var out []string
-		for _, name := range order {
-			if why, ok := missing[name]; ok {
-				out = append(out, name+" ("+why+")")
+		for _, n := range needs {
+			if !n.set {
+				out = append(out, n.flag+" ("+n.why+")")
 			}
 		}
 		return out
@@ -271,28 +279,18 @@ func (c Config) validateMode(v *validator) {
 	switch c.Mode {
 	case ModeShared:
 	case ModeCollab:
-		missing := map[string]string{}
-		if c.Consul == "" {
-			missing["--consul"] = "the turn lock lives in Consul"
-		}
-		if c.Policy == "" {
-			missing["--policy"] = "shared sessions, their members and the lock are decided per message"
-		}
-		if m := need(missing, "--consul", "--policy"); len(m) > 0 {
+		if m := missing(
+			modeNeed{"--consul", c.Consul != "", "the turn lock lives in Consul"},
+			modeNeed{"--policy", c.Policy != "", "shared sessions, their members and the lock are decided per message"},
+		); len(m) > 0 {
 			v.bad("--mode", c.Mode, field.ErrRequired, "collab needs "+strings.Join(m, " and ")+"; without them nothing would be serialised")
 		}
 	case ModeIsolated:
-		missing := map[string]string{}
-		if c.CLICommand == "" {
-			missing["--cli-command"] = "a CLI is started per user"
-		}
-		if c.UsersRoot == "" {
-			missing["--users-root"] = "the users' homes"
-		}
-		if c.IdentityKeys == "" {
-			missing["--identity-keys"] = "a CLI per verified user"
-		}
-		if m := need(missing, "--cli-command", "--users-root", "--identity-keys"); len(m) > 0 {
+		if m := missing(
+			modeNeed{"--cli-command", c.CLICommand != "", "a CLI is started per user"},
+			modeNeed{"--users-root", c.UsersRoot != "", "the users' homes"},
+			modeNeed{"--identity-keys", c.IdentityKeys != "", "a CLI per verified user"},
+		); len(m) > 0 {
 			v.bad("--mode", c.Mode, field.ErrRequired, "isolated needs "+strings.Join(m, ", "))
 		}
 		v.atLeast("--max-users", c.MaxUsers, 1, "isolated: want at least one CLI")

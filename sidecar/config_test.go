@@ -12,11 +12,6 @@ import (
 	"github.com/climesh/climesh/config/field/fieldtest"
 )
 
-// envOf is a fake environment for Load.
-func envOf(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
-
 // todaysFlags are climesh-sidecar's flags as cmd/climesh-sidecar/main.go defined
 // them before Config (flag.VisitAll of that main.go): name, default, help.
 var todaysFlags = [][3]string{
@@ -109,7 +104,7 @@ func TestLoadEveryFlag(t *testing.T) {
 			t.Errorf("%s: not set by this test", name)
 		}
 	}
-	got, err := Load(args, envOf(map[string]string{TokenEnv: "tok"}))
+	got, err := Load(args, fieldtest.Env(map[string]string{TokenEnv: "tok"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +131,7 @@ func TestLoadEnvironment(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			var asked []string
-			env := func(k string) (string, bool) { asked = append(asked, k); return envOf(tc.env)(k) }
+			env := func(k string) (string, bool) { asked = append(asked, k); return fieldtest.Env(tc.env)(k) }
 			got, err := Load(tc.args, env)
 			if err != nil {
 				t.Fatal(err)
@@ -156,7 +151,7 @@ func TestLoadEnvironment(t *testing.T) {
 }
 
 func TestLoadRefusesArgs(t *testing.T) {
-	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, envOf(nil)); return err }, map[string]fieldtest.Refusal{
+	fieldtest.LoadRefuses(t, func(args []string) error { _, err := Load(args, fieldtest.Env(nil)); return err }, map[string]fieldtest.Refusal{
 		"unknown flag":           {Args: []string{"--lisen", ":1"}, Want: "-lisen"},
 		"bad duration flag":      {Args: []string{"--lock-ttl", "10"}, Want: "-lock-ttl"},
 		"bad integer flag":       {Args: []string{"--capacity", "fifty"}, Want: "-capacity"},
@@ -245,7 +240,7 @@ func TestWhatTheRepositoryPassesValidates(t *testing.T) {
 	}
 	for name, args := range cases {
 		t.Run(name, func(t *testing.T) {
-			c, err := Load(args, envOf(map[string]string{TokenEnv: "cli-token"}))
+			c, err := Load(args, fieldtest.Env(map[string]string{TokenEnv: "cli-token"}))
 			if err == nil {
 				err = c.Validate()
 			}
@@ -269,121 +264,104 @@ func TestValidate(t *testing.T) {
 			}
 		}
 	}
-	cases := map[string]struct {
-		edit func(*Config)
-		name string // flag named by the only error; "" for a valid config
-		kind error
-	}{
+	cases := map[string]fieldtest.Case[Config]{
 		"base": {},
 
 		// The CLI: exactly one of --cli-address and --cli-command; an address needs its token.
-		"attached CLI":             {edit: attach},
-		"no CLI":                   {edit: func(c *Config) { c.CLICommand = "" }, name: "--cli-address/--cli-command", kind: field.ErrRequired},
-		"both CLIs":                {edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, name: "--cli-address/--cli-command", kind: field.ErrConflict},
-		"attached without a token": {edit: and(attach, func(c *Config) { c.CLIToken = "" }), name: TokenEnv, kind: field.ErrRequired},
-		"attached to no port":      {edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), name: "--cli-address", kind: field.ErrMalformed},
-		"child with a home":        {edit: func(c *Config) { c.CLIHome = "/home" }},
-		"home without a child":     {edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
-		"home in isolated mode":    {edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
+		"attached CLI":             {Edit: attach},
+		"no CLI":                   {Edit: func(c *Config) { c.CLICommand = "" }, Name: "--cli-address/--cli-command", Kind: field.ErrRequired},
+		"both CLIs":                {Edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, Name: "--cli-address/--cli-command", Kind: field.ErrConflict},
+		"attached without a token": {Edit: and(attach, func(c *Config) { c.CLIToken = "" }), Name: TokenEnv, Kind: field.ErrRequired},
+		"attached to no port":      {Edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), Name: "--cli-address", Kind: field.ErrMalformed},
+		"child with a home":        {Edit: func(c *Config) { c.CLIHome = "/home" }},
+		"home without a child":     {Edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
+		"home in isolated mode":    {Edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
 
 		// Modes.
-		"unknown mode":            {edit: func(c *Config) { c.Mode = "exclusive" }, name: "--mode", kind: field.ErrMalformed},
-		"collab":                  {edit: and(mesh, func(c *Config) { c.Mode = ModeCollab })},
-		"collab without consul":   {edit: and(mesh, func(c *Config) { c.Mode, c.Consul = ModeCollab, "" }), name: "--mode", kind: field.ErrRequired},
-		"collab without a policy": {edit: and(mesh, func(c *Config) { c.Mode, c.Policy = ModeCollab, "" }), name: "--mode", kind: field.ErrRequired},
-		"isolated":                {edit: isolated},
-		"isolated with everything": {edit: and(isolated, mesh, func(c *Config) {
+		"unknown mode":            {Edit: func(c *Config) { c.Mode = "exclusive" }, Name: "--mode", Kind: field.ErrMalformed},
+		"collab":                  {Edit: and(mesh, func(c *Config) { c.Mode = ModeCollab })},
+		"collab without consul":   {Edit: and(mesh, func(c *Config) { c.Mode, c.Consul = ModeCollab, "" }), Name: "--mode", Kind: field.ErrRequired},
+		"collab without a policy": {Edit: and(mesh, func(c *Config) { c.Mode, c.Policy = ModeCollab, "" }), Name: "--mode", Kind: field.ErrRequired},
+		"isolated":                {Edit: isolated},
+		"isolated with everything": {Edit: and(isolated, mesh, func(c *Config) {
 			c.UserUIDs, c.UserEnv, c.UserSecrets = "200000-200999", "HTTPS_PROXY,SSL_CERT_FILE", "/secrets"
 		})},
-		"isolated without a root":   {edit: and(isolated, func(c *Config) { c.UsersRoot = "" }), name: "--mode", kind: field.ErrRequired},
-		"isolated without keys":     {edit: and(isolated, func(c *Config) { c.IdentityKeys = "" }), name: "--mode", kind: field.ErrRequired},
-		"isolated on an address":    {edit: and(isolated, attach), name: "--mode", kind: field.ErrRequired},
-		"isolated, no users":        {edit: and(isolated, func(c *Config) { c.MaxUsers = 0 }), name: "--max-users", kind: field.ErrOutOfRange},
-		"isolated, bad UID range":   {edit: and(isolated, func(c *Config) { c.UserUIDs = "0-999" }), name: "--user-uids", kind: field.ErrMalformed},
-		"isolated, reversed range":  {edit: and(isolated, func(c *Config) { c.UserUIDs = "2000-1000" }), name: "--user-uids", kind: field.ErrMalformed},
-		"isolated, spaced env":      {edit: and(isolated, func(c *Config) { c.UserEnv = "HTTPS_PROXY, SSL_CERT_FILE" }), name: "--user-env", kind: field.ErrMalformed},
-		"isolated, empty env name":  {edit: and(isolated, func(c *Config) { c.UserEnv = "A,,B" }), name: "--user-env", kind: field.ErrMalformed},
-		"users root, shared mode":   {edit: func(c *Config) { c.UsersRoot = "/users" }, name: "--users-root", kind: field.ErrConflict},
-		"user secrets, collab mode": {edit: and(mesh, func(c *Config) { c.Mode, c.UserSecrets = ModeCollab, "/s" }), name: "--user-secrets", kind: field.ErrConflict},
-		"user uids, shared mode":    {edit: func(c *Config) { c.UserUIDs = "200000-200999" }, name: "--user-uids", kind: field.ErrConflict},
-		"user env, shared mode":     {edit: func(c *Config) { c.UserEnv = "HTTPS_PROXY" }, name: "--user-env", kind: field.ErrConflict},
+		"isolated without a root":   {Edit: and(isolated, func(c *Config) { c.UsersRoot = "" }), Name: "--mode", Kind: field.ErrRequired},
+		"isolated without keys":     {Edit: and(isolated, func(c *Config) { c.IdentityKeys = "" }), Name: "--mode", Kind: field.ErrRequired},
+		"isolated on an address":    {Edit: and(isolated, attach), Name: "--mode", Kind: field.ErrRequired},
+		"isolated, no users":        {Edit: and(isolated, func(c *Config) { c.MaxUsers = 0 }), Name: "--max-users", Kind: field.ErrOutOfRange},
+		"isolated, bad UID range":   {Edit: and(isolated, func(c *Config) { c.UserUIDs = "0-999" }), Name: "--user-uids", Kind: field.ErrMalformed},
+		"isolated, reversed range":  {Edit: and(isolated, func(c *Config) { c.UserUIDs = "2000-1000" }), Name: "--user-uids", Kind: field.ErrMalformed},
+		"isolated, spaced env":      {Edit: and(isolated, func(c *Config) { c.UserEnv = "HTTPS_PROXY, SSL_CERT_FILE" }), Name: "--user-env", Kind: field.ErrMalformed},
+		"isolated, empty env name":  {Edit: and(isolated, func(c *Config) { c.UserEnv = "A,,B" }), Name: "--user-env", Kind: field.ErrMalformed},
+		"users root, shared mode":   {Edit: func(c *Config) { c.UsersRoot = "/users" }, Name: "--users-root", Kind: field.ErrConflict},
+		"user secrets, collab mode": {Edit: and(mesh, func(c *Config) { c.Mode, c.UserSecrets = ModeCollab, "/s" }), Name: "--user-secrets", Kind: field.ErrConflict},
+		"user uids, shared mode":    {Edit: func(c *Config) { c.UserUIDs = "200000-200999" }, Name: "--user-uids", Kind: field.ErrConflict},
+		"user env, shared mode":     {Edit: func(c *Config) { c.UserEnv = "HTTPS_PROXY" }, Name: "--user-env", Kind: field.ErrConflict},
 
 		// The policy needs keys; the sweeper needs a policy and Consul.
-		"policy with keys":              {edit: mesh},
-		"policy without keys":           {edit: and(mesh, func(c *Config) { c.IdentityKeys = "" }), name: "--policy", kind: field.ErrRequired},
-		"sweeper settings":              {edit: and(mesh, func(c *Config) { c.SessionTTL, c.SweepInterval = 10*time.Minute, 5*time.Minute })},
-		"session ttl, no consul":        {edit: func(c *Config) { c.Policy, c.IdentityKeys, c.SessionTTL = "/policy", "/keys", 10*time.Minute }, name: "--session-ttl", kind: field.ErrConflict},
-		"sweep interval, no policy":     {edit: func(c *Config) { c.Consul, c.SweepInterval = "127.0.0.1:8500", 5*time.Minute }, name: "--sweep-interval", kind: field.ErrConflict},
-		"no sweeping, no sweeper":       {edit: func(c *Config) { c.SweepInterval = 0 }},
-		"session ttl, isolated":         {edit: and(isolated, mesh, func(c *Config) { c.SessionTTL = time.Hour }), name: "--session-ttl", kind: field.ErrConflict},
-		"sweeper with zero session ttl": {edit: and(mesh, func(c *Config) { c.SessionTTL = 0 }), name: "--session-ttl", kind: field.ErrOutOfRange},
+		"policy with keys":              {Edit: mesh},
+		"policy without keys":           {Edit: and(mesh, func(c *Config) { c.IdentityKeys = "" }), Name: "--policy", Kind: field.ErrRequired},
+		"sweeper settings":              {Edit: and(mesh, func(c *Config) { c.SessionTTL, c.SweepInterval = 10*time.Minute, 5*time.Minute })},
+		"session ttl, no consul":        {Edit: func(c *Config) { c.Policy, c.IdentityKeys, c.SessionTTL = "/policy", "/keys", 10*time.Minute }, Name: "--session-ttl", Kind: field.ErrConflict},
+		"sweep interval, no policy":     {Edit: func(c *Config) { c.Consul, c.SweepInterval = "127.0.0.1:8500", 5*time.Minute }, Name: "--sweep-interval", Kind: field.ErrConflict},
+		"no sweeping, no sweeper":       {Edit: func(c *Config) { c.SweepInterval = 0 }},
+		"session ttl, isolated":         {Edit: and(isolated, mesh, func(c *Config) { c.SessionTTL = time.Hour }), Name: "--session-ttl", Kind: field.ErrConflict},
+		"sweeper with zero session ttl": {Edit: and(mesh, func(c *Config) { c.SessionTTL = 0 }), Name: "--session-ttl", Kind: field.ErrOutOfRange},
 		"sweeper with negative interval": {
-			edit: and(mesh, func(c *Config) { c.SweepInterval = -time.Second }), name: "--sweep-interval", kind: field.ErrOutOfRange},
+			Edit: and(mesh, func(c *Config) { c.SweepInterval = -time.Second }), Name: "--sweep-interval", Kind: field.ErrOutOfRange},
 
 		// Addresses and the path.
-		"listen on every interface": {edit: func(c *Config) { c.Listen = ":7001" }},
-		"listen on port 0":          {edit: func(c *Config) { c.Listen = "127.0.0.1:0" }, name: "--listen", kind: field.ErrMalformed},
-		"listen without a port":     {edit: func(c *Config) { c.Listen = "127.0.0.1" }, name: "--listen", kind: field.ErrMalformed},
-		"listen port too large":     {edit: func(c *Config) { c.Listen = "127.0.0.1:70000" }, name: "--listen", kind: field.ErrMalformed},
-		"admin on localhost":        {edit: func(c *Config) { c.AdminListen = "localhost:7101" }},
-		"admin on ::1, port 0":      {edit: func(c *Config) { c.AdminListen = "[::1]:0" }},
-		"admin public, credential":  {edit: func(c *Config) { c.AdminListen, c.AdminCredentialFile = "0.0.0.0:7101", "/admin" }},
-		"admin public":              {edit: func(c *Config) { c.AdminListen = "0.0.0.0:7101" }, name: "--admin-listen", kind: field.ErrRequired},
-		"admin on every interface":  {edit: func(c *Config) { c.AdminListen = ":7101" }, name: "--admin-listen", kind: field.ErrRequired},
-		"admin without a port":      {edit: func(c *Config) { c.AdminListen = "127.0.0.1" }, name: "--admin-listen", kind: field.ErrMalformed},
-		"admin on the tunnel port":  {edit: func(c *Config) { c.AdminListen = c.Listen }, name: "--admin-listen", kind: field.ErrConflict},
-		"another path":              {edit: func(c *Config) { c.Path = "/climesh/v2/rpc" }},
-		"relative path":             {edit: func(c *Config) { c.Path = "v1/rpc" }, name: "--path", kind: field.ErrMalformed},
-		"path with a wildcard":      {edit: func(c *Config) { c.Path = "/v1/{x}" }, name: "--path", kind: field.ErrMalformed},
-		"path with a method":        {edit: func(c *Config) { c.Path = "GET /v1/rpc" }, name: "--path", kind: field.ErrMalformed},
-		"no pool":                   {edit: func(c *Config) { c.Pool = "" }, name: "--pool", kind: field.ErrRequired},
+		"listen on every interface": {Edit: func(c *Config) { c.Listen = ":7001" }},
+		"listen on port 0":          {Edit: func(c *Config) { c.Listen = "127.0.0.1:0" }, Name: "--listen", Kind: field.ErrMalformed},
+		"listen without a port":     {Edit: func(c *Config) { c.Listen = "127.0.0.1" }, Name: "--listen", Kind: field.ErrMalformed},
+		"listen port too large":     {Edit: func(c *Config) { c.Listen = "127.0.0.1:70000" }, Name: "--listen", Kind: field.ErrMalformed},
+		"admin on localhost":        {Edit: func(c *Config) { c.AdminListen = "localhost:7101" }},
+		"admin on ::1, port 0":      {Edit: func(c *Config) { c.AdminListen = "[::1]:0" }},
+		"admin public, credential":  {Edit: func(c *Config) { c.AdminListen, c.AdminCredentialFile = "0.0.0.0:7101", "/admin" }},
+		"admin public":              {Edit: func(c *Config) { c.AdminListen = "0.0.0.0:7101" }, Name: "--admin-listen", Kind: field.ErrRequired},
+		"admin on every interface":  {Edit: func(c *Config) { c.AdminListen = ":7101" }, Name: "--admin-listen", Kind: field.ErrRequired},
+		"admin without a port":      {Edit: func(c *Config) { c.AdminListen = "127.0.0.1" }, Name: "--admin-listen", Kind: field.ErrMalformed},
+		"admin on the tunnel port":  {Edit: func(c *Config) { c.AdminListen = c.Listen }, Name: "--admin-listen", Kind: field.ErrConflict},
+		"another path":              {Edit: func(c *Config) { c.Path = "/climesh/v2/rpc" }},
+		"relative path":             {Edit: func(c *Config) { c.Path = "v1/rpc" }, Name: "--path", Kind: field.ErrMalformed},
+		"path with a wildcard":      {Edit: func(c *Config) { c.Path = "/v1/{x}" }, Name: "--path", Kind: field.ErrMalformed},
+		"path with a method":        {Edit: func(c *Config) { c.Path = "GET /v1/rpc" }, Name: "--path", Kind: field.ErrMalformed},
+		"no pool":                   {Edit: func(c *Config) { c.Pool = "" }, Name: "--pool", Kind: field.ErrRequired},
 
 		// Numeric bounds.
-		"no capacity cap":           {edit: func(c *Config) { c.Capacity, c.MaxTunnelsPerUser = 0, 0 }},
-		"negative capacity":         {edit: func(c *Config) { c.Capacity = -1 }, name: "--capacity", kind: field.ErrOutOfRange},
-		"no pending":                {edit: func(c *Config) { c.MaxPending = 0 }, name: "--max-pending", kind: field.ErrOutOfRange},
-		"no tunnel sessions":        {edit: func(c *Config) { c.MaxTunnelSessions = 0 }, name: "--max-tunnel-sessions", kind: field.ErrOutOfRange},
-		"negative tunnels per user": {edit: func(c *Config) { c.MaxTunnelsPerUser = -1 }, name: "--max-tunnels-per-user", kind: field.ErrOutOfRange},
-		"no frame":                  {edit: func(c *Config) { c.MaxFrameBytes = 0 }, name: "--max-frame-bytes", kind: field.ErrOutOfRange},
+		"no capacity cap":           {Edit: func(c *Config) { c.Capacity, c.MaxTunnelsPerUser = 0, 0 }},
+		"negative capacity":         {Edit: func(c *Config) { c.Capacity = -1 }, Name: "--capacity", Kind: field.ErrOutOfRange},
+		"no pending":                {Edit: func(c *Config) { c.MaxPending = 0 }, Name: "--max-pending", Kind: field.ErrOutOfRange},
+		"no tunnel sessions":        {Edit: func(c *Config) { c.MaxTunnelSessions = 0 }, Name: "--max-tunnel-sessions", Kind: field.ErrOutOfRange},
+		"negative tunnels per user": {Edit: func(c *Config) { c.MaxTunnelsPerUser = -1 }, Name: "--max-tunnels-per-user", Kind: field.ErrOutOfRange},
+		"no frame":                  {Edit: func(c *Config) { c.MaxFrameBytes = 0 }, Name: "--max-frame-bytes", Kind: field.ErrOutOfRange},
 
 		// Durations.
-		"fast check":             {edit: func(c *Config) { c.PingInterval, c.CheckTTL = 500*time.Millisecond, 3*time.Second }},
-		"no ping":                {edit: func(c *Config) { c.PingInterval = 0 }, name: "--ping-interval", kind: field.ErrOutOfRange},
-		"check ttl = ping":       {edit: func(c *Config) { c.CheckTTL = c.PingInterval }, name: "--check-ttl", kind: field.ErrOutOfRange},
-		"zero timers":            {edit: func(c *Config) { c.Keepalive, c.DrainTimeout, c.UserIdle, c.LockWaitMax = 0, 0, 0, 0 }},
-		"negative keepalive":     {edit: func(c *Config) { c.Keepalive = -time.Second }, name: "--keepalive", kind: field.ErrOutOfRange},
-		"negative drain timeout": {edit: func(c *Config) { c.DrainTimeout = -time.Second }, name: "--drain-timeout", kind: field.ErrOutOfRange},
-		"no policy watch":        {edit: and(mesh, func(c *Config) { c.PolicyWatch = 0 }), name: "--policy-watch", kind: field.ErrOutOfRange},
-		"negative user idle":     {edit: and(isolated, func(c *Config) { c.UserIdle = -time.Second }), name: "--user-idle", kind: field.ErrOutOfRange},
-		"lock ttl bounds":        {edit: and(mesh, func(c *Config) { c.Mode, c.LockTTL, c.LockDelay = ModeCollab, 24*time.Hour, 60*time.Second })},
-		"lock ttl under 10s":     {edit: func(c *Config) { c.LockTTL = 9 * time.Second }, name: "--lock-ttl", kind: field.ErrOutOfRange},
-		"lock ttl over 24h":      {edit: func(c *Config) { c.LockTTL = 25 * time.Hour }, name: "--lock-ttl", kind: field.ErrOutOfRange},
-		"no lock delay":          {edit: func(c *Config) { c.LockDelay = 0 }},
-		"lock delay over 60s":    {edit: func(c *Config) { c.LockDelay = 61 * time.Second }, name: "--lock-delay", kind: field.ErrOutOfRange},
-		"negative lock delay":    {edit: func(c *Config) { c.LockDelay = -time.Second }, name: "--lock-delay", kind: field.ErrOutOfRange},
-		"negative lock wait max": {edit: func(c *Config) { c.LockWaitMax = -time.Second }, name: "--lock-wait-max", kind: field.ErrOutOfRange},
+		"fast check":             {Edit: func(c *Config) { c.PingInterval, c.CheckTTL = 500*time.Millisecond, 3*time.Second }},
+		"no ping":                {Edit: func(c *Config) { c.PingInterval = 0 }, Name: "--ping-interval", Kind: field.ErrOutOfRange},
+		"check ttl = ping":       {Edit: func(c *Config) { c.CheckTTL = c.PingInterval }, Name: "--check-ttl", Kind: field.ErrOutOfRange},
+		"zero timers":            {Edit: func(c *Config) { c.Keepalive, c.DrainTimeout, c.UserIdle, c.LockWaitMax = 0, 0, 0, 0 }},
+		"negative keepalive":     {Edit: func(c *Config) { c.Keepalive = -time.Second }, Name: "--keepalive", Kind: field.ErrOutOfRange},
+		"negative drain timeout": {Edit: func(c *Config) { c.DrainTimeout = -time.Second }, Name: "--drain-timeout", Kind: field.ErrOutOfRange},
+		"no policy watch":        {Edit: and(mesh, func(c *Config) { c.PolicyWatch = 0 }), Name: "--policy-watch", Kind: field.ErrOutOfRange},
+		"negative user idle":     {Edit: and(isolated, func(c *Config) { c.UserIdle = -time.Second }), Name: "--user-idle", Kind: field.ErrOutOfRange},
+		"lock ttl bounds":        {Edit: and(mesh, func(c *Config) { c.Mode, c.LockTTL, c.LockDelay = ModeCollab, 24*time.Hour, 60*time.Second })},
+		"lock ttl under 10s":     {Edit: func(c *Config) { c.LockTTL = 9 * time.Second }, Name: "--lock-ttl", Kind: field.ErrOutOfRange},
+		"lock ttl over 24h":      {Edit: func(c *Config) { c.LockTTL = 25 * time.Hour }, Name: "--lock-ttl", Kind: field.ErrOutOfRange},
+		"no lock delay":          {Edit: func(c *Config) { c.LockDelay = 0 }},
+		"lock delay over 60s":    {Edit: func(c *Config) { c.LockDelay = 61 * time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
+		"negative lock delay":    {Edit: func(c *Config) { c.LockDelay = -time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
+		"negative lock wait max": {Edit: func(c *Config) { c.LockWaitMax = -time.Second }, Name: "--lock-wait-max", Kind: field.ErrOutOfRange},
 
 		// The log level.
-		"debug log":   {edit: func(c *Config) { c.LogLevel = "debug" }},
-		"unknown log": {edit: func(c *Config) { c.LogLevel = "verbose" }, name: "--log-level", kind: field.ErrMalformed},
+		"debug log":   {Edit: func(c *Config) { c.LogLevel = "debug" }},
+		"unknown log": {Edit: func(c *Config) { c.LogLevel = "verbose" }, Name: "--log-level", Kind: field.ErrMalformed},
 	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			c := DefaultConfig()
-			c.CLICommand = "copilot"
-			if tc.edit != nil {
-				tc.edit(&c)
-			}
-			err := c.Validate()
-			if tc.name == "" {
-				if err != nil {
-					t.Fatalf("Validate: %v", err)
-				}
-				return
-			}
-			if problem := field.Single(err, tc.name, tc.kind, c.CLIToken); problem != "" {
-				t.Error(problem)
-			}
-		})
+	base := func() Config {
+		c := DefaultConfig()
+		c.CLICommand = "copilot"
+		return c
 	}
+	fieldtest.ValidateCases(t, base, func(c Config) string { return c.CLIToken }, cases)
 }

@@ -11,8 +11,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/climesh/climesh/sidecar/datapath"
 	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/periodic"
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // UserPool is the isolated mode (pattern 1): one CLI process per user, each with
@@ -298,26 +300,20 @@ func (p *UserPool) startUser(u *userCLI) {
 
 // Run reaps idle CLIs until ctx ends, then stops them all.
 func (p *UserPool) Run(ctx context.Context) {
-	t := time.NewTicker(max(p.IdleAfter/4, 100*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			p.mu.Lock()
-			for key := range p.users {
-				p.stopLocked(key, "shutting down")
-			}
-			p.mu.Unlock()
-			return
-		case <-t.C:
-		}
+	periodic.Every(ctx, max(p.IdleAfter/4, 100*time.Millisecond), func() bool {
 		p.mu.Lock()
+		defer p.mu.Unlock()
 		for key, u := range p.users {
 			if u.child != nil && u.tunnels == 0 && time.Since(u.lastUsed) > p.IdleAfter {
 				p.stopLocked(key, "idle")
 			}
 		}
-		p.mu.Unlock()
+		return true
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key := range p.users {
+		p.stopLocked(key, "shutting down")
 	}
 }
 

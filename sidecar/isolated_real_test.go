@@ -15,7 +15,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
 
 // The test binary doubles as a fake CLI (CLIMESH_FAKE_CLI=1, given through a
@@ -220,7 +219,6 @@ func TestUserPoolRealCLIUnderUID(t *testing.T) {
 		t.Skip("no Copilot CLI in ../.tools/bin")
 	}
 	rng, _ := ParseUIDRange("200700-200709")
-	core, logs := observer.New(zapcore.InfoLevel)
 	root := openTempDir(t)
 	if executableByOthers(cli) != nil {
 		// The checkout may sit where only its owner can enter (a CI's temporary
@@ -232,7 +230,8 @@ func TestUserPoolRealCLIUnderUID(t *testing.T) {
 			t.Fatalf("the CLI cannot run as another UID: %v", err)
 		}
 	}
-	p := &UserPool{Command: cli, Root: root, UIDs: rng, PkgCache: filepath.Join(root, ".copilot-pkg"), Cap: 5, IdleAfter: time.Minute, Log: zap.New(core)}
+	p := &UserPool{Command: cli, Root: root, UIDs: rng, PkgCache: filepath.Join(root, ".copilot-pkg"), Cap: 5, IdleAfter: time.Minute}
+	logs := observeLogs(p, zapcore.InfoLevel)
 	t.Cleanup(func() { stopAll(p) })
 	if err := p.Prepare(); err != nil || !p.pkgReady {
 		t.Fatalf("prepare: %v; logs %v", err, logs.All())

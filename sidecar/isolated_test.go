@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // fakeStarts records each start and runs `sleep` as the "CLI".
@@ -199,16 +201,7 @@ func TestUserPoolKeysByTenant(t *testing.T) {
 	p, f := newPool(t, 5)
 	writeSecrets(t, p, "acme", "alice", "GH_TOKEN=acme-alice\n")
 	writeSecrets(t, p, "globex", "alice", "GH_TOKEN=globex-alice\n")
-	acme, relA, err := p.Acquire(t.Context(), "acme", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relA()
-	globex, relG, err := p.Acquire(t.Context(), "globex", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relG()
+	acme, globex := mustAcquire(t, p, "acme", "alice"), mustAcquire(t, p, "globex", "alice")
 	if acme == globex || f.count() != 2 {
 		t.Fatalf("two tenants' alice share a CLI: %v %v (%d starts)", acme, globex, f.count())
 	}
@@ -304,8 +297,7 @@ func TestUserPoolCap(t *testing.T) {
 
 func TestUserPoolWarnsWithoutUIDs(t *testing.T) {
 	p, _ := newPool(t, 2)
-	core, logs := observer.New(zapcore.WarnLevel)
-	p.Log = zap.New(core)
+	logs := observeLogs(p, zapcore.WarnLevel)
 	// A home from before tenants: Root/<user>/home, 0700.
 	os.MkdirAll(filepath.Join(p.Root, "olduser", "home"), 0o700)
 	_, rel, err := p.Acquire(t.Context(), "acme", "ann")
@@ -322,4 +314,22 @@ func TestUserPoolWarnsWithoutUIDs(t *testing.T) {
 	if info, err := os.Stat(filepath.Join(p.Root, "acme")); err != nil || info.Mode().Perm() != 0o711 {
 		t.Fatalf("tenant dir: %v %v", info, err)
 	}
+}
+
+// mustAcquire acquires the CLI of tenant/user and releases it when the test ends.
+func mustAcquire(t *testing.T, p *UserPool, tenant, user string) datapath.CLIDialer {
+	t.Helper()
+	d, release, err := p.Acquire(t.Context(), tenant, user)
+	if err != nil {
+		t.Fatalf("acquire %s/%s: %v", tenant, user, err)
+	}
+	t.Cleanup(release)
+	return d
+}
+
+// observeLogs makes p log to a recorder at level and up, and returns it.
+func observeLogs(p *UserPool, level zapcore.Level) *observer.ObservedLogs {
+	core, logs := observer.New(level)
+	p.Log = zap.New(core)
+	return logs
 }

@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestParseUIDRange(t *testing.T) {
@@ -78,16 +77,8 @@ func ownerOf(t *testing.T, path string) (uid, gid int, perm os.FileMode) {
 
 func TestUserPoolUIDs(t *testing.T) {
 	p, f := uidPool(t, "200100-200109")
-	_, relA, err := p.Acquire(t.Context(), "acme", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relA()
-	_, relG, err := p.Acquire(t.Context(), "globex", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relG()
+	mustAcquire(t, p, "acme", "alice")
+	mustAcquire(t, p, "globex", "alice")
 	uids := map[string]int{}
 	for _, tenant := range []string{"acme", "globex"} {
 		uid, ok := p.UIDOf(tenant, "alice")
@@ -272,8 +263,7 @@ func TestUserPoolRefusesSymlinkedHome(t *testing.T) {
 
 func TestUserPoolPkgCache(t *testing.T) {
 	p, f := newPool(t, 5)
-	core, logs := observer.New(zapcore.InfoLevel)
-	p.Log = zap.New(core)
+	logs := observeLogs(p, zapcore.InfoLevel)
 	// A "CLI" that unpacks like copilot does, under a strict umask.
 	bin := filepath.Join(t.TempDir(), "cli")
 	os.WriteFile(bin, []byte(`#!/bin/sh
@@ -302,8 +292,8 @@ echo bin > "$COPILOT_PKG_CACHE_HOME/pkg/linux-x64/1.0.0/prebuilds/runtime.node" 
 
 	// A command that does not unpack: a warning, and each CLI on its own.
 	q, g := newPool(t, 5)
-	core, logs = observer.New(zapcore.InfoLevel)
-	q.Log, q.Command, q.PkgCache = zap.New(core), "/bin/true", filepath.Join(q.Root, ".copilot-pkg")
+	logs = observeLogs(q, zapcore.InfoLevel)
+	q.Command, q.PkgCache = "/bin/true", filepath.Join(q.Root, ".copilot-pkg")
 	if _, rel, err := q.Acquire(t.Context(), "acme", "ann"); err != nil {
 		t.Fatal(err)
 	} else {

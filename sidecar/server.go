@@ -100,7 +100,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		}
 		rl.Users = s.users
 	}
-	rl.Instance, rl.Pool, rl.Mode, rl.RecordTTL, rl.LockWaitMax = cfg.Instance(), cfg.Pool, cfg.Mode, 2*time.Second, cfg.LockWaitMax
 	rl.Bounds = datapath.Bounds{Pending: cfg.MaxPending, Sessions: cfg.MaxTunnelSessions}
 	rl.MaxTunnelsPerUser = cfg.MaxTunnelsPerUser
 	if cfg.IdentityKeys != "" {
@@ -109,10 +108,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		}
 	}
 	if cfg.Policy != "" {
-		if rl.Engine, err = policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg); err != nil {
+		engine, err := policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg)
+		if err != nil {
 			return nil, fmt.Errorf("--policy: %w", err)
 		}
-		rl.Registry = &registry.Memory{}
+		rl.Policy = &datapath.Policy{Engine: engine, Registry: &registry.Memory{}, Instance: cfg.Instance(), Pool: cfg.Pool, Mode: cfg.Mode,
+			RecordTTL: 2 * time.Second, LockWaitMax: cfg.LockWaitMax}
 	}
 	if cfg.EdgeCredentialFile != "" {
 		if rl.EdgeCredential, err = readSecret("--edge-credential-file", cfg.EdgeCredentialFile, 1); err != nil {
@@ -190,18 +191,20 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 	if err != nil {
 		return fmt.Errorf("--consul: %w", err)
 	}
-	if rl.Engine != nil {
-		rl.Registry = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
-	}
+	var sessions registry.Registry
 	locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: cfg.LockTTL, LockDelay: cfg.LockDelay, Instance: cfg.Instance()}
-	if cfg.Mode == ModeCollab {
-		rl.Locker = locker
+	if rl.Policy != nil {
+		sessions = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
+		rl.Policy.Registry = sessions
+		if cfg.Mode == ModeCollab {
+			rl.Policy.Locker = locker
+		}
 	}
 	if cfg.Sweeps() {
 		swept := promauto.With(reg).NewCounter(prometheus.CounterOpts{
 			Name: "climesh_sidecar_sessions_swept_total", Help: "Idle sessions this sidecar deleted as the pool's sweeper.",
 		})
-		s.sweeper = &Sweeper{Registry: rl.Registry, Locker: locker, Relay: rl, Pool: cfg.Pool, Instance: cfg.Instance(),
+		s.sweeper = &Sweeper{Registry: sessions, Locker: locker, Relay: rl, Pool: cfg.Pool, Instance: cfg.Instance(),
 			Log: s.log.Named("sweeper"), OnSwept: func(n int) { swept.Add(float64(n)) }}
 		// POST /sweep[?ttl=2m]: the admin call; answers how many it deleted.
 		admin.Handle("POST /sweep", AdminOnly(adminCred, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -270,8 +273,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.users != nil {
 		go s.users.Run(ctx)
 	}
-	if rl.Engine != nil {
-		go rl.Engine.Watch(ctx, cfg.PolicyWatch)
+	if rl.Policy != nil {
+		go rl.Policy.Engine.Watch(ctx, cfg.PolicyWatch)
 	}
 	go s.srv.Serve(s.lis)
 	go s.adminSrv.Serve(s.adminLis)

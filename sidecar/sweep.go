@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/lock"
 	"github.com/climesh/climesh/session/registry"
@@ -90,16 +91,10 @@ func deleteSession(cli *datapath.CLIConn, id string) error {
 
 // Run sweeps every interval with ttl until ctx ends.
 func (s *Sweeper) Run(ctx context.Context, interval, ttl time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Every(ctx, interval, func() bool {
 		if _, err := s.Sweep(ctx, ttl); err != nil {
 			s.Log.Warn("sweeper", zap.Error(err))
 		}
-	}
+		return true
+	})
 }

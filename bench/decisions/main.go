@@ -189,8 +189,8 @@ func createLatencies(ctx context.Context, e *policy.Engine, n int) []time.Durati
 
 // newGuard is a tunnel's policy path (the guard and its call table) for user u.
 func newGuard(e *policy.Engine, reg registry.Registry, u int) *datapath.PolicyPath {
-	return &datapath.PolicyPath{Guard: &datapath.Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"},
-		Pool: "copilot", Mode: "shared", Log: zap.NewNop(), RecordTTL: time.Hour}}
+	return &datapath.PolicyPath{Guard: &datapath.Guard{Policy: datapath.Policy{Engine: e, Registry: reg, Pool: "copilot", Mode: "shared", RecordTTL: time.Hour},
+		Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"}, Log: zap.NewNop()}}
 }
 
 func fixedRate(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, rate int, dur time.Duration, workers int) ([]time.Duration, float64, int64) {

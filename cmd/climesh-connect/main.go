@@ -19,6 +19,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -36,16 +37,9 @@ import (
 )
 
 func main() {
-	field.Main("climesh-connect", func() (connector.Config, error) { return connector.Load(os.Args[1:], os.LookupEnv) }, usage, run)
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: climesh-connect [flags]")
-	fmt.Fprintln(w, "Flags override environment variables (CLIMESH_*; empty counts as unset), which override defaults.")
-	c := connector.DefaultConfig()
-	fs := c.FlagSet()
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	field.Main("climesh-connect", "Flags override environment variables (CLIMESH_*; empty counts as unset), which override defaults.",
+		func() *flag.FlagSet { c := connector.DefaultConfig(); return c.FlagSet() },
+		func() (connector.Config, error) { return connector.Load(os.Args[1:], os.LookupEnv) }, run)
 }
 
 // run serves SDK connections with a validated cfg until a signal.

@@ -14,8 +14,8 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -28,16 +28,9 @@ import (
 )
 
 func main() {
-	field.Main("climesh-sidecar", func() (sidecar.Config, error) { return sidecar.Load(os.Args[1:], os.LookupEnv) }, usage, run)
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: climesh-sidecar [flags]")
-	fmt.Fprintln(w, "The token of the CLI that --cli-address names is read from $"+sidecar.TokenEnv+".")
-	c := sidecar.DefaultConfig()
-	fs := c.FlagSet()
-	fs.SetOutput(w)
-	fs.PrintDefaults()
+	field.Main("climesh-sidecar", "The token of the CLI that --cli-address names is read from $"+sidecar.TokenEnv+".",
+		func() *flag.FlagSet { c := sidecar.DefaultConfig(); return c.FlagSet() },
+		func() (sidecar.Config, error) { return sidecar.Load(os.Args[1:], os.LookupEnv) }, run)
 }
 
 // run builds the sidecar from a validated cfg and serves until SIGTERM or

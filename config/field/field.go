@@ -75,12 +75,16 @@ func Parse(fs *flag.FlagSet, args []string) error {
 type Validator interface{ Validate() error }
 
 // Main starts command prog: load (flags and environment), Validate, run. -h
-// prints usage and exits 0; bad input prints every error, one per line, and
-// exits 2; a failure of run exits 1.
-func Main[C Validator](prog string, load func() (C, error), usage func(io.Writer), run func(C) error) {
+// prints the usage line, about and the flags (defaults' flag set) and exits 0;
+// bad input prints every error, one per line, and exits 2; a failure of run
+// exits 1.
+func Main[C Validator](prog, about string, defaults func() *flag.FlagSet, load func() (C, error), run func(C) error) {
 	cfg, err := load()
 	if errors.Is(err, flag.ErrHelp) {
-		usage(os.Stderr)
+		fmt.Fprintf(os.Stderr, "usage: %s [flags]\n%s\n", prog, about)
+		fs := defaults()
+		fs.SetOutput(os.Stderr)
+		fs.PrintDefaults()
 		os.Exit(0)
 	}
 	if err == nil {

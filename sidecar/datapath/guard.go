@@ -26,18 +26,11 @@ import (
 // the registry first; answers that list sessions are filtered, and events reach
 // the tunnel only for sessions the caller may see.
 type Guard struct {
-	Engine   *policy.Engine
-	Registry registry.Registry
-	Caller   identity.Claims
-	Instance string
-	Pool     string
-	Mode     string
-	Log      *zap.Logger
-	// RecordTTL bounds how long a looked-up record is reused (members can change).
-	RecordTTL time.Duration
-	// Locker serialises turns on collab sessions; LockWait is how long this
-	// caller asked to wait for a busy session (0: answer busy at once).
-	Locker   *lock.Locker
+	Policy
+	Caller identity.Claims
+	Log    *zap.Logger
+	// LockWait is how long this caller asked to wait for a busy collab session
+	// (0: answer busy at once).
 	LockWait time.Duration
 	// Bounds limits the per-tunnel tables; zero fields take DefaultBounds.
 	Bounds Bounds
@@ -51,6 +44,33 @@ type Guard struct {
 	held      map[string]*lock.Lock // collab sessions whose turn this tunnel runs
 	asked     map[string]string     // requestIds of the CLI's pending requests this tunnel was shown -> their session
 	touched   map[string]time.Time
+}
+
+// Policy is what every tunnel's Guard shares: the rules, the session registry,
+// where this sidecar stands and the collab lock. A Relay holds one; without it
+// frames pass as read.
+type Policy struct {
+	Engine   *policy.Engine
+	Registry registry.Registry
+	Instance string
+	Pool     string
+	Mode     string
+	// RecordTTL bounds how long a looked-up record is reused (members can change).
+	RecordTTL time.Duration
+	// Locker serialises turns on collab sessions; LockWaitMax caps what a caller
+	// may ask for in x-climesh-lock-wait.
+	Locker      *lock.Locker
+	LockWaitMax time.Duration
+}
+
+// guardFor is the Guard of one tunnel: caller is who the edge verified, lockWait
+// the x-climesh-lock-wait header it sent (unparsable or absent: do not wait).
+func (p *Policy) guardFor(caller identity.Claims, log *zap.Logger, bounds Bounds, lockWait string) *Guard {
+	g := &Guard{Policy: *p, Caller: caller, Log: log, Bounds: bounds}
+	if w, err := time.ParseDuration(lockWait); err == nil && w > 0 {
+		g.LockWait = min(w, p.LockWaitMax)
+	}
+	return g
 }
 
 // Bounds limit what one tunnel can make the sidecar remember.

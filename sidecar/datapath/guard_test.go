@@ -36,8 +36,20 @@ func msg(t testing.TB, body string) jsonrpc.Message {
 // tunnelGuard is a Guard as a tunnel runs it (with the call table).
 type tunnelGuard = PolicyPath
 
+// memoryRegistry is a session registry that holds recs.
+func memoryRegistry(t testing.TB, recs ...*registry.Record) *registry.Memory {
+	t.Helper()
+	reg := &registry.Memory{}
+	for _, rec := range recs {
+		if _, err := reg.Create(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return reg
+}
+
 func guardFor(e *policy.Engine, reg registry.Registry, tenant, user string) *tunnelGuard {
-	return &tunnelGuard{Guard: &Guard{Engine: e, Registry: reg, Caller: identity.Claims{User: user, Tenant: tenant}, Pool: "copilot", Mode: "shared", Log: zap.NewNop()}}
+	return &tunnelGuard{Guard: &Guard{Policy: Policy{Engine: e, Registry: reg, Pool: "copilot", Mode: "shared"}, Caller: identity.Claims{User: user, Tenant: tenant}, Log: zap.NewNop()}}
 }
 
 // inbound is what the relay does with a client's frame: the strict reading, then
@@ -56,7 +68,7 @@ func inbound(t testing.TB, g *tunnelGuard, body string) (toCLI string, answer st
 }
 
 func TestGuardOwnership(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
+	e, reg := shippedPolicy(t), memoryRegistry(t)
 	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "acme", "bob")
 	ctx := t.Context()
 
@@ -150,9 +162,7 @@ func TestGuardRefusesAttacks(t *testing.T) {
 	}
 	for name, frame := range cases {
 		t.Run(name, func(t *testing.T) {
-			e, reg := shippedPolicy(t), &registry.Memory{}
-			reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
-			reg.Create(t.Context(), &registry.Record{ID: "s-b", Owner: "bob", Tenant: "acme", Mode: "shared"})
+			e, reg := shippedPolicy(t), memoryRegistry(t, &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"}, &registry.Record{ID: "s-b", Owner: "bob", Tenant: "acme", Mode: "shared"})
 			bob := guardFor(e, reg, "acme", "bob")
 			toCLI, ans := inbound(t, bob, frame)
 			if toCLI != "" {
@@ -166,8 +176,7 @@ func TestGuardRefusesAttacks(t *testing.T) {
 }
 
 func TestGuardTenantQualifiedOwnership(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
-	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+	e, reg := shippedPolicy(t), memoryRegistry(t, &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
 	otherAlice := guardFor(e, reg, "globex", "alice")
 	if toCLI, ans := inbound(t, otherAlice, `{"jsonrpc":"2.0","id":1,"method":"session.getMessages","params":{"sessionId":"s-a"}}`); toCLI != "" || !strings.Contains(ans, noSession) {
 		t.Fatalf("alice of globex reached alice of acme's session: %q %q", toCLI, ans)
@@ -178,7 +187,7 @@ func TestGuardTenantQualifiedOwnership(t *testing.T) {
 }
 
 func TestGuardLimitsBuiltinTools(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
+	e, reg := shippedPolicy(t), memoryRegistry(t)
 	g := guardFor(e, reg, "acme", "alice")
 	cases := map[string]struct{ params, want string }{
 		"nothing asked":          {`{"model":"m"}`, `[]`},
@@ -207,7 +216,7 @@ func TestGuardLimitsBuiltinTools(t *testing.T) {
 }
 
 func TestGuardBounds(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
+	e, reg := shippedPolicy(t), memoryRegistry(t)
 	g := guardFor(e, reg, "acme", "alice")
 	g.Bounds = Bounds{Pending: 2}
 	for i := range 2 {
@@ -228,7 +237,7 @@ func TestGuardBounds(t *testing.T) {
 }
 
 func TestGuardCreateWithIDClaimsFirst(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
+	e, reg := shippedPolicy(t), memoryRegistry(t)
 	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "acme", "bob")
 	create := `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"sessionId":"chosen"}}`
 	if _, ans := inbound(t, alice, create); ans != "" {
@@ -245,8 +254,7 @@ func TestGuardCreateWithIDClaimsFirst(t *testing.T) {
 }
 
 func BenchmarkGuardInboundCached(b *testing.B) {
-	e, reg := shippedPolicy(b), &registry.Memory{}
-	reg.Create(context.Background(), &registry.Record{ID: "s1", Owner: "alice", Tenant: "acme"})
+	e, reg := shippedPolicy(b), memoryRegistry(b, &registry.Record{ID: "s1", Owner: "alice", Tenant: "acme"})
 	g := guardFor(e, reg, "acme", "alice")
 	g.RecordTTL = 1 << 62
 	m := msg(b, `{"jsonrpc":"2.0","id":8,"method":"session.send","params":{"sessionId":"s1","prompt":"x"}}`)
@@ -261,9 +269,7 @@ func BenchmarkGuardInboundCached(b *testing.B) {
 }
 
 func TestGuardPendingAnswersBoundToTheirSession(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
-	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
-	reg.Create(t.Context(), &registry.Record{ID: "s-b", Owner: "bob", Tenant: "globex", Mode: "shared"})
+	e, reg := shippedPolicy(t), memoryRegistry(t, &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"}, &registry.Record{ID: "s-b", Owner: "bob", Tenant: "globex", Mode: "shared"})
 	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "globex", "bob")
 	event := `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a","event":{"type":"external_tool.requested","data":{"requestId":"R1","toolName":"t1"}}}}`
 	if _, send := alice.Outbound(t.Context(), msg(t, event)); !send {
@@ -297,8 +303,7 @@ func TestGuardPendingAnswersBoundToTheirSession(t *testing.T) {
 // Wrong types in the fields the tools rewrite and the pending-answer check read
 // are refused, never read as "none".
 func TestGuardWrongTypesRefused(t *testing.T) {
-	e, reg := shippedPolicy(t), &registry.Memory{}
-	reg.Create(t.Context(), &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
+	e, reg := shippedPolicy(t), memoryRegistry(t, &registry.Record{ID: "s-a", Owner: "alice", Tenant: "acme", Mode: "shared"})
 	alice := guardFor(e, reg, "acme", "alice")
 	alice.Outbound(t.Context(), msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-a","event":{"type":"external_tool.requested","data":{"requestId":"7"}}}}`))
 	for name, frame := range map[string]string{

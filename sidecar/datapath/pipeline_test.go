@@ -144,10 +144,8 @@ func TestPipelineAdmission(t *testing.T) {
 // A request a stage stops ends there: the stages before it are told, the ones
 // after never see it, nothing enters the call table.
 func TestPipelineStopTellsEarlierStages(t *testing.T) {
-	p, w, log := newTestPipeline(recorder{name: "a"}, recorder{name: "b", answer: `{"stop":1}`}, recorder{name: "c"})
-	p.fromClient(t.Context(), msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s"}}`))
-	<-w.ans
-	if got, want := strings.Join(log(), " "), "a:toCLI session.send b:toCLI session.send a:refused session.send"; got != want {
+	p, w, got := sendThrough(t, answered, recorder{name: "a"}, recorder{name: "b", answer: `{"stop":1}`}, recorder{name: "c"})
+	if want := "a:toCLI session.send b:toCLI session.send a:refused session.send"; got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
 	}
 	if p.calls.sending("s") || len(w.toCLI) != 0 || w.toApp[0] != `{"stop":1}` {
@@ -158,10 +156,8 @@ func TestPipelineStopTellsEarlierStages(t *testing.T) {
 // A stage that must wait (the collab lock) does so off the loop; a refusal after
 // the wait is told to the stages before it, a pass runs the rest and forwards.
 func TestPipelineWait(t *testing.T) {
-	p, w, log := newTestPipeline(recorder{name: "a"}, recorder{name: "lock", wait: `{"busy":1}`}, recorder{name: "c"})
-	p.fromClient(t.Context(), msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s"}}`))
-	<-w.ans
-	if got, want := strings.Join(log(), " "), "a:toCLI session.send lock:toCLI session.send a:refused session.send"; got != want {
+	p, _, got := sendThrough(t, answered, recorder{name: "a"}, recorder{name: "lock", wait: `{"busy":1}`}, recorder{name: "c"})
+	if want := "a:toCLI session.send lock:toCLI session.send a:refused session.send"; got != want {
 		t.Fatalf("busy: got %s\nwant %s", got, want)
 	}
 	// A send answered busy awaits no answer: its session is not busy with it
@@ -169,12 +165,24 @@ func TestPipelineWait(t *testing.T) {
 	if p.calls.sending("s") {
 		t.Fatal("a send answered busy is still awaiting its answer")
 	}
-	p, w, log = newTestPipeline(recorder{name: "a"}, recorder{name: "lock", wait: "forward"}, recorder{name: "c"})
-	p.fromClient(t.Context(), msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s"}}`))
-	<-w.forwarded
-	if got, want := strings.Join(log(), " "), "a:toCLI session.send lock:toCLI session.send c:toCLI session.send"; got != want || !p.calls.sending("s") {
+	p, _, got = sendThrough(t, forwarded, recorder{name: "a"}, recorder{name: "lock", wait: "forward"}, recorder{name: "c"})
+	if want := "a:toCLI session.send lock:toCLI session.send c:toCLI session.send"; got != want || !p.calls.sending("s") {
 		t.Fatalf("taken: got %s\nwant %s (sending %v)", got, want, p.calls.sending("s"))
 	}
+}
+
+// answered and forwarded say which end of a pipeline a test waits on.
+func answered(w *wires) chan struct{}  { return w.ans }
+func forwarded(w *wires) chan struct{} { return w.forwarded }
+
+// sendThrough takes one session.send on session "s" through a new pipeline of
+// stages, waits for the end until returns a frame, and returns the pipeline, its
+// wires and the stages' log so far.
+func sendThrough(t *testing.T, until func(*wires) chan struct{}, stages ...recorder) (*pipeline, *wires, string) {
+	p, w, log := newTestPipeline(stages...)
+	p.fromClient(t.Context(), msg(t, `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":"s"}}`))
+	<-until(w)
+	return p, w, strings.Join(log(), " ")
 }
 
 func TestLocalStage(t *testing.T) {

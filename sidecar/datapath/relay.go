@@ -20,11 +20,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/identity"
-	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
-	"github.com/climesh/climesh/session/lock"
-	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/tunnel"
 )
 
@@ -40,20 +37,11 @@ type Relay struct {
 	// Keys verify the edge's identity assertion (x-climesh-identity); when set, a
 	// tunnel without a valid one is refused.
 	Keys *identity.Keys
-	// Engine decides every request (deny by default); nil relays everything.
-	Engine    *policy.Engine
-	Registry  registry.Registry
-	Instance  string
-	Pool      string
-	Mode      string
-	RecordTTL time.Duration
+	// Policy decides every message (deny by default); nil relays everything.
+	Policy *Policy
 	// Users, in isolated mode, runs one CLI per caller; CLI is then only a
 	// template for its limits.
 	Users UserCLIs
-	// Locker serialises turns on collab sessions; LockWaitMax caps what a caller
-	// may ask for in x-climesh-lock-wait.
-	Locker      *lock.Locker
-	LockWaitMax time.Duration
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
 	EdgeCredential string
@@ -205,12 +193,8 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer cli.Close()
 	var guard *Guard
-	if rl.Engine != nil {
-		guard = &Guard{Engine: rl.Engine, Registry: rl.Registry, Caller: caller, Instance: rl.Instance, Pool: rl.Pool, Mode: rl.Mode,
-			Log: log, RecordTTL: rl.RecordTTL, Locker: rl.Locker, Bounds: rl.Bounds}
-		if w, err := time.ParseDuration(r.Header.Get(protocol.HeaderLockWait)); err == nil && w > 0 {
-			guard.LockWait = min(w, rl.LockWaitMax)
-		}
+	if rl.Policy != nil {
+		guard = rl.Policy.guardFor(caller, log, rl.Bounds, r.Header.Get(protocol.HeaderLockWait))
 		defer guard.Close()
 	}
 	rl.relay(ctx, log, c, cli, guard)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
+	"github.com/climesh/climesh/tunnel/tunneltest"
 )
 
 // fakeCLI speaks the CLI's wire format: it wants `connect {token}` first, answers
@@ -134,9 +134,7 @@ func startRelay(t *testing.T, cliAddr, token, credential string) (*Relay, string
 	t.Helper()
 	rl := NewRelay(zap.NewNop(), CLIDialer{Addr: cliAddr, Token: token, Limits: jsonrpc.DefaultLimits}, jsonrpc.DefaultLimits, prometheus.NewRegistry())
 	rl.EdgeCredential = credential
-	srv := httptest.NewServer(rl)
-	t.Cleanup(srv.Close)
-	return rl, "ws" + strings.TrimPrefix(srv.URL, "http")
+	return rl, tunneltest.Serve(t, rl)
 }
 
 func dialRelay(t *testing.T, url string, h http.Header) *tunnel.Conn {

@@ -52,31 +52,28 @@ func parseTranscript(path string) (*transcript, error) {
 		switch {
 		case line == "":
 		case strings.HasPrefix(line, "# options:"):
-			for _, kv := range strings.Fields(strings.TrimPrefix(line, "# options:")) {
-				k, v, _ := strings.Cut(kv, "=")
-				switch k {
-				case "policy":
+			err := setEach(strings.TrimPrefix(line, "# options:"), map[string]func(string) error{
+				"policy": func(v string) error {
 					if v != "shipped" && v != "none" {
-						return nil, fail(n, "policy=%q: want shipped or none", v)
+						return fmt.Errorf("policy=%q: want shipped or none", v)
 					}
 					tr.policy = v == "shipped"
-				case "user":
-					tr.caller.User = v
-				case "tenant":
-					tr.caller.Tenant = v
-				case "roles":
-					tr.caller.Roles = strings.Split(v, ",")
-				case "capacity":
+					return nil
+				},
+				"user":   setString(&tr.caller.User),
+				"tenant": setString(&tr.caller.Tenant),
+				"roles":  func(v string) error { tr.caller.Roles = strings.Split(v, ","); return nil },
+				"capacity": func(v string) (err error) {
 					if tr.capacity, err = strconv.Atoi(v); err != nil || tr.capacity < 0 {
-						return nil, fail(n, "capacity=%q: want a count", v)
+						return fmt.Errorf("capacity=%q: want a count", v)
 					}
-				case "pool":
-					tr.pool = v
-				case "mode":
-					tr.mode = v
-				default:
-					return nil, fail(n, "unknown option %q", k)
-				}
+					return nil
+				},
+				"pool": setString(&tr.pool),
+				"mode": setString(&tr.mode),
+			})
+			if err != nil {
+				return nil, fail(n, "options: %v", err)
 			}
 		case strings.HasPrefix(line, "# record:"):
 			fields := strings.Fields(strings.TrimPrefix(line, "# record:"))
@@ -84,20 +81,14 @@ func parseTranscript(path string) (*transcript, error) {
 				return nil, fail(n, "record: want an id")
 			}
 			rec := &registry.Record{ID: fields[0], Mode: "shared", Members: []string{}, Pool: tr.pool}
-			for _, kv := range fields[1:] {
-				k, v, _ := strings.Cut(kv, "=")
-				switch k {
-				case "owner":
-					rec.Owner = v
-				case "tenant":
-					rec.Tenant = v
-				case "mode":
-					rec.Mode = v
-				case "members":
-					rec.Members = strings.Split(v, ",")
-				default:
-					return nil, fail(n, "record: unknown field %q", k)
-				}
+			err := setEach(strings.Join(fields[1:], " "), map[string]func(string) error{
+				"owner":   setString(&rec.Owner),
+				"tenant":  setString(&rec.Tenant),
+				"mode":    setString(&rec.Mode),
+				"members": func(v string) error { rec.Members = strings.Split(v, ","); return nil },
+			})
+			if err != nil {
+				return nil, fail(n, "record: %v", err)
 			}
 			tr.records = append(tr.records, rec)
 		case strings.HasPrefix(line, "#"):
@@ -112,20 +103,19 @@ func parseTranscript(path string) (*transcript, error) {
 			}
 			st := tr.steps[len(tr.steps)-1]
 			st.awaitText = line
-			for _, kv := range strings.Fields(strings.TrimPrefix(line, "await ")) {
-				k, v, _ := strings.Cut(kv, "=")
-				c, err := strconv.Atoi(v)
-				if err != nil || c < 1 {
-					return nil, fail(n, "await %s: want a count", kv)
+			count := func(to *int) func(string) error {
+				return func(v string) error {
+					if c, err := strconv.Atoi(v); err == nil && c >= 1 {
+						*to = c
+						return nil
+					}
+					return fmt.Errorf("%q: want a count", v)
 				}
-				switch k {
-				case "cli":
-					st.awaitCLI = c
-				case "client":
-					st.awaitClient = c
-				default:
-					return nil, fail(n, "await: unknown side %q (want cli or client)", k)
-				}
+			}
+			if err := setEach(strings.TrimPrefix(line, "await "), map[string]func(string) error{
+				"cli": count(&st.awaitCLI), "client": count(&st.awaitClient),
+			}); err != nil {
+				return nil, fail(n, "await: %v", err)
 			}
 		default:
 			prefix, frame, ok := strings.Cut(line, "> ")
@@ -141,4 +131,24 @@ func parseTranscript(path string) (*transcript, error) {
 		return nil, fmt.Errorf("%s: no steps", path)
 	}
 	return tr, nil
+}
+
+// setEach applies each key=value of a space-separated list with the setter its
+// key names; an unknown key is an error.
+func setEach(list string, setters map[string]func(string) error) error {
+	for _, kv := range strings.Fields(list) {
+		k, v, _ := strings.Cut(kv, "=")
+		set, ok := setters[k]
+		if !ok {
+			return fmt.Errorf("unknown key %q", k)
+		}
+		if err := set(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func setString(to *string) func(string) error {
+	return func(v string) error { *to = v; return nil }
 }

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,8 +21,8 @@ import (
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
-	"github.com/climesh/climesh/session/registry"
 	"github.com/climesh/climesh/tunnel"
+	"github.com/climesh/climesh/tunnel/tunneltest"
 )
 
 // Transcript golden tests: the data path as frames in → frames out.
@@ -101,15 +100,14 @@ const (
 // runTranscript plays tr against a fresh relay and returns the golden text.
 func runTranscript(t *testing.T, tr *transcript, engine *policy.Engine) string {
 	cli := startScriptedCLI(t)
-	srv := httptest.NewServer(transcriptRelay(t, tr, engine, cli.addr))
-	t.Cleanup(srv.Close)
+	url := tunneltest.Serve(t, transcriptRelay(t, tr, engine, cli.addr))
 	claims := tr.caller
 	claims.Expires = time.Now().Add(time.Hour).Unix()
 	token, err := transcriptKeys.Sign(claims)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &transcriptRun{t: t, url: "ws" + strings.TrimPrefix(srv.URL, "http"), header: http.Header{},
+	r := &transcriptRun{t: t, url: url, header: http.Header{},
 		cli: cli, lastIDs: map[string]string{}, norm: newNormaliser()}
 	r.header.Set("x-climesh-identity", token) // the wire name: the edge's signed identity assertion
 	r.open()
@@ -150,15 +148,9 @@ var transcriptKeys = &identity.Keys{Active: "k1", Keys: map[string][]byte{"k1": 
 func transcriptRelay(t *testing.T, tr *transcript, engine *policy.Engine, cliAddr string) http.Handler {
 	rl := NewRelay(zap.NewNop(), CLIDialer{Addr: cliAddr, Token: "cli-token", Limits: jsonrpc.DefaultLimits, Timeout: transcriptWait},
 		jsonrpc.DefaultLimits, prometheus.NewRegistry())
-	rl.Keys, rl.Pool, rl.Mode, rl.Instance = transcriptKeys, tr.pool, tr.mode, "sidecar-0"
+	rl.Keys = transcriptKeys
 	if tr.policy {
-		reg := &registry.Memory{}
-		for _, rec := range tr.records {
-			if _, err := reg.Create(t.Context(), rec); err != nil {
-				t.Fatal(err)
-			}
-		}
-		rl.Engine, rl.Registry = engine, reg
+		rl.Policy = &Policy{Engine: engine, Registry: memoryRegistry(t, tr.records...), Instance: "sidecar-0", Pool: tr.pool, Mode: tr.mode}
 	} else if len(tr.records) > 0 {
 		t.Fatal("records need policy=shipped (no registry without a policy)")
 	}

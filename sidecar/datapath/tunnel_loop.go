@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/tunnel"
 )
@@ -157,25 +158,14 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 // keepalive pings the client every rl.Keepalive until ctx ends; a client that
 // does not answer within pongWait fails the tunnel.
 func (rl *Relay) keepalive(ctx context.Context, c *tunnel.Conn, finish func(string, bool)) {
-	for sleep(ctx, rl.Keepalive) {
+	periodic.Every(ctx, rl.Keepalive, func() bool {
 		pctx, cancel := context.WithTimeout(ctx, pongWait(rl.Keepalive))
 		err := c.Ping(pctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			finish("client did not answer a keepalive ping", true)
-			return
+			return false
 		}
-	}
-}
-
-// sleep waits d; false means ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
 		return true
-	}
+	})
 }
