@@ -180,14 +180,14 @@ func (s *Server) loop(ctx context.Context) error {
 
 // runConfig serves cfg until ctx ends (nil, nil) or a reload arrives (next, nil).
 func (s *Server) runConfig(ctx context.Context, cfg *config.Config) (*config.Config, error) {
-	health, err := consulHealth(cfg)
+	src, err := consulSource(cfg)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	seed := s.lastFleet
 	s.mu.Unlock()
-	d, err := discovery.New(cfg, health, seed, s.log.Named("discovery"), s.discMet)
+	d, err := discovery.New(cfg, src, seed, s.log.Named("discovery"), s.discMet)
 	if err != nil {
 		return nil, err
 	}
@@ -240,15 +240,15 @@ func (s *Server) config() *config.Config {
 	return s.cfg
 }
 
-// consulHealth makes a Consul client when some pool needs one. The CONSUL_*
+// consulSource makes a Consul client when some pool needs one. The CONSUL_*
 // environment variables (token, TLS) apply; consul.address wins over CONSUL_HTTP_ADDR.
-func consulHealth(cfg *config.Config) (discovery.HealthAPI, error) {
+func consulSource(cfg *config.Config) (discovery.Source, error) {
 	needed := false
 	for _, p := range cfg.Pools {
 		needed = needed || p.ConsulService != ""
 	}
 	if !needed {
-		return nil, nil
+		return discovery.Source{}, nil
 	}
 	c := api.DefaultConfig()
 	c.Address = cfg.Consul.Address
@@ -257,7 +257,7 @@ func consulHealth(cfg *config.Config) (discovery.HealthAPI, error) {
 	}
 	client, err := api.NewClient(c)
 	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
+		return discovery.Source{}, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
 	}
-	return client.Health(), nil
+	return discovery.Source{Health: client.Health(), KV: client.KV()}, nil
 }

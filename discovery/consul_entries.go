@@ -3,15 +3,17 @@ package discovery
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/climesh/climesh/model"
+	"github.com/climesh/climesh/protocol"
 )
 
 // MetaDraining is the service meta key a sidecar sets to "true" while it drains.
-const MetaDraining = "draining"
+const MetaDraining = protocol.ConsulMetaDraining
 
 // Consul's maintenance checks: node-wide, and per service instance.
 const (
@@ -100,4 +102,19 @@ func isTrue(s string) bool {
 		return true
 	}
 	return false
+}
+
+// ApplyLiveness marks unhealthy each instance that names a liveness key
+// (protocol.ConsulMetaLiveness: it was registered through the catalog, with no
+// agent to expire its check) when that key is not live, or is not under
+// protocol.ConsulLivePrefix. It is pure: instances is not changed.
+func ApplyLiveness(instances []model.Instance, live func(key string) bool) []model.Instance {
+	out := slices.Clone(instances)
+	for i, in := range out {
+		key, ok := in.Meta[protocol.ConsulMetaLiveness]
+		if ok && (!strings.HasPrefix(key, protocol.ConsulLivePrefix) || !live(key)) {
+			out[i].Health = model.Unhealthy
+		}
+	}
+	return out
 }

@@ -1,6 +1,8 @@
 // Package discovery learns CLI instances and emits them as immutable model.Fleet
 // values: static pools straight from the config, Consul pools from one blocking health
-// query loop per pool. It never imports xds; the two meet only through model.Fleet.
+// query loop per pool, and — for instances registered through the catalog, whose
+// checks no agent expires — one blocking query on the liveness keys their sidecars'
+// sessions hold. It never imports xds; the two meet only through model.Fleet.
 package discovery
 
 import (
@@ -21,6 +23,7 @@ import (
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/model"
 	"github.com/climesh/climesh/periodic"
+	"github.com/climesh/climesh/protocol"
 )
 
 // HealthAPI is the part of Consul's API discovery uses: *api.Health satisfies it.
@@ -28,19 +31,37 @@ type HealthAPI interface {
 	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
 }
 
+// KVAPI is the part of Consul's KV API discovery uses: *api.KV satisfies it.
+type KVAPI interface {
+	Keys(prefix, separator string, q *api.QueryOptions) ([]string, *api.QueryMeta, error)
+}
+
+// Source is where discovery reads Consul: client.Health() and client.KV(). Health
+// may be nil when no pool uses Consul; without KV no catalog-registered instance
+// is vouched for (they are all unhealthy).
+type Source struct {
+	Health HealthAPI
+	KV     KVAPI
+}
+
 // Discovery holds the current Fleet and tells a consumer when it changed.
 type Discovery struct {
 	log     *zap.Logger
-	health  HealthAPI
+	src     Source
 	consul  config.Consul
 	watched []config.Pool
 	metrics *Metrics
 
 	mu      sync.Mutex
 	fleet   model.Fleet
-	pending map[string]bool // pools not yet read once
-	changed chan struct{}   // capacity 1: a pending change, never blocks a writer
+	read    map[string][]model.Instance // each Consul pool as its health query last said, before liveness
+	live    map[string]bool             // liveness keys that exist
+	pending map[string]bool             // pools (and the liveness keys) not yet read once
+	changed chan struct{}               // capacity 1: a pending change, never blocks a writer
 }
+
+// livenessPending is the name Ready gives the liveness keys until they were read.
+const livenessPending = "liveness keys"
 
 // Metrics are discovery's Prometheus metrics. Make them once per registry: a
 // Discovery made after a config reload shares them.
@@ -55,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	f := promauto.With(reg)
 	return &Metrics{
 		errors: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "climesh_discovery_errors_total", Help: "Failed Consul queries, by pool.",
+			Name: "climesh_discovery_errors_total", Help: "Failed Consul queries, by pool (\"liveness keys\": the query on the liveness keys).",
 		}, []string{"pool"}),
 		rejected: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "climesh_discovery_rejected_instances_total", Help: "Consul instances left out because they cannot be routed to, by pool.",
@@ -69,19 +90,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // New builds a Discovery for cfg. health may be nil when no pool uses Consul. seed is
 // the last fleet known (after a config reload): its pools keep serving, and count as
 // read, until their first query answers.
-func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger, m *Metrics) (*Discovery, error) {
+func New(cfg *config.Config, src Source, seed model.Fleet, log *zap.Logger, m *Metrics) (*Discovery, error) {
 	d := &Discovery{
 		log:     log,
-		health:  health,
+		src:     src,
 		consul:  cfg.Consul,
 		metrics: m,
+		read:    map[string][]model.Instance{},
+		live:    map[string]bool{},
 		pending: map[string]bool{},
 		changed: make(chan struct{}, 1),
 	}
 	var pools []model.Pool
 	for _, p := range cfg.Pools {
 		if p.ConsulService != "" {
-			if health == nil {
+			if src.Health == nil {
 				return nil, fmt.Errorf("pool %q uses consul_service %q but no Consul client was given", p.Name, p.ConsulService)
 			}
 			d.watched = append(d.watched, p)
@@ -94,6 +117,9 @@ func New(cfg *config.Config, health HealthAPI, seed model.Fleet, log *zap.Logger
 			continue
 		}
 		pools = append(pools, StaticPool(p))
+	}
+	if len(d.watched) > 0 && src.KV != nil {
+		d.pending[livenessPending] = true
 	}
 	d.fleet = model.NewFleet(pools...)
 	for _, p := range d.fleet.Pools() {
@@ -143,21 +169,58 @@ func (d *Discovery) Ready() error {
 	return fmt.Errorf("%w: waiting for %s", ErrNotSynced, strings.Join(names, ", "))
 }
 
-// Run watches every Consul pool until ctx ends.
+// Run watches every Consul pool, and the liveness keys, until ctx ends.
 func (d *Discovery) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, p := range d.watched {
 		wg.Go(func() { d.watch(ctx, p) })
 	}
+	if d.pending[livenessPending] {
+		wg.Go(func() { d.watchLiveness(ctx) })
+	}
 	wg.Wait()
 }
 
-func (d *Discovery) set(p model.Pool) {
+// setPool records what pool's health query said and publishes the pool with
+// liveness applied.
+func (d *Discovery) setPool(pool string, instances []model.Instance) {
 	d.mu.Lock()
-	d.fleet = d.fleet.WithPool(p)
-	delete(d.pending, p.Name)
+	d.read[pool] = instances
+	delete(d.pending, pool)
+	p := d.derive(pool)
 	d.mu.Unlock()
 	d.observe(p)
+	d.notify()
+}
+
+// setLive records the liveness keys that exist and publishes every pool again.
+func (d *Discovery) setLive(keys []string) {
+	d.mu.Lock()
+	d.live = make(map[string]bool, len(keys))
+	for _, k := range keys {
+		d.live[k] = true
+	}
+	delete(d.pending, livenessPending)
+	var pools []model.Pool
+	for name := range d.read {
+		pools = append(pools, d.derive(name))
+	}
+	d.mu.Unlock()
+	for _, p := range pools {
+		d.observe(p)
+	}
+	d.notify()
+}
+
+// derive puts pool, as last read and with liveness applied, into the fleet.
+// d.mu is held.
+func (d *Discovery) derive(pool string) model.Pool {
+	p := model.NewPool(pool, ApplyLiveness(d.read[pool], func(key string) bool { return d.live[key] }))
+	d.fleet = d.fleet.WithPool(p)
+	return p
+}
+
+func (d *Discovery) notify() {
 	select {
 	case d.changed <- struct{}{}:
 	default: // a change is pending already; the reader will see this one too
@@ -172,28 +235,53 @@ func (d *Discovery) observe(p model.Pool) {
 	}
 }
 
-// watch runs blocking queries on one pool's service health. It resets its index
-// after an error and when Consul's index goes backwards (a restarted or replaced
-// server), and backs off with jitter on errors, keeping the last pool it read.
+// watch runs blocking queries on one pool's service health.
 func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 	log := d.log.With(zap.String("pool", p.Name), zap.String("service", p.ConsulService))
+	d.block(ctx, log, p.Name, func(q *api.QueryOptions) (*api.QueryMeta, func(), error) {
+		entries, meta, err := d.src.Health.Service(p.ConsulService, "", false, q)
+		return meta, func() {
+			instances, errs := InstancesFromEntries(p.ConsulService, entries)
+			for _, e := range errs {
+				d.metrics.rejected.WithLabelValues(p.Name).Inc()
+				log.Warn("ignoring consul instance", zap.Error(e))
+			}
+			d.setPool(p.Name, instances)
+		}, err
+	})
+}
+
+// watchLiveness runs blocking queries on the liveness keys.
+func (d *Discovery) watchLiveness(ctx context.Context) {
+	log := d.log.With(zap.String("prefix", protocol.ConsulLivePrefix))
+	d.block(ctx, log, livenessPending, func(q *api.QueryOptions) (*api.QueryMeta, func(), error) {
+		keys, meta, err := d.src.KV.Keys(protocol.ConsulLivePrefix, "", q)
+		return meta, func() { d.setLive(keys) }, err
+	})
+}
+
+// block runs one blocking query after another until ctx ends, and applies each
+// answer that changed something. It resets its index after an error and when
+// Consul's index goes backwards (a restarted or replaced server), and backs off
+// with jitter on errors, keeping what it read last. what labels its metrics.
+func (d *Discovery) block(ctx context.Context, log *zap.Logger, what string, query func(*api.QueryOptions) (*api.QueryMeta, func(), error)) {
 	var index uint64
 	failures := 0
 	for ctx.Err() == nil {
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: d.consul.WaitTime, Datacenter: d.consul.Datacenter}).WithContext(ctx)
-		entries, meta, err := d.health.Service(p.ConsulService, "", false, q)
+		meta, apply, err := query(q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			d.metrics.errors.WithLabelValues(p.Name).Inc()
+			d.metrics.errors.WithLabelValues(what).Inc()
 			// The server that answers next may be a restarted one whose index is
 			// lower; a blocking query with our old index would hang there until
 			// wait_time. Ask afresh.
 			index = 0
 			wait := Backoff(failures, d.consul.RetryMin, d.consul.RetryMax, rand.Float64)
 			failures++
-			log.Warn("consul query failed; keeping the last known instances", zap.Error(err), zap.Int("failures", failures), zap.Duration("retry_in", wait))
+			log.Warn("consul query failed; keeping what was read last", zap.Error(err), zap.Int("failures", failures), zap.Duration("retry_in", wait))
 			if !periodic.Sleep(ctx, wait) {
 				return
 			}
@@ -210,12 +298,7 @@ func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 			log.Info("consul index went backwards; starting over", zap.Uint64("was", index), zap.Uint64("now", meta.LastIndex))
 		}
 		index = meta.LastIndex
-		instances, errs := InstancesFromEntries(p.ConsulService, entries)
-		for _, e := range errs {
-			d.metrics.rejected.WithLabelValues(p.Name).Inc()
-			log.Warn("ignoring consul instance", zap.Error(e))
-		}
-		d.set(model.NewPool(p.Name, instances))
+		apply()
 	}
 }
 

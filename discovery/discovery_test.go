@@ -182,7 +182,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 4},
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 2}, // a replaced server: backwards, no error
 		}}
-		d, err := New(testConfig(t), f, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+		d, err := New(testConfig(t), Source{Health: f}, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +221,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 
 func TestNewSeedsConsulPoolsFromTheLastFleet(t *testing.T) {
 	seed := model.NewFleet(model.NewPool("cli", []model.Instance{{ID: "old", Address: "127.0.0.1", Port: 1}}))
-	d, err := New(testConfig(t), &fakeHealth{}, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+	d, err := New(testConfig(t), Source{Health: &fakeHealth{}}, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,90 @@ func TestNewSeedsConsulPoolsFromTheLastFleet(t *testing.T) {
 	if err := d.Ready(); err != nil {
 		t.Fatalf("a seeded pool is not ready: %v", err)
 	}
-	if _, err := New(testConfig(t), nil, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry())); err == nil || !strings.Contains(err.Error(), `pool "cli"`) {
+	if _, err := New(testConfig(t), Source{}, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry())); err == nil || !strings.Contains(err.Error(), `pool "cli"`) {
 		t.Fatalf("no Consul client and a consul pool: %v", err)
 	}
+}
+
+func TestApplyLiveness(t *testing.T) {
+	in := []model.Instance{
+		{ID: "agent", Health: model.Healthy},
+		{ID: "alive", Health: model.Healthy, Meta: map[string]string{"climesh-liveness": "climesh/live/cli/alive"}},
+		{ID: "dead", Health: model.Healthy, Meta: map[string]string{"climesh-liveness": "climesh/live/cli/dead"}},
+		{ID: "draining", Health: model.Draining, Meta: map[string]string{"climesh-liveness": "climesh/live/cli/draining"}},
+		{ID: "elsewhere", Health: model.Healthy, Meta: map[string]string{"climesh-liveness": "other/cli/elsewhere"}},
+	}
+	live := map[string]bool{"climesh/live/cli/alive": true, "climesh/live/cli/draining": true, "other/cli/elsewhere": true}
+	got := ApplyLiveness(in, func(k string) bool { return live[k] })
+	want := map[string]model.Health{"agent": model.Healthy, "alive": model.Healthy, "dead": model.Unhealthy,
+		"draining": model.Draining, "elsewhere": model.Unhealthy}
+	for _, g := range got {
+		if g.Health != want[g.ID] {
+			t.Errorf("%s: %v, want %v", g.ID, g.Health, want[g.ID])
+		}
+	}
+	if in[2].Health != model.Healthy {
+		t.Error("ApplyLiveness changed its input")
+	}
+}
+
+// fakeKV answers each key list sent on next, blocking until one comes or the
+// context ends.
+type fakeKV struct {
+	next  chan []string
+	index uint64
+}
+
+func (f *fakeKV) Keys(prefix, _ string, q *api.QueryOptions) ([]string, *api.QueryMeta, error) {
+	select {
+	case keys := <-f.next:
+		f.index++
+		for _, k := range keys {
+			if !strings.HasPrefix(k, prefix) {
+				return nil, nil, errors.New("key outside the prefix asked for")
+			}
+		}
+		return keys, &api.QueryMeta{LastIndex: f.index}, nil
+	case <-q.Context().Done():
+		return nil, nil, q.Context().Err()
+	}
+}
+
+// A catalog-registered instance is routed only while its liveness key exists;
+// discovery is not ready until it read the keys once.
+func TestLivenessKeysGateCatalogInstances(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		meta := map[string]string{"climesh-liveness": "climesh/live/cli/a"}
+		h := &fakeHealth{results: []fakeResult{{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, meta)}, index: 5}}}
+		kv := &fakeKV{next: make(chan []string)}
+		d, err := New(testConfig(t), Source{Health: h, KV: kv}, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go d.Run(ctx)
+		synctest.Wait()
+		if err := d.Ready(); !errors.Is(err, ErrNotSynced) || !strings.Contains(err.Error(), "liveness keys") {
+			t.Fatalf("ready before the liveness keys were read: %v", err)
+		}
+		for _, step := range []struct {
+			keys []string
+			want model.Health
+		}{
+			{[]string{"climesh/live/cli/a"}, model.Healthy},
+			{[]string{"climesh/live/cli/b"}, model.Unhealthy}, // its session expired
+			{[]string{"climesh/live/cli/a", "climesh/live/cli/b"}, model.Healthy},
+		} {
+			kv.next <- step.keys
+			synctest.Wait()
+			if err := d.Ready(); err != nil {
+				t.Fatalf("keys %v: not ready: %v", step.keys, err)
+			}
+			p, _ := d.Current().Pool("cli")
+			if got := p.Instances()[0].Health; got != step.want {
+				t.Fatalf("keys %v: %v, want %v", step.keys, got, step.want)
+			}
+		}
+	})
 }

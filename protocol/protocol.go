@@ -1,7 +1,7 @@
 // Package protocol names what climesh and its peers agree on, in one place: the
 // Copilot CLI's JSON-RPC methods and session events that climesh acts on, the
 // error codes climesh answers with, and the HTTP headers of the edge and its
-// tunnels. It holds names only, no behaviour, and imports nothing of climesh, so
+// tunnels, and the keys a sidecar publishes in Consul for the control plane. It holds names only, no behaviour, and imports nothing of climesh, so
 // that every package (sidecar, connector, policy, control plane, tests) can use
 // it without depending on another's internals.
 package protocol
@@ -67,4 +67,18 @@ const (
 	// filter encodes it on the upgrade response; sent back on a reconnect, it asks
 	// Envoy for the same instance while that instance is healthy.
 	HeaderPin = "x-climesh-host"
+)
+
+// What a sidecar publishes in Consul and the control plane's discovery reads.
+const (
+	// ConsulMetaDraining is the service meta key a sidecar sets to "true" while
+	// it drains: discovery turns it into DRAINING in Envoy.
+	ConsulMetaDraining = "draining"
+	// ConsulMetaLiveness is the service meta key of an instance registered
+	// through the catalog, where no agent runs a TTL check: its value is a KV key
+	// under ConsulLivePrefix that the sidecar's Consul session holds. The
+	// instance is alive only while that key exists; Consul deletes it when the
+	// session expires (a sidecar that died stops renewing it).
+	ConsulMetaLiveness = "climesh-liveness"
+	ConsulLivePrefix   = "climesh/live/"
 )
