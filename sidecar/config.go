@@ -32,6 +32,12 @@ const (
 	MaxLockDelay = 60 * time.Second
 )
 
+// How the instance is registered in Consul (--consul-registration).
+const (
+	RegistrationAgent   = "agent"   // through the node's client agent, with a TTL check
+	RegistrationCatalog = "catalog" // through the servers' catalog API: no client agent (consul-k8s's default)
+)
+
 // TokenEnv is the environment variable holding the token of the CLI that
 // --cli-address names. It has no flag: a flag would show it in ps.
 const TokenEnv = "COPILOT_CONNECTION_TOKEN"
@@ -49,6 +55,10 @@ type Config struct {
 	InstanceID string // --instance-id: Consul service id (empty: <pool>-<port>, see Instance)
 	Consul     string // --consul: Consul HTTP address (empty: no registration, no lock, no sweeper)
 	Advertise  string // --advertise: address registered in Consul (empty: the --listen host)
+
+	ConsulRegistration string        // --consul-registration: agent or catalog
+	ConsulNode         string        // --consul-node: catalog: the instance's node (empty: climesh-<instance>)
+	LivenessTTL        time.Duration // --liveness-ttl: catalog: TTL of the session holding the liveness key
 
 	CLIAddress string // --cli-address: attach to a running CLI
 	CLIToken   string // $COPILOT_CONNECTION_TOKEN: that CLI's token
@@ -94,6 +104,7 @@ func DefaultConfig() Config {
 		Listen: "127.0.0.1:7001", AdminListen: "127.0.0.1:7101", Path: "/v1/rpc", Pool: "copilot",
 		Mode: ModeShared, Capacity: 50, MaxPending: datapath.DefaultBounds.Pending, MaxTunnelSessions: datapath.DefaultBounds.Sessions,
 		MaxTunnelsPerUser: 32, MaxFrameBytes: jsonrpc.DefaultLimits.MaxFrameBytes,
+		ConsulRegistration: RegistrationAgent, LivenessTTL: 10 * time.Second,
 		PingInterval: 2 * time.Second, CheckTTL: 6 * time.Second, Keepalive: 30 * time.Second, DrainTimeout: 2 * time.Minute,
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
 		MaxUsers: 20, UserIdle: 10 * time.Minute,
@@ -118,6 +129,9 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.InstanceID, "instance-id", c.InstanceID, "Consul service `id` (default: pool-port)")
 	fs.StringVar(&c.Consul, "consul", c.Consul, "Consul HTTP `address`; empty: do not register")
 	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "`address` registered in Consul (default: the --listen host)")
+	fs.StringVar(&c.ConsulRegistration, "consul-registration", c.ConsulRegistration, "`how` to register: agent (the node's client agent, a TTL check of --check-ttl) or catalog (the servers' catalog API, no client agent; liveness is a key held by a session of --liveness-ttl)")
+	fs.StringVar(&c.ConsulNode, "consul-node", c.ConsulNode, "catalog registration: the instance's catalog `node` (default: climesh-<instance id>)")
+	fs.DurationVar(&c.LivenessTTL, "liveness-ttl", c.LivenessTTL, "catalog registration: TTL of the Consul session that holds the instance's liveness key; a dead sidecar leaves routing within 2x this (Consul refuses a TTL under its session_ttl_min, 10s by default)")
 	fs.StringVar(&c.CLIAddress, "cli-address", c.CLIAddress, "attach to a running CLI at `host:port` (token from $COPILOT_CONNECTION_TOKEN)")
 	fs.StringVar(&c.CLICommand, "cli-command", c.CLICommand, "run the CLI as a child: the copilot `executable`")
 	fs.StringVar(&c.CLIHome, "cli-home", c.CLIHome, "COPILOT_HOME for --cli-command (default: a new temp dir)")
@@ -173,6 +187,15 @@ func (c Config) Instance() string {
 	return c.Pool + "-" + port
 }
 
+// ConsulNodeName is the catalog node of a catalog registration: --consul-node,
+// or climesh-<instance id>.
+func (c Config) ConsulNodeName() string {
+	if c.ConsulNode != "" {
+		return c.ConsulNode
+	}
+	return "climesh-" + c.Instance()
+}
+
 // AdvertiseAddress is the address registered in Consul: --advertise, or the
 // --listen host.
 func (c Config) AdvertiseAddress() string {
@@ -207,6 +230,7 @@ func (c Config) Validate() error {
 	c.validateAddresses(v)
 	c.validateBounds(v)
 	c.validateDurations(v)
+	c.validateRegistration(v)
 	if _, err := zap.ParseAtomicLevel(c.LogLevel); err != nil {
 		v.bad("--log-level", c.LogLevel, field.ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
 	}
@@ -329,6 +353,29 @@ func (c Config) validateMode(v *validator) {
 		if c.SweepInterval != d.SweepInterval && c.SweepInterval != 0 {
 			v.bad("--sweep-interval", c.SweepInterval.String(), field.ErrConflict, why)
 		}
+	}
+}
+
+// validateRegistration: how the instance is registered, and what only the
+// catalog registration reads.
+func (c Config) validateRegistration(v *validator) {
+	switch c.ConsulRegistration {
+	case RegistrationAgent:
+		if c.ConsulNode != "" {
+			v.bad("--consul-node", c.ConsulNode, field.ErrConflict, "only for --consul-registration catalog (an agent registers on its own node)")
+		}
+		if c.LivenessTTL != DefaultConfig().LivenessTTL {
+			v.bad("--liveness-ttl", c.LivenessTTL.String(), field.ErrConflict, "only for --consul-registration catalog (the agent's TTL check is --check-ttl)")
+		}
+	case RegistrationCatalog:
+		if c.Consul == "" {
+			v.bad("--consul-registration", c.ConsulRegistration, field.ErrRequired, "catalog needs --consul: the servers' HTTP API")
+		}
+		if c.LivenessTTL < time.Second || c.LivenessTTL > MaxLockTTL {
+			v.bad("--liveness-ttl", c.LivenessTTL.String(), field.ErrOutOfRange, "want 1s to 24h (and at least Consul's session_ttl_min, 10s by default)")
+		}
+	default:
+		v.bad("--consul-registration", c.ConsulRegistration, field.ErrMalformed, "want agent or catalog")
 	}
 }
 

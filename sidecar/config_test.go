@@ -24,11 +24,14 @@ var todaysFlags = [][3]string{
 	{"cli-command", "", "run the CLI as a child: the copilot `executable`"},
 	{"cli-home", "", "COPILOT_HOME for --cli-command (default: a new temp dir)"},
 	{"consul", "", "Consul HTTP `address`; empty: do not register"},
+	{"consul-node", "", "catalog registration: the instance's catalog `node` (default: climesh-<instance id>)"},
+	{"consul-registration", "agent", "`how` to register: agent (the node's client agent, a TTL check of --check-ttl) or catalog (the servers' catalog API, no client agent; liveness is a key held by a session of --liveness-ttl)"},
 	{"drain-timeout", "2m0s", "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed"},
 	{"edge-credential-file", "", "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused"},
 	{"identity-keys", "", "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)"},
 	{"instance-id", "", "Consul service `id` (default: pool-port)"},
 	{"keepalive", "30s", "ping each client this often so idle timers do not cut a long turn; a client that does not answer within 3x this (at least 10s) is dropped (0: off)"},
+	{"liveness-ttl", "10s", "catalog registration: TTL of the Consul session that holds the instance's liveness key; a dead sidecar leaves routing within 2x this (Consul refuses a TTL under its session_ttl_min, 10s by default)"},
 	{"listen", "127.0.0.1:7001", "`address` for tunnels (/v1/rpc) and nothing else"},
 	{"lock-delay", "1s", "collab: Consul lock-delay after a holder's session is invalidated"},
 	{"lock-ttl", "10s", "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)"},
@@ -84,10 +87,12 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--users-root", "/u", "--user-secrets", "/s", "--user-uids", "1000-1999", "--user-env", "A,B",
 		"--max-users", "11", "--user-idle", "12s", "--lock-ttl", "13s", "--lock-delay", "14s",
 		"--lock-wait-max", "15s", "--max-frame-bytes", "16",
+		"--consul-registration", "catalog", "--consul-node", "n-1", "--liveness-ttl", "17s",
 	}
 	want := Config{
 		Listen: "0.0.0.0:7002", AdminListen: "0.0.0.0:7102", AdminCredentialFile: "/a", Path: "/p",
 		Pool: "collab", InstanceID: "i-1", Consul: "c:8500", Advertise: "10.0.0.1",
+		ConsulRegistration: RegistrationCatalog, ConsulNode: "n-1", LivenessTTL: 17 * time.Second,
 		CLIAddress: "127.0.0.1:4321", CLIToken: "tok", CLICommand: "copilot", CLIHome: "/h",
 		Mode: ModeCollab, Capacity: 3, MaxPending: 7, MaxTunnelSessions: 8, MaxTunnelsPerUser: 9, MaxFrameBytes: 16,
 		PingInterval: time.Second, CheckTTL: 4 * time.Second, Keepalive: 5 * time.Second, DrainTimeout: 6 * time.Second,
@@ -352,6 +357,14 @@ func TestValidate(t *testing.T) {
 		"no lock delay":          {Edit: func(c *Config) { c.LockDelay = 0 }},
 		"lock delay over 60s":    {Edit: func(c *Config) { c.LockDelay = 61 * time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
 		"negative lock delay":    {Edit: func(c *Config) { c.LockDelay = -time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
+		"catalog registration": {Edit: and(mesh, func(c *Config) {
+			c.ConsulRegistration, c.ConsulNode, c.LivenessTTL = RegistrationCatalog, "n-1", 3*time.Second
+		})},
+		"unknown registration":   {Edit: func(c *Config) { c.ConsulRegistration = "dataplane" }, Name: "--consul-registration", Kind: field.ErrMalformed},
+		"catalog without consul": {Edit: func(c *Config) { c.ConsulRegistration = RegistrationCatalog }, Name: "--consul-registration", Kind: field.ErrRequired},
+		"node with an agent":     {Edit: and(mesh, func(c *Config) { c.ConsulNode = "n-1" }), Name: "--consul-node", Kind: field.ErrConflict},
+		"liveness with an agent": {Edit: and(mesh, func(c *Config) { c.LivenessTTL = time.Minute }), Name: "--liveness-ttl", Kind: field.ErrConflict},
+		"liveness under 1s":      {Edit: and(mesh, func(c *Config) { c.ConsulRegistration, c.LivenessTTL = RegistrationCatalog, 500*time.Millisecond }), Name: "--liveness-ttl", Kind: field.ErrOutOfRange},
 		"negative lock wait max": {Edit: func(c *Config) { c.LockWaitMax = -time.Second }, Name: "--lock-wait-max", Kind: field.ErrOutOfRange},
 
 		// The log level.

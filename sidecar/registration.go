@@ -1,8 +1,7 @@
 package sidecar
 
 import (
-	"context"
-	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -10,145 +9,107 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/protocol"
-	"github.com/climesh/climesh/sidecar/datapath"
 )
 
 // Registration keeps this instance in Consul: service = pool, address and port =
-// the sidecar's, meta = mode, capacity, version; a TTL check that passes only while
-// the CLI answers ping with the sidecar's token.
+// the sidecar's, meta = mode, capacity, version, and a check that passes only
+// while Health says the CLI answers ping. Backend is how (--consul-registration):
+// through the node's client agent (AgentBackend), or through the servers' catalog
+// API with no agent at all (CatalogBackend), as consul-k8s runs by default since
+// 1.0.
 type Registration struct {
-	Agent      *api.Agent
+	Backend    Backend
 	Log        *zap.Logger
 	Pool       string
 	InstanceID string
 	Address    string
 	Port       int
 	Meta       map[string]string
-	TTL        time.Duration // the check turns critical if not refreshed within this
-	Interval   time.Duration // how often the CLI is pinged
-	CLI        datapath.CLIDialer
-	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
-	Probe func(context.Context) error
-	// Load, when set, is appended to the check's output: the instance's load as
-	// Consul shows it (the agent syncs output-only changes every
-	// check_update_interval, so /metrics is the exact figure).
-	Load func() string
 
-	mu      sync.Mutex
-	changed bool // the CLI moved: drop the ping connection
+	mu       sync.Mutex
+	draining bool
 }
 
-// SetCLI points the health ping at a restarted CLI.
-func (r *Registration) SetCLI(addr, token string) {
+// Backend registers, updates and removes one service instance in Consul.
+type Backend interface {
+	// Register adds or replaces the instance, its check in status.
+	Register(svc *api.AgentService, status, output string) error
+	// Update sets the check's status and output.
+	Update(status, output string) error
+	// Deregister removes the instance and whatever keeps it alive.
+	Deregister() error
+}
+
+// checkID names the instance's check in either backend.
+func checkID(instance string) string { return "climesh-cli:" + instance }
+
+// consulCheckName is the check as Consul's UI shows it.
+const consulCheckName = "copilot CLI answers ping"
+
+func (r *Registration) service() *api.AgentService {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.CLI.Addr, r.CLI.Token = addr, token
-	r.changed = true
+	meta := maps.Clone(r.Meta)
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	if r.draining {
+		meta[protocol.ConsulMetaDraining] = "true"
+	}
+	return &api.AgentService{ID: r.InstanceID, Service: r.Pool, Address: r.Address, Port: r.Port, Meta: meta, Tags: []string{"climesh"}}
 }
 
-func (r *Registration) cli() (datapath.CLIDialer, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	changed := r.changed
-	r.changed = false
-	return r.CLI, changed
+// Register adds the service with its check, critical until the first ping answers.
+func (r *Registration) Register() error {
+	return r.Backend.Register(r.service(), api.HealthCritical, "waiting for the copilot CLI's first ping")
 }
 
-// Fail turns the check critical now, without waiting for the next ping.
-func (r *Registration) Fail(reason string) {
-	if err := r.Agent.UpdateTTL(r.checkID(), reason, api.HealthCritical); err != nil {
+// Report turns a health result into the check's status (Health.Report).
+func (r *Registration) Report(ok bool, output string) {
+	status := api.HealthCritical
+	if ok {
+		status = api.HealthPassing
+	}
+	if err := r.Backend.Update(status, output); err != nil {
 		r.Log.Warn("cannot update the consul check", zap.Error(err))
 	}
 }
 
-func (r *Registration) checkID() string { return "climesh-cli:" + r.InstanceID }
+// SetDraining marks the instance draining in Consul (meta draining=true), which
+// climesh's discovery turns into DRAINING in Envoy.
+func (r *Registration) SetDraining() error {
+	r.mu.Lock()
+	r.draining = true
+	r.mu.Unlock()
+	return r.Backend.Register(r.service(), api.HealthPassing, "draining: running turns finish, no new users") // draining, not unhealthy
+}
 
-// Register adds the service with its check, critical until the first ping answers.
-func (r *Registration) Register() error { return r.register(api.HealthCritical) }
+// Deregister removes the service.
+func (r *Registration) Deregister() error { return r.Backend.Deregister() }
 
-func (r *Registration) register(status string) error {
-	return r.Agent.ServiceRegister(&api.AgentServiceRegistration{
-		ID: r.InstanceID, Name: r.Pool, Address: r.Address, Port: r.Port, Meta: r.Meta,
-		Tags: []string{"climesh"},
+// AgentBackend registers through the node's client agent with a TTL check: the
+// agent turns it critical when the sidecar stops refreshing it (a dead sidecar
+// leaves routing within TTL).
+type AgentBackend struct {
+	Agent *api.Agent
+	TTL   time.Duration
+
+	id string // the registered service's
+}
+
+func (b *AgentBackend) Register(svc *api.AgentService, status, output string) error {
+	b.id = svc.ID
+	return b.Agent.ServiceRegister(&api.AgentServiceRegistration{
+		ID: svc.ID, Name: svc.Service, Address: svc.Address, Port: svc.Port, Meta: svc.Meta, Tags: svc.Tags,
 		Check: &api.AgentServiceCheck{
-			CheckID: r.checkID(), Name: "copilot CLI answers ping", TTL: r.TTL.String(),
+			CheckID: checkID(svc.ID), Name: consulCheckName, TTL: b.TTL.String(), Notes: output,
 			Status: status, DeregisterCriticalServiceAfter: "10m",
 		},
 	})
 }
 
-// Deregister removes the service.
-func (r *Registration) Deregister() error { return r.Agent.ServiceDeregister(r.InstanceID) }
-
-// SetDraining marks the instance draining in Consul (meta draining=true), which
-// climesh's discovery turns into DRAINING in Envoy.
-func (r *Registration) SetDraining() error {
-	meta := map[string]string{"draining": "true"}
-	for k, v := range r.Meta {
-		meta[k] = v
-	}
-	r.Meta = meta
-	return r.register(api.HealthPassing) // draining, not unhealthy: its turns still run
+func (b *AgentBackend) Update(status, output string) error {
+	return b.Agent.UpdateTTL(checkID(b.id), output, status)
 }
 
-// Run pings the CLI every Interval and reports the result to the TTL check,
-// until ctx ends. The ping uses one long-lived authenticated connection, redialled
-// when it breaks.
-func (r *Registration) Run(ctx context.Context) {
-	var conn *datapath.CLIConn
-	defer func() {
-		if conn != nil {
-			conn.Close()
-		}
-	}()
-	t := time.NewTicker(r.Interval)
-	defer t.Stop()
-	for {
-		var err error
-		if r.Probe != nil {
-			err = r.Probe(ctx)
-		} else {
-			err = r.ping(ctx, &conn)
-		}
-		status, output := api.HealthPassing, "copilot CLI answered ping"
-		if r.Load != nil {
-			output += "; " + r.Load()
-		}
-		if err != nil {
-			status, output = api.HealthCritical, err.Error()
-			if conn != nil {
-				conn.Close()
-				conn = nil
-			}
-		}
-		if uerr := r.Agent.UpdateTTL(r.checkID(), output, status); uerr != nil {
-			r.Log.Warn("cannot update the consul check", zap.Error(uerr))
-		} else if err != nil {
-			r.Log.Warn("CLI health check failed", zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (r *Registration) ping(ctx context.Context, conn **datapath.CLIConn) error {
-	dialer, changed := r.cli()
-	if changed && *conn != nil {
-		(*conn).Close()
-		*conn = nil
-	}
-	if *conn == nil {
-		c, err := dialer.Dial(ctx)
-		if err != nil {
-			return err
-		}
-		*conn = c
-	}
-	if _, err := (*conn).Call(protocol.MethodPing, map[string]string{"message": "climesh"}, min(r.Interval, 5*time.Second)); err != nil {
-		return fmt.Errorf("ping the copilot CLI: %w", err)
-	}
-	return nil
-}
+func (b *AgentBackend) Deregister() error { return b.Agent.ServiceDeregister(b.id) }

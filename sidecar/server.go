@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -27,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/identity"
+	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
 	"github.com/climesh/climesh/session/lock"
@@ -49,8 +51,11 @@ type Server struct {
 	child        *Child    // nil: an attached CLI, or isolated mode
 	users        *UserPool // isolated mode only
 	cliHome      string
+	health       *Health       // the CLI's ping: /readyz and the Consul check
 	registration *Registration // nil without --consul
 	sweeper      *Sweeper      // nil unless cfg.Sweeps()
+	reaper       *Reaper       // nil unless --consul-registration catalog
+	draining     atomic.Bool   // the drain has begun: /readyz fails
 
 	lis, adminLis net.Listener
 	srv, adminSrv *http.Server
@@ -133,7 +138,28 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	mux.Handle(cfg.Path, rl)
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.health = &Health{Log: log.Named("health"), Interval: cfg.PingInterval, CLI: cli, Load: rl.Load}
+	if rl.Users != nil {
+		s.health.Probe = func(context.Context) error {
+			_, err := exec.LookPath(cfg.CLICommand)
+			return err
+		}
+	}
+	// /healthz: the process serves (a liveness probe: restart me if not).
+	// /readyz: route to me — the CLI answers its ping and no drain has begun (a
+	// readiness probe, and what Consul's check says).
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ok, why := s.health.Current()
+		switch {
+		case s.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !ok:
+			http.Error(w, why, http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
 	// Go's profiles, for an operator (and bench/datapath -profile): behind the
 	// admin credential, like drain, since a profile shows the process's innards.
 	admin.Handle("GET /debug/pprof/", AdminOnly(adminCred, http.HandlerFunc(pprof.Index)))
@@ -193,6 +219,9 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 	}
 	var sessions registry.Registry
 	locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: cfg.LockTTL, LockDelay: cfg.LockDelay, Instance: cfg.Instance()}
+	if cfg.ConsulRegistration == RegistrationCatalog {
+		locker.Node = cfg.ConsulNodeName() // no agent: sessions live on the instance's own node
+	}
 	if rl.Policy != nil {
 		sessions = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
 		rl.Policy.Registry = sessions
@@ -227,17 +256,16 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 	}
 	_, port, _ := net.SplitHostPort(cfg.Listen)
 	portNum, _ := strconv.Atoi(port) // Validate: a fixed port
+	var backend Backend = &AgentBackend{Agent: client.Agent(), TTL: cfg.CheckTTL}
+	if cfg.ConsulRegistration == RegistrationCatalog {
+		backend = &CatalogBackend{Client: client, Node: cfg.ConsulNodeName(), SessionTTL: cfg.LivenessTTL, Log: s.log.Named("registration")}
+		s.reaper = &Reaper{Client: client, Locker: locker, Pool: cfg.Pool, Instance: cfg.Instance(), Log: s.log.Named("reaper")}
+	}
 	s.registration = &Registration{
-		Agent: client.Agent(), Log: s.log, Pool: cfg.Pool, InstanceID: cfg.Instance(), Address: cfg.AdvertiseAddress(), Port: portNum,
+		Backend: backend, Log: s.log, Pool: cfg.Pool, InstanceID: cfg.Instance(), Address: cfg.AdvertiseAddress(), Port: portNum,
 		Meta: map[string]string{"mode": cfg.Mode, "capacity": strconv.Itoa(cfg.Capacity), "version": Version},
-		TTL:  cfg.CheckTTL, Interval: cfg.PingInterval, CLI: cli, Load: rl.Load,
 	}
-	if rl.Users != nil {
-		s.registration.Probe = func(context.Context) error {
-			_, err := exec.LookPath(cfg.CLICommand)
-			return err
-		}
-	}
+	s.health.Report = s.registration.Report
 	return nil
 }
 
@@ -286,14 +314,22 @@ func (s *Server) Run(ctx context.Context) error {
 			s.close()
 			return fmt.Errorf("register in consul at %s: %w", cfg.Consul, err)
 		}
-		go s.registration.Run(ctx)
+	}
+	go s.health.Run(ctx)
+	if s.reaper != nil {
+		go periodic.Every(ctx, cfg.LivenessTTL, func() bool {
+			if _, err := s.reaper.Reap(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("reaper", zap.Error(err))
+			}
+			return true
+		})
 	}
 	log.Info("serving", zap.String("listen", cfg.Listen), zap.String("admin", cfg.AdminListen), zap.String("cli", rl.CLI.Addr), zap.String("pool", cfg.Pool))
 
 	var supervised sync.WaitGroup
 	superviseCtx, stopSupervisor := context.WithCancel(context.Background())
 	if s.child != nil {
-		sup := NewSupervisor(s.child, cfg.CLICommand, s.cliHome, rl, s.registration, log)
+		sup := NewSupervisor(s.child, cfg.CLICommand, s.cliHome, rl, s.health, log)
 		sup.OnRestart = rl.CLIRestarted
 		s.child = nil // the supervisor stops it
 		supervised.Go(func() { sup.Run(superviseCtx) })
@@ -302,8 +338,10 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-s.drainNow:
 	}
-	// Leave routing first (DRAINING in Consul, so in Envoy: no new users), let
-	// running turns finish, then close tunnels so clients reconnect elsewhere.
+	// Leave routing first (DRAINING in Consul, so in Envoy: no new users; not
+	// ready for a platform that routes by readiness), let running turns finish,
+	// then close tunnels so clients reconnect elsewhere.
+	s.draining.Store(true)
 	if s.registration != nil {
 		if err := s.registration.SetDraining(); err != nil {
 			log.Warn("mark draining in consul", zap.Error(err))

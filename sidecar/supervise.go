@@ -17,7 +17,7 @@ import (
 type Supervisor struct {
 	Command, Home string
 	Relay         *datapath.Relay
-	Registration  *Registration // may be nil
+	Health        *Health
 	Log           *zap.Logger
 	OnRestart     func()
 
@@ -25,8 +25,8 @@ type Supervisor struct {
 }
 
 // NewSupervisor adopts a running child.
-func NewSupervisor(c *Child, command, home string, rl *datapath.Relay, reg *Registration, log *zap.Logger) *Supervisor {
-	return &Supervisor{Command: command, Home: home, Relay: rl, Registration: reg, Log: log, child: c}
+func NewSupervisor(c *Child, command, home string, rl *datapath.Relay, health *Health, log *zap.Logger) *Supervisor {
+	return &Supervisor{Command: command, Home: home, Relay: rl, Health: health, Log: log, child: c}
 }
 
 // Run restarts the child whenever it exits, until ctx ends; then it stops it.
@@ -39,18 +39,14 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case <-s.child.Done():
 		}
 		s.Log.Error("copilot CLI exited; restarting it", zap.String("state", s.child.Cmd.ProcessState.String()))
-		if s.Registration != nil {
-			s.Registration.Fail("copilot CLI exited; restarting")
-		}
+		s.Health.Fail("copilot CLI exited; restarting")
 		wait := 200 * time.Millisecond
 		for {
 			c, err := StartChild(ctx, s.Command, s.Home)
 			if err == nil {
 				s.child = c
 				s.Relay.SetCLI(c.Addr, c.Token)
-				if s.Registration != nil {
-					s.Registration.SetCLI(c.Addr, c.Token)
-				}
+				s.Health.SetCLI(c.Addr, c.Token)
 				if s.OnRestart != nil {
 					s.OnRestart()
 				}

@@ -37,6 +37,11 @@ type Locker struct {
 	TTL       time.Duration // Consul session TTL (10s minimum)
 	LockDelay time.Duration // Consul lock-delay after an invalidated session
 	Instance  string
+	// Node, when set, is the catalog node the lock sessions are made on, with no
+	// health check of its own (a catalog-registered instance's node has no agent,
+	// so no serfHealth): the TTL alone bounds a dead holder. Empty: the node of
+	// the agent the client talks to, and its serfHealth.
+	Node string
 
 	mu     sync.Mutex
 	queues map[string]chan struct{} // per session: a 1-token channel, FIFO among local waiters
@@ -102,9 +107,12 @@ func (l *Locker) busy(id string) error {
 func (l *Locker) acquireConsul(ctx, waitCtx context.Context, id, user string, wait bool) (*Lock, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second+max(0, time.Until(deadline(waitCtx))))
 	defer cancel()
-	sid, _, err := l.Client.Session().Create(&api.SessionEntry{
-		Name: "climesh-turn:" + id, TTL: l.TTL.String(), LockDelay: l.LockDelay, Behavior: api.SessionBehaviorDelete,
-	}, (&api.WriteOptions{}).WithContext(ctx))
+	entry := &api.SessionEntry{Name: "climesh-turn:" + id, TTL: l.TTL.String(), LockDelay: l.LockDelay, Behavior: api.SessionBehaviorDelete}
+	create := l.Client.Session().Create
+	if l.Node != "" {
+		entry.Node, create = l.Node, l.Client.Session().CreateNoChecks
+	}
+	sid, _, err := create(entry, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("session lock: create consul session: %w", err)
 	}

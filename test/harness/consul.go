@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -12,20 +14,39 @@ import (
 // Consul is a `consul agent -dev` on free loopback ports (state in memory).
 type Consul struct {
 	Proc   *Proc
-	Addr   string // HTTP API host:port
-	Client *api.Client
-	dir    string
-	args   []string
-	bin    string
+	Addr   string      // HTTP API host:port
+	Client *api.Client // with the management token when ACLs are on
+	// RootToken is the management token (ConsulOptions.ACL), else empty.
+	RootToken string
+	dir       string
+	args      []string
+	bin       string
 }
 
 // StartConsul starts a dev agent and waits until it has a leader.
 func StartConsul(ctx context.Context, dir string) (*Consul, error) {
-	return StartConsulOnPort(ctx, dir, 0)
+	return StartConsulWith(ctx, dir, ConsulOptions{})
 }
 
 // StartConsulOnPort is StartConsul with its HTTP API on httpPort (0: a free one).
 func StartConsulOnPort(ctx context.Context, dir string, httpPort int) (*Consul, error) {
+	return StartConsulWith(ctx, dir, ConsulOptions{HTTPPort: httpPort})
+}
+
+// ConsulOptions shape a dev agent.
+type ConsulOptions struct {
+	HTTPPort int // 0: a free one
+	// ACL turns ACLs on, deny by default, with a management token (RootToken)
+	// that the agent and Client use; PolicyToken makes the others.
+	ACL bool
+	// SessionTTLMin lowers the servers' session_ttl_min (default 10s), so that
+	// tests can bound a dead holder's session in seconds.
+	SessionTTLMin time.Duration
+}
+
+// StartConsulWith starts a dev agent shaped by o and waits until it has a leader.
+func StartConsulWith(ctx context.Context, dir string, o ConsulOptions) (*Consul, error) {
+	httpPort := o.HTTPPort
 	bin, err := Tool("consul")
 	if err != nil {
 		return nil, err
@@ -43,7 +64,14 @@ func StartConsulOnPort(ctx context.Context, dir string, httpPort int) (*Consul, 
 		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
 		"-node", "climesh-test", "-log-level", "warn"}
-	if c.Client, err = api.NewClient(&api.Config{Address: c.Addr}); err != nil {
+	if o.ACL {
+		c.RootToken = "root-token-for-tests-0000000000000"
+		c.args = append(c.args, "-hcl", fmt.Sprintf(`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, c.RootToken, c.RootToken))
+	}
+	if o.SessionTTLMin > 0 {
+		c.args = append(c.args, "-hcl", fmt.Sprintf("session_ttl_min = %q", o.SessionTTLMin.String()))
+	}
+	if c.Client, err = api.NewClient(&api.Config{Address: c.Addr, Token: c.RootToken}); err != nil {
 		return nil, err
 	}
 	return c, c.start(ctx)
@@ -68,7 +96,10 @@ func (c *Consul) start(ctx context.Context) error {
 		if leader == "" {
 			return fmt.Errorf("no leader yet")
 		}
-		return nil
+		if c.RootToken != "" { // the ACL system takes a moment after the leader
+			_, _, err = c.Client.ACL().TokenReadSelf(nil)
+		}
+		return err
 	})
 	if err != nil {
 		p.Stop(time.Second)
@@ -100,4 +131,26 @@ func (c *Consul) Register(service, id string, port int, meta map[string]string) 
 // SetCheck moves an instance's TTL check to passing, warning or critical.
 func (c *Consul) SetCheck(id, status string) error {
 	return c.Client.Agent().UpdateTTL("ttl:"+id, "set by test", status)
+}
+
+// PolicyToken makes an ACL policy named name from the rules in the HCL file
+// rulesFile (a path under the repository root) and a token that holds only it.
+func (c *Consul) PolicyToken(name, rulesFile string) (string, error) {
+	root, err := Root()
+	if err != nil {
+		return "", err
+	}
+	rules, err := os.ReadFile(filepath.Join(root, rulesFile))
+	if err != nil {
+		return "", err
+	}
+	p, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: string(rules)}, nil)
+	if err != nil {
+		return "", fmt.Errorf("acl policy %s from %s: %w", name, rulesFile, err)
+	}
+	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Description: name, Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("acl token %s: %w", name, err)
+	}
+	return tok.SecretID, nil
 }

@@ -45,8 +45,11 @@ type Mesh struct {
 	// SidecarArgs are the flags every mesh sidecar gets (credential, keys, policy),
 	// for tests that add instances.
 	SidecarArgs []string
-	scratch     []ScratchPool
-	stops       []func()
+	// SidecarEnv is the environment every mesh sidecar gets (an agentless
+	// mesh's Consul token).
+	SidecarEnv []string
+	scratch    []ScratchPool
+	stops      []func()
 }
 
 // MeshOptions shape a Mesh.
@@ -74,7 +77,16 @@ type MeshOptions struct {
 	// attached to its CLI through a Tap (Taps["hostile-0"]); tenants acme and
 	// globex reach it with the request header x-climesh-target: hostile.
 	Hostile bool
+	// Agentless runs Consul as a server only, ACLs on (deny by default), with
+	// session_ttl_min 1s: the sidecars register through the catalog
+	// (--consul-registration catalog, --liveness-ttl LivenessTTL) and the
+	// sidecars and the xds-server each hold a token of the shipped least-privilege
+	// policies (deploy/consul/acl).
+	Agentless bool
 }
+
+// LivenessTTL is an agentless mesh's --liveness-ttl.
+const LivenessTTL = 2 * time.Second
 
 // ScratchPool is a pool of MeshOptions.Scratch: Name is the pool and its
 // tenant; HashKey what its ring hashes on ("user" unless set, "session" for
@@ -128,10 +140,27 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		return m, err
 	}
 	m.stops = append(m.stops, m.Model.Close)
-	if m.Consul, err = StartConsul(ctx, dir); err != nil {
-		return m, err
+	var xdsEnv []string
+	if o.Agentless {
+		if m.Consul, err = StartConsulWith(ctx, dir, ConsulOptions{ACL: true, SessionTTLMin: time.Second}); err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, m.Consul.Close)
+		sidecarToken, err := m.Consul.PolicyToken("climesh-sidecar", "deploy/consul/acl/climesh-sidecar.hcl")
+		if err != nil {
+			return m, err
+		}
+		xdsToken, err := m.Consul.PolicyToken("climesh-xds-server", "deploy/consul/acl/climesh-xds-server.hcl")
+		if err != nil {
+			return m, err
+		}
+		m.SidecarEnv, xdsEnv = []string{"CONSUL_HTTP_TOKEN=" + sidecarToken}, []string{"CONSUL_HTTP_TOKEN=" + xdsToken}
+	} else {
+		if m.Consul, err = StartConsul(ctx, dir); err != nil {
+			return m, err
+		}
+		m.stops = append(m.stops, m.Consul.Close)
 	}
-	m.stops = append(m.stops, m.Consul.Close)
 	credFile := filepath.Join(dir, "edge-credential")
 	if err = os.WriteFile(credFile, []byte(MeshCredential+"\n"), 0o600); err != nil {
 		return m, err
@@ -166,10 +195,13 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if o.Keepalive > 0 {
 		extra = append(extra, "--keepalive", o.Keepalive.String())
 	}
+	if o.Agentless {
+		extra = append(extra, "--consul-registration", "catalog", "--liveness-ttl", LivenessTTL.String())
+	}
 	m.SidecarArgs = extra
 	for i := range o.Instances {
 		id := InstanceID(i)
-		so := SidecarOptions{ID: id, Pool: "copilot", ConsulAddr: m.Consul.Addr, Extra: extra}
+		so := SidecarOptions{ID: id, Pool: "copilot", ConsulAddr: m.Consul.Addr, Extra: extra, Env: m.SidecarEnv}
 		if i == 0 && !o.AttachAll {
 			m.Homes[id] = filepath.Join(dir, id+"-home")
 			so.CLICommand, so.CLIHome = copilotBin, m.Homes[id]
@@ -287,7 +319,7 @@ pools:
 %s  - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
 `, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout,
-		scratchRoutes(o.Scratch), BoundedFactor, scratchPools(o.Scratch))); err != nil {
+		scratchRoutes(o.Scratch), BoundedFactor, scratchPools(o.Scratch)), xdsEnv...); err != nil {
 		return m, err
 	}
 	m.stops = append(m.stops, m.XDS.Close)

@@ -94,6 +94,7 @@ func (p *Pool) add(ctx context.Context, wait bool) (*Sidecar, error) {
 		}
 		so.CLICommand, so.CLIHome = copilotBin, p.Home
 	}
+	so.Env = p.mesh.SidecarEnv
 	sc, err := StartSidecar(ctx, p.mesh.Dir, so)
 	if err != nil {
 		return nil, err

@@ -22,6 +22,7 @@ type SidecarOptions struct {
 	CLIAddr, CLIToken    string
 	Port                 int // 0: a free one
 	Extra                []string
+	Env                  []string // more environment (CONSUL_HTTP_TOKEN)
 }
 
 // StartSidecar starts climesh-sidecar on a free port and waits until it listens.
@@ -45,7 +46,7 @@ func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, 
 	if o.ConsulAddr != "" {
 		args = append(args, "--consul", o.ConsulAddr)
 	}
-	var env []string
+	env := append([]string{}, o.Env...)
 	if o.CLICommand != "" {
 		args = append(args, "--cli-command", o.CLICommand)
 		if o.CLIHome != "" {

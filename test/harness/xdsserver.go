@@ -25,7 +25,7 @@ type XDSServer struct {
 // StartXDSServer writes body (a config without its server: section, which the
 // harness adds with free ports) and starts the binary. It does not wait for
 // readiness: a server whose Consul is down is meant to start and stay not ready.
-func StartXDSServer(ctx context.Context, dir, body string) (*XDSServer, error) {
+func StartXDSServer(ctx context.Context, dir, body string, env ...string) (*XDSServer, error) {
 	bin, err := Binary("xds-server")
 	if err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func StartXDSServer(ctx context.Context, dir, body string) (*XDSServer, error) {
 	if err := s.WriteConfig(body); err != nil {
 		return nil, err
 	}
-	if s.Proc, err = Start(dir, "xds-server", bin, []string{"--config", s.configPath, "--log-level", "debug"}); err != nil {
+	if s.Proc, err = Start(dir, "xds-server", bin, []string{"--config", s.configPath, "--log-level", "debug"}, env...); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)

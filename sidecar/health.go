@@ -1,0 +1,134 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/protocol"
+	"github.com/climesh/climesh/sidecar/datapath"
+)
+
+// Health pings the CLI every Interval over one long-lived authenticated
+// connection (redialled when it breaks) and keeps the last answer. It is what the
+// admin listener's /readyz serves and what the Consul registration reports: a
+// readiness probe and a Consul check that cannot disagree. It runs with or
+// without Consul.
+type Health struct {
+	Log      *zap.Logger
+	Interval time.Duration // how often the CLI is pinged; each ping may take as long (at most 5s)
+	CLI      datapath.CLIDialer
+	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
+	Probe func(context.Context) error
+	// Load, when set, is appended to a passing result's output: the instance's
+	// load as Consul shows it.
+	Load func() string
+	// Report, when set, hears every result (the Consul registration).
+	Report func(ok bool, output string)
+
+	mu      sync.Mutex
+	ok      bool
+	output  string
+	changed bool // the CLI moved: drop the ping connection
+}
+
+// Current is the last result: ok, and what the ping said.
+func (h *Health) Current() (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.ok && h.output == "" {
+		return false, "the copilot CLI has not answered a ping yet"
+	}
+	return h.ok, h.output
+}
+
+// SetCLI points the ping at a restarted CLI.
+func (h *Health) SetCLI(addr, token string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.CLI.Addr, h.CLI.Token = addr, token
+	h.changed = true
+}
+
+// Fail records a failure now, without waiting for the next ping (the CLI
+// exited), and reports it.
+func (h *Health) Fail(reason string) { h.record(false, reason) }
+
+func (h *Health) record(ok bool, output string) {
+	h.mu.Lock()
+	h.ok, h.output = ok, output
+	report := h.Report
+	h.mu.Unlock()
+	if report != nil {
+		report(ok, output)
+	}
+}
+
+func (h *Health) cli() (datapath.CLIDialer, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := h.changed
+	h.changed = false
+	return h.CLI, changed
+}
+
+// Run pings until ctx ends, the first time at once.
+func (h *Health) Run(ctx context.Context) {
+	var conn *datapath.CLIConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	t := time.NewTicker(h.Interval)
+	defer t.Stop()
+	for {
+		var err error
+		if h.Probe != nil {
+			err = h.Probe(ctx)
+		} else {
+			err = h.ping(ctx, &conn)
+		}
+		if err != nil {
+			if conn != nil {
+				conn.Close()
+				conn = nil
+			}
+			h.Log.Warn("CLI health check failed", zap.Error(err))
+			h.record(false, err.Error())
+		} else {
+			output := "copilot CLI answered ping"
+			if h.Load != nil {
+				output += "; " + h.Load()
+			}
+			h.record(true, output)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Health) ping(ctx context.Context, conn **datapath.CLIConn) error {
+	dialer, changed := h.cli()
+	if changed && *conn != nil {
+		(*conn).Close()
+		*conn = nil
+	}
+	if *conn == nil {
+		c, err := dialer.Dial(ctx)
+		if err != nil {
+			return err
+		}
+		*conn = c
+	}
+	if _, err := (*conn).Call(protocol.MethodPing, map[string]string{"message": "climesh"}, min(h.Interval, 5*time.Second)); err != nil {
+		return fmt.Errorf("ping the copilot CLI: %w", err)
+	}
+	return nil
+}
