@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"syscall"
@@ -116,7 +115,7 @@ func TestAgentlessRegistration(t *testing.T) {
 	// The readiness probe says what Consul says (a platform that routes by
 	// readiness agrees with climesh's routing).
 	for id, want := range map[string]int{"cli-a": http.StatusOK, "cli-b": http.StatusServiceUnavailable} {
-		if got, body := readyz(t, m.Sidecars[id].AdminPort); got != want {
+		if got, body := adminGet(t, m.Sidecars[id].AdminPort, "/readyz"); got != want {
 			t.Errorf("%s /readyz: %d %q, want %d", id, got, body, want)
 		}
 	}
@@ -177,16 +176,4 @@ func gone(c *api.Client, id string) error {
 		return fmt.Errorf("%s left behind: node %v, liveness key %v", id, node != nil, key != nil)
 	}
 	return nil
-}
-
-// readyz is a sidecar's readiness: status and body.
-func readyz(t *testing.T, adminPort int) (int, string) {
-	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(b))
 }

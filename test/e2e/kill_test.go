@@ -132,13 +132,20 @@ func TestCLIKilled(t *testing.T) {
 
 func sidecarMetrics(t *testing.T, port int) string {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	_, page := adminGet(t, port, "/metrics")
+	return page
+}
+
+// adminGet GETs path on a sidecar's admin listener: status and body.
+func adminGet(t *testing.T, adminPort int, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", adminPort, path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	return resp.StatusCode, string(b)
 }
 
 // metricValue sums the samples of name (any labels) in a Prometheus text page.
