@@ -16,8 +16,9 @@ import (
 // A container is a process in a mount namespace of its own, entered by this test
 // binary re-executed with containerEnv set: it bind-mounts each volume at its
 // mountPath (read-only where the manifest says so), the image's files at their
-// paths and the pod's /etc/hosts, gives the container a private /dev/shm, and
-// then execs the container's command. Nothing it mounts is seen outside: the
+// paths and the pod's /etc/hosts, gives the container a private /dev/shm,
+// makes the root file system read-only if the securityContext says so, takes
+// on the container's user and groups, and then execs the container's command. Nothing it mounts is seen outside: the
 // namespace's mounts are private and end with the process.
 const containerEnv = "CLIMESH_TEST_CONTAINER"
 
@@ -28,9 +29,16 @@ type containerSpec struct {
 	Argv    []string
 	Env     []string
 	Dir     string
+	// The securityContext: the process's user, group and supplementary groups,
+	// and a root file system that is read-only but for the mounts.
+	UID, GID     int
+	Groups       []int
+	ReadOnlyRoot bool
 }
 
-// mount is one bind mount into the container.
+// mount is one bind mount into the container, or (Source "") a tmpfs owned by
+// the container's user: the writable layer's parts that a container writes
+// (its home, /tmp) when its root file system is not read-only.
 type mount struct {
 	Source, Target string
 	ReadOnly       bool
@@ -97,6 +105,15 @@ func becomeContainer(raw string) error {
 		}
 	}
 	for _, m := range spec.Mounts {
+		if m.Source == "" {
+			if err := mountPoint(m.Target, true); err != nil {
+				return err
+			}
+			if err := syscall.Mount("tmpfs", m.Target, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("mode=1777,uid=%d,gid=%d", spec.UID, spec.GID)); err != nil {
+				return fmt.Errorf("tmpfs at %s: %w", m.Target, err)
+			}
+			continue
+		}
 		info, err := os.Stat(m.Source)
 		if err != nil {
 			return err
@@ -117,6 +134,13 @@ func becomeContainer(raw string) error {
 	if err := syscall.Mount("shm", "/dev/shm", "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=1777"); err != nil {
 		return fmt.Errorf("/dev/shm: %w", err)
 	}
+	if spec.ReadOnlyRoot { // the mounts above keep their own flags
+		for _, dir := range append([]string{"/"}, overlays...) {
+			if err := syscall.Mount("", dir, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+				return fmt.Errorf("read-only %s: %w", dir, err)
+			}
+		}
+	}
 	if err := os.Chdir(spec.Dir); err != nil {
 		return err
 	}
@@ -129,6 +153,15 @@ func becomeContainer(raw string) error {
 	path, err := exec.LookPath(spec.Argv[0])
 	if err != nil {
 		return err
+	}
+	if err := syscall.Setgroups(spec.Groups); err != nil {
+		return fmt.Errorf("setgroups %v: %w", spec.Groups, err)
+	}
+	if err := syscall.Setgid(spec.GID); err != nil {
+		return fmt.Errorf("setgid %d: %w", spec.GID, err)
+	}
+	if err := syscall.Setuid(spec.UID); err != nil {
+		return fmt.Errorf("setuid %d: %w", spec.UID, err)
 	}
 	return syscall.Exec(path, spec.Argv, spec.Env)
 }

@@ -32,8 +32,12 @@ import (
 //   - images are the table below: files put at their paths, an entrypoint;
 //   - native sidecars (init containers with restartPolicy Always) start first;
 //   - readiness is the containers' own httpGet/tcpSocket probes.
-// Left out: securityContext (everything runs as root), resources, liveness
-// restarts (a container that exits fails the test), service-link env vars.
+//   - securityContext: runAsUser/runAsGroup (else the image's USER),
+//     runAsNonRoot, fsGroup (claims and emptyDirs group-owned and writable, the
+//     group added to every process), readOnlyRootFilesystem (a container that
+//     may write its root gets a private home and /tmp instead).
+// Left out: capabilities and seccomp, resources, liveness restarts (a container
+// that exits fails the test), service-link env vars.
 
 // podIP is every pod's (and node's) address.
 const podIP = "127.0.0.1"
@@ -44,13 +48,16 @@ const podIP = "127.0.0.1"
 type image struct {
 	files      map[string]string // path in the container -> file on this machine
 	entrypoint []string
+	uid, gid   int    // the image's USER
+	home       string // that user's home
 }
 
 // images maps each image repository the manifests name (after kustomize's
 // images: transformer) to local binaries: climesh's built from this checkout,
 // Envoy's and the CLI's from .tools.
 func images() (map[string]image, error) {
-	climesh := image{files: map[string]string{}, entrypoint: []string{"/usr/local/bin/xds-server"}}
+	// distroless/static:nonroot: USER nonroot (65532).
+	climesh := image{files: map[string]string{}, entrypoint: []string{"/usr/local/bin/xds-server"}, uid: 65532, gid: 65532, home: "/home/nonroot"}
 	for _, name := range []string{"xds-server", "climesh-sidecar", "climesh-connect"} {
 		bin, err := harness.Binary(name)
 		if err != nil {
@@ -77,9 +84,13 @@ func images() (map[string]image, error) {
 		"ghcr.io/climesh/climesh": climesh,
 		// The Dockerfile's copilot-cli stage: tini, then the CLI's native binary.
 		// tini is left out: the process runner here delivers SIGTERM itself.
-		"ghcr.io/climesh/copilot-cli": {files: map[string]string{"/usr/local/bin/copilot-cli": copilot}, entrypoint: []string{"/usr/local/bin/copilot-cli"}},
-		// envoyproxy/envoy's entrypoint runs `envoy "$@"` when the first arg is a flag.
-		"envoyproxy/envoy": {files: map[string]string{"/usr/local/bin/envoy": envoy}, entrypoint: []string{"/usr/local/bin/envoy"}},
+		// USER node (1000).
+		"ghcr.io/climesh/copilot-cli": {files: map[string]string{"/usr/local/bin/copilot-cli": copilot}, entrypoint: []string{"/usr/local/bin/copilot-cli"},
+			uid: 1000, gid: 1000, home: "/home/node"},
+		// envoyproxy/envoy's entrypoint runs `envoy "$@"` when the first arg is a
+		// flag; the image's user is root (the entrypoint drops to envoy, 101,
+		// unless the pod already runs as another user).
+		"envoyproxy/envoy": {files: map[string]string{"/usr/local/bin/envoy": envoy}, entrypoint: []string{"/usr/local/bin/envoy"}, home: "/home/envoy"},
 	}, nil
 }
 
@@ -108,6 +119,7 @@ type pod struct {
 type runningContainer struct {
 	pod  *pod
 	spec corev1.Container
+	uid  int // the user it runs as
 	proc *harness.Proc
 }
 
@@ -128,6 +140,21 @@ func (c *cluster) startPod(name string, spec *corev1.PodSpec, claimTemplates []s
 		volumes[t] = filepath.Join(c.dir, "claims", t+"-"+name)
 		if err := os.MkdirAll(volumes[t], 0o755); err != nil {
 			return p, err
+		}
+	}
+	// fsGroup: the kubelet gives claims and emptyDirs to the group, setgid.
+	if sc := spec.SecurityContext; sc != nil && sc.FSGroup != nil {
+		for _, v := range spec.Volumes {
+			if v.PersistentVolumeClaim != nil || v.EmptyDir != nil {
+				if err := shareWithGroup(volumes[v.Name], int(*sc.FSGroup)); err != nil {
+					return p, err
+				}
+			}
+		}
+		for _, t := range claimTemplates {
+			if err := shareWithGroup(volumes[t], int(*sc.FSGroup)); err != nil {
+				return p, err
+			}
 		}
 	}
 	hosts := filepath.Join(p.dir, "hosts")
@@ -340,14 +367,13 @@ func (c *cluster) startContainer(p *pod, ctr corev1.Container, volumes map[strin
 	for _, a := range ctr.Args {
 		argv = append(argv, expand(a, vars))
 	}
-	// The runtime's own: HOSTNAME, PATH, and a HOME of the container's (the image's
-	// home would be in its writable layer).
-	home := filepath.Join(p.dir, "home-"+ctr.Name)
-	if err := os.MkdirAll(home, 0o755); err != nil {
+	// The runtime's own: HOSTNAME, PATH, HOME.
+	env = append([]string{imagePath, "HOSTNAME=" + p.name, "HOME=" + img.home}, env...)
+	spec := containerSpec{Scratch: filepath.Join(p.dir, "scratch-"+ctr.Name), Argv: argv, Env: env, Dir: "/"}
+	if err := securityContext(&spec, p.spec.SecurityContext, ctr.SecurityContext, img); err != nil {
 		return nil, err
 	}
-	env = append([]string{imagePath, "HOSTNAME=" + p.name, "HOME=" + home}, env...)
-	spec := containerSpec{Scratch: filepath.Join(p.dir, "scratch-"+ctr.Name), Argv: argv, Env: env, Dir: "/"}
+
 	if ctr.WorkingDir != "" {
 		spec.Dir = ctr.WorkingDir
 	}
@@ -368,6 +394,9 @@ func (c *cluster) startContainer(p *pod, ctr corev1.Container, volumes map[strin
 		spec.Mounts = append(spec.Mounts, mount{Source: src, Target: vm.MountPath, ReadOnly: vm.ReadOnly})
 	}
 	spec.Mounts = append(spec.Mounts, mount{Source: hosts, Target: "/etc/hosts", ReadOnly: true})
+	if !spec.ReadOnlyRoot { // what it may write of its writable layer; last, as the sources above may be in /tmp
+		spec.Mounts = append(spec.Mounts, mount{Target: img.home}, mount{Target: "/tmp"})
+	}
 	cmd, err := containerCommand(spec)
 	if err != nil {
 		return nil, err
@@ -376,7 +405,70 @@ func (c *cluster) startContainer(p *pod, ctr corev1.Container, volumes map[strin
 	if err != nil {
 		return nil, err
 	}
-	return &runningContainer{pod: p, spec: ctr, proc: proc}, nil
+	return &runningContainer{pod: p, spec: ctr, uid: spec.UID, proc: proc}, nil
+}
+
+// securityContext applies the pod's and the container's security contexts
+// (the container's wins) to spec.
+func securityContext(spec *containerSpec, pod *corev1.PodSecurityContext, ctr *corev1.SecurityContext, img image) error {
+	if pod == nil {
+		pod = &corev1.PodSecurityContext{}
+	}
+	if ctr == nil {
+		ctr = &corev1.SecurityContext{}
+	}
+	pick := func(c, p *int64, image int) int {
+		switch {
+		case c != nil:
+			return int(*c)
+		case p != nil:
+			return int(*p)
+		}
+		return image
+	}
+	spec.UID = pick(ctr.RunAsUser, pod.RunAsUser, img.uid)
+	spec.GID = pick(ctr.RunAsGroup, pod.RunAsGroup, img.gid)
+	nonRoot := ctr.RunAsNonRoot
+	if nonRoot == nil {
+		nonRoot = pod.RunAsNonRoot
+	}
+	if nonRoot != nil && *nonRoot && spec.UID == 0 {
+		return fmt.Errorf("runAsNonRoot, but it would run as root (set runAsUser, or an image USER)")
+	}
+	if pod.FSGroup != nil {
+		spec.Groups = append(spec.Groups, int(*pod.FSGroup))
+	}
+	for _, g := range pod.SupplementalGroups {
+		spec.Groups = append(spec.Groups, int(g))
+	}
+	spec.ReadOnlyRoot = ctr.ReadOnlyRootFilesystem != nil && *ctr.ReadOnlyRootFilesystem
+	return nil
+}
+
+// shareWithGroup gives dir to gid, group-writable and setgid, as the kubelet
+// does for a pod's fsGroup.
+func shareWithGroup(dir string, gid int) error {
+	if err := os.Chown(dir, -1, gid); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o2775)
+}
+
+// runsAs checks that the container's process has its securityContext's user.
+func (rc *runningContainer) runsAs() error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", rc.proc.Pid()))
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(rest); len(f) > 0 && f[0] == strconv.Itoa(rc.uid) {
+				return nil
+			}
+			return fmt.Errorf("%s/%s runs as %q, want UID %d", rc.pod.name, rc.spec.Name, strings.TrimSpace(rest), rc.uid)
+		}
+	}
+	return fmt.Errorf("%s/%s: no Uid in /proc status", rc.pod.name, rc.spec.Name)
 }
 
 // ready checks a container's readiness probe once, as the kubelet would.

@@ -162,7 +162,14 @@ func runOverlay(t *testing.T, overlay string) {
 		t.Fatal(err)
 	}
 	pids := c.pids()
-	t.Logf("every pod is ready: %v", slices.Sorted(maps.Keys(pids)))
+	for _, p := range c.pods {
+		for _, rc := range p.containers {
+			if err := rc.runsAs(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("every pod is ready, each container as its securityContext's user: %v", slices.Sorted(maps.Keys(pids)))
 	// Ready pods are not yet routed: the sidecar's instance reaches Envoy through
 	// Consul and the xds-server (EDS). Wait for it on Envoy's admin (the
 	// bootstrap's, on the pod's loopback), as the clients would otherwise see 503.
