@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -207,8 +205,12 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 		}
 		return c, inmem.NewFromObject(b.Data), nil
 	}
-	res, err := loader.NewFileLoader().Filtered([]string{source}, func(_ string, info fs.FileInfo, _ int) bool {
-		return !info.IsDir() && strings.HasSuffix(info.Name(), "_test.rego")
+	// OPA's loader follows links (os.Stat) and names what it finds by the path it
+	// followed: in a Kubernetes volume every key would be read three times — as
+	// <key>, ..data/<key> and ..<timestamp>/<key> — so the names the kubelet
+	// reserves are skipped, as in sourceFiles.
+	res, err := loader.NewFileLoader().Filtered([]string{source}, func(_ string, info fs.FileInfo, depth int) bool {
+		return depth > 0 && reserved(info.Name()) || !info.IsDir() && strings.HasSuffix(info.Name(), "_test.rego")
 	})
 	if err != nil {
 		return nil, nil, err
@@ -227,30 +229,23 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 // Fingerprint hashes the names and contents of the policy files (policy trees are
 // small; times alone miss two writes within one clock tick): what
 // climesh_policy_serving_info reports, to tell which policy a process decides with.
+// The files are those sourceFiles finds, by the names a reader opens them by: a
+// Kubernetes volume's timestamped directory is not part of the fingerprint, so
+// an update that swaps ..data changes it only when the content changed.
 func Fingerprint(source string) (string, error) {
-	var lines []string
-	err := filepath.WalkDir(source, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(b)
-		lines = append(lines, path+" "+hex.EncodeToString(sum[:]))
-		return nil
-	})
+	files, err := sourceFiles(source)
 	if err != nil {
 		return "", err
 	}
-	if _, err := os.Stat(source); err != nil {
-		return "", err
+	lines := make([]string, 0, len(files))
+	for _, path := range files {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		sum := sha256.Sum256(b)
+		lines = append(lines, path+" "+hex.EncodeToString(sum[:]))
 	}
-	sort.Strings(lines)
 	h := sha256.Sum256([]byte(strings.Join(lines, "\n")))
 	return hex.EncodeToString(h[:]), nil
 }

@@ -199,6 +199,18 @@ func TestEvaluationErrorsDeny(t *testing.T) {
 
 func TestBundle(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bundle.tar.gz")
+	writeBundle(path)
+	e, err := NewEngine(t.Context(), path, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := e.DecideMessage(t.Context(), MessageInput{User: "u", Method: "ping"}); !d.Allow {
+		t.Fatalf("bundle decision %+v", d)
+	}
+}
+
+// writeBundle writes an OPA bundle of allowAll and a data file to path.
+func writeBundle(path string) {
 	f, _ := os.Create(path)
 	gz := gzip.NewWriter(f)
 	tw := tar.NewWriter(gz)
@@ -209,13 +221,6 @@ func TestBundle(t *testing.T) {
 	tw.Close()
 	gz.Close()
 	f.Close()
-	e, err := NewEngine(t.Context(), path, []string{MessageQuery}, zap.NewNop(), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := e.DecideMessage(t.Context(), MessageInput{User: "u", Method: "ping"}); !d.Allow {
-		t.Fatalf("bundle decision %+v", d)
-	}
 }
 
 func TestFirstLoadMustSucceed(t *testing.T) {

@@ -88,15 +88,25 @@ type Proc struct {
 
 // Start runs name with args; its stdout and stderr go to dir/name.log.
 func Start(dir, name, bin string, args []string, env ...string) (*Proc, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	return StartCmd(dir, name, cmd)
+}
+
+// StartCmd runs cmd as Start does (output to dir/name.log, its own process
+// group, killed if the test dies), with cmd's environment exactly as set and
+// its SysProcAttr's other fields (namespaces, credentials) kept.
+func StartCmd(dir, name string, cmd *exec.Cmd) (*Proc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -174,9 +184,17 @@ var (
 	buildErr  error
 )
 
+// BinDirEnv names a directory of binaries Binary built before, for a test that
+// re-executes itself (in a namespace without network, say): it uses those
+// instead of building again.
+const BinDirEnv = "CLIMESH_TEST_BIN_DIR"
+
 // Binary builds (once per process) climesh's commands and the Go example
 // chat-server, and returns the path of one.
 func Binary(name string) (string, error) {
+	if dir := os.Getenv(BinDirEnv); dir != "" {
+		return filepath.Join(dir, name), nil
+	}
 	buildOnce.Do(func() {
 		root, err := Root()
 		if err != nil {
