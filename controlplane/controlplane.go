@@ -153,11 +153,20 @@ func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.E
 	if err != nil {
 		return nil, fmt.Errorf("policy.source: %w", err)
 	}
-	keys, err := identity.LoadKeys(cfg.Policy.IdentityKeysFile)
+	keys, err := identity.OpenFile(cfg.Policy.IdentityKeysFile)
 	if err != nil {
 		return nil, fmt.Errorf("policy.identity_keys_file: %w", err)
 	}
 	go engine.Watch(ctx, cfg.Policy.WatchInterval)
+	// A rotated key set (a Secret the kubelet updated) is read as often as the
+	// policy: assertions are signed with its active key from then on.
+	go keys.Watch(ctx, cfg.Policy.WatchInterval, func(changed bool, err error) {
+		if err != nil {
+			s.log.Warn("policy.identity_keys_file: keeping the last good key set", zap.Error(err))
+		} else {
+			s.log.Info("policy.identity_keys_file: a new key set is in use")
+		}
+	})
 	claims := policy.Claims{User: cfg.JWT.UserClaim, Tenant: cfg.JWT.TenantClaim, Roles: cfg.JWT.RolesClaim}
 	return policy.NewExtAuthz(engine, keys, claims, cfg.Policy.AssertionTTL, s.log.Named("extauthz"), s.reg), nil
 }

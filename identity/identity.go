@@ -51,6 +51,10 @@ func LoadKeys(path string) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity keys: %w", err)
 	}
+	return parseKeys(path, b)
+}
+
+func parseKeys(path string, b []byte) (*Keys, error) {
 	var k Keys
 	if err := json.Unmarshal(b, &k); err != nil {
 		return nil, fmt.Errorf("identity keys %s: %w", path, err)

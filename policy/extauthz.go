@@ -40,7 +40,7 @@ type ExtAuthz struct {
 	authv3.UnimplementedAuthorizationServer
 	Engine       *Engine
 	Query        string
-	Keys         *identity.Keys
+	Keys         identity.Signer
 	Claims       Claims
 	AssertionTTL time.Duration
 	Log          *zap.Logger
@@ -51,7 +51,7 @@ type ExtAuthz struct {
 }
 
 // NewExtAuthz registers the service's metrics on reg.
-func NewExtAuthz(e *Engine, keys *identity.Keys, claims Claims, ttl time.Duration, log *zap.Logger, reg prometheus.Registerer) *ExtAuthz {
+func NewExtAuthz(e *Engine, keys identity.Signer, claims Claims, ttl time.Duration, log *zap.Logger, reg prometheus.Registerer) *ExtAuthz {
 	f := promauto.With(reg)
 	return &ExtAuthz{
 		Engine: e, Query: EdgeQuery, Keys: keys, Claims: claims, AssertionTTL: ttl, Log: log, Now: time.Now,

@@ -51,11 +51,12 @@ type Server struct {
 	child        *Child    // nil: an attached CLI, or isolated mode
 	users        *UserPool // isolated mode only
 	cliHome      string
-	health       *Health       // the CLI's ping: /readyz and the Consul check
-	registration *Registration // nil without --consul
-	sweeper      *Sweeper      // nil unless cfg.Sweeps()
-	reaper       *Reaper       // nil unless --consul-registration catalog
-	draining     atomic.Bool   // the drain has begun: /readyz fails
+	health       *Health        // the CLI's ping: /readyz and the Consul check
+	registration *Registration  // nil without --consul
+	sweeper      *Sweeper       // nil unless cfg.Sweeps()
+	reaper       *Reaper        // nil unless --consul-registration catalog
+	draining     atomic.Bool    // the drain has begun: /readyz fails
+	keys         *identity.File // --identity-keys, read again when it changes (rotation)
 
 	lis, adminLis net.Listener
 	srv, adminSrv *http.Server
@@ -108,9 +109,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	rl.Bounds = datapath.Bounds{Pending: cfg.MaxPending, Sessions: cfg.MaxTunnelSessions}
 	rl.MaxTunnelsPerUser = cfg.MaxTunnelsPerUser
 	if cfg.IdentityKeys != "" {
-		if rl.Keys, err = identity.LoadKeys(cfg.IdentityKeys); err != nil {
+		if s.keys, err = identity.OpenFile(cfg.IdentityKeys); err != nil {
 			return nil, fmt.Errorf("--identity-keys: %w", err)
 		}
+		rl.Keys = s.keys
 	}
 	if cfg.Policy != "" {
 		engine, err := policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg)
@@ -303,6 +305,15 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if rl.Policy != nil {
 		go rl.Policy.Engine.Watch(ctx, cfg.PolicyWatch)
+	}
+	if s.keys != nil { // a rotated key set is checked as often as the policy
+		go s.keys.Watch(ctx, cfg.PolicyWatch, func(changed bool, err error) {
+			if err != nil {
+				log.Warn("--identity-keys: keeping the last good key set", zap.Error(err))
+			} else {
+				log.Info("--identity-keys: a new key set is in use")
+			}
+		})
 	}
 	go s.srv.Serve(s.lis)
 	go s.adminSrv.Serve(s.adminLis)

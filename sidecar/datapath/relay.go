@@ -36,7 +36,7 @@ type Relay struct {
 	Keepalive time.Duration
 	// Keys verify the edge's identity assertion (x-climesh-identity); when set, a
 	// tunnel without a valid one is refused.
-	Keys *identity.Keys
+	Keys identity.Verifier
 	// Policy decides every message (deny by default); nil relays everything.
 	Policy *Policy
 	// Users, in isolated mode, runs one CLI per caller; CLI is then only a
