@@ -130,6 +130,12 @@ func (p *Proc) Exited() bool {
 	}
 }
 
+// Done is closed when the process has ended; Err is then its exit error.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Err is how the process ended (nil: exit 0); call it after Done.
+func (p *Proc) Err() error { return p.err }
+
 // Signal sends sig to the process group.
 func (p *Proc) Signal(sig syscall.Signal) error { return syscall.Kill(-p.cmd.Process.Pid, sig) }
 
