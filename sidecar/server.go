@@ -109,7 +109,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		}
 	}
 	if cfg.Policy != "" {
-		if rl.Engine, err = policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg); err != nil {
+		var opts []policy.Option
+		if cfg.PolicyData != "" {
+			opts = append(opts, policy.WithData(cfg.PolicyData))
+		}
+		if rl.Engine, err = policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg, opts...); err != nil {
 			return nil, fmt.Errorf("--policy: %w", err)
 		}
 		rl.Registry = &registry.Memory{}
