@@ -88,6 +88,11 @@ type Proc struct {
 
 // Start runs name with args; its stdout and stderr go to dir/name.log.
 func Start(dir, name, bin string, args []string, env ...string) (*Proc, error) {
+	return StartIn("", dir, name, bin, args, env...)
+}
+
+// StartIn is Start with workDir as the working directory ("": this process's).
+func StartIn(workDir, dir, name, bin string, args []string, env ...string) (*Proc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -95,6 +100,7 @@ func Start(dir, name, bin string, args []string, env ...string) (*Proc, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Dir = workDir
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
