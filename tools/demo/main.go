@@ -48,15 +48,22 @@ const (
 func main() {
 	selfCheck := flag.Bool("self-check", false, "exit after checking the demo works")
 	flag.Parse()
-	if err := run(*selfCheck); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, *selfCheck)
+	stop()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Ctrl-C while starting or checking: what failed failed because of it.
+		fmt.Println("interrupted")
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(selfCheck bool) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// run starts everything, checks it and, unless selfCheck, serves until ctx ends
+// (Ctrl-C); everything it started is stopped before it returns.
+func run(ctx context.Context, selfCheck bool) error {
 	cfg, err := config.Load(config.DefaultYAML())
 	if err != nil {
 		return err
