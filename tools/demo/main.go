@@ -50,9 +50,10 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *selfCheck)
+	interrupted := ctx.Err() != nil // before stop(), which ends ctx too
 	stop()
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && interrupted:
 		// Ctrl-C while starting or checking: what failed failed because of it.
 		fmt.Println("interrupted")
 	case err != nil:
