@@ -178,7 +178,7 @@ climesh is running (logs, keys and tokens in %[1]s):
   model double      %[6]s   sessions may name it: Provider{Type: "openai", BaseURL: this, APIKey: "any"}
   chat-server       http://%[7]s   the seed's chat app on the Go SDK (examples/chat-server)
 
-Tokens: the demo is the JWT issuer; one token per user (tenant %[8]q, valid %[9]s):
+Tokens: the demo is the JWT issuer; one token per user (tenant %[8]q, valid %.0[9]fh):
   %[1]s/tokens/{%[10]s}.jwt
 
 Chat as alice through the whole mesh:
@@ -189,13 +189,13 @@ Chat as alice through the whole mesh:
 
 bob naming alice's session is refused by the policy (403):
   curl -s -X POST -H "Authorization: Bearer $(cat %[1]s/tokens/bob.jwt)" http://%[7]s/api/chat/message \
-       -d '{"sessionId": "<alice's id>", "message": "let me in"}'
+       -d '{"sessionId": "<the id alice got>", "message": "let me in"}'
 
 From an SDK that spawns its CLI, use climesh-connect as the CLI:
-  CLIMESH_EDGE=%[3]s CLIMESH_TOKEN=$TOKEN bin/climesh-connect   (StdioConnection{Path: ...})
+  CLIMESH_EDGE=%[3]s CLIMESH_TOKEN=$TOKEN bin/climesh-connect   (make build; StdioConnection{Path: ...})
 
 Ctrl-C stops everything.
-`, dir, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, chatAddr, demoTenant, tokenTTL, strings.Join(demoUsers, ","))
+`, dir, connectAddr, edge, cfg.Server.HTTPAddress, envoy.AdminAddr, model.URL, chatAddr, demoTenant, tokenTTL.Hours(), strings.Join(demoUsers, ","))
 	<-ctx.Done()
 	fmt.Println("stopping")
 	return nil
