@@ -58,9 +58,14 @@ type RemoteJWKS struct {
 // EdgePolicy is OPA at the edge: the ext_authz decision (served by the
 // xds-server) and the identity assertion the edge adds for the sidecars.
 type EdgePolicy struct {
-	// Source is a directory of Rego and data files, or an OPA bundle (.tar.gz).
-	// Empty: no ext_authz filter.
-	Source        string        `yaml:"source"`
+	// Source is a directory of Rego and data files, an OPA bundle (.tar.gz), or
+	// the word builtin: the policies/rego this binary was built with. Empty: no
+	// ext_authz filter.
+	Source string `yaml:"source"`
+	// DataFile is a JSON or YAML data file merged into the source's data (it may
+	// add values, not replace them): an operator's pools and tenants beside the
+	// built-in rules. Watched like the source.
+	DataFile      string        `yaml:"data_file"`
 	WatchInterval time.Duration `yaml:"watch_interval"`
 	// ExtAuthzAddress is where Envoy reaches the xds-server's ext_authz gRPC
 	// service (the ADS port); default server.xds_address.

@@ -55,6 +55,20 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 	if p, ok := c.Pool("demo"); !ok || len(p.Static) != 3 {
 		t.Fatalf("embedded default has no static demo pool of three: %+v", c.Pools)
 	}
+	// The production shape: verified callers, the shipped policy, identity
+	// assertions and the edge credential; no header a client could set is trusted.
+	checks := map[string]struct{ got, want any }{
+		"trust_client_headers": {c.Identity.TrustClientHeaders, false},
+		"jwt providers":        {len(c.JWT.Providers), 1},
+		"policy.source":        {c.Policy.Source, "builtin"},
+		"identity keys":        {c.Policy.IdentityKeysFile != "", true},
+		"edge credential":      {c.Identity.EdgeCredentialFile != "", true},
+	}
+	for name, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("embedded default %s: got %v, want %v", name, ch.got, ch.want)
+		}
+	}
 }
 
 func TestLoadOutlierDefaults(t *testing.T) {
@@ -112,9 +126,10 @@ func TestLoadErrors(t *testing.T) {
 			ErrUnknownValue, `pools[0].static[0].health: unknown value "sick"`},
 		"static duplicate id": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: 127.0.0.1, port: 1}, {id: a, address: 127.0.0.1, port: 2}]", 1),
 			ErrDuplicate, `pools[0].static[1].id: duplicate "a"`},
-		"coalesce inverted": {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
-		"bad xds address":   {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
-		"two documents":     {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+		"coalesce inverted":   {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
+		"bad xds address":     {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
+		"two documents":       {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+		"data without policy": {base + "policy: {data_file: data.json}\n", ErrConflict, `policy.data_file: conflicting fields "data.json"`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

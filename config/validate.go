@@ -101,6 +101,9 @@ func (c *Config) Validate() error {
 	}
 	c.Identity.validate(v)
 	c.JWT.validate(v)
+	if c.Policy.DataFile != "" && !c.Policy.On() {
+		v.add("policy.data_file", c.Policy.DataFile, ErrConflict, "needs policy.source: the data is merged into a policy")
+	}
 	if c.Policy.On() {
 		v.addr("policy.ext_authz_address", c.Policy.ExtAuthzAddress)
 		v.positive("policy.timeout", c.Policy.Timeout)

@@ -24,7 +24,7 @@ type Options struct {
 	User    string // x-climesh-user, only for edges that trust client headers
 	// TokenAsUser sends each connection's token as its x-climesh-user when User
 	// is empty: for development edges that trust client headers and verify no
-	// JWT (the demo), so that each SDK connection is routed as its own user.
+	// JWT, so that each SDK connection is routed as its own user.
 	TokenAsUser bool
 	Session     string // shared-session name, if any
 	// LockWait asks the sidecar to wait this long for a busy shared session

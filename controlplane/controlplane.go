@@ -149,7 +149,11 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 // startPolicy loads the policy (it must compile at start), watches it for changes,
 // and makes the ext_authz service. Later config reloads keep this policy source.
 func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.ExtAuthz, error) {
-	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{policy.EdgeQuery}, s.log.Named("policy"), s.reg)
+	var opts []policy.Option
+	if cfg.Policy.DataFile != "" {
+		opts = append(opts, policy.WithData(cfg.Policy.DataFile))
+	}
+	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{policy.EdgeQuery}, s.log.Named("policy"), s.reg, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("policy.source: %w", err)
 	}

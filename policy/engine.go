@@ -26,6 +26,7 @@ import (
 type Engine struct {
 	log     *zap.Logger
 	source  string
+	data    []string // WithData files
 	queries []string
 	metrics *engineMetrics
 
@@ -54,10 +55,11 @@ type engineMetrics struct {
 // ErrUndefined is an evaluation that produced no result: a deny.
 var ErrUndefined = errors.New("policy: decision undefined")
 
-// NewEngine loads source (a directory of .rego and data .json/.yaml files, or an OPA
-// bundle .tar.gz) and prepares queries (e.g. "data.climesh.edge.allow"). The first
-// load must succeed; later ones (Reload, Watch) keep the last good policy on error.
-func NewEngine(ctx context.Context, source string, queries []string, log *zap.Logger, reg prometheus.Registerer) (*Engine, error) {
+// NewEngine loads source (a directory of .rego and data .json/.yaml files, an OPA
+// bundle .tar.gz, or Builtin) and prepares queries (e.g. "data.climesh.edge.allow").
+// The first load must succeed; later ones (Reload, Watch) keep the last good policy
+// on error.
+func NewEngine(ctx context.Context, source string, queries []string, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Engine, error) {
 	f := promauto.With(reg)
 	e := &Engine{
 		log: log, source: source, queries: queries,
@@ -76,6 +78,9 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 			}, []string{"fingerprint"}),
 		},
 	}
+	for _, o := range opts {
+		o(e)
+	}
 	if err := e.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -85,11 +90,11 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 // Reload loads and compiles the source again. On error the serving policy stays,
 // the error (with file:line for compile errors) is logged and counted.
 func (e *Engine) Reload(ctx context.Context) error {
-	fp, err := Fingerprint(e.source)
+	fp, err := e.fingerprintSources()
 	if err != nil {
 		return e.failed(err)
 	}
-	compiler, store, err := load(e.source)
+	compiler, store, err := e.loadSources()
 	if err != nil {
 		return e.failed(err)
 	}
@@ -109,7 +114,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 	e.metrics.lastGood.SetToCurrentTime()
 	e.metrics.serving.Reset()
 	e.metrics.serving.WithLabelValues(fp[:12]).Set(1)
-	e.log.Info("policy loaded", zap.String("source", e.source), zap.String("fingerprint", fp[:12]))
+	e.log.Info("policy loaded", zap.String("source", e.source), zap.Strings("data", e.data), zap.String("fingerprint", fp[:12]))
 	return nil
 }
 
@@ -141,7 +146,7 @@ func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		fp, err := Fingerprint(e.source)
+		fp, err := e.fingerprintSources()
 		e.mu.RLock()
 		same := fp == e.fingerprint
 		e.mu.RUnlock()

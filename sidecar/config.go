@@ -81,7 +81,8 @@ type Config struct {
 
 	EdgeCredentialFile string        // --edge-credential-file: the secret Envoy adds to tunnels
 	IdentityKeys       string        // --identity-keys: keys verifying the edge's identity assertion
-	Policy             string        // --policy: Rego dir or bundle for per-message decisions
+	Policy             string        // --policy: Rego dir, bundle or builtin for per-message decisions
+	PolicyData         string        // --policy-data: a data file merged into --policy's data
 	PolicyWatch        time.Duration // --policy-watch: how often --policy is checked for changes
 
 	UsersRoot   string        // --users-root: isolated: per-user homes
@@ -144,7 +145,8 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often the pool's sweeper runs (one sidecar at a time, elected in Consul; 0: only POST /sweep)")
 	fs.StringVar(&c.EdgeCredentialFile, "edge-credential-file", c.EdgeCredentialFile, "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	fs.StringVar(&c.IdentityKeys, "identity-keys", c.IdentityKeys, "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
-	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default); needs --identity-keys")
+	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default), or the word builtin: the policies/rego this binary was built with; needs --identity-keys")
+	fs.StringVar(&c.PolicyData, "policy-data", c.PolicyData, "JSON or YAML data `file` merged into --policy's data (it may add values, not replace them), e.g. your pools' provider_base_urls beside --policy builtin; watched like --policy")
 	fs.DurationVar(&c.PolicyWatch, "policy-watch", c.PolicyWatch, "how often --policy is checked for changes")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `level`")
 	fs.StringVar(&c.Mode, "mode", c.Mode, "`mode`: shared (pattern 2), collab (pattern 3: shared sessions, one turn at a time) or isolated (pattern 1: one CLI per user)")
@@ -236,6 +238,9 @@ func (c Config) Validate() error {
 	}
 	if c.Policy != "" && c.IdentityKeys == "" {
 		v.bad("--policy", c.Policy, field.ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")
+	}
+	if c.PolicyData != "" && c.Policy == "" {
+		v.bad("--policy-data", c.PolicyData, field.ErrConflict, "needs --policy: the data is merged into a policy")
 	}
 	if c.Pool == "" {
 		v.bad("--pool", "", field.ErrRequired, "required: the pool (Consul service) this instance serves")

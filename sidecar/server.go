@@ -115,7 +115,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		rl.Keys = s.keys
 	}
 	if cfg.Policy != "" {
-		engine, err := policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg)
+		var opts []policy.Option
+		if cfg.PolicyData != "" {
+			opts = append(opts, policy.WithData(cfg.PolicyData))
+		}
+		engine, err := policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("--policy: %w", err)
 		}

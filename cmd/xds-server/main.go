@@ -4,7 +4,9 @@
 //
 //	xds-server [--config FILE] [--log-level info] [--check] [--print-default-config]
 //
-// Without --config it runs the embedded default (a static demo fleet). SIGHUP
+// Without --config it runs the embedded default: the demo's production-shaped config
+// (a static fleet, JWT, the built-in policy), whose key files `make demo` writes into
+// the working directory. SIGHUP
 // reloads --config; a config that does not load is refused and the running one stays.
 package main
 
@@ -94,8 +96,11 @@ func load(path string) (*config.Config, error) {
 	if err == nil {
 		err = cfg.ResolveFiles()
 	}
-	if err != nil && path != "" {
+	switch {
+	case err != nil && path != "":
 		return nil, fmt.Errorf("%s: %w", path, err)
+	case err != nil:
+		return nil, fmt.Errorf("the embedded default config (the demo's; see --print-default-config) reads its JWKS, edge credential and identity keys from the working directory, where `make demo` writes them: run it there, or give --config: %w", err)
 	}
-	return cfg, err
+	return cfg, nil
 }

@@ -88,7 +88,13 @@ type Proc struct {
 
 // Start runs name with args; its stdout and stderr go to dir/name.log.
 func Start(dir, name, bin string, args []string, env ...string) (*Proc, error) {
+	return StartIn("", dir, name, bin, args, env...)
+}
+
+// StartIn is Start with workDir as the working directory ("": this process's).
+func StartIn(workDir, dir, name, bin string, args []string, env ...string) (*Proc, error) {
 	cmd := exec.Command(bin, args...)
+	cmd.Dir = workDir
 	cmd.Env = append(os.Environ(), env...)
 	return StartCmd(dir, name, cmd)
 }

@@ -22,13 +22,20 @@ type Issuer struct {
 	JWKSPath string
 }
 
-// NewIssuer makes a key and writes dir/jwks.json.
+// NewIssuer makes a key and writes dir/jwks.json, for the test issuer
+// https://issuer.climesh.test and audience climesh.
 func NewIssuer(dir string) (*Issuer, error) {
+	return NewIssuerAt(filepath.Join(dir, "jwks.json"), "https://issuer.climesh.test", "climesh")
+}
+
+// NewIssuerAt makes a key and writes its JWKS to jwksPath; tokens name issuer and
+// audience.
+func NewIssuerAt(jwksPath, issuer, audience string) (*Issuer, error) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, err
 	}
-	i := &Issuer{Key: key, Kid: "test-1", Issuer: "https://issuer.climesh.test", Audience: "climesh", JWKSPath: filepath.Join(dir, "jwks.json")}
+	i := &Issuer{Key: key, Kid: "test-1", Issuer: issuer, Audience: audience, JWKSPath: jwksPath}
 	jwks := map[string]any{"keys": []map[string]string{{
 		"kty": "RSA", "kid": i.Kid, "use": "sig", "alg": "RS256",
 		"n": b64(key.N.Bytes()), "e": b64(big.NewInt(int64(key.E)).Bytes()),

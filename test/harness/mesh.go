@@ -2,8 +2,6 @@ package harness
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -169,7 +167,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		return m, err
 	}
 	keysFile := filepath.Join(dir, "identity-keys.json")
-	if m.Keys, err = writeKeys(keysFile); err != nil {
+	if m.Keys, err = WriteKeys(keysFile); err != nil {
 		return m, err
 	}
 	m.PolicyDir = filepath.Join(dir, "policy")
@@ -406,20 +404,6 @@ func (m *Mesh) Close() {
 		m.stops[i]()
 	}
 	m.stops = nil
-}
-
-// writeKeys makes an identity key set shared by the xds-server and the sidecars.
-func writeKeys(path string) (*identity.Keys, error) {
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		return nil, err
-	}
-	k := &identity.Keys{Active: "k1", Keys: map[string][]byte{"k1": secret}}
-	b, err := json.Marshal(k)
-	if err != nil {
-		return nil, err
-	}
-	return k, os.WriteFile(path, b, 0o600)
 }
 
 // copyPolicies copies the shipped policies/rego to dir.
