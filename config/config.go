@@ -48,11 +48,18 @@ type JWTProvider struct {
 	LocalJWKS string `yaml:"-"`
 }
 
-// RemoteJWKS is fetched by Envoy.
+// RemoteJWKS is fetched by Envoy. Over https (required but on loopback) Envoy
+// verifies the server's certificate against TrustedCAFile and checks that it names
+// the URI's host: a JWKS is what every token is verified with, so whoever could
+// serve it could mint any identity.
 type RemoteJWKS struct {
 	URI           string        `yaml:"uri"`
 	Timeout       time.Duration `yaml:"timeout"`
 	CacheDuration time.Duration `yaml:"cache_duration"`
+	// TrustedCAFile is a PEM bundle on Envoy's host (Envoy's
+	// validation_context.trusted_ca); default the system bundle,
+	// DefaultTrustedCAFile.
+	TrustedCAFile string `yaml:"trusted_ca_file"`
 }
 
 // EdgePolicy is OPA at the edge: the ext_authz decision (served by the

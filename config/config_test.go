@@ -47,6 +47,23 @@ func TestLoadDefaults(t *testing.T) {
 	}
 }
 
+func TestLoadRemoteJWKSDefaults(t *testing.T) {
+	c, err := Load([]byte(base + `jwt:
+  providers:
+    - {name: a, issuer: i, remote_jwks: {uri: "https://idp.example/jwks"}}
+    - {name: b, issuer: i, remote_jwks: {uri: "https://idp.example/jwks", trusted_ca_file: /etc/idp-ca.pem}}
+    - {name: c, issuer: i, remote_jwks: {uri: "http://localhost:8080/jwks"}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{DefaultTrustedCAFile, "/etc/idp-ca.pem", ""} {
+		if got := c.JWT.Providers[i].RemoteJWKS.TrustedCAFile; got != want {
+			t.Errorf("providers[%d].remote_jwks.trusted_ca_file = %q, want %q", i, got, want)
+		}
+	}
+}
+
 func TestLoadEmbeddedDefault(t *testing.T) {
 	c, err := Load(DefaultYAML())
 	if err != nil {
@@ -115,6 +132,10 @@ func TestLoadErrors(t *testing.T) {
 		"coalesce inverted": {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
 		"bad xds address":   {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
 		"two documents":     {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+		"jwks in clear": {base + "jwt: {providers: [{name: p, issuer: i, remote_jwks: {uri: \"http://idp.example/jwks\"}}]}\n",
+			ErrMalformed, `jwt.providers[0].remote_jwks.uri: malformed "http://idp.example/jwks" (want https`},
+		"ca for http jwks": {base + "jwt: {providers: [{name: p, issuer: i, remote_jwks: {uri: \"http://127.0.0.1:8080/jwks\", trusted_ca_file: /ca.pem}}]}\n",
+			ErrConflict, `jwt.providers[0].remote_jwks.trusted_ca_file`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

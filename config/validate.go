@@ -190,11 +190,25 @@ func (j *JWT) validate(v *validator) {
 			v.add(f+".remote_jwks", nil, ErrConflict, "local_jwks_file and remote_jwks exclude each other")
 		case p.RemoteJWKS != nil:
 			u, err := url.Parse(p.RemoteJWKS.URI)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+			switch {
+			case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "":
 				v.add(f+".remote_jwks.uri", p.RemoteJWKS.URI, ErrMalformed, "want an http(s) URL")
+			case u.Scheme == "http" && !loopback(u.Hostname()):
+				v.add(f+".remote_jwks.uri", p.RemoteJWKS.URI, ErrMalformed, "want https: keys fetched in clear could be swapped on the way (http only on loopback)")
+			case u.Scheme == "http" && p.RemoteJWKS.TrustedCAFile != "":
+				v.add(f+".remote_jwks.trusted_ca_file", p.RemoteJWKS.TrustedCAFile, ErrConflict, "needs an https uri")
 			}
 		}
 	}
+}
+
+// loopback reports whether host is localhost or a loopback address.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 func (l *Listener) validate(v *validator, field string, pools map[string]bool) {
