@@ -1,11 +1,13 @@
 // Package config is climesh's configuration: the YAML an operator writes for the
 // xds-server, parsed once, defaulted by name and validated so that every error names
-// the field and the value at fault. config imports nothing of climesh's.
+// the field and the value at fault. config imports nothing of climesh's but its own
+// leaves (field, secret).
 package config
 
 import (
 	"bytes"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/climesh/climesh/config/secret"
 )
 
 // Config is the whole xds-server configuration.
@@ -145,23 +149,50 @@ func (c *Config) ResolveFiles() error {
 		if p.LocalJWKSFile == "" {
 			continue
 		}
-		b, err := os.ReadFile(p.LocalJWKSFile)
+		jwks, err := ReadJWKS(p.LocalJWKSFile)
 		if err != nil {
-			return fmt.Errorf("%w: jwt.providers[%d].local_jwks_file: %v", ErrInvalid, i, err)
+			return &FieldError{Field: fmt.Sprintf("jwt.providers[%d].local_jwks_file", i), Value: p.LocalJWKSFile, Kind: ErrMalformed, Detail: err.Error()}
 		}
-		p.LocalJWKS = string(b)
+		p.LocalJWKS = jwks
 	}
 	if f := c.Identity.EdgeCredentialFile; f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("%w: identity.edge_credential_file: %v", ErrInvalid, err)
 		}
-		c.Identity.EdgeCredential = strings.TrimSpace(string(b))
-		if len(c.Identity.EdgeCredential) < 16 {
-			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: ErrOutOfRange, Detail: "want a secret of at least 16 characters"}
+		cred := strings.TrimSpace(string(b))
+		if err := secret.Check([]byte(cred), secret.MinLength); err != nil {
+			kind := ErrOutOfRange
+			if errors.Is(err, secret.ErrPlaceholder) {
+				kind = ErrMalformed
+			}
+			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: "is " + err.Error()}
 		}
+		c.Identity.EdgeCredential = cred
 	}
 	return nil
+}
+
+// ReadJWKS reads a JWKS file and refuses one that verifies nothing: not a JSON
+// key set, no keys (the shipped placeholder is {"keys": []}), or a placeholder.
+func ReadJWKS(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	if secret.IsPlaceholder(b) {
+		return "", fmt.Errorf("is %w (it contains %q): put your issuer's public keys in it", secret.ErrPlaceholder, secret.Marker)
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &set); err != nil {
+		return "", fmt.Errorf("is not a JWKS: %v", err)
+	}
+	if len(set.Keys) == 0 {
+		return "", errors.New(`holds no keys (the shipped placeholder is {"keys": []}): put your issuer's public keys in it`)
+	}
+	return string(b), nil
 }
 
 // Listener is one Envoy listener accepting WebSocket tunnels.

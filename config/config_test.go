@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,60 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 	if _, err := Load(data); err != nil {
 		t.Fatalf("examples/climesh.yaml: %v", err)
+	}
+}
+
+// TestResolveFilesRefuses: the files the config names are read at start and on
+// every reload; a placeholder, a short secret or an empty key set is refused
+// with the field and the file.
+func TestResolveFilesRefuses(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	goodJWKS := write("jwks.json", `{"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}`)
+	cases := map[string]struct {
+		yaml string
+		kind error
+		want string
+	}{
+		"placeholder edge credential": {"identity: {edge_credential_file: " + write("cred-placeholder", "REPLACE-with-another-long-random-secret\n") + "}\n",
+			ErrMalformed, `identity.edge_credential_file: malformed "` + dir + `/cred-placeholder" (is a placeholder (it contains "REPLACE-")`},
+		"short edge credential": {"identity: {edge_credential_file: " + write("cred-short", "0123456789\n") + "}\n",
+			ErrOutOfRange, "identity.edge_credential_file: out of range \"" + dir + "/cred-short\" (is too short: 10 characters, want at least 16)"},
+		"empty edge credential": {"identity: {edge_credential_file: " + write("cred-empty", "\n") + "}\n",
+			ErrOutOfRange, "(is empty)"},
+		"shipped jwks": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks-empty.json", `{"keys": []}`) + "}]}\n",
+			ErrMalformed, `jwt.providers[0].local_jwks_file: malformed "` + dir + `/jwks-empty.json" (holds no keys`},
+		"placeholder jwks": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks-replace.json", `{"keys": [{"n": "REPLACE-me"}]}`) + "}]}\n",
+			ErrMalformed, "is a placeholder"},
+		"jwks not json": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks.pem", "-----BEGIN PUBLIC KEY-----") + "}]}\n",
+			ErrMalformed, "is not a JWKS"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, err := Load([]byte(base + tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.ResolveFiles()
+			if !errors.Is(err, tc.kind) || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ResolveFiles = %v; want %v containing %q", err, tc.kind, tc.want)
+			}
+		})
+	}
+	c, err := Load([]byte(base + "identity: {edge_credential_file: " + write("cred", "  a-real-secret-8c1f0e9d7b\n") + "}\njwt: {providers: [{name: p, issuer: i, local_jwks_file: " + goodJWKS + "}]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ResolveFiles(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Identity.EdgeCredential != "a-real-secret-8c1f0e9d7b" || c.JWT.Providers[0].LocalJWKS == "" {
+		t.Fatalf("resolved %q, %q", c.Identity.EdgeCredential, c.JWT.Providers[0].LocalJWKS)
 	}
 }
