@@ -120,3 +120,28 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestServeRefusesPlaceholderKeys: the xds-server does not start on the identity
+// keys file as shipped, and says which field and file.
+func TestServeRefusesPlaceholderKeys(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "identity-keys.json")
+	shipped := `{"active": "k1", "keys": {"k1": "UkVQTEFDRS13aXRoLTMyLXJhbmRvbS1ieXRlcy0hISE="}}`
+	if err := os.WriteFile(keys, []byte(shipped), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load([]byte(`
+identity: {trust_client_headers: true}
+policy: {source: ../policies/rego, identity_keys_file: ` + keys + `}
+listeners: [{name: edge, port: 10000, routes: [{pool: p}]}]
+pools: [{name: p, static: [{id: a, address: 127.0.0.1, port: 7001}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdsLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	httpLis, _ := net.Listen("tcp", "127.0.0.1:0")
+	err = New(c, zap.NewNop()).Serve(t.Context(), xdsLis, httpLis)
+	if want := "policy.identity_keys_file: identity keys " + keys + ": keys.k1: a placeholder"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Serve = %v; want %q", err, want)
+	}
+}

@@ -277,14 +277,15 @@ func TestValidate(t *testing.T) {
 		"base": {},
 
 		// The CLI: exactly one of --cli-address and --cli-command; an address needs its token.
-		"attached CLI":             {edit: attach},
-		"no CLI":                   {edit: func(c *Config) { c.CLICommand = "" }, name: "--cli-address/--cli-command", kind: field.ErrRequired},
-		"both CLIs":                {edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, name: "--cli-address/--cli-command", kind: field.ErrConflict},
-		"attached without a token": {edit: and(attach, func(c *Config) { c.CLIToken = "" }), name: TokenEnv, kind: field.ErrRequired},
-		"attached to no port":      {edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), name: "--cli-address", kind: field.ErrMalformed},
-		"child with a home":        {edit: func(c *Config) { c.CLIHome = "/home" }},
-		"home without a child":     {edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
-		"home in isolated mode":    {edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
+		"attached CLI":                    {edit: attach},
+		"no CLI":                          {edit: func(c *Config) { c.CLICommand = "" }, name: "--cli-address/--cli-command", kind: field.ErrRequired},
+		"both CLIs":                       {edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, name: "--cli-address/--cli-command", kind: field.ErrConflict},
+		"attached without a token":        {edit: and(attach, func(c *Config) { c.CLIToken = "" }), name: TokenEnv, kind: field.ErrRequired},
+		"attached with the shipped token": {edit: and(attach, func(c *Config) { c.CLIToken = "REPLACE-with-a-long-random-token" }), name: TokenEnv, kind: field.ErrMalformed},
+		"attached to no port":             {edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), name: "--cli-address", kind: field.ErrMalformed},
+		"child with a home":               {edit: func(c *Config) { c.CLIHome = "/home" }},
+		"home without a child":            {edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
+		"home in isolated mode":           {edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), name: "--cli-home", kind: field.ErrConflict},
 
 		// Modes.
 		"unknown mode":            {edit: func(c *Config) { c.Mode = "exclusive" }, name: "--mode", kind: field.ErrMalformed},
