@@ -81,6 +81,9 @@ type EdgePolicy struct {
 	// the sidecars' --identity-keys).
 	IdentityKeysFile string        `yaml:"identity_keys_file"`
 	AssertionTTL     time.Duration `yaml:"assertion_ttl"`
+	// ExtAuthzTLS is what Envoy's ext_authz cluster uses when server.tls is on
+	// (required then): the same files as its bootstrap's xDS cluster.
+	ExtAuthzTLS *UpstreamTLS `yaml:"ext_authz_tls"`
 }
 
 // On reports whether the edge runs ext_authz.
@@ -96,6 +99,27 @@ type Server struct {
 	Coalesce Coalesce `yaml:"coalesce"`
 	// DefaultNodeGroup receives Envoy nodes whose --service-cluster names no group.
 	DefaultNodeGroup string `yaml:"default_node_group"`
+	// TLS, when set, serves the gRPC port (xDS and ext_authz) over TLS only.
+	TLS *ServerTLS `yaml:"tls"`
+}
+
+// ServerTLS is the xds-server's certificate for its gRPC port, and with
+// ClientCAFile mutual TLS: an Envoy must present a certificate that CA signed.
+// Read at start (restart to rotate).
+type ServerTLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// UpstreamTLS is how Envoy reaches a TLS server: files on Envoy's host, as in
+// its bootstrap's xDS cluster. TrustedCAFile verifies the server, whose
+// certificate must also name the host Envoy dials; CertFile and KeyFile are
+// Envoy's client certificate, for mutual TLS.
+type UpstreamTLS struct {
+	TrustedCAFile string `yaml:"trusted_ca_file"`
+	CertFile      string `yaml:"cert_file"`
+	KeyFile       string `yaml:"key_file"`
 }
 
 // Coalesce waits for Quiet without a change, but never longer than MaxDelay after

@@ -101,6 +101,7 @@ func (c *Config) Validate() error {
 	}
 	c.Identity.validate(v)
 	c.JWT.validate(v)
+	c.validateTLS(v)
 	if c.Policy.On() {
 		v.addr("policy.ext_authz_address", c.Policy.ExtAuthzAddress)
 		v.positive("policy.timeout", c.Policy.Timeout)
@@ -147,6 +148,38 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	return errors.Join(v.errs...)
+}
+
+// validateTLS: a server certificate needs its key; with TLS on, Envoy's
+// ext_authz cluster needs a CA to verify the server, and with mTLS a client
+// certificate of its own.
+func (c *Config) validateTLS(v *validator) {
+	if t := c.Server.TLS; t != nil {
+		if t.CertFile == "" {
+			v.add("server.tls.cert_file", nil, ErrRequired, "the xds-server's certificate (PEM)")
+		}
+		if t.KeyFile == "" {
+			v.add("server.tls.key_file", nil, ErrRequired, "the certificate's private key (PEM)")
+		}
+	}
+	a := c.Policy.ExtAuthzTLS
+	switch {
+	case a == nil && c.Server.TLS != nil && c.Policy.On():
+		v.add("policy.ext_authz_tls", nil, ErrRequired, "server.tls is on: Envoy's ext_authz cluster must speak TLS too (trusted_ca_file; cert_file and key_file for mTLS)")
+	case a == nil:
+	case c.Server.TLS == nil:
+		v.add("policy.ext_authz_tls", nil, ErrConflict, "needs server.tls: the ext_authz service is served on the xds-server's gRPC port")
+	default:
+		if a.TrustedCAFile == "" {
+			v.add("policy.ext_authz_tls.trusted_ca_file", nil, ErrRequired, "the CA Envoy verifies the xds-server with")
+		}
+		if (a.CertFile == "") != (a.KeyFile == "") {
+			v.add("policy.ext_authz_tls.cert_file", a.CertFile, ErrConflict, "cert_file and key_file go together")
+		}
+		if c.Server.TLS.ClientCAFile != "" && a.CertFile == "" {
+			v.add("policy.ext_authz_tls.cert_file", nil, ErrRequired, "server.tls.client_ca_file asks every client for a certificate")
+		}
+	}
 }
 
 func (id *Identity) validate(v *validator) {

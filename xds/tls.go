@@ -29,6 +29,8 @@ func upstreamTLS(host, trustedCAFile string, client *tlsv3.TlsCertificate) (*cor
 	ctx := &tlsv3.UpstreamTlsContext{
 		Sni: sni,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
+			// Envoy's upstream default stops at TLS 1.2.
+			TlsParams: &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3},
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 				TrustedCa:                 &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: trustedCAFile}},
 				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
