@@ -5,7 +5,7 @@
 #   docker build --target copilot-cli -t ghcr.io/climesh/copilot-cli:1.0.102 .
 # No Docker engine runs in climesh's CI: TestDockerfile parses this file and checks it.
 
-# Go binaries: xds-server, climesh-sidecar, climesh-connect.
+# Go binaries: xds-server, climesh-sidecar, climesh-connect, climesh-envoy-drain.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -15,7 +15,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/...
 
 # climesh: static binaries on distroless, as a non-root user.
 FROM gcr.io/distroless/static-debian12:nonroot AS climesh
-COPY --from=build /out/xds-server /out/climesh-sidecar /out/climesh-connect /usr/local/bin/
+COPY --from=build /out/xds-server /out/climesh-sidecar /out/climesh-connect /out/climesh-envoy-drain /usr/local/bin/
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/xds-server"]
 

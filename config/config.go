@@ -1,11 +1,13 @@
 // Package config is climesh's configuration: the YAML an operator writes for the
 // xds-server, parsed once, defaulted by name and validated so that every error names
-// the field and the value at fault. config imports nothing of climesh's.
+// the field and the value at fault. config imports nothing of climesh's but its own
+// leaves (field, secret).
 package config
 
 import (
 	"bytes"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/climesh/climesh/config/secret"
 )
 
 // Config is the whole xds-server configuration.
@@ -48,11 +52,18 @@ type JWTProvider struct {
 	LocalJWKS string `yaml:"-"`
 }
 
-// RemoteJWKS is fetched by Envoy.
+// RemoteJWKS is fetched by Envoy. Over https (required but on loopback) Envoy
+// verifies the server's certificate against TrustedCAFile and checks that it names
+// the URI's host: a JWKS is what every token is verified with, so whoever could
+// serve it could mint any identity.
 type RemoteJWKS struct {
 	URI           string        `yaml:"uri"`
 	Timeout       time.Duration `yaml:"timeout"`
 	CacheDuration time.Duration `yaml:"cache_duration"`
+	// TrustedCAFile is a PEM bundle on Envoy's host (Envoy's
+	// validation_context.trusted_ca); default the system bundle,
+	// DefaultTrustedCAFile.
+	TrustedCAFile string `yaml:"trusted_ca_file"`
 }
 
 // EdgePolicy is OPA at the edge: the ext_authz decision (served by the
@@ -75,6 +86,9 @@ type EdgePolicy struct {
 	// the sidecars' --identity-keys).
 	IdentityKeysFile string        `yaml:"identity_keys_file"`
 	AssertionTTL     time.Duration `yaml:"assertion_ttl"`
+	// ExtAuthzTLS is what Envoy's ext_authz cluster uses when server.tls is on
+	// (required then): the same files as its bootstrap's xDS cluster.
+	ExtAuthzTLS *UpstreamTLS `yaml:"ext_authz_tls"`
 }
 
 // On reports whether the edge runs ext_authz.
@@ -90,6 +104,27 @@ type Server struct {
 	Coalesce Coalesce `yaml:"coalesce"`
 	// DefaultNodeGroup receives Envoy nodes whose --service-cluster names no group.
 	DefaultNodeGroup string `yaml:"default_node_group"`
+	// TLS, when set, serves the gRPC port (xDS and ext_authz) over TLS only.
+	TLS *ServerTLS `yaml:"tls"`
+}
+
+// ServerTLS is the xds-server's certificate for its gRPC port, and with
+// ClientCAFile mutual TLS: an Envoy must present a certificate that CA signed.
+// Read at start (restart to rotate).
+type ServerTLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// UpstreamTLS is how Envoy reaches a TLS server: files on Envoy's host, as in
+// its bootstrap's xDS cluster. TrustedCAFile verifies the server, whose
+// certificate must also name the host Envoy dials; CertFile and KeyFile are
+// Envoy's client certificate, for mutual TLS.
+type UpstreamTLS struct {
+	TrustedCAFile string `yaml:"trusted_ca_file"`
+	CertFile      string `yaml:"cert_file"`
+	KeyFile       string `yaml:"key_file"`
 }
 
 // Coalesce waits for Quiet without a change, but never longer than MaxDelay after
@@ -143,23 +178,50 @@ func (c *Config) ResolveFiles() error {
 		if p.LocalJWKSFile == "" {
 			continue
 		}
-		b, err := os.ReadFile(p.LocalJWKSFile)
+		jwks, err := ReadJWKS(p.LocalJWKSFile)
 		if err != nil {
-			return fmt.Errorf("%w: jwt.providers[%d].local_jwks_file: %v", ErrInvalid, i, err)
+			return &FieldError{Field: fmt.Sprintf("jwt.providers[%d].local_jwks_file", i), Value: p.LocalJWKSFile, Kind: ErrMalformed, Detail: err.Error()}
 		}
-		p.LocalJWKS = string(b)
+		p.LocalJWKS = jwks
 	}
 	if f := c.Identity.EdgeCredentialFile; f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return fmt.Errorf("%w: identity.edge_credential_file: %v", ErrInvalid, err)
 		}
-		c.Identity.EdgeCredential = strings.TrimSpace(string(b))
-		if len(c.Identity.EdgeCredential) < 16 {
-			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: ErrOutOfRange, Detail: "want a secret of at least 16 characters"}
+		cred := strings.TrimSpace(string(b))
+		if err := secret.Check([]byte(cred), secret.MinLength); err != nil {
+			kind := ErrOutOfRange
+			if errors.Is(err, secret.ErrPlaceholder) {
+				kind = ErrMalformed
+			}
+			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: "is " + err.Error()}
 		}
+		c.Identity.EdgeCredential = cred
 	}
 	return nil
+}
+
+// ReadJWKS reads a JWKS file and refuses one that verifies nothing: not a JSON
+// key set, no keys (the shipped placeholder is {"keys": []}), or a placeholder.
+func ReadJWKS(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	if secret.IsPlaceholder(b) {
+		return "", fmt.Errorf("is %w (it contains %q): put your issuer's public keys in it", secret.ErrPlaceholder, secret.Marker)
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &set); err != nil {
+		return "", fmt.Errorf("is not a JWKS: %v", err)
+	}
+	if len(set.Keys) == 0 {
+		return "", errors.New(`holds no keys (the shipped placeholder is {"keys": []}): put your issuer's public keys in it`)
+	}
+	return string(b), nil
 }
 
 // Listener is one Envoy listener accepting WebSocket tunnels.

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,23 @@ func TestLoadDefaults(t *testing.T) {
 	for name, c := range checks {
 		if c.got != c.want {
 			t.Errorf("%s: got %v, want %v", name, c.got, c.want)
+		}
+	}
+}
+
+func TestLoadRemoteJWKSDefaults(t *testing.T) {
+	c, err := Load([]byte(base + `jwt:
+  providers:
+    - {name: a, issuer: i, remote_jwks: {uri: "https://idp.example/jwks"}}
+    - {name: b, issuer: i, remote_jwks: {uri: "https://idp.example/jwks", trusted_ca_file: /etc/idp-ca.pem}}
+    - {name: c, issuer: i, remote_jwks: {uri: "http://localhost:8080/jwks"}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{DefaultTrustedCAFile, "/etc/idp-ca.pem", ""} {
+		if got := c.JWT.Providers[i].RemoteJWKS.TrustedCAFile; got != want {
+			t.Errorf("providers[%d].remote_jwks.trusted_ca_file = %q, want %q", i, got, want)
 		}
 	}
 }
@@ -126,9 +144,22 @@ func TestLoadErrors(t *testing.T) {
 			ErrUnknownValue, `pools[0].static[0].health: unknown value "sick"`},
 		"static duplicate id": {strings.Replace(base, "consul_service: copilot", "static: [{id: a, address: 127.0.0.1, port: 1}, {id: a, address: 127.0.0.1, port: 2}]", 1),
 			ErrDuplicate, `pools[0].static[1].id: duplicate "a"`},
-		"coalesce inverted":   {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
-		"bad xds address":     {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
-		"two documents":       {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+		"coalesce inverted": {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
+		"bad xds address":   {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
+		"two documents":     {base + "---\n" + base, ErrInvalid, "more than one YAML document"},
+		"tls without key":   {base + "server: {tls: {cert_file: /c}}\n", ErrRequired, "server.tls.key_file: required"},
+		"tls without ext_authz tls": {base + "identity: {trust_client_headers: true}\nserver: {tls: {cert_file: /c, key_file: /k}}\npolicy: {source: /p, identity_keys_file: /k}\n",
+			ErrRequired, "policy.ext_authz_tls: required"},
+		"ext_authz tls without server tls": {base + "identity: {trust_client_headers: true}\npolicy: {source: /p, identity_keys_file: /k, ext_authz_tls: {trusted_ca_file: /ca}}\n",
+			ErrConflict, "policy.ext_authz_tls: conflicting fields (needs server.tls"},
+		"ext_authz tls without ca": {base + "identity: {trust_client_headers: true}\nserver: {tls: {cert_file: /c, key_file: /k}}\npolicy: {source: /p, identity_keys_file: /k, ext_authz_tls: {cert_file: /ec, key_file: /ek}}\n",
+			ErrRequired, "policy.ext_authz_tls.trusted_ca_file: required"},
+		"mtls without envoy's certificate": {base + "identity: {trust_client_headers: true}\nserver: {tls: {cert_file: /c, key_file: /k, client_ca_file: /cca}}\npolicy: {source: /p, identity_keys_file: /k, ext_authz_tls: {trusted_ca_file: /ca}}\n",
+			ErrRequired, "policy.ext_authz_tls.cert_file: required"},
+		"jwks in clear": {base + "jwt: {providers: [{name: p, issuer: i, remote_jwks: {uri: \"http://idp.example/jwks\"}}]}\n",
+			ErrMalformed, `jwt.providers[0].remote_jwks.uri: malformed "http://idp.example/jwks" (want https`},
+		"ca for http jwks": {base + "jwt: {providers: [{name: p, issuer: i, remote_jwks: {uri: \"http://127.0.0.1:8080/jwks\", trusted_ca_file: /ca.pem}}]}\n",
+			ErrConflict, `jwt.providers[0].remote_jwks.trusted_ca_file`},
 		"data without policy": {base + "policy: {data_file: data.json}\n", ErrConflict, `policy.data_file: conflicting fields "data.json"`},
 	}
 	for name, tc := range cases {
@@ -154,5 +185,60 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 	if _, err := Load(data); err != nil {
 		t.Fatalf("examples/climesh.yaml: %v", err)
+	}
+}
+
+// TestResolveFilesRefuses: the files the config names are read at start and on
+// every reload; a placeholder, a short secret or an empty key set is refused
+// with the field and the file.
+func TestResolveFilesRefuses(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	goodJWKS := write("jwks.json", `{"keys": [{"kty": "RSA", "kid": "k", "n": "AQAB", "e": "AQAB"}]}`)
+	cases := map[string]struct {
+		yaml string
+		kind error
+		want string
+	}{
+		"placeholder edge credential": {"identity: {edge_credential_file: " + write("cred-placeholder", "REPLACE-with-another-long-random-secret\n") + "}\n",
+			ErrMalformed, `identity.edge_credential_file: malformed "` + dir + `/cred-placeholder" (is a placeholder (it contains "REPLACE-")`},
+		"short edge credential": {"identity: {edge_credential_file: " + write("cred-short", "0123456789\n") + "}\n",
+			ErrOutOfRange, "identity.edge_credential_file: out of range \"" + dir + "/cred-short\" (is too short: 10 characters, want at least 16)"},
+		"empty edge credential": {"identity: {edge_credential_file: " + write("cred-empty", "\n") + "}\n",
+			ErrOutOfRange, "(is empty)"},
+		"shipped jwks": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks-empty.json", `{"keys": []}`) + "}]}\n",
+			ErrMalformed, `jwt.providers[0].local_jwks_file: malformed "` + dir + `/jwks-empty.json" (holds no keys`},
+		"placeholder jwks": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks-replace.json", `{"keys": [{"n": "REPLACE-me"}]}`) + "}]}\n",
+			ErrMalformed, "is a placeholder"},
+		"jwks not json": {"jwt: {providers: [{name: p, issuer: i, local_jwks_file: " + write("jwks.pem", "-----BEGIN PUBLIC KEY-----") + "}]}\n",
+			ErrMalformed, "is not a JWKS"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, err := Load([]byte(base + tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.ResolveFiles()
+			if !errors.Is(err, tc.kind) || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ResolveFiles = %v; want %v containing %q", err, tc.kind, tc.want)
+			}
+		})
+	}
+	c, err := Load([]byte(base + "identity: {edge_credential_file: " + write("cred", "  a-real-secret-8c1f0e9d7b\n") + "}\njwt: {providers: [{name: p, issuer: i, local_jwks_file: " + goodJWKS + "}]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ResolveFiles(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Identity.EdgeCredential != "a-real-secret-8c1f0e9d7b" || c.JWT.Providers[0].LocalJWKS == "" {
+		t.Fatalf("resolved %q, %q", c.Identity.EdgeCredential, c.JWT.Providers[0].LocalJWKS)
 	}
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strings"
 	"time"
 
 	"github.com/climesh/climesh/protocol"
@@ -39,14 +40,17 @@ const (
 	DefaultMaxRequests        = 1024
 	DefaultMaxRetries         = 3
 
-	DefaultUserClaim    = "sub"
-	DefaultTenantClaim  = "tenant"
-	DefaultRolesClaim   = "roles"
-	DefaultJWKSTimeout  = 5 * time.Second
-	DefaultJWKSCache    = 10 * time.Minute
-	DefaultPolicyWatch  = time.Second
-	DefaultAuthzTimeout = 200 * time.Millisecond
-	DefaultAssertionTTL = time.Minute
+	DefaultUserClaim   = "sub"
+	DefaultTenantClaim = "tenant"
+	DefaultRolesClaim  = "roles"
+	DefaultJWKSTimeout = 5 * time.Second
+	DefaultJWKSCache   = 10 * time.Minute
+	// DefaultTrustedCAFile is the system CA bundle of Debian, Ubuntu (Envoy's
+	// own images) and Alpine.
+	DefaultTrustedCAFile = "/etc/ssl/certs/ca-certificates.crt"
+	DefaultPolicyWatch   = time.Second
+	DefaultAuthzTimeout  = 200 * time.Millisecond
+	DefaultAssertionTTL  = time.Minute
 
 	DefaultConsecutive5xx     = 5
 	DefaultOutlierInterval    = 10 * time.Second
@@ -77,6 +81,9 @@ func (c *Config) applyDefaults() {
 		if r := c.JWT.Providers[i].RemoteJWKS; r != nil {
 			setDuration(&r.Timeout, DefaultJWKSTimeout)
 			setDuration(&r.CacheDuration, DefaultJWKSCache)
+			if strings.HasPrefix(r.URI, "https:") {
+				setString(&r.TrustedCAFile, DefaultTrustedCAFile)
+			}
 		}
 	}
 	if c.Policy.On() {

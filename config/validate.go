@@ -104,6 +104,7 @@ func (c *Config) Validate() error {
 	if c.Policy.DataFile != "" && !c.Policy.On() {
 		v.add("policy.data_file", c.Policy.DataFile, ErrConflict, "needs policy.source: the data is merged into a policy")
 	}
+	c.validateTLS(v)
 	if c.Policy.On() {
 		v.addr("policy.ext_authz_address", c.Policy.ExtAuthzAddress)
 		v.positive("policy.timeout", c.Policy.Timeout)
@@ -152,6 +153,38 @@ func (c *Config) Validate() error {
 	return errors.Join(v.errs...)
 }
 
+// validateTLS: a server certificate needs its key; with TLS on, Envoy's
+// ext_authz cluster needs a CA to verify the server, and with mTLS a client
+// certificate of its own.
+func (c *Config) validateTLS(v *validator) {
+	if t := c.Server.TLS; t != nil {
+		if t.CertFile == "" {
+			v.add("server.tls.cert_file", nil, ErrRequired, "the xds-server's certificate (PEM)")
+		}
+		if t.KeyFile == "" {
+			v.add("server.tls.key_file", nil, ErrRequired, "the certificate's private key (PEM)")
+		}
+	}
+	a := c.Policy.ExtAuthzTLS
+	switch {
+	case a == nil && c.Server.TLS != nil && c.Policy.On():
+		v.add("policy.ext_authz_tls", nil, ErrRequired, "server.tls is on: Envoy's ext_authz cluster must speak TLS too (trusted_ca_file; cert_file and key_file for mTLS)")
+	case a == nil:
+	case c.Server.TLS == nil:
+		v.add("policy.ext_authz_tls", nil, ErrConflict, "needs server.tls: the ext_authz service is served on the xds-server's gRPC port")
+	default:
+		if a.TrustedCAFile == "" {
+			v.add("policy.ext_authz_tls.trusted_ca_file", nil, ErrRequired, "the CA Envoy verifies the xds-server with")
+		}
+		if (a.CertFile == "") != (a.KeyFile == "") {
+			v.add("policy.ext_authz_tls.cert_file", a.CertFile, ErrConflict, "cert_file and key_file go together")
+		}
+		if c.Server.TLS.ClientCAFile != "" && a.CertFile == "" {
+			v.add("policy.ext_authz_tls.cert_file", nil, ErrRequired, "server.tls.client_ca_file asks every client for a certificate")
+		}
+	}
+}
+
 func (id *Identity) validate(v *validator) {
 	seen := map[string]string{}
 	headers := map[string]string{
@@ -193,11 +226,25 @@ func (j *JWT) validate(v *validator) {
 			v.add(f+".remote_jwks", nil, ErrConflict, "local_jwks_file and remote_jwks exclude each other")
 		case p.RemoteJWKS != nil:
 			u, err := url.Parse(p.RemoteJWKS.URI)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+			switch {
+			case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "":
 				v.add(f+".remote_jwks.uri", p.RemoteJWKS.URI, ErrMalformed, "want an http(s) URL")
+			case u.Scheme == "http" && !loopback(u.Hostname()):
+				v.add(f+".remote_jwks.uri", p.RemoteJWKS.URI, ErrMalformed, "want https: keys fetched in clear could be swapped on the way (http only on loopback)")
+			case u.Scheme == "http" && p.RemoteJWKS.TrustedCAFile != "":
+				v.add(f+".remote_jwks.trusted_ca_file", p.RemoteJWKS.TrustedCAFile, ErrConflict, "needs an https uri")
 			}
 		}
 	}
+}
+
+// loopback reports whether host is localhost or a loopback address.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 func (l *Listener) validate(v *validator, field string, pools map[string]bool) {

@@ -107,11 +107,17 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	grpcServer := grpc.NewServer(
+	creds, err := grpcCredentials(s.config().Server.TLS)
+	if err != nil {
+		xdsLis.Close()
+		httpLis.Close()
+		return err
+	}
+	grpcServer := grpc.NewServer(append(creds,
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
-	)
+	)...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, s.publisher.Server(ctx))
 	if cfg := s.config(); cfg.Policy.On() {
 		authz, err := s.startPolicy(ctx, cfg)
@@ -128,7 +134,8 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 	go func() { errs <- grpcServer.Serve(xdsLis) }()
 	go func() { errs <- httpServer.Serve(httpLis) }()
 	go func() { errs <- s.loop(ctx) }()
-	s.log.Info("serving", zap.String("xds_address", xdsLis.Addr().String()), zap.String("http_address", httpLis.Addr().String()))
+	s.log.Info("serving", zap.String("xds_address", xdsLis.Addr().String()), zap.String("http_address", httpLis.Addr().String()),
+		zap.Bool("tls", len(creds) > 0), zap.Bool("mtls", s.config().Server.TLS != nil && s.config().Server.TLS.ClientCAFile != ""))
 
 	var first error
 	select {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -89,10 +90,12 @@ type groupView struct {
 	Endpoints []json.RawMessage `json:"endpoints"`
 	Listeners []json.RawMessage `json:"listeners"`
 	Routes    []json.RawMessage `json:"routes"`
+	Secrets   []json.RawMessage `json:"secrets"` // values redacted
 }
 
-// debugXDS shows what each node group receives and what each Envoy did with it.
-// ?group=NAME limits it to one group.
+// debugXDS shows what each node group receives and what each Envoy did with it,
+// secrets redacted (the port is open to more than Envoy). ?group=NAME limits it
+// to one group.
 func (s *Server) debugXDS(w http.ResponseWriter, r *http.Request) {
 	groups := map[string]groupView{}
 	for _, g := range s.publisher.Groups() {
@@ -109,9 +112,18 @@ func (s *Server) debugXDS(w http.ResponseWriter, r *http.Request) {
 			Endpoints: rawAll(res.Endpoints),
 			Listeners: rawAll(res.Listeners),
 			Routes:    rawAll(res.Routes),
+			Secrets:   rawAll(redacted(res.Secrets)),
 		}
 	}
 	writeJSON(w, map[string]any{"node_groups": groups, "nodes": s.publisher.Nodes()})
+}
+
+func redacted(secrets []*tlsv3.Secret) []*tlsv3.Secret {
+	out := make([]*tlsv3.Secret, len(secrets))
+	for i, s := range secrets {
+		out[i] = xds.RedactSecret(s)
+	}
+	return out
 }
 
 func rawAll[T proto.Message](items []T) []json.RawMessage {

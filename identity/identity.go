@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	secretfile "github.com/climesh/climesh/config/secret"
 )
 
 // Claims are what the edge vouches for.
@@ -76,6 +78,9 @@ func (k *Keys) Validate() error {
 	for kid, secret := range k.Keys {
 		if len(secret) < 32 {
 			return fmt.Errorf("keys.%s: %d bytes, want at least 32", kid, len(secret))
+		}
+		if secretfile.IsPlaceholder(secret) {
+			return fmt.Errorf("keys.%s: a placeholder (it decodes to text containing %q): use 32 random bytes, base64", kid, secretfile.Marker)
 		}
 		if strings.ContainsAny(kid, ".") || kid == "" {
 			return fmt.Errorf("keys: id %q must be non-empty and contain no '.'", kid)

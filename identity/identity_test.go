@@ -3,6 +3,8 @@ package identity
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,9 +64,25 @@ func TestValidateKeys(t *testing.T) {
 		"active missing": {Active: "x", Keys: map[string][]byte{"a": bytes.Repeat([]byte{1}, 32)}},
 		"short":          {Active: "a", Keys: map[string][]byte{"a": []byte("short")}},
 		"dot in id":      {Active: "a.b", Keys: map[string][]byte{"a.b": bytes.Repeat([]byte{1}, 32)}},
+		// deploy/kubernetes/base/secrets.yaml's key, decoded.
+		"shipped placeholder": {Active: "k1", Keys: map[string][]byte{"k1": []byte("REPLACE-with-32-random-bytes-!!!")}},
 	} {
 		if err := k.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestLoadKeysRefusesPlaceholder: the shipped key file is refused, naming the
+// file and the key.
+func TestLoadKeysRefusesPlaceholder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity-keys.json")
+	shipped := `{"active": "k1", "keys": {"k1": "UkVQTEFDRS13aXRoLTMyLXJhbmRvbS1ieXRlcy0hISE="}}`
+	if err := os.WriteFile(path, []byte(shipped), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadKeys(path)
+	if err == nil || !strings.Contains(err.Error(), path+": keys.k1: a placeholder") {
+		t.Fatalf("LoadKeys = %v; want the placeholder refused naming %s and keys.k1", err, path)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/config/field"
+	"github.com/climesh/climesh/config/secret"
 	"github.com/climesh/climesh/session/jsonrpc"
 
 	"github.com/climesh/climesh/sidecar/datapath"
@@ -279,6 +280,8 @@ func (c Config) validateCLI(v *validator) {
 		}
 		if c.CLIToken == "" {
 			v.bad(TokenEnv, "", field.ErrRequired, "--cli-address needs the CLI's token in $"+TokenEnv+": the CLI must not run without a token")
+		} else if secret.IsPlaceholder([]byte(c.CLIToken)) {
+			v.bad(TokenEnv, "", field.ErrMalformed, "a placeholder (it contains \""+secret.Marker+"\", as deploy/kubernetes/base/secrets.yaml ships it): put a real token in it")
 		}
 	}
 	if c.CLIHome != "" && (c.CLICommand == "" || c.Mode == ModeIsolated) {

@@ -274,14 +274,15 @@ func TestValidate(t *testing.T) {
 		"base": {},
 
 		// The CLI: exactly one of --cli-address and --cli-command; an address needs its token.
-		"attached CLI":             {Edit: attach},
-		"no CLI":                   {Edit: func(c *Config) { c.CLICommand = "" }, Name: "--cli-address/--cli-command", Kind: field.ErrRequired},
-		"both CLIs":                {Edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, Name: "--cli-address/--cli-command", Kind: field.ErrConflict},
-		"attached without a token": {Edit: and(attach, func(c *Config) { c.CLIToken = "" }), Name: TokenEnv, Kind: field.ErrRequired},
-		"attached to no port":      {Edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), Name: "--cli-address", Kind: field.ErrMalformed},
-		"child with a home":        {Edit: func(c *Config) { c.CLIHome = "/home" }},
-		"home without a child":     {Edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
-		"home in isolated mode":    {Edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
+		"attached CLI":                    {Edit: attach},
+		"no CLI":                          {Edit: func(c *Config) { c.CLICommand = "" }, Name: "--cli-address/--cli-command", Kind: field.ErrRequired},
+		"both CLIs":                       {Edit: func(c *Config) { c.CLIAddress, c.CLIToken = "127.0.0.1:4321", "s3cret" }, Name: "--cli-address/--cli-command", Kind: field.ErrConflict},
+		"attached without a token":        {Edit: and(attach, func(c *Config) { c.CLIToken = "" }), Name: TokenEnv, Kind: field.ErrRequired},
+		"attached with the shipped token": {Edit: and(attach, func(c *Config) { c.CLIToken = "REPLACE-with-a-long-random-token" }), Name: TokenEnv, Kind: field.ErrMalformed},
+		"attached to no port":             {Edit: and(attach, func(c *Config) { c.CLIAddress = "127.0.0.1" }), Name: "--cli-address", Kind: field.ErrMalformed},
+		"child with a home":               {Edit: func(c *Config) { c.CLIHome = "/home" }},
+		"home without a child":            {Edit: and(attach, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
+		"home in isolated mode":           {Edit: and(isolated, func(c *Config) { c.CLIHome = "/home" }), Name: "--cli-home", Kind: field.ErrConflict},
 
 		// Modes.
 		"unknown mode":            {Edit: func(c *Config) { c.Mode = "exclusive" }, Name: "--mode", Kind: field.ErrMalformed},

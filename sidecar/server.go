@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/config/secret"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/policy"
@@ -127,7 +128,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 			RecordTTL: 2 * time.Second, LockWaitMax: cfg.LockWaitMax}
 	}
 	if cfg.EdgeCredentialFile != "" {
-		if rl.EdgeCredential, err = readSecret("--edge-credential-file", cfg.EdgeCredentialFile, 1); err != nil {
+		if rl.EdgeCredential, err = readSecret("--edge-credential-file", cfg.EdgeCredentialFile, secret.MinLength); err != nil {
 			return nil, err
 		}
 	} else {
@@ -135,7 +136,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	}
 	var adminCred string
 	if cfg.AdminCredentialFile != "" {
-		if adminCred, err = readSecret("--admin-credential-file", cfg.AdminCredentialFile, 16); err != nil {
+		if adminCred, err = readSecret("--admin-credential-file", cfg.AdminCredentialFile, secret.MinLength); err != nil {
 			return nil, err
 		}
 	}
@@ -280,18 +281,11 @@ func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
 
 // readSecret reads a credential file: trimmed, at least least characters.
 func readSecret(flagName, file string, least int) (string, error) {
-	b, err := os.ReadFile(file)
+	v, err := secret.ReadFile(file, least)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", flagName, err)
+		return "", fmt.Errorf("%s %w", flagName, err)
 	}
-	secret := strings.TrimSpace(string(b))
-	switch {
-	case secret == "":
-		return "", fmt.Errorf("%s %s is empty", flagName, file)
-	case len(secret) < least:
-		return "", fmt.Errorf("%s %s: want a secret of at least %d characters", flagName, file, least)
-	}
-	return secret, nil
+	return v, nil
 }
 
 // Run serves until ctx ends (SIGTERM) or POST /drain, then drains: it marks the

@@ -93,6 +93,9 @@ func TestNewRefuses(t *testing.T) {
 		return p
 	}
 	short, empty := write("short", "0123456789\n"), write("empty", "\n")
+	// As shipped in deploy/kubernetes/base/secrets.yaml.
+	placeholder := write("placeholder", "REPLACE-with-another-long-random-secret\n")
+	placeholderKeys := write("placeholder-keys", `{"active": "k1", "keys": {"k1": "UkVQTEFDRS13aXRoLTMyLXJhbmRvbS1ieXRlcy0hISE="}}`)
 	taken := func(t *testing.T) string { // a port in use until the test ends
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -105,8 +108,13 @@ func TestNewRefuses(t *testing.T) {
 		edit func(*testing.T, *Config)
 		want string
 	}{
-		"invalid config":           {func(_ *testing.T, c *Config) { c.Mode = ModeCollab }, "--mode"},
-		"short admin credential":   {func(_ *testing.T, c *Config) { c.AdminCredentialFile = short }, "at least 16 characters"},
+		"invalid config":         {func(_ *testing.T, c *Config) { c.Mode = ModeCollab }, "--mode"},
+		"short admin credential": {func(_ *testing.T, c *Config) { c.AdminCredentialFile = short }, "--admin-credential-file " + short + " is too short: 10 characters, want at least 16"},
+		"short edge credential":  {func(_ *testing.T, c *Config) { c.EdgeCredentialFile = short }, "--edge-credential-file " + short + " is too short"},
+		"placeholder edge credential": {func(_ *testing.T, c *Config) { c.EdgeCredentialFile = placeholder },
+			"--edge-credential-file " + placeholder + ` is a placeholder (it contains "REPLACE-")`},
+		"placeholder identity keys": {func(_ *testing.T, c *Config) { c.IdentityKeys = placeholderKeys },
+			"--identity-keys: identity keys " + placeholderKeys + ": keys.k1: a placeholder"},
 		"missing admin credential": {func(_ *testing.T, c *Config) { c.AdminCredentialFile = filepath.Join(dir, "none") }, "--admin-credential-file"},
 		"empty edge credential":    {func(_ *testing.T, c *Config) { c.EdgeCredentialFile = empty }, "--edge-credential-file " + empty + " is empty"},
 		"missing identity keys":    {func(_ *testing.T, c *Config) { c.IdentityKeys = filepath.Join(dir, "none") }, "--identity-keys"},

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -43,7 +44,8 @@ func extAuthzPerRoute(pool string) (*anypb.Any, error) {
 	}})
 }
 
-// extAuthzCluster reaches the xds-server's gRPC port over HTTP/2.
+// extAuthzCluster reaches the xds-server's gRPC port over HTTP/2; over TLS, with
+// Envoy's client certificate for mTLS, when server.tls is on (policy.ext_authz_tls).
 func extAuthzCluster(c *config.Config) (*clusterv3.Cluster, error) {
 	host, port, _ := net.SplitHostPort(c.Policy.ExtAuthzAddress) // validated by config
 	portNum, _ := strconv.Atoi(port)
@@ -55,11 +57,25 @@ func extAuthzCluster(c *config.Config) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	var socket *corev3.TransportSocket // nil: plaintext
+	if t := c.Policy.ExtAuthzTLS; t != nil {
+		var client *tlsv3.TlsCertificate
+		if t.CertFile != "" {
+			client = &tlsv3.TlsCertificate{
+				CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.CertFile}},
+				PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.KeyFile}},
+			}
+		}
+		if socket, err = upstreamTLS(host, t.TrustedCAFile, client); err != nil {
+			return nil, err
+		}
+	}
 	cl := &clusterv3.Cluster{
 		Name:                          extAuthzClusterName,
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
 		ConnectTimeout:                durationpb.New(c.Policy.Timeout),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
+		TransportSocket:               socket,
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: extAuthzClusterName,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{

@@ -26,7 +26,9 @@ type httpFilter struct {
 //  2. jwt_authn verifies the bearer token and sets the user and tenant headers;
 //  3. ext_authz asks OPA, which adds the signed identity assertion;
 //  4. stateful_session (identity.pin_header set) sends a reconnect back to its instance;
-//  5. the router hashes on the headers 2 set.
+//  5. credential_injector (identity.edge_credential_file set) adds the edge
+//     credential, from an SDS secret;
+//  6. the router hashes on the headers 2 set.
 func httpFilters(c *config.Config) []httpFilter {
 	id := c.Identity
 	var strip []string
@@ -51,6 +53,9 @@ func httpFilters(c *config.Config) []httpFilter {
 	}
 	if h := c.Identity.PinHeader; h != "" {
 		chain = append(chain, statefulSession(h))
+	}
+	if id.EdgeCredential != "" {
+		chain = append(chain, credentialInjector())
 	}
 	return append(chain, httpFilter{name: "envoy.filters.http.router", config: &routerv3.Router{}})
 }

@@ -148,6 +148,14 @@ func TestGolden(t *testing.T) {
 				"listeners": toYAML(t, listeners),
 				"routes":    toYAML(t, routes),
 			}
+			if len(first.Secrets) > 0 {
+				// Redacted, as /debug/xds shows them: a golden file is read by all.
+				redacted := make([]any, len(first.Secrets))
+				for i, s := range first.Secrets {
+					redacted[i] = RedactSecret(s)
+				}
+				files["secrets"] = toYAML(t, redacted)
+			}
 			for kind, got := range files {
 				path := filepath.Join("testdata/out", name+"."+kind+".yaml")
 				want[path] = true
@@ -176,6 +184,43 @@ func TestGolden(t *testing.T) {
 			}
 			t.Errorf("%s is stale: no input makes it (go test ./xds -update deletes it)", out)
 		}
+	}
+}
+
+// TestGoldenHoldNoSecret: the edge credential the inputs name is in no golden
+// output, and reaches Envoy only as an SDS secret.
+func TestGoldenHoldNoSecret(t *testing.T) {
+	cred, err := os.ReadFile("testdata/edge-credential")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.TrimSpace(string(cred))
+	outs, _ := filepath.Glob("testdata/out/*.yaml")
+	for _, out := range outs {
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the edge credential in clear", out)
+		}
+	}
+	cfg, fleet := loadGoldenInput(t, "testdata/in/policy_jwt.yaml")
+	groups, err := Translate(cfg, fleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := groups["edge"]
+	if len(r.Secrets) != 1 || r.Secrets[0].GetGenericSecret().GetSecret().GetInlineString() != secret {
+		t.Fatalf("the edge credential is not the one SDS secret: %v", r.Secrets)
+	}
+	for _, m := range append(asAny(r.Listeners), asAny(r.Routes)...) {
+		if j := protojson.Format(m.(proto.Message)); strings.Contains(j, secret) {
+			t.Fatalf("a listener or route holds the edge credential: %.300s", j)
+		}
+	}
+	if got := RedactSecret(r.Secrets[0]).GetGenericSecret().GetSecret().GetInlineString(); got != Redacted {
+		t.Fatalf("redacted secret reads %q", got)
 	}
 }
 

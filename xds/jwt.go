@@ -9,8 +9,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/climesh/climesh/config"
@@ -76,7 +74,8 @@ func jwtAuthn(c *config.Config) httpFilter {
 	}}
 }
 
-// jwksCluster lets Envoy fetch a remote JWKS (TLS for https).
+// jwksCluster lets Envoy fetch a remote JWKS: over https, from a server whose
+// certificate Envoy verifies (upstreamTLS).
 func jwksCluster(p config.JWTProvider) (*clusterv3.Cluster, error) {
 	u, err := url.Parse(p.RemoteJWKS.URI)
 	if err != nil {
@@ -91,7 +90,10 @@ func jwksCluster(p config.JWTProvider) (*clusterv3.Cluster, error) {
 	c := &clusterv3.Cluster{
 		Name:                 jwksClusterName(p.Name),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
-		ConnectTimeout:       durationpb.New(p.RemoteJWKS.Timeout),
+		// Envoy's AUTO takes the IPv6 address when a name has one, even where
+		// nothing listens on it (localhost's ::1); IPv4 first, IPv6 when there is no other.
+		DnsLookupFamily: clusterv3.Cluster_V4_PREFERRED,
+		ConnectTimeout:  durationpb.New(p.RemoteJWKS.Timeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: jwksClusterName(p.Name),
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -102,11 +104,10 @@ func jwksCluster(p config.JWTProvider) (*clusterv3.Cluster, error) {
 		},
 	}
 	if u.Scheme == "https" {
-		tls, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: u.Hostname()})
-		if err != nil {
+		// config allows plain http on loopback only.
+		if c.TransportSocket, err = upstreamTLS(u.Hostname(), p.RemoteJWKS.TrustedCAFile, nil); err != nil {
 			return nil, err
 		}
-		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tls}}
 	}
 	return c, nil
 }

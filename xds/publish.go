@@ -15,6 +15,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -225,6 +226,7 @@ func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
 	endpoints := validated(r.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName, &errs)
 	listeners := validated(r.Listeners, (*listenerv3.Listener).GetName, &errs)
 	routes := validated(r.Routes, (*routev3.RouteConfiguration).GetName, &errs)
+	secrets := validated(r.Secrets, (*tlsv3.Secret).GetName, &errs)
 	if len(errs) > 0 {
 		return nil, versions, errors.Join(errs...)
 	}
@@ -233,6 +235,7 @@ func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
 	snap.Resources[types.Endpoint] = cachev3.NewResources(versions.Endpoints, endpoints)
 	snap.Resources[types.Listener] = cachev3.NewResources(versions.Listeners, listeners)
 	snap.Resources[types.Route] = cachev3.NewResources(versions.Routes, routes)
+	snap.Resources[types.Secret] = cachev3.NewResources(versions.Secrets, secrets)
 	if err := snap.Consistent(); err != nil {
 		return nil, versions, fmt.Errorf("inconsistent snapshot: %w", err)
 	}
@@ -261,6 +264,7 @@ func versionsByType(v Versions) map[string]string {
 		resourcev3.EndpointType: v.Endpoints,
 		resourcev3.ListenerType: v.Listeners,
 		resourcev3.RouteType:    v.Routes,
+		resourcev3.SecretType:   v.Secrets,
 	}
 }
 
@@ -275,6 +279,8 @@ func shortType(typeURL string) string {
 		return "listener"
 	case resourcev3.RouteType:
 		return "route"
+	case resourcev3.SecretType:
+		return "secret"
 	}
 	return "other"
 }

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/climesh/climesh/config"
-	"github.com/climesh/climesh/protocol"
 )
 
 func headersWithUnderscoresRejected() *corev3.HttpProtocolOptions {
@@ -48,12 +47,6 @@ func buildRouteConfig(l *config.Listener, cfg *config.Config) (*routev3.RouteCon
 				return nil, err
 			}
 			route.TypedPerFilterConfig = map[string]*anypb.Any{extAuthzFilterName: perRoute}
-		}
-		if cred := cfg.Identity.EdgeCredential; cred != "" {
-			route.RequestHeadersToAdd = []*corev3.HeaderValueOption{{
-				Header:       &corev3.HeaderValue{Key: protocol.HeaderEdgeCredential, Value: cred},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			}}
 		}
 		routes = append(routes, route)
 	}

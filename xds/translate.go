@@ -16,6 +16,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/model"
@@ -27,6 +28,9 @@ type Resources struct {
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
+	// Secrets hold values that must not be shown: read them only through
+	// RedactSecret, except to send them to Envoy.
+	Secrets []*tlsv3.Secret
 }
 
 // Stable, hierarchical resource names.
@@ -68,9 +72,14 @@ func Translate(cfg *config.Config, fleet model.Fleet) (map[string]*Resources, er
 	sortByName(clusters, (*clusterv3.Cluster).GetName)
 	sortByName(endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName)
 
+	var secrets []*tlsv3.Secret
+	if cred := cfg.Identity.EdgeCredential; cred != "" {
+		secrets = append(secrets, edgeCredential(cred))
+	}
+
 	out := map[string]*Resources{}
 	for _, group := range cfg.NodeGroups() {
-		out[group] = &Resources{Clusters: clusters, Endpoints: endpoints}
+		out[group] = &Resources{Clusters: clusters, Endpoints: endpoints, Secrets: secrets}
 	}
 	for i := range cfg.Listeners {
 		l := &cfg.Listeners[i]

@@ -14,14 +14,18 @@ import (
 // The endpoints version also covers the clusters, and the routes version the
 // listeners: when Envoy receives a changed cluster (listener) it asks for its
 // endpoints (routes) again, and a state-of-the-world server answers only a version
-// the client does not have. Without this the cluster would stay warming.
+// the client does not have. Without this the cluster would stay warming. The
+// secrets version covers the listeners too (their filters subscribe to secrets).
+//
+// A version is a hash of what it covers, secrets included: a secret guessable from
+// its hash must not be used (config refuses short secrets).
 type Versions struct {
-	Clusters, Endpoints, Listeners, Routes string
+	Clusters, Endpoints, Listeners, Routes, Secrets string
 }
 
 // Versions hashes the deterministic wire form of each type.
 func (r *Resources) Versions() (Versions, error) {
-	c, e, l, rt := sha256.New(), sha256.New(), sha256.New(), sha256.New()
+	c, e, l, rt, sc := sha256.New(), sha256.New(), sha256.New(), sha256.New(), sha256.New()
 	for _, x := range r.Clusters {
 		if err := write(x, c, e); err != nil {
 			return Versions{}, err
@@ -33,7 +37,7 @@ func (r *Resources) Versions() (Versions, error) {
 		}
 	}
 	for _, x := range r.Listeners {
-		if err := write(x, l, rt); err != nil {
+		if err := write(x, l, rt, sc); err != nil {
 			return Versions{}, err
 		}
 	}
@@ -42,7 +46,12 @@ func (r *Resources) Versions() (Versions, error) {
 			return Versions{}, err
 		}
 	}
-	return Versions{Clusters: sum(c), Endpoints: sum(e), Listeners: sum(l), Routes: sum(rt)}, nil
+	for _, x := range r.Secrets {
+		if err := write(x, sc); err != nil {
+			return Versions{}, err
+		}
+	}
+	return Versions{Clusters: sum(c), Endpoints: sum(e), Listeners: sum(l), Routes: sum(rt), Secrets: sum(sc)}, nil
 }
 
 var deterministic = proto.MarshalOptions{Deterministic: true}

@@ -49,6 +49,25 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %[4]d}}}
+%[6]s`
+
+// bootstrapTLS is the xds cluster's TLS, shaped like Envoy Gateway's bootstrap:
+// verify the xds-server against a CA (and that it is 127.0.0.1), and present a
+// client certificate when one is given.
+const bootstrapTLS = `    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_params: {tls_maximum_protocol_version: TLSv1_3}
+          validation_context:
+            trusted_ca: {filename: %[1]s}
+            match_typed_subject_alt_names: [{san_type: IP_ADDRESS, matcher: {exact: 127.0.0.1}}]
+%[2]s`
+
+const bootstrapClientCert = `          tls_certificates:
+          - certificate_chain: {filename: %[1]s}
+            private_key: {filename: %[2]s}
 `
 
 // EnvoyOptions choose the node and protocol.
@@ -56,6 +75,17 @@ type EnvoyOptions struct {
 	NodeID    string // default "envoy-1"
 	NodeGroup string // --service-cluster; default "edge"
 	Delta     bool   // DELTA_GRPC instead of GRPC (state of the world)
+	// TLS, when set, reaches the xds-server over TLS.
+	TLS *EnvoyTLS
+	// Unready: StartEnvoy waits for the admin to answer, not for Envoy to be
+	// ready (for an Envoy its control plane is meant to refuse).
+	Unready bool
+}
+
+// EnvoyTLS is the xds cluster's TLS: the CA that signed the xds-server's
+// certificate, and Envoy's client certificate (empty: none).
+type EnvoyTLS struct {
+	TrustedCAFile, CertFile, KeyFile string
 }
 
 // StartEnvoy starts Envoy against the ADS server at xdsAddr and waits for its admin.
@@ -84,7 +114,15 @@ func StartEnvoy(ctx context.Context, dir, xdsAddr string, o EnvoyOptions) (*Envo
 		return nil, err
 	}
 	path := filepath.Join(dir, o.NodeID+".bootstrap.yaml")
-	if err := os.WriteFile(path, fmt.Appendf(nil, bootstrap, o.NodeID, o.NodeGroup, adminPort, xdsPort, apiType), 0o644); err != nil {
+	socket := ""
+	if t := o.TLS; t != nil {
+		client := ""
+		if t.CertFile != "" {
+			client = fmt.Sprintf(bootstrapClientCert, t.CertFile, t.KeyFile)
+		}
+		socket = fmt.Sprintf(bootstrapTLS, t.TrustedCAFile, client)
+	}
+	if err := os.WriteFile(path, fmt.Appendf(nil, bootstrap, o.NodeID, o.NodeGroup, adminPort, xdsPort, apiType, socket), 0o644); err != nil {
 		return nil, err
 	}
 	p, err := Start(dir, o.NodeID, bin, []string{"-c", path, "--use-dynamic-base-id", "--log-level", "warn",
@@ -99,7 +137,11 @@ func StartEnvoy(ctx context.Context, dir, xdsAddr string, o EnvoyOptions) (*Envo
 		if p.Exited() {
 			return fmt.Errorf("envoy exited:\n%s", p.Tail(30))
 		}
-		_, err := e.Admin("/ready")
+		path := "/ready"
+		if o.Unready {
+			path = "/server_info" // 200 while initializing too
+		}
+		_, err := e.Admin(path)
 		return err
 	})
 	if err != nil {

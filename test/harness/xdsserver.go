@@ -26,6 +26,12 @@ type XDSServer struct {
 // harness adds with free ports) and starts the binary. It does not wait for
 // readiness: a server whose Consul is down is meant to start and stay not ready.
 func StartXDSServer(ctx context.Context, dir, body string, env ...string) (*XDSServer, error) {
+	return StartXDSServerWith(ctx, dir, body, "", env...)
+}
+
+// StartXDSServerWith is StartXDSServer with more of the server: section
+// (server, YAML lines indented by two spaces, such as its tls:).
+func StartXDSServerWith(ctx context.Context, dir, body, server string, env ...string) (*XDSServer, error) {
 	bin, err := Binary("xds-server")
 	if err != nil {
 		return nil, err
@@ -40,7 +46,7 @@ func StartXDSServer(ctx context.Context, dir, body string, env ...string) (*XDSS
 		HTTPAddr:   "127.0.0.1:" + strconv.Itoa(httpPort),
 		configPath: filepath.Join(dir, "xds-server.yaml"),
 	}
-	s.server = fmt.Sprintf("server:\n  xds_address: %s\n  http_address: %s\n", s.XDSAddr, s.HTTPAddr)
+	s.server = fmt.Sprintf("server:\n  xds_address: %s\n  http_address: %s\n%s", s.XDSAddr, s.HTTPAddr, server)
 	if err := s.WriteConfig(body); err != nil {
 		return nil, err
 	}
