@@ -36,10 +36,20 @@ func (d Drainer) Drain(ctx context.Context) (int, error) {
 		return -1, err
 	}
 	open, err := d.Open(ctx)
-	for err == nil && open > 0 && periodic.Sleep(ctx, d.Poll) {
-		open, err = d.Open(ctx)
+	if err != nil {
+		return -1, err
 	}
-	return open, err
+	for open > 0 && periodic.Sleep(ctx, d.Poll) {
+		n, err := d.Open(ctx)
+		if ctx.Err() != nil {
+			break // the deadline, maybe mid-count: report the last count
+		}
+		if err != nil {
+			return open, err
+		}
+		open = n
+	}
+	return open, nil
 }
 
 // Open counts the downstream connections of every listener but the admin's.
