@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -569,17 +570,10 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second; grace <= drain {
 		t.Errorf("terminationGracePeriodSeconds %s does not cover --drain-timeout %s", grace, drain)
 	}
-	tokenRef := func(c *corev1.Container) string {
-		for _, e := range c.Env {
-			if e.Name == "COPILOT_CONNECTION_TOKEN" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-				return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
-			}
-		}
-		return ""
+	if cliTok, scTok := secretEnv(cli, "COPILOT_CONNECTION_TOKEN"), secretEnv(sc, "COPILOT_CONNECTION_TOKEN"); cliTok == "" || cliTok != scTok {
+		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", cliTok, scTok)
 	}
-	if tokenRef(cli) == "" || tokenRef(cli) != tokenRef(sc) {
-		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", tokenRef(cli), tokenRef(sc))
-	}
+	checkConsul(t, cfg, flags, xc, sc)
 	var home string
 	for _, e := range cli.Env {
 		if e.Name == "COPILOT_HOME" {
@@ -599,6 +593,63 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if pdb := m.pdbs["climesh-copilot"]; pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 		t.Errorf("the CLI fleet's PodDisruptionBudget is not maxUnavailable 1: %+v", pdb)
 	}
+}
+
+// secretEnv names the Secret key ("name/key") the environment variable env of c
+// comes from, or "".
+func secretEnv(c *corev1.Container, env string) string {
+	for _, e := range c.Env {
+		if e.Name == env && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		}
+	}
+	return ""
+}
+
+// checkConsul checks Consul as consul-k8s runs it by default (servers only, ACLs
+// on): the sidecar registers through the servers' catalog at the address the
+// xds-server reads, and each binary has a token of its own least-privilege policy,
+// which covers every pool's Consul service.
+func checkConsul(t *testing.T, cfg *config.Config, flags map[string]string, xds, sidecar *corev1.Container) {
+	t.Helper()
+	if flags["consul-registration"] != "catalog" {
+		t.Errorf("climesh-sidecar --consul-registration %q, want catalog: consul-k8s runs no client agent to register with", flags["consul-registration"])
+	}
+	if flags["consul"] != cfg.Consul.Address {
+		t.Errorf("climesh-sidecar --consul %q, the xds-server's consul.address %q: both want the servers' Service", flags["consul"], cfg.Consul.Address)
+	}
+	xdsTok, scTok := secretEnv(xds, "CONSUL_HTTP_TOKEN"), secretEnv(sidecar, "CONSUL_HTTP_TOKEN")
+	if xdsTok == "" || scTok == "" || xdsTok == scTok {
+		t.Errorf("CONSUL_HTTP_TOKEN: the xds-server's (%q) and the sidecar's (%q) must each come from a Secret key of its own (one least-privilege policy each)", xdsTok, scTok)
+	}
+	for file, want := range map[string][]string{"climesh-sidecar.hcl": {"write"}, "climesh-xds-server.hcl": {"read", "write"}} {
+		rules, err := os.ReadFile(filepath.Join("..", "consul", "acl", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefixes := servicePrefixes(string(rules))
+		for _, p := range cfg.Pools {
+			if p.ConsulService == "" {
+				continue
+			}
+			if !slices.ContainsFunc(slices.Collect(maps.Keys(prefixes)), func(prefix string) bool {
+				return strings.HasPrefix(p.ConsulService, prefix) && slices.Contains(want, prefixes[prefix])
+			}) {
+				t.Errorf("deploy/consul/acl/%s: no service_prefix gives %v on pool %s's Consul service %q (rules: %v)", file, want, p.Name, p.ConsulService, prefixes)
+			}
+		}
+	}
+}
+
+var servicePrefixRule = regexp.MustCompile(`(?s)service_prefix\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"`)
+
+// servicePrefixes reads the service_prefix rules of an ACL policy: prefix → policy.
+func servicePrefixes(hcl string) map[string]string {
+	out := map[string]string{}
+	for _, m := range servicePrefixRule.FindAllStringSubmatch(hcl, -1) {
+		out[m[1]] = m[2]
+	}
+	return out
 }
 
 // homeVolume is how the fleet's pods get COPILOT_HOME.
