@@ -39,6 +39,7 @@ import (
 // manifest is one rendered kustomization, by kind and name.
 type manifest struct {
 	namespace    string
+	objects      map[string]any // every object, by "kind/name"
 	namespaces   map[string]*corev1.Namespace
 	secrets      map[string]*corev1.Secret
 	configMaps   map[string]*corev1.ConfigMap
@@ -86,6 +87,12 @@ func decodeStrict(y []byte, v any) error {
 	return dec.Decode(v)
 }
 
+// object is one rendered Kubernetes object.
+type object struct {
+	kind, name, namespace string
+	yaml                  []byte
+}
+
 // render runs kustomize on dir and decodes every object strictly.
 func render(t *testing.T, dir string) *manifest {
 	t.Helper()
@@ -93,17 +100,28 @@ func render(t *testing.T, dir string) *manifest {
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
-	m := &manifest{namespaces: map[string]*corev1.Namespace{}, secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{},
-		services: map[string]*corev1.Service{}, claims: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
-		statefulSets: map[string]*appsv1.StatefulSet{}, netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+	var objs []object
 	for _, r := range resources.Resources() {
 		y, err := r.AsYAML()
 		if err != nil {
 			t.Fatal(err)
 		}
+		objs = append(objs, object{r.GetKind(), r.GetName(), r.GetNamespace(), y})
+	}
+	return decodeAll(t, dir, objs)
+}
+
+// decodeAll decodes every object strictly into its Kubernetes API type (where
+// names what rendered them, for errors).
+func decodeAll(t *testing.T, where string, objs []object) *manifest {
+	t.Helper()
+	m := &manifest{objects: map[string]any{}, namespaces: map[string]*corev1.Namespace{}, secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{},
+		services: map[string]*corev1.Service{}, claims: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
+		statefulSets: map[string]*appsv1.StatefulSet{}, netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+	for _, r := range objs {
 		var obj any
-		name := r.GetName()
-		switch r.GetKind() {
+		name := r.name
+		switch r.kind {
 		case "Namespace":
 			obj = slot(m.namespaces, name)
 		case "Secret":
@@ -123,16 +141,20 @@ func render(t *testing.T, dir string) *manifest {
 		case "PodDisruptionBudget":
 			obj = slot(m.pdbs, name)
 		default:
-			t.Fatalf("%s: kind %s %s has no check here; add its type", dir, r.GetKind(), name)
+			t.Fatalf("%s: kind %s %s has no check here; add its type", where, r.kind, name)
 		}
-		if err := decodeStrict(y, obj); err != nil {
-			t.Fatalf("%s: %s %s does not decode strictly: %v", dir, r.GetKind(), name, err)
+		if _, dup := m.objects[r.kind+"/"+name]; dup {
+			t.Fatalf("%s: two objects %s %s", where, r.kind, name)
 		}
-		if r.GetKind() != "Namespace" {
-			if ns := r.GetNamespace(); m.namespace == "" {
+		m.objects[r.kind+"/"+name] = obj
+		if err := decodeStrict(r.yaml, obj); err != nil {
+			t.Fatalf("%s: %s %s does not decode strictly: %v", where, r.kind, name, err)
+		}
+		if r.kind != "Namespace" {
+			if ns := r.namespace; m.namespace == "" {
 				m.namespace = ns
 			} else if ns != m.namespace {
-				t.Fatalf("%s %s is in namespace %q, the rest in %q", r.GetKind(), name, ns, m.namespace)
+				t.Fatalf("%s %s is in namespace %q, the rest in %q", r.kind, name, ns, m.namespace)
 			}
 		}
 	}
@@ -689,12 +711,19 @@ func TestManifests(t *testing.T) {
 	}
 }
 
-// TestPolicyCopy: the base ships a copy of policies/rego (kustomize reads files only
-// below its directory); the copy must not drift.
+// TestPolicyCopy: the base and the Helm chart ship a copy of policies/rego
+// (kustomize and Helm read files only below their directory); the copies must not
+// drift.
 func TestPolicyCopy(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("base", "policy", "*"))
+	for _, dir := range []string{filepath.Join("base", "policy"), filepath.Join(chartDir, "files", "policy")} {
+		t.Run(dir, func(t *testing.T) { checkPolicyCopy(t, dir) })
+	}
+}
+
+func checkPolicyCopy(t *testing.T, dir string) {
+	files, err := filepath.Glob(filepath.Join(dir, "*"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no policy copy in base/policy (%v)", err)
+		t.Fatalf("no policy copy in %s (%v)", dir, err)
 	}
 	for _, f := range files {
 		copyBytes, _ := os.ReadFile(f)
@@ -711,8 +740,8 @@ func TestPolicyCopy(t *testing.T) {
 		if strings.HasSuffix(f, "_test.rego") {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join("base", "policy", filepath.Base(f))); err != nil {
-			t.Errorf("policies/rego/%s is not in base/policy", filepath.Base(f))
+		if _, err := os.Stat(filepath.Join(dir, filepath.Base(f))); err != nil {
+			t.Errorf("policies/rego/%s is not in %s", filepath.Base(f), dir)
 		}
 	}
 }
