@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -383,4 +384,32 @@ func TestChartValues(t *testing.T) {
 			t.Errorf("the sidecars do not mount the policy ConfigMap my-policy: %+v", pod.Volumes)
 		}
 	})
+}
+
+// TestChartReadmeExample: the README's my-values.yaml renders, and with the
+// chart's placeholder Secrets in place of the operator's own passes every check.
+func TestChartReadmeExample(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := regexp.MustCompile("(?s)```yaml\n(# my-values.yaml.*?)```").FindSubmatch(readme)
+	if block == nil {
+		t.Fatal("README.md has no ```yaml block starting # my-values.yaml")
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(block[1], &values); err != nil {
+		t.Fatalf("README's my-values.yaml: %v", err)
+	}
+	objs, err := renderChart(values)
+	if err != nil {
+		t.Fatalf("README's my-values.yaml: %v", err)
+	}
+	decodeAll(t, "README example", objs)
+	if s, ok := values["secrets"].(map[string]any); ok {
+		s["create"] = true
+	}
+	m := chartManifest(t, values)
+	checkWiring(t, m)
+	checkClimesh(t, m)
 }
