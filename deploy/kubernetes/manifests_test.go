@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,7 @@ import (
 // manifest is one rendered kustomization, by kind and name.
 type manifest struct {
 	namespace    string
+	objects      map[string]any // every object, by "kind/name"
 	namespaces   map[string]*corev1.Namespace
 	secrets      map[string]*corev1.Secret
 	configMaps   map[string]*corev1.ConfigMap
@@ -85,6 +87,12 @@ func decodeStrict(y []byte, v any) error {
 	return dec.Decode(v)
 }
 
+// object is one rendered Kubernetes object.
+type object struct {
+	kind, name, namespace string
+	yaml                  []byte
+}
+
 // render runs kustomize on dir and decodes every object strictly.
 func render(t *testing.T, dir string) *manifest {
 	t.Helper()
@@ -92,17 +100,28 @@ func render(t *testing.T, dir string) *manifest {
 	if err != nil {
 		t.Fatalf("kustomize build %s: %v", dir, err)
 	}
-	m := &manifest{namespaces: map[string]*corev1.Namespace{}, secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{},
-		services: map[string]*corev1.Service{}, claims: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
-		statefulSets: map[string]*appsv1.StatefulSet{}, netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+	var objs []object
 	for _, r := range resources.Resources() {
 		y, err := r.AsYAML()
 		if err != nil {
 			t.Fatal(err)
 		}
+		objs = append(objs, object{r.GetKind(), r.GetName(), r.GetNamespace(), y})
+	}
+	return decodeAll(t, dir, objs)
+}
+
+// decodeAll decodes every object strictly into its Kubernetes API type (where
+// names what rendered them, for errors).
+func decodeAll(t *testing.T, where string, objs []object) *manifest {
+	t.Helper()
+	m := &manifest{objects: map[string]any{}, namespaces: map[string]*corev1.Namespace{}, secrets: map[string]*corev1.Secret{}, configMaps: map[string]*corev1.ConfigMap{},
+		services: map[string]*corev1.Service{}, claims: map[string]*corev1.PersistentVolumeClaim{}, deployments: map[string]*appsv1.Deployment{},
+		statefulSets: map[string]*appsv1.StatefulSet{}, netpols: map[string]*networkingv1.NetworkPolicy{}, pdbs: map[string]*policyv1.PodDisruptionBudget{}}
+	for _, r := range objs {
 		var obj any
-		name := r.GetName()
-		switch r.GetKind() {
+		name := r.name
+		switch r.kind {
 		case "Namespace":
 			obj = slot(m.namespaces, name)
 		case "Secret":
@@ -122,16 +141,20 @@ func render(t *testing.T, dir string) *manifest {
 		case "PodDisruptionBudget":
 			obj = slot(m.pdbs, name)
 		default:
-			t.Fatalf("%s: kind %s %s has no check here; add its type", dir, r.GetKind(), name)
+			t.Fatalf("%s: kind %s %s has no check here; add its type", where, r.kind, name)
 		}
-		if err := decodeStrict(y, obj); err != nil {
-			t.Fatalf("%s: %s %s does not decode strictly: %v", dir, r.GetKind(), name, err)
+		if _, dup := m.objects[r.kind+"/"+name]; dup {
+			t.Fatalf("%s: two objects %s %s", where, r.kind, name)
 		}
-		if r.GetKind() != "Namespace" {
-			if ns := r.GetNamespace(); m.namespace == "" {
+		m.objects[r.kind+"/"+name] = obj
+		if err := decodeStrict(r.yaml, obj); err != nil {
+			t.Fatalf("%s: %s %s does not decode strictly: %v", where, r.kind, name, err)
+		}
+		if r.kind != "Namespace" {
+			if ns := r.namespace; m.namespace == "" {
 				m.namespace = ns
 			} else if ns != m.namespace {
-				t.Fatalf("%s %s is in namespace %q, the rest in %q", r.GetKind(), name, ns, m.namespace)
+				t.Fatalf("%s %s is in namespace %q, the rest in %q", r.kind, name, ns, m.namespace)
 			}
 		}
 	}
@@ -569,17 +592,10 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second; grace <= drain {
 		t.Errorf("terminationGracePeriodSeconds %s does not cover --drain-timeout %s", grace, drain)
 	}
-	tokenRef := func(c *corev1.Container) string {
-		for _, e := range c.Env {
-			if e.Name == "COPILOT_CONNECTION_TOKEN" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-				return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
-			}
-		}
-		return ""
+	if cliTok, scTok := secretEnv(cli, "COPILOT_CONNECTION_TOKEN"), secretEnv(sc, "COPILOT_CONNECTION_TOKEN"); cliTok == "" || cliTok != scTok {
+		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", cliTok, scTok)
 	}
-	if tokenRef(cli) == "" || tokenRef(cli) != tokenRef(sc) {
-		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", tokenRef(cli), tokenRef(sc))
-	}
+	checkConsul(t, cfg, flags, xc, sc)
 	var home string
 	for _, e := range cli.Env {
 		if e.Name == "COPILOT_HOME" {
@@ -599,6 +615,63 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if pdb := m.pdbs["climesh-copilot"]; pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 		t.Errorf("the CLI fleet's PodDisruptionBudget is not maxUnavailable 1: %+v", pdb)
 	}
+}
+
+// secretEnv names the Secret key ("name/key") the environment variable env of c
+// comes from, or "".
+func secretEnv(c *corev1.Container, env string) string {
+	for _, e := range c.Env {
+		if e.Name == env && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			return e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		}
+	}
+	return ""
+}
+
+// checkConsul checks Consul as consul-k8s runs it by default (servers only, ACLs
+// on): the sidecar registers through the servers' catalog at the address the
+// xds-server reads, and each binary has a token of its own least-privilege policy,
+// which covers every pool's Consul service.
+func checkConsul(t *testing.T, cfg *config.Config, flags map[string]string, xds, sidecar *corev1.Container) {
+	t.Helper()
+	if flags["consul-registration"] != "catalog" {
+		t.Errorf("climesh-sidecar --consul-registration %q, want catalog: consul-k8s runs no client agent to register with", flags["consul-registration"])
+	}
+	if flags["consul"] != cfg.Consul.Address {
+		t.Errorf("climesh-sidecar --consul %q, the xds-server's consul.address %q: both want the servers' Service", flags["consul"], cfg.Consul.Address)
+	}
+	xdsTok, scTok := secretEnv(xds, "CONSUL_HTTP_TOKEN"), secretEnv(sidecar, "CONSUL_HTTP_TOKEN")
+	if xdsTok == "" || scTok == "" || xdsTok == scTok {
+		t.Errorf("CONSUL_HTTP_TOKEN: the xds-server's (%q) and the sidecar's (%q) must each come from a Secret key of its own (one least-privilege policy each)", xdsTok, scTok)
+	}
+	for file, want := range map[string][]string{"climesh-sidecar.hcl": {"write"}, "climesh-xds-server.hcl": {"read", "write"}} {
+		rules, err := os.ReadFile(filepath.Join("..", "consul", "acl", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefixes := servicePrefixes(string(rules))
+		for _, p := range cfg.Pools {
+			if p.ConsulService == "" {
+				continue
+			}
+			if !slices.ContainsFunc(slices.Collect(maps.Keys(prefixes)), func(prefix string) bool {
+				return strings.HasPrefix(p.ConsulService, prefix) && slices.Contains(want, prefixes[prefix])
+			}) {
+				t.Errorf("deploy/consul/acl/%s: no service_prefix gives %v on pool %s's Consul service %q (rules: %v)", file, want, p.Name, p.ConsulService, prefixes)
+			}
+		}
+	}
+}
+
+var servicePrefixRule = regexp.MustCompile(`(?s)service_prefix\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"`)
+
+// servicePrefixes reads the service_prefix rules of an ACL policy: prefix → policy.
+func servicePrefixes(hcl string) map[string]string {
+	out := map[string]string{}
+	for _, m := range servicePrefixRule.FindAllStringSubmatch(hcl, -1) {
+		out[m[1]] = m[2]
+	}
+	return out
 }
 
 // homeVolume is how the fleet's pods get COPILOT_HOME.
@@ -638,12 +711,19 @@ func TestManifests(t *testing.T) {
 	}
 }
 
-// TestPolicyCopy: the base ships a copy of policies/rego (kustomize reads files only
-// below its directory); the copy must not drift.
+// TestPolicyCopy: the base and the Helm chart ship a copy of policies/rego
+// (kustomize and Helm read files only below their directory); the copies must not
+// drift.
 func TestPolicyCopy(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("base", "policy", "*"))
+	for _, dir := range []string{filepath.Join("base", "policy"), filepath.Join(chartDir, "files", "policy")} {
+		t.Run(dir, func(t *testing.T) { checkPolicyCopy(t, dir) })
+	}
+}
+
+func checkPolicyCopy(t *testing.T, dir string) {
+	files, err := filepath.Glob(filepath.Join(dir, "*"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no policy copy in base/policy (%v)", err)
+		t.Fatalf("no policy copy in %s (%v)", dir, err)
 	}
 	for _, f := range files {
 		copyBytes, _ := os.ReadFile(f)
@@ -660,8 +740,8 @@ func TestPolicyCopy(t *testing.T) {
 		if strings.HasSuffix(f, "_test.rego") {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join("base", "policy", filepath.Base(f))); err != nil {
-			t.Errorf("policies/rego/%s is not in base/policy", filepath.Base(f))
+		if _, err := os.Stat(filepath.Join(dir, filepath.Base(f))); err != nil {
+			t.Errorf("policies/rego/%s is not in %s", filepath.Base(f), dir)
 		}
 	}
 }

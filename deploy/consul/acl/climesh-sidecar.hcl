@@ -8,7 +8,7 @@ node_prefix "climesh-" {
 }
 
 # The pools' Consul services. Rename to your pools' consul_service names (the
-# shipped overlay's pool is copilot-cli).
+# shipped manifests' pool is copilot; deploy/kubernetes's tests check the match).
 service_prefix "copilot" {
   policy = "write"
 }
