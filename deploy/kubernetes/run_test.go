@@ -128,15 +128,15 @@ func runOverlay(t *testing.T, overlay string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	secrets, err := operatorSecrets(m, jwks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	consul, consulNames, err := startConsul(ctx, dir)
+	consul, consulNames, tokens, err := startConsul(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer consul.Close()
+	secrets, err := operatorSecrets(m, jwks, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
 	imgs, err := images()
 	if err != nil {
 		t.Fatal(err)
@@ -333,12 +333,21 @@ func envoyAdmin(t *testing.T, m *manifest) string {
 // node) and the xds-server's consul.address (the Helm chart's server Service,
 // consul-server.consul.svc:8500) both reach one dev agent on the pods' address
 // at port 8500. It returns the names that must resolve to it.
-func startConsul(ctx context.Context, dir string) (*harness.Consul, []string, error) {
-	c, err := harness.StartConsulOnPort(ctx, dir, 8500)
+func startConsul(ctx context.Context, dir string) (*harness.Consul, []string, map[string]string, error) {
+	// As the README has an operator run it: servers only, ACLs on and deny by
+	// default, a token per role from the shipped least-privilege policies.
+	c, err := harness.StartConsulWith(ctx, dir, harness.ConsulOptions{HTTPPort: 8500, ACL: true})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return c, []string{"consul-server.consul.svc", "consul-server.consul.svc.cluster.local"}, nil
+	tokens := map[string]string{}
+	for _, role := range []string{"sidecar", "xds-server"} {
+		if tokens[role], err = c.PolicyToken("climesh-"+role, "deploy/consul/acl/climesh-"+role+".hcl"); err != nil {
+			c.Close()
+			return nil, nil, nil, err
+		}
+	}
+	return c, []string{"consul-server.consul.svc", "consul-server.consul.svc.cluster.local"}, tokens, nil
 }
 
 // serviceNames are the DNS names of the manifests' Services (and of the pods
@@ -355,8 +364,8 @@ func serviceNames(m *manifest) []string {
 
 // operatorSecrets fills in the placeholder Secrets as the manifests tell an
 // operator to: random values for each REPLACE-… placeholder, a fresh identity
-// key set, and the identity provider's JWKS.
-func operatorSecrets(m *manifest, jwks []byte) (map[string]map[string][]byte, error) {
+// key set, the identity provider's JWKS and the Consul ACL tokens (by role).
+func operatorSecrets(m *manifest, jwks []byte, consulTokens map[string]string) (map[string]map[string][]byte, error) {
 	out := map[string]map[string][]byte{}
 	for _, name := range slices.Sorted(maps.Keys(m.secrets)) {
 		s := m.secrets[name]
@@ -371,6 +380,8 @@ func operatorSecrets(m *manifest, jwks []byte) (map[string]map[string][]byte, er
 			switch {
 			case k == "jwks.json":
 				data[k] = jwks
+			case name == "climesh-consul-tokens" && consulTokens[k] != "":
+				data[k] = []byte(consulTokens[k])
 			case k == "identity-keys.json":
 				key := make([]byte, 32)
 				rand.Read(key)
