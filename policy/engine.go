@@ -242,7 +242,12 @@ func Fingerprint(source string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	lines := make([]string, 0, len(files))
+	return hashFiles(nil, files)
+}
+
+// hashFiles hashes lines and then each file's path and content: the same files
+// with the same contents give the same hash.
+func hashFiles(lines []string, files []string) (string, error) {
 	for _, path := range files {
 		b, err := os.ReadFile(path)
 		if err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 	"sort"
 	"strings"
@@ -140,17 +139,7 @@ func (e *Engine) fingerprintSources() (string, error) {
 	if err != nil || len(e.data) == 0 {
 		return fp, err
 	}
-	lines := []string{fp}
-	for _, f := range e.data {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
-		}
-		sum := sha256.Sum256(b)
-		lines = append(lines, f+" "+hex.EncodeToString(sum[:]))
-	}
-	h := sha256.Sum256([]byte(strings.Join(lines, "\n")))
-	return hex.EncodeToString(h[:]), nil
+	return hashFiles([]string{fp}, e.data)
 }
 
 // FingerprintFS hashes the names (relative to fsys) and contents of fsys's files:

@@ -425,14 +425,11 @@ func editPools(t *testing.T, doc string, edit func(map[string]map[string]any)) s
 
 func answer(t *testing.T, ev *copilot.SessionEvent) string {
 	t.Helper()
-	if ev == nil {
-		t.Fatal("no assistant message before session.idle")
+	text, err := harness.AssistantText(ev)
+	if err != nil {
+		t.Fatal(err)
 	}
-	d, ok := ev.Data.(*copilot.AssistantMessageData)
-	if !ok {
-		t.Fatalf("last event is %T, want an assistant message", ev.Data)
-	}
-	return d.Content
+	return text
 }
 
 // waitReady polls every container's readiness until all pass; a container

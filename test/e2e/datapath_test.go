@@ -107,14 +107,11 @@ func (env *meshEnv) instanceOf(t *testing.T, sessionID string) string {
 
 func answer(t *testing.T, ev *copilot.SessionEvent) string {
 	t.Helper()
-	if ev == nil {
-		t.Fatal("no assistant message before session.idle")
+	text, err := harness.AssistantText(ev)
+	if err != nil {
+		t.Fatal(err)
 	}
-	d, ok := ev.Data.(*copilot.AssistantMessageData)
-	if !ok {
-		t.Fatalf("last event is %T, want an assistant message", ev.Data)
-	}
-	return d.Content
+	return text
 }
 
 func TestDataPathSessionLifecycle(t *testing.T) {
