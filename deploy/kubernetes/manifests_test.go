@@ -696,6 +696,11 @@ func TestManifests(t *testing.T) {
 			m := render(t, overlay)
 			checkWiring(t, m)
 			checkClimesh(t, m)
+			// The policy is updated in place (hot reload), not renamed by a
+			// content hash (which would roll every pod on each edit).
+			if _, ok := m.configMaps["climesh-policy"]; !ok {
+				t.Errorf("no ConfigMap named exactly climesh-policy (configmaps: %v)", slices.Sorted(maps.Keys(m.configMaps)))
+			}
 			template, claim := homeVolume(t, m)
 			switch overlay {
 			case "overlays/shared-storage":
