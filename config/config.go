@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -189,15 +188,22 @@ func (c *Config) ResolveFiles() error {
 		if err != nil {
 			return fmt.Errorf("%w: identity.edge_credential_file: %v", ErrInvalid, err)
 		}
-		cred := strings.TrimSpace(string(b))
-		if err := secret.Check([]byte(cred), secret.MinLength); err != nil {
-			kind := ErrOutOfRange
-			if errors.Is(err, secret.ErrPlaceholder) {
-				kind = ErrMalformed
-			}
-			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: "is " + err.Error()}
+		// The first line is what Envoy sends; a second one is what the sidecars
+		// also accept while the credential rotates (they read every line).
+		lines := secret.Lines(b)
+		if len(lines) == 0 {
+			lines = []string{""}
 		}
-		c.Identity.EdgeCredential = cred
+		for _, cred := range lines {
+			if err := secret.Check([]byte(cred), secret.MinLength); err != nil {
+				kind := ErrOutOfRange
+				if errors.Is(err, secret.ErrPlaceholder) {
+					kind = ErrMalformed
+				}
+				return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: "is " + err.Error()}
+			}
+		}
+		c.Identity.EdgeCredential = lines[0]
 	}
 	return nil
 }

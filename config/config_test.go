@@ -241,4 +241,13 @@ func TestResolveFilesRefuses(t *testing.T) {
 	if c.Identity.EdgeCredential != "a-real-secret-8c1f0e9d7b" || c.JWT.Providers[0].LocalJWKS == "" {
 		t.Fatalf("resolved %q, %q", c.Identity.EdgeCredential, c.JWT.Providers[0].LocalJWKS)
 	}
+	// While it rotates the file lists two: Envoy sends the first, both are checked.
+	c.Identity.EdgeCredentialFile = write("cred-rotating", "the-first-one-0123456789\nthe-second-one-0123456789\n")
+	if err := c.ResolveFiles(); err != nil || c.Identity.EdgeCredential != "the-first-one-0123456789" {
+		t.Fatalf("a rotating credential file: %q, %v; want its first line", c.Identity.EdgeCredential, err)
+	}
+	c.Identity.EdgeCredentialFile = write("cred-rotating-bad", "the-first-one-0123456789\nREPLACE-me-0123456789\n")
+	if err := c.ResolveFiles(); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a placeholder on the second line: %v, want it refused", err)
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,9 +129,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 			RecordTTL: 2 * time.Second, LockWaitMax: cfg.LockWaitMax}
 	}
 	if cfg.EdgeCredentialFile != "" {
-		if rl.EdgeCredential, err = readSecret("--edge-credential-file", cfg.EdgeCredentialFile, secret.MinLength); err != nil {
-			return nil, err
+		creds, err := secret.ReadLines(cfg.EdgeCredentialFile, secret.MinLength)
+		if err != nil {
+			return nil, fmt.Errorf("--edge-credential-file %w", err)
 		}
+		rl.EdgeCredential = datapath.NewCredentials(creds...)
 	} else {
 		log.Warn("no --edge-credential-file: any client that reaches --listen can open a tunnel")
 	}
@@ -279,6 +282,28 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 // AdminAddr is the admin listener's address (--admin-listen may name port 0).
 func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
 
+// watchEdgeCredential reads --edge-credential-file again every --policy-watch
+// and accepts what it holds from then on (every line: the old and the new
+// credential while one rotates); a file that fails its checks keeps the last
+// good set.
+func (s *Server) watchEdgeCredential(ctx context.Context) {
+	var last []string
+	periodic.Every(ctx, s.cfg.PolicyWatch, func() bool {
+		creds, err := secret.ReadLines(s.cfg.EdgeCredentialFile, secret.MinLength)
+		switch {
+		case err != nil:
+			s.log.Warn("--edge-credential-file: keeping the credentials it held", zap.Error(err))
+		case last == nil || !slices.Equal(creds, last):
+			if last != nil {
+				s.log.Info("--edge-credential-file: new credentials accepted", zap.Int("count", len(creds)))
+			}
+			s.Relay.EdgeCredential.Set(creds)
+			last = creds
+		}
+		return true
+	})
+}
+
 // readSecret reads a credential file: trimmed, at least least characters.
 func readSecret(flagName, file string, least int) (string, error) {
 	v, err := secret.ReadFile(file, least)
@@ -303,6 +328,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if rl.Policy != nil {
 		go rl.Policy.Engine.Watch(ctx, cfg.PolicyWatch)
+	}
+	if rl.EdgeCredential != nil { // so is a rotated edge credential
+		go s.watchEdgeCredential(ctx)
 	}
 	if s.keys != nil { // a rotated key set is checked as often as the policy
 		go s.keys.Watch(ctx, cfg.PolicyWatch, func(changed bool, err error) {

@@ -59,3 +59,38 @@ func ReadFile(path string, least int) (string, error) {
 	}
 	return v, nil
 }
+
+// Lines are a secrets file's values, one per non-empty line, trimmed: a file
+// that holds the current credential and, while one rotates, the other.
+func Lines(b []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if v := strings.TrimSpace(line); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// ReadLines reads a file of one or more secrets (Lines), Checking each. Its
+// errors name the file; the caller names the field or flag.
+func ReadLines(path string, least int) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	lines := Lines(b)
+	if len(lines) == 0 {
+		return nil, fmt.Errorf("%s is %w", path, ErrEmpty)
+	}
+	for i, v := range lines {
+		if err := Check([]byte(v), least); err != nil {
+			where := path
+			if len(lines) > 1 {
+				where = fmt.Sprintf("%s line %d", path, i+1)
+			}
+			return nil, fmt.Errorf("%s is %w", where, err)
+		}
+	}
+	return lines, nil
+}

@@ -49,6 +49,42 @@ func TestReadFile(t *testing.T) {
 	}
 }
 
+// TestReadLines: a rotating credential file lists the old and the new value,
+// each checked; the line at fault is named.
+func TestReadLines(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]struct {
+		content string
+		want    []string
+		err     error
+		line    string // named in the error
+	}{
+		"one":                  {"3f9a1c7e5b2d4086a1e3c5b7d9f0a2c4\n", []string{"3f9a1c7e5b2d4086a1e3c5b7d9f0a2c4"}, nil, ""},
+		"two, blank between":   {" old-0123456789abcdef \n\nnew-0123456789abcdef\n", []string{"old-0123456789abcdef", "new-0123456789abcdef"}, nil, ""},
+		"empty":                {"\n \n", nil, secret.ErrEmpty, ""},
+		"second a placeholder": {"old-0123456789abcdef\nREPLACE-with-another-long-random-secret\n", nil, secret.ErrPlaceholder, "line 2"},
+		"second short":         {"old-0123456789abcdef\nshort\n", nil, secret.ErrShort, "line 2"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := secret.ReadLines(path, secret.MinLength)
+			if tc.err == nil {
+				if err != nil || strings.Join(got, ",") != strings.Join(tc.want, ",") {
+					t.Fatalf("ReadLines = %q, %v; want %q", got, err, tc.want)
+				}
+				return
+			}
+			if !errors.Is(err, tc.err) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.line) {
+				t.Fatalf("ReadLines = %q, %v; want %v naming %s %s", got, err, tc.err, path, tc.line)
+			}
+		})
+	}
+}
+
 // TestShippedSecretsRefused feeds every value of the shipped Secrets to the check
 // that reads it at start: none passes.
 func TestShippedSecretsRefused(t *testing.T) {

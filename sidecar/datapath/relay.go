@@ -9,7 +9,6 @@ package datapath
 
 import (
 	"context"
-	"crypto/subtle"
 	"fmt"
 	"net/http"
 	"sync"
@@ -44,7 +43,7 @@ type Relay struct {
 	Users UserCLIs
 	// EdgeCredential, when set, must arrive in x-climesh-edge-credential: only
 	// Envoy adds it, so a client that dials the sidecar directly is refused.
-	EdgeCredential string
+	EdgeCredential *Credentials
 	// Bounds limit each tunnel's tables; MaxTunnelsPerUser the tunnels one
 	// (tenant, user) holds open here (0: no limit).
 	Bounds            Bounds
@@ -137,7 +136,7 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "climesh sidecar: draining; connect to another instance", http.StatusServiceUnavailable)
 		return
 	}
-	if rl.EdgeCredential != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get(protocol.HeaderEdgeCredential)), []byte(rl.EdgeCredential)) != 1 {
+	if rl.EdgeCredential != nil && !rl.EdgeCredential.Accepts(r.Header.Get(protocol.HeaderEdgeCredential)) {
 		rl.metrics.refused.WithLabelValues("edge_credential").Inc()
 		http.Error(w, "climesh sidecar: missing or wrong edge credential: tunnels come through the edge", http.StatusUnauthorized)
 		return

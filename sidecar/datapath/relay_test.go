@@ -133,7 +133,9 @@ func (f *fakeCLI) serve(c net.Conn) {
 func startRelay(t *testing.T, cliAddr, token, credential string) (*Relay, string) {
 	t.Helper()
 	rl := NewRelay(zap.NewNop(), CLIDialer{Addr: cliAddr, Token: token, Limits: jsonrpc.DefaultLimits}, jsonrpc.DefaultLimits, prometheus.NewRegistry())
-	rl.EdgeCredential = credential
+	if credential != "" {
+		rl.EdgeCredential = NewCredentials(credential)
+	}
 	return rl, tunneltest.Serve(t, rl)
 }
 
