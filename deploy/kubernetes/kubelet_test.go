@@ -31,13 +31,14 @@ import (
 //     command and args expanded as the kubelet does;
 //   - images are the table below: files put at their paths, an entrypoint;
 //   - native sidecars (init containers with restartPolicy Always) start first;
-//   - readiness is the containers' own httpGet/tcpSocket probes.
+//   - readiness and liveness are the containers' own httpGet/tcpSocket probes
+//     (a liveness failure fails the test rather than restarting the container);
 //   - securityContext: runAsUser/runAsGroup (else the image's USER),
 //     runAsNonRoot, fsGroup (claims and emptyDirs group-owned and writable, the
 //     group added to every process), readOnlyRootFilesystem (a container that
 //     may write its root gets a private home and /tmp instead).
-// Left out: capabilities and seccomp, resources, liveness restarts (a container
-// that exits fails the test), service-link env vars.
+// Left out: capabilities and seccomp, resources, restarts (a container that
+// exits or fails its liveness probe fails the test), service-link env vars.
 
 // podIP is every pod's (and node's) address.
 const podIP = "127.0.0.1"
@@ -473,12 +474,22 @@ func (rc *runningContainer) runsAs() error {
 
 // ready checks a container's readiness probe once, as the kubelet would.
 func (rc *runningContainer) ready(ctx context.Context) error {
+	return rc.probe(ctx, "readiness", rc.spec.ReadinessProbe)
+}
+
+// alive checks a container's liveness probe once, as the kubelet would (which
+// restarts the container when it keeps failing; here that fails the test).
+func (rc *runningContainer) alive(ctx context.Context) error {
+	return rc.probe(ctx, "liveness", rc.spec.LivenessProbe)
+}
+
+// probe runs one probe of the container's once: its httpGet or tcpSocket.
+func (rc *runningContainer) probe(ctx context.Context, kind string, probe *corev1.Probe) error {
 	if rc.proc.Exited() {
 		return fmt.Errorf("%s/%s exited:\n%s", rc.pod.name, rc.spec.Name, rc.proc.Tail(30))
 	}
-	probe := rc.spec.ReadinessProbe
 	if probe == nil {
-		return nil // running is ready
+		return nil // running is ready, and alive
 	}
 	resolve := func(name string, num int32) (int32, error) {
 		if name == "" {
@@ -503,11 +514,11 @@ func (rc *runningContainer) ready(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return fmt.Errorf("%s/%s: readiness %s: %w", rc.pod.name, rc.spec.Name, url, err)
+			return fmt.Errorf("%s/%s: %s %s: %w", rc.pod.name, rc.spec.Name, kind, url, err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-			return fmt.Errorf("%s/%s: readiness %s: %d", rc.pod.name, rc.spec.Name, url, resp.StatusCode)
+			return fmt.Errorf("%s/%s: %s %s: %d", rc.pod.name, rc.spec.Name, kind, url, resp.StatusCode)
 		}
 		return nil
 	case probe.TCPSocket != nil:
@@ -517,11 +528,11 @@ func (rc *runningContainer) ready(ctx context.Context) error {
 		}
 		conn, err := net.DialTimeout("tcp", net.JoinHostPort(podIP, strconv.Itoa(int(port))), 2*time.Second)
 		if err != nil {
-			return fmt.Errorf("%s/%s: readiness tcp %d: %w", rc.pod.name, rc.spec.Name, port, err)
+			return fmt.Errorf("%s/%s: %s tcp %d: %w", rc.pod.name, rc.spec.Name, kind, port, err)
 		}
 		return conn.Close()
 	}
-	return fmt.Errorf("%s/%s: this readiness probe kind is not done here", rc.pod.name, rc.spec.Name)
+	return fmt.Errorf("%s/%s: this %s probe kind is not done here", rc.pod.name, rc.spec.Name, kind)
 }
 
 // stop ends a pod as the kubelet does: main containers first, then native

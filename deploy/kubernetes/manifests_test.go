@@ -569,9 +569,7 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if port(t, flags["admin-listen"]) != namedPort(t, sc, "admin") {
 		t.Errorf("--admin-listen %s, container port admin %d", flags["admin-listen"], namedPort(t, sc, "admin"))
 	}
-	if sc.ReadinessProbe == nil || sc.ReadinessProbe.HTTPGet == nil || sc.ReadinessProbe.HTTPGet.Port.String() != "admin" {
-		t.Errorf("the sidecar's readiness probe must ask the admin port (the tunnel port serves tunnels only): %+v", sc.ReadinessProbe)
-	}
+	checkSidecarProbes(t, sc, flags)
 	for flag, source := range map[string]string{"policy": "climesh-policy", "identity-keys": "climesh-identity", "edge-credential-file": "climesh-edge-credential",
 		"admin-credential-file": "climesh-sidecar-admin"} {
 		if flags[flag] == "" {
@@ -614,6 +612,34 @@ func checkClimesh(t *testing.T, m *manifest) {
 	}
 	if pdb := m.pdbs["climesh-copilot"]; pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 		t.Errorf("the CLI fleet's PodDisruptionBudget is not maxUnavailable 1: %+v", pdb)
+	}
+}
+
+// checkSidecarProbes: readiness asks the admin listener's /readyz (the CLI's ping
+// and the drain), liveness its /healthz (the process serves) — never /readyz,
+// which fails for a hung CLI and for the whole drain: a liveness restart there
+// would cut the drain short. Both on the admin port (the tunnel port serves
+// tunnels only), with thresholds that ride out one slow answer.
+func checkSidecarProbes(t *testing.T, sc *corev1.Container, flags map[string]string) {
+	t.Helper()
+	for _, p := range []struct {
+		kind, path string
+		probe      *corev1.Probe
+	}{{"readiness", "/readyz", sc.ReadinessProbe}, {"liveness", "/healthz", sc.LivenessProbe}} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("climesh-sidecar has no %s httpGet probe (want %s on the admin port)", p.kind, p.path)
+			continue
+		}
+		g := p.probe.HTTPGet
+		if g.Path != p.path {
+			t.Errorf("climesh-sidecar %s probe asks %s, want %s", p.kind, g.Path, p.path)
+		}
+		if n, ok := portNumber(&corev1.PodSpec{Containers: []corev1.Container{*sc}}, g.Port); !ok || n != port(t, flags["admin-listen"]) {
+			t.Errorf("climesh-sidecar %s probe port %s is not the admin listener's (--admin-listen %s)", p.kind, g.Port.String(), flags["admin-listen"])
+		}
+		if p.probe.FailureThreshold < 2 || p.probe.TimeoutSeconds < 2 {
+			t.Errorf("climesh-sidecar %s probe: failureThreshold %d, timeoutSeconds %d; want at least 2 of each (one slow answer is no verdict)", p.kind, p.probe.FailureThreshold, p.probe.TimeoutSeconds)
+		}
 	}
 }
 

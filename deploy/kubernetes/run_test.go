@@ -435,8 +435,9 @@ func answer(t *testing.T, ev *copilot.SessionEvent) string {
 	return d.Content
 }
 
-// waitReady polls every container's readiness until all pass; a container
-// that exits fails at once (a kubelet would restart it, into CrashLoopBackOff).
+// waitReady polls every container's readiness and liveness until all pass; a
+// container that exits fails at once (a kubelet would restart it, into
+// CrashLoopBackOff).
 func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -444,11 +445,13 @@ func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
 		var errs []error
 		for _, p := range c.pods {
 			for _, rc := range p.containers {
-				if err := rc.ready(ctx); err != nil {
-					if rc.proc.Exited() {
-						return err
+				for _, probe := range []func(context.Context) error{rc.ready, rc.alive} {
+					if err := probe(ctx); err != nil {
+						if rc.proc.Exited() {
+							return err
+						}
+						errs = append(errs, err)
 					}
-					errs = append(errs, err)
 				}
 			}
 		}
