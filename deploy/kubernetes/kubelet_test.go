@@ -59,7 +59,7 @@ type image struct {
 func images() (map[string]image, error) {
 	// distroless/static:nonroot: USER nonroot (65532).
 	climesh := image{files: map[string]string{}, entrypoint: []string{"/usr/local/bin/xds-server"}, uid: 65532, gid: 65532, home: "/home/nonroot"}
-	for _, name := range []string{"xds-server", "climesh-sidecar", "climesh-connect"} {
+	for _, name := range []string{"xds-server", "climesh-sidecar", "climesh-connect", "climesh-envoy-drain"} {
 		bin, err := harness.Binary(name)
 		if err != nil {
 			return nil, err
