@@ -301,16 +301,22 @@ func TestChartRefusesBadValues(t *testing.T) {
 		values map[string]any
 		want   []string // in the error
 	}{
-		"unknown registration": {set("consul.registration", "gossip"), []string{"/consul/registration", "catalog"}},
-		"misspelt value":       {set("copilot.replica", 2), []string{"/copilot", "replica"}},
-		"unknown top level":    {set("replicas", 2), []string{"replicas"}},
-		"no xds-server":        {set("xdsServer.replicas", 0), []string{"/xdsServer/replicas", "minimum"}},
-		"consul without port":  {set("consul.address", "consul-server"), []string{"/consul/address"}},
-		"bad extra arg":        {set("copilot.extraArgs", []any{"-v"}), []string{"/copilot/extraArgs/0"}},
-		"bad drain timeout":    {set("copilot.drainTimeout", "2 minutes"), []string{"/copilot/drainTimeout"}},
-		"pool not in config":   {set("copilot.pool", "cli"), []string{"copilot.pool", `"cli"`, "xdsServer.config.pools"}},
-		"node group mismatch":  {set("xdsServer.config.listeners", []any{listener("gateway")}), []string{"xdsServer.config.listeners[0].node_group", `"gateway"`, "envoy.nodeGroup"}},
-		"listener port name":   {set("xdsServer.config.listeners", []any{map[string]any{"name": "a-very-long-listener", "port": 1, "node_group": "edge"}}), []string{"xdsServer.config.listeners[0].name", "15"}},
+		"unknown registration":   {set("consul.registration", "gossip"), []string{"/consul/registration", "catalog"}},
+		"misspelt value":         {set("copilot.replica", 2), []string{"/copilot", "replica"}},
+		"unknown top level":      {set("replicas", 2), []string{"replicas"}},
+		"no xds-server":          {set("xdsServer.replicas", 0), []string{"/xdsServer/replicas", "minimum"}},
+		"consul without port":    {set("consul.address", "consul-server"), []string{"/consul/address"}},
+		"bad extra arg":          {set("copilot.extraArgs", []any{"-v"}), []string{"/copilot/extraArgs/0"}},
+		"bad drain timeout":      {set("copilot.drainTimeout", "2 minutes"), []string{"/copilot/drainTimeout"}},
+		"pool not in config":     {set("copilot.pool", "cli"), []string{"copilot.pool", `"cli"`, "xdsServer.config.pools"}},
+		"node group mismatch":    {set("xdsServer.config.listeners", []any{listener("gateway")}), []string{"xdsServer.config.listeners[0].node_group", `"gateway"`, "envoy.nodeGroup"}},
+		"grace under drain":      {set("envoy.terminationGracePeriodSeconds", 60), []string{"envoy.terminationGracePeriodSeconds", "envoy.shutdownTimeoutSeconds"}},
+		"drain time too long":    {set("envoy.drainTimeSeconds", 90), []string{"envoy.drainTimeSeconds", "envoy.shutdownTimeoutSeconds"}},
+		"bad drain strategy":     {set("envoy.drainStrategy", "slow"), []string{"/envoy/drainStrategy"}},
+		"listener on stats port": {set("xdsServer.config.listeners", []any{map[string]any{"name": "edge", "address": "0.0.0.0", "port": 19001, "node_group": "edge", "routes": []any{map[string]any{"pool": "copilot"}}}}), []string{"xdsServer.config.listeners[0].port", "19001"}},
+		"listener named metrics": {set("xdsServer.config.listeners", []any{map[string]any{"name": "metrics", "address": "0.0.0.0", "port": 10000, "node_group": "edge", "routes": []any{map[string]any{"pool": "copilot"}}}}), []string{"xdsServer.config.listeners[0].name", `"metrics"`}},
+		"nobody scrapes":         {set("metrics.from", []any{}), []string{"/metrics/from"}},
+		"listener port name":     {set("xdsServer.config.listeners", []any{map[string]any{"name": "a-very-long-listener", "port": 1, "node_group": "edge"}}), []string{"xdsServer.config.listeners[0].name", "15"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := renderChart(c.values)

@@ -3,6 +3,7 @@ package kubernetes_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,13 +33,16 @@ import (
 //     command and args expanded as the kubelet does;
 //   - images are the table below: files put at their paths, an entrypoint;
 //   - native sidecars (init containers with restartPolicy Always) start first;
-//   - readiness is the containers' own httpGet/tcpSocket probes.
+//   - readiness and liveness are the containers' own httpGet/tcpSocket probes
+//     (a liveness failure fails the test rather than restarting the container);
+//   - a pod stops with each main container's preStop hook (httpGet) before its
+//     SIGTERM, then its native sidecars;
 //   - securityContext: runAsUser/runAsGroup (else the image's USER),
 //     runAsNonRoot, fsGroup (claims and emptyDirs group-owned and writable, the
 //     group added to every process), readOnlyRootFilesystem (a container that
 //     may write its root gets a private home and /tmp instead).
-// Left out: capabilities and seccomp, resources, liveness restarts (a container
-// that exits fails the test), service-link env vars.
+// Left out: capabilities and seccomp, resources, restarts (a container that
+// exits or fails its liveness probe fails the test), service-link env vars.
 
 // podIP is every pod's (and node's) address.
 const podIP = "127.0.0.1"
@@ -58,7 +63,7 @@ type image struct {
 func images() (map[string]image, error) {
 	// distroless/static:nonroot: USER nonroot (65532).
 	climesh := image{files: map[string]string{}, entrypoint: []string{"/usr/local/bin/xds-server"}, uid: 65532, gid: 65532, home: "/home/nonroot"}
-	for _, name := range []string{"xds-server", "climesh-sidecar", "climesh-connect"} {
+	for _, name := range []string{"xds-server", "climesh-sidecar", "climesh-connect", "climesh-envoy-drain"} {
 		bin, err := harness.Binary(name)
 		if err != nil {
 			return nil, err
@@ -473,24 +478,24 @@ func (rc *runningContainer) runsAs() error {
 
 // ready checks a container's readiness probe once, as the kubelet would.
 func (rc *runningContainer) ready(ctx context.Context) error {
+	return rc.probe(ctx, "readiness", rc.spec.ReadinessProbe)
+}
+
+// alive checks a container's liveness probe once, as the kubelet would (which
+// restarts the container when it keeps failing; here that fails the test).
+func (rc *runningContainer) alive(ctx context.Context) error {
+	return rc.probe(ctx, "liveness", rc.spec.LivenessProbe)
+}
+
+// probe runs one probe of the container's once: its httpGet or tcpSocket.
+func (rc *runningContainer) probe(ctx context.Context, kind string, probe *corev1.Probe) error {
 	if rc.proc.Exited() {
 		return fmt.Errorf("%s/%s exited:\n%s", rc.pod.name, rc.spec.Name, rc.proc.Tail(30))
 	}
-	probe := rc.spec.ReadinessProbe
 	if probe == nil {
-		return nil // running is ready
+		return nil // running is ready, and alive
 	}
-	resolve := func(name string, num int32) (int32, error) {
-		if name == "" {
-			return num, nil
-		}
-		for _, cp := range rc.spec.Ports {
-			if cp.Name == name {
-				return cp.ContainerPort, nil
-			}
-		}
-		return 0, fmt.Errorf("%s/%s: probe port %s is not a port of the container", rc.pod.name, rc.spec.Name, name)
-	}
+	resolve := rc.port
 	switch {
 	case probe.HTTPGet != nil:
 		port, err := resolve(probe.HTTPGet.Port.StrVal, probe.HTTPGet.Port.IntVal)
@@ -503,11 +508,11 @@ func (rc *runningContainer) ready(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return fmt.Errorf("%s/%s: readiness %s: %w", rc.pod.name, rc.spec.Name, url, err)
+			return fmt.Errorf("%s/%s: %s %s: %w", rc.pod.name, rc.spec.Name, kind, url, err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-			return fmt.Errorf("%s/%s: readiness %s: %d", rc.pod.name, rc.spec.Name, url, resp.StatusCode)
+			return fmt.Errorf("%s/%s: %s %s: %d", rc.pod.name, rc.spec.Name, kind, url, resp.StatusCode)
 		}
 		return nil
 	case probe.TCPSocket != nil:
@@ -517,17 +522,97 @@ func (rc *runningContainer) ready(ctx context.Context) error {
 		}
 		conn, err := net.DialTimeout("tcp", net.JoinHostPort(podIP, strconv.Itoa(int(port))), 2*time.Second)
 		if err != nil {
-			return fmt.Errorf("%s/%s: readiness tcp %d: %w", rc.pod.name, rc.spec.Name, port, err)
+			return fmt.Errorf("%s/%s: %s tcp %d: %w", rc.pod.name, rc.spec.Name, kind, port, err)
 		}
 		return conn.Close()
 	}
-	return fmt.Errorf("%s/%s: this readiness probe kind is not done here", rc.pod.name, rc.spec.Name)
+	return fmt.Errorf("%s/%s: this %s probe kind is not done here", rc.pod.name, rc.spec.Name, kind)
 }
 
-// stop ends a pod as the kubelet does: main containers first, then native
-// sidecars, each SIGTERM with the pod's grace period (capped for the test).
-func (p *pod) stop() {
-	for i := len(p.containers) - 1; i >= 0; i-- {
-		p.containers[i].proc.Stop(10 * time.Second)
+// port resolves a probe's or hook's port as the kubelet does: a number, or the
+// name of one of the container's own ports.
+func (rc *runningContainer) port(name string, num int32) (int32, error) {
+	if name == "" {
+		return num, nil
 	}
+	for _, cp := range rc.spec.Ports {
+		if cp.Name == name {
+			return cp.ContainerPort, nil
+		}
+	}
+	return 0, fmt.Errorf("%s/%s: port %s is not a port of the container", rc.pod.name, rc.spec.Name, name)
+}
+
+// preStop runs the container's preStop hook once, as the kubelet does before it
+// sends SIGTERM: an httpGet to the pod's IP (or the hook's host). It returns
+// what the hook answered.
+func (rc *runningContainer) preStop(ctx context.Context) (string, error) {
+	if rc.spec.Lifecycle == nil || rc.spec.Lifecycle.PreStop == nil {
+		return "", nil
+	}
+	g := rc.spec.Lifecycle.PreStop.HTTPGet
+	if g == nil {
+		return "", fmt.Errorf("%s/%s: this preStop hook kind is not done here", rc.pod.name, rc.spec.Name)
+	}
+	port, err := rc.port(g.Port.StrVal, g.Port.IntVal)
+	if err != nil {
+		return "", err
+	}
+	host := g.Host
+	if host == "" {
+		host = podIP
+	}
+	url := fmt.Sprintf("http://%s%s", net.JoinHostPort(host, strconv.Itoa(int(port))), g.Path)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("%s/%s: preStop %s: %w", rc.pod.name, rc.spec.Name, url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return string(body), fmt.Errorf("%s/%s: preStop %s: %d %s", rc.pod.name, rc.spec.Name, url, resp.StatusCode, body)
+	}
+	return string(body), nil
+}
+
+// stop ends a pod as the kubelet does: every main container at once, each
+// given SIGTERM once its preStop hook has answered (the hooks capped at 15s
+// here), then the native sidecars in reverse order, each SIGTERM with the pod's
+// grace period (capped for the test).
+func (p *pod) stop() {
+	var wg sync.WaitGroup
+	var sidecars []*runningContainer
+	for _, rc := range p.containers {
+		if rp := rc.spec.RestartPolicy; rp != nil && *rp == corev1.ContainerRestartPolicyAlways {
+			sidecars = append(sidecars, rc)
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			rc.preStop(ctx) // a failed hook is an event; the container stops all the same
+			rc.proc.Stop(10 * time.Second)
+		})
+	}
+	wg.Wait()
+	for i := len(sidecars) - 1; i >= 0; i-- {
+		sidecars[i].proc.Stop(10 * time.Second)
+	}
+}
+
+// container is the running container name of the pod whose name starts with
+// prefix.
+func (c *cluster) container(prefix, name string) (*runningContainer, error) {
+	for _, p := range c.pods {
+		if !strings.HasPrefix(p.name, prefix) {
+			continue
+		}
+		for _, rc := range p.containers {
+			if rc.spec.Name == name {
+				return rc, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no container %s in a pod %s*", name, prefix)
 }

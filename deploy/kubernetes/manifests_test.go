@@ -21,6 +21,10 @@ import (
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3" // the stats listener's router
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3" // the bootstrap's typed options
 	"google.golang.org/protobuf/encoding/protojson"
 	appsv1 "k8s.io/api/apps/v1"
@@ -33,6 +37,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/envoydrain"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -252,7 +257,14 @@ func checkWiring(t *testing.T, m *manifest) {
 				t.Errorf("%s: volume %s names claim %s, which does not exist", where, v.Name, v.PersistentVolumeClaim.ClaimName)
 			}
 		}
+		portNames, portNumbers := map[string]bool{}, map[int32]bool{}
 		for _, c := range allContainers(&w.pod.Spec) {
+			for _, p := range c.Ports { // one network namespace per pod
+				if portNumbers[p.ContainerPort] || (p.Name != "" && portNames[p.Name]) {
+					t.Errorf("%s/%s: port %s %d is taken by another container port of the pod", where, c.Name, p.Name, p.ContainerPort)
+				}
+				portNames[p.Name], portNumbers[p.ContainerPort] = true, true
+			}
 			if c.Image == "" || strings.HasSuffix(c.Image, ":latest") || !strings.Contains(c.Image, ":") {
 				t.Errorf("%s/%s: image %q is not pinned", where, c.Name, c.Image)
 			}
@@ -521,10 +533,11 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if got := b.GetDynamicResources().GetAdsConfig().GetApiType().String(); got != "DELTA_GRPC" {
 		t.Errorf("envoy ADS api_type %s, want DELTA_GRPC", got)
 	}
-	sa := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	sa := endpoint(t, &b, "climesh-xds")
 	if sa.GetAddress() != xdsDNS || int32(sa.GetPortValue()) != xdsSvcPort {
 		t.Errorf("envoy reaches the xds-server at %s:%d, want %s:%d", sa.GetAddress(), sa.GetPortValue(), xdsDNS, xdsSvcPort)
 	}
+	checkEnvoyShutdown(t, m, envoyPod, &b)
 	for _, l := range cfg.Listeners {
 		if l.NodeGroup != serviceCluster {
 			t.Errorf("listener %s is for node group %q; envoy runs as --service-cluster %q", l.Name, l.NodeGroup, serviceCluster)
@@ -569,9 +582,7 @@ func checkClimesh(t *testing.T, m *manifest) {
 	if port(t, flags["admin-listen"]) != namedPort(t, sc, "admin") {
 		t.Errorf("--admin-listen %s, container port admin %d", flags["admin-listen"], namedPort(t, sc, "admin"))
 	}
-	if sc.ReadinessProbe == nil || sc.ReadinessProbe.HTTPGet == nil || sc.ReadinessProbe.HTTPGet.Port.String() != "admin" {
-		t.Errorf("the sidecar's readiness probe must ask the admin port (the tunnel port serves tunnels only): %+v", sc.ReadinessProbe)
-	}
+	checkSidecarProbes(t, sc, flags)
 	for flag, source := range map[string]string{"policy": "climesh-policy", "identity-keys": "climesh-identity", "edge-credential-file": "climesh-edge-credential",
 		"admin-credential-file": "climesh-sidecar-admin"} {
 		if flags[flag] == "" {
@@ -596,6 +607,12 @@ func checkClimesh(t *testing.T, m *manifest) {
 		t.Errorf("the CLI's token (%q) and the sidecar's (%q) must come from the same Secret key", cliTok, scTok)
 	}
 	checkConsul(t, cfg, flags, xc, sc)
+	statsPort, statsPath := envoyStats(t, &b)
+	checkScrapes(t, m, map[string]scrape{
+		"climesh-copilot":    {port(t, flags["admin-listen"]), "/metrics"},
+		"climesh-xds-server": {port(t, cfg.Server.HTTPAddress), "/metrics"},
+		"climesh-envoy":      {statsPort, statsPath},
+	})
 	var home string
 	for _, e := range cli.Env {
 		if e.Name == "COPILOT_HOME" {
@@ -614,6 +631,256 @@ func checkClimesh(t *testing.T, m *manifest) {
 	}
 	if pdb := m.pdbs["climesh-copilot"]; pdb == nil || pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 {
 		t.Errorf("the CLI fleet's PodDisruptionBudget is not maxUnavailable 1: %+v", pdb)
+	}
+}
+
+// endpoint is the one address of the bootstrap's static cluster name.
+func endpoint(t *testing.T, b *bootstrapv3.Bootstrap, name string) *corev3.SocketAddress {
+	t.Helper()
+	var c *clusterv3.Cluster
+	for _, sc := range b.GetStaticResources().GetClusters() {
+		if sc.GetName() == name {
+			c = sc
+		}
+	}
+	eps := c.GetLoadAssignment().GetEndpoints()
+	if c == nil || len(eps) != 1 || len(eps[0].GetLbEndpoints()) != 1 {
+		t.Fatalf("envoy bootstrap: no static cluster %s with one endpoint", name)
+	}
+	return eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+}
+
+// envoyStats checks the bootstrap's one static listener, Prometheus's way to
+// Envoy's stats (Envoy Gateway's shape): its route config, inline, has one route,
+// GET on the exact path /stats/prometheus, to a cluster whose one endpoint is the
+// admin, which stays on loopback — no other admin path (/config_dump,
+// /quitquitquit, /drain_listeners) is reachable through it. It returns the
+// listener's port and the path.
+func envoyStats(t *testing.T, b *bootstrapv3.Bootstrap) (int32, string) {
+	t.Helper()
+	listeners := b.GetStaticResources().GetListeners()
+	if len(listeners) != 1 {
+		t.Fatalf("envoy bootstrap: %d static listeners, want one: the stats listener", len(listeners))
+	}
+	l := listeners[0]
+	admin := b.GetAdmin().GetAddress().GetSocketAddress()
+	if len(l.GetFilterChains()) != 1 || len(l.GetFilterChains()[0].GetFilters()) != 1 {
+		t.Fatalf("envoy stats listener %s: want one filter chain of one filter (the HTTP connection manager)", l.GetName())
+	}
+	var hcm hcmv3.HttpConnectionManager
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+		t.Fatalf("envoy stats listener %s: %v", l.GetName(), err)
+	}
+	vhosts := hcm.GetRouteConfig().GetVirtualHosts()
+	if len(vhosts) != 1 || len(vhosts[0].GetRoutes()) != 1 {
+		t.Fatalf("envoy stats listener %s: want an inline route config of one virtual host with one route: %v", l.GetName(), hcm.GetRouteConfig())
+	}
+	r := vhosts[0].GetRoutes()[0]
+	path := r.GetMatch().GetPath() // exact (a prefix would admit /stats/prometheusX and the like)
+	if path != "/stats/prometheus" {
+		t.Errorf("envoy stats listener %s: its route matches %v, want the exact path /stats/prometheus", l.GetName(), r.GetMatch())
+	}
+	if h := r.GetMatch().GetHeaders(); len(h) != 1 || h[0].GetName() != ":method" || h[0].GetStringMatch().GetExact() != "GET" {
+		t.Errorf("envoy stats listener %s: its route is not for GET only: %v", l.GetName(), h)
+	}
+	to := endpoint(t, b, r.GetRoute().GetCluster())
+	if to.GetAddress() != admin.GetAddress() || to.GetPortValue() != admin.GetPortValue() {
+		t.Errorf("envoy stats listener %s routes to %s:%d, not the admin %s:%d", l.GetName(), to.GetAddress(), to.GetPortValue(), admin.GetAddress(), admin.GetPortValue())
+	}
+	if n := hcm.GetCommonHttpProtocolOptions().GetMaxRequestsPerConnection().GetValue(); n != 1 {
+		t.Errorf("envoy stats listener %s: max_requests_per_connection %d, want 1: a scraper's kept-alive connection would hold the shutdown-manager's drain", l.GetName(), n)
+	}
+	return int32(l.GetAddress().GetSocketAddress().GetPortValue()), path
+}
+
+// scrape is what Prometheus asks a pod for: its prometheus.io/port and path.
+type scrape struct {
+	port int32
+	path string
+}
+
+// monitoringNamespace selects the namespace that may scrape: the base's and the
+// chart's default (metrics.from).
+var monitoringNamespace = map[string]string{"kubernetes.io/metadata.name": "monitoring"}
+
+// checkScrapes: every workload's pods carry the prometheus.io annotations, whose
+// port is a container port of the pod and, with the path, what the binary there
+// serves its metrics on (served, by workload); NetworkPolicies admit the
+// monitoring namespace to exactly that port, and nobody else to it.
+func checkScrapes(t *testing.T, m *manifest, served map[string]scrape) {
+	t.Helper()
+	for _, w := range m.workloads() {
+		where := w.kind + " " + w.name
+		a := w.pod.Annotations
+		if a["prometheus.io/scrape"] != "true" {
+			t.Errorf("%s: pods have no prometheus.io/scrape: \"true\" (%v)", where, a)
+			continue
+		}
+		n, err := strconv.Atoi(a["prometheus.io/port"])
+		got := scrape{int32(n), a["prometheus.io/path"]}
+		if _, ok := portNumber(&w.pod.Spec, intstr.FromInt32(got.port)); err != nil || !ok {
+			t.Errorf("%s: prometheus.io/port %q is no container port of its pods", where, a["prometheus.io/port"])
+		}
+		want, ok := served[w.name]
+		if !ok {
+			t.Errorf("%s: the test does not know where its metrics are; add it", where)
+		} else if got != want {
+			t.Errorf("%s: prometheus.io/port and path %d %s; its metrics are on %d %s", where, got.port, got.path, want.port, want.path)
+		}
+		admitted := map[int32]bool{}
+		for name, np := range m.netpols {
+			if !matches(np.Spec.PodSelector.MatchLabels, w.pod.Labels) {
+				continue
+			}
+			for _, rule := range np.Spec.Ingress {
+				monitoring := slices.ContainsFunc(rule.From, func(p networkingv1.NetworkPolicyPeer) bool {
+					return p.NamespaceSelector != nil && maps.Equal(p.NamespaceSelector.MatchLabels, monitoringNamespace) && p.PodSelector == nil && p.IPBlock == nil
+				})
+				if monitoring && len(rule.Ports) == 0 {
+					t.Errorf("NetworkPolicy %s admits the monitoring namespace to every port of %s", name, where)
+				}
+				for _, p := range rule.Ports {
+					if p.Port == nil {
+						t.Errorf("NetworkPolicy %s: a rule for every port of %s", name, where)
+						continue
+					}
+					pn, _ := portNumber(&w.pod.Spec, *p.Port)
+					switch {
+					case monitoring && pn != got.port:
+						t.Errorf("NetworkPolicy %s admits the monitoring namespace to port %s of %s, which serves no metrics", name, p.Port.String(), where)
+					case monitoring:
+						admitted[pn] = true
+					case pn == got.port && len(rule.From) == 0:
+						t.Errorf("NetworkPolicy %s admits everyone to %s's metrics port %s", name, where, p.Port.String())
+					}
+				}
+			}
+		}
+		if !admitted[got.port] {
+			t.Errorf("%s: no NetworkPolicy admits the monitoring namespace %v to its metrics port %d", where, monitoringNamespace, got.port)
+		}
+	}
+}
+
+// checkEnvoyShutdown checks Envoy's graceful termination: its preStop hook GETs
+// /shutdown on the shutdown-manager beside it (--listen), which drains through
+// Envoy's admin (--admin: the bootstrap's); the grace period covers the drain's
+// --timeout, and Envoy's listeners stop accepting (--drain-time-s) within it; no
+// NetworkPolicy admits anyone to the shutdown or admin port.
+func checkEnvoyShutdown(t *testing.T, m *manifest, pod *corev1.PodSpec, b *bootstrapv3.Bootstrap) {
+	t.Helper()
+	ec := container(t, pod, "envoy")
+	sm := container(t, pod, "shutdown-manager")
+	if len(sm.Command) != 1 || sm.Command[0] != "/usr/local/bin/climesh-envoy-drain" {
+		t.Errorf("shutdown-manager runs %q, want /usr/local/bin/climesh-envoy-drain", sm.Command)
+	}
+	cfg, err := envoydrain.Load(sm.Args)
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		t.Fatalf("shutdown-manager args %q: %v", sm.Args, err)
+	}
+	if cfg.Listen == "" {
+		t.Fatalf("shutdown-manager has no --listen: it would drain once at start and exit")
+	}
+	listen := port(t, cfg.Listen)
+	if namedPort(t, sm, "shutdown") != listen {
+		t.Errorf("shutdown-manager --listen %s, container port shutdown %d", cfg.Listen, namedPort(t, sm, "shutdown"))
+	}
+	var hook *corev1.HTTPGetAction
+	if ec.Lifecycle != nil && ec.Lifecycle.PreStop != nil {
+		hook = ec.Lifecycle.PreStop.HTTPGet
+	}
+	if hook == nil {
+		t.Fatalf("envoy has no preStop httpGet: it would stop with its connections open")
+	}
+	// The kubelet resolves a hook's named port among the hook's own container's.
+	hookPort, ok := portNumber(&corev1.PodSpec{Containers: []corev1.Container{*ec}}, hook.Port)
+	if hook.Port.Type == intstr.Int {
+		hookPort, ok = hook.Port.IntVal, true
+	}
+	if !ok || hookPort != listen || hook.Path != "/shutdown" || hook.Host != "" {
+		t.Errorf("envoy's preStop GETs %s:%s%s, the shutdown-manager serves /shutdown on the pod's port %d (--listen %s)", hook.Host, hook.Port.String(), hook.Path, listen, cfg.Listen)
+	}
+	admin := b.GetAdmin().GetAddress().GetSocketAddress()
+	if want := "http://" + net.JoinHostPort(admin.GetAddress(), strconv.Itoa(int(admin.GetPortValue()))); strings.TrimSuffix(cfg.Admin, "/") != want {
+		t.Errorf("shutdown-manager --admin %s, Envoy's admin (bootstrap) is %s", cfg.Admin, want)
+	}
+	if ip := net.ParseIP(admin.GetAddress()); ip == nil || !ip.IsLoopback() {
+		t.Errorf("Envoy's admin listens on %s; keep it on the pod's loopback", admin.GetAddress())
+	}
+	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+	if grace < cfg.Timeout+10*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %s does not cover the shutdown-manager's --timeout %s and Envoy's exit (10s)", grace, cfg.Timeout)
+	}
+	var drainTime time.Duration
+	var strategy string
+	for i := 0; i+1 < len(ec.Args); i++ {
+		switch ec.Args[i] {
+		case "--drain-time-s":
+			n, err := strconv.Atoi(ec.Args[i+1])
+			if err != nil {
+				t.Errorf("envoy --drain-time-s %q", ec.Args[i+1])
+			}
+			drainTime = time.Duration(n) * time.Second
+		case "--drain-strategy":
+			strategy = ec.Args[i+1]
+		}
+	}
+	if drainTime <= 0 || drainTime > cfg.Timeout {
+		t.Errorf("envoy --drain-time-s %s: want a positive time within the shutdown-manager's --timeout %s (the listeners keep accepting that long)", drainTime, cfg.Timeout)
+	}
+	if strategy != "immediate" && strategy != "gradual" {
+		t.Errorf("envoy --drain-strategy %q, want immediate or gradual", strategy)
+	}
+	// Only the kubelet (node traffic, which no NetworkPolicy blocks) calls /shutdown.
+	for name, np := range m.netpols {
+		if !matches(np.Spec.PodSelector.MatchLabels, m.deployments["climesh-envoy"].Spec.Template.Labels) {
+			continue
+		}
+		for _, rule := range np.Spec.Ingress {
+			if len(rule.Ports) == 0 {
+				t.Errorf("NetworkPolicy %s admits every port of Envoy's pods, the shutdown-manager's too", name)
+			}
+			for _, p := range rule.Ports {
+				if p.Port == nil {
+					t.Errorf("NetworkPolicy %s admits every port of Envoy's pods, the shutdown-manager's too", name)
+					continue
+				}
+				if n, _ := portNumber(pod, *p.Port); n == listen || n == int32(admin.GetPortValue()) {
+					t.Errorf("NetworkPolicy %s admits port %s of Envoy's pods: the shutdown-manager's or the admin", name, p.Port.String())
+				}
+			}
+		}
+	}
+}
+
+// checkSidecarProbes: readiness asks the admin listener's /readyz (the CLI's ping
+// and the drain), liveness its /healthz (the process serves) — never /readyz,
+// which fails for a hung CLI and for the whole drain: a liveness restart there
+// would cut the drain short. Both on the admin port (the tunnel port serves
+// tunnels only), with thresholds that ride out one slow answer.
+func checkSidecarProbes(t *testing.T, sc *corev1.Container, flags map[string]string) {
+	t.Helper()
+	for _, p := range []struct {
+		kind, path string
+		probe      *corev1.Probe
+	}{{"readiness", "/readyz", sc.ReadinessProbe}, {"liveness", "/healthz", sc.LivenessProbe}} {
+		if p.probe == nil || p.probe.HTTPGet == nil {
+			t.Errorf("climesh-sidecar has no %s httpGet probe (want %s on the admin port)", p.kind, p.path)
+			continue
+		}
+		g := p.probe.HTTPGet
+		if g.Path != p.path {
+			t.Errorf("climesh-sidecar %s probe asks %s, want %s", p.kind, g.Path, p.path)
+		}
+		if n, ok := portNumber(&corev1.PodSpec{Containers: []corev1.Container{*sc}}, g.Port); !ok || n != port(t, flags["admin-listen"]) {
+			t.Errorf("climesh-sidecar %s probe port %s is not the admin listener's (--admin-listen %s)", p.kind, g.Port.String(), flags["admin-listen"])
+		}
+		if p.probe.FailureThreshold < 2 || p.probe.TimeoutSeconds < 2 {
+			t.Errorf("climesh-sidecar %s probe: failureThreshold %d, timeoutSeconds %d; want at least 2 of each (one slow answer is no verdict)", p.kind, p.probe.FailureThreshold, p.probe.TimeoutSeconds)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -299,6 +300,125 @@ func runOverlay(t *testing.T, overlay string) {
 	}
 	c.sameProcesses(t, pids)
 	t.Logf("policy edit 2 (tenant acme off the pool) seen by the edge without a restart")
+
+	// 6. Prometheus, as it finds the pods: each pod's prometheus.io/port and path
+	// serve metrics (the ports the NetworkPolicies admit the monitoring namespace
+	// to); Envoy's stats listener serves nothing else of the admin.
+	scraper := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(method, url string) (int, string, error) {
+		req, _ := http.NewRequestWithContext(ctx, method, url, nil)
+		resp, err := scraper.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	metric := map[string]string{"climesh-copilot": "climesh_sidecar_active_sessions", "climesh-xds-server": "climesh_xds_connected_streams", "climesh-envoy": "envoy_server_live"}
+	var statsPort string
+	for _, w := range m.workloads() {
+		a := w.pod.Annotations
+		url := fmt.Sprintf("http://%s%s", net.JoinHostPort(podIP, a["prometheus.io/port"]), a["prometheus.io/path"])
+		code, body, err := get(http.MethodGet, url)
+		if err != nil || code != http.StatusOK || !strings.Contains(body, "\n"+metric[w.name]) {
+			t.Fatalf("%s: scraping %s: %d %v, want 200 with %s in:\n%.300s", w.name, url, code, err, metric[w.name], body)
+		}
+		if w.name == "climesh-envoy" {
+			statsPort = a["prometheus.io/port"]
+		}
+	}
+	for _, probe := range []struct{ method, path string }{{"GET", "/config_dump"}, {"GET", "/stats"}, {"GET", "/"}, {"POST", "/stats/prometheus"}, {"POST", "/quitquitquit"}} {
+		if code, body, err := get(probe.method, "http://"+net.JoinHostPort(podIP, statsPort)+probe.path); err != nil || code != http.StatusNotFound {
+			t.Fatalf("Envoy's stats listener answers %s %s: %d %v %.200s, want 404 (only GET /stats/prometheus reaches the admin)", probe.method, probe.path, code, err, body)
+		}
+	}
+	t.Logf("every pod's prometheus.io target serves metrics; Envoy's stats listener nothing else")
+
+	// 7. Envoy's pod terminates as the kubelet ends it: its preStop hook (GET
+	// /shutdown on the shutdown-manager) before SIGTERM. The clients leave but
+	// one tunnel stays: the hook waits for it while the listeners, draining,
+	// still accept and tell HTTP/1.1 clients Connection: close; the tunnel ends,
+	// the hook answers, and after --drain-time-s the edge listener is closed.
+	alice.Stop()
+	bob.Stop()
+	connect.Stop(time.Second)
+	tunnel, _, err := websocket.Dial(ctx, edge, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + issuer.Token("gina", "globex", nil, time.Hour)}}})
+	if err != nil {
+		t.Fatalf("a tunnel before Envoy's drain: %v", err)
+	}
+	defer tunnel.CloseNow()
+	plain := strings.Replace(edge, "ws://", "http://", 1)
+	keepAlive := &http.Transport{}
+	httpClose := func() (bool, error) { // does the edge say Connection: close to a kept-alive HTTP/1.1 client?
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, plain, nil)
+		resp, err := (&http.Client{Transport: keepAlive, Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			return false, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		keepAlive.CloseIdleConnections() // no connection of ours left to hold the drain
+		return resp.Close, nil
+	}
+	if closes, err := httpClose(); err != nil || closes {
+		t.Fatalf("before the drain the edge answers HTTP/1.1 with Connection: close %v (%v); want keep-alive", closes, err)
+	}
+	envoyC, err := c.container("climesh-envoy", "envoy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drainTime time.Duration
+	for i, a := range envoyC.spec.Args {
+		if a == "--drain-time-s" && i+1 < len(envoyC.spec.Args) {
+			n, _ := strconv.Atoi(envoyC.spec.Args[i+1])
+			drainTime = time.Duration(n) * time.Second
+		}
+	}
+	type answer struct {
+		body string
+		err  error
+	}
+	hook, hookStart := make(chan answer, 1), time.Now()
+	go func() {
+		body, err := envoyC.preStop(ctx)
+		hook <- answer{body, err}
+	}()
+	select {
+	case a := <-hook:
+		t.Fatalf("Envoy's preStop answered with a tunnel open: %q %v", a.body, a.err)
+	case <-time.After(3 * time.Second):
+	}
+	for range 3 { // --drain-strategy immediate: every one (gradual: a growing share, about 10% by now)
+		if closes, err := httpClose(); err != nil || !closes {
+			t.Fatalf("while draining, the edge answers HTTP/1.1: Connection: close %v (%v); want it accepting, and closing", closes, err)
+		}
+	}
+	tunnel.Close(websocket.StatusNormalClosure, "done")
+	select {
+	case a := <-hook:
+		if a.err != nil || !strings.Contains(a.body, "drained; 0 connections left") {
+			t.Fatalf("Envoy's preStop: %q %v, want drained with no connection left", a.body, a.err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("Envoy's preStop still waits 15s after the last tunnel closed\n%s", c.tails())
+	}
+	t.Logf("Envoy's preStop waited for the open tunnel and answered %v after the drain began, once it closed", time.Since(hookStart).Round(100*time.Millisecond))
+	err = harness.Poll(within(t, ctx, drainTime+15*time.Second-time.Since(hookStart)), 250*time.Millisecond, func() error {
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(podIP, strconv.Itoa(int(m.services["climesh-edge"].Spec.Ports[0].Port))), time.Second)
+		if err == nil {
+			conn.Close()
+			return errors.New("the edge listener still accepts")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v %v after the drain began (--drain-time-s %s)", err, time.Since(hookStart).Round(time.Second), drainTime)
+	}
+	t.Logf("the edge listener closed %v after the drain began (--drain-time-s %s); Envoy still runs until its SIGTERM", time.Since(hookStart).Round(time.Second), drainTime)
+	if envoyC.proc.Exited() {
+		t.Fatalf("Envoy exited before its SIGTERM:\n%s", envoyC.proc.Tail(20))
+	}
 }
 
 // followLimit bounds how long a process may take to act on a ConfigMap update
@@ -432,8 +552,9 @@ func answer(t *testing.T, ev *copilot.SessionEvent) string {
 	return text
 }
 
-// waitReady polls every container's readiness until all pass; a container
-// that exits fails at once (a kubelet would restart it, into CrashLoopBackOff).
+// waitReady polls every container's readiness and liveness until all pass; a
+// container that exits fails at once (a kubelet would restart it, into
+// CrashLoopBackOff).
 func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -441,11 +562,13 @@ func (c *cluster) waitReady(ctx context.Context, limit time.Duration) error {
 		var errs []error
 		for _, p := range c.pods {
 			for _, rc := range p.containers {
-				if err := rc.ready(ctx); err != nil {
-					if rc.proc.Exited() {
-						return err
+				for _, probe := range []func(context.Context) error{rc.ready, rc.alive} {
+					if err := probe(ctx); err != nil {
+						if rc.proc.Exited() {
+							return err
+						}
+						errs = append(errs, err)
 					}
-					errs = append(errs, err)
 				}
 			}
 		}
