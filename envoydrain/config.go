@@ -11,10 +11,11 @@ import (
 
 // Config is climesh-envoy-drain's whole configuration.
 type Config struct {
-	Admin   string        // --admin: Envoy's admin base URL
-	Listen  string        // --listen: serve GET /shutdown here (the pod's preStop); empty: drain once and exit
-	Timeout time.Duration // --timeout: longest wait for open connections
-	Poll    time.Duration // --poll: how often they are counted
+	Admin    string        // --admin: Envoy's admin base URL
+	Listen   string        // --listen: serve GET /shutdown here (the pod's preStop); empty: drain once and exit
+	Timeout  time.Duration // --timeout: longest wait for open connections
+	Poll     time.Duration // --poll: how often they are counted
+	MinDrain time.Duration // --min-drain: the least time a drain takes
 }
 
 // DefaultConfig is the Config with no flag.
@@ -29,6 +30,7 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "serve GET /shutdown on `host:port` for Envoy's preStop hook (a shutdown-manager container); empty: drain once now and exit")
 	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "longest wait for open connections after the drain began (keep it under the pod's terminationGracePeriodSeconds)")
 	fs.DurationVar(&c.Poll, "poll", c.Poll, "how often the open connections are counted")
+	fs.DurationVar(&c.MinDrain, "min-drain", c.MinDrain, "the least time a drain takes, connections or not, while a load balancer may still send new ones (at most --timeout)")
 	return fs
 }
 
@@ -49,6 +51,9 @@ func (c Config) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		errs.Add("--timeout", c.Timeout.String(), field.ErrOutOfRange, "want a positive duration")
+	}
+	if c.MinDrain < 0 || c.MinDrain > c.Timeout {
+		errs.Add("--min-drain", c.MinDrain.String(), field.ErrOutOfRange, "want 0 to --timeout")
 	}
 	if c.Poll <= 0 {
 		errs.Add("--poll", c.Poll.String(), field.ErrOutOfRange, "want a positive duration")

@@ -22,9 +22,14 @@ import (
 
 // Drainer drains one Envoy.
 type Drainer struct {
-	Admin  string        // Envoy's admin base URL, e.g. http://127.0.0.1:9901
-	Poll   time.Duration // how often the open connections are counted
-	Client *http.Client  // nil: a client with a 5 s timeout
+	Admin string        // Envoy's admin base URL, e.g. http://127.0.0.1:9901
+	Poll  time.Duration // how often the open connections are counted
+	// MinDrain is the least time Drain takes, connections or not: while a load
+	// balancer still sends new connections (it takes a moment to see the pod
+	// go), Envoy must keep answering them with Connection: close rather than
+	// stop (Envoy Gateway's shutdown manager has the same floor).
+	MinDrain time.Duration
+	Client   *http.Client // nil: a client with a 5 s timeout
 }
 
 // Drain starts a graceful drain of every listener (climesh's edge listeners carry
@@ -32,9 +37,11 @@ type Drainer struct {
 // downstream connection is open or ctx ends. It returns how many were still
 // open (0 when drained).
 func (d Drainer) Drain(ctx context.Context) (int, error) {
+	floor := time.Now().Add(d.MinDrain)
 	if err := d.call(ctx, http.MethodPost, "/drain_listeners?graceful", nil); err != nil {
 		return -1, err
 	}
+	defer func() { periodic.Sleep(ctx, time.Until(floor)) }()
 	open, err := d.Open(ctx)
 	if err != nil {
 		return -1, err

@@ -45,6 +45,20 @@ func TestDrainWaitsForConnections(t *testing.T) {
 	}
 }
 
+func TestDrainTakesAtLeastMinDrain(t *testing.T) {
+	f := &fakeAdmin{open: []int{0}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	start := time.Now()
+	left, err := Drainer{Admin: srv.URL, Poll: time.Millisecond, MinDrain: 100 * time.Millisecond}.Drain(t.Context())
+	if err != nil || left != 0 {
+		t.Fatalf("left %d, err %v", left, err)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond {
+		t.Fatalf("an idle Envoy's drain ended after %s, before --min-drain", took)
+	}
+}
+
 func TestDrainStopsAtTheDeadline(t *testing.T) {
 	f := &fakeAdmin{open: []int{1}}
 	srv := httptest.NewServer(f)

@@ -29,7 +29,7 @@ func main() {
 }
 
 func run(cfg envoydrain.Config) error {
-	d := envoydrain.Drainer{Admin: cfg.Admin, Poll: cfg.Poll}
+	d := envoydrain.Drainer{Admin: cfg.Admin, Poll: cfg.Poll, MinDrain: cfg.MinDrain}
 	drain := func() (int, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 		defer cancel()
