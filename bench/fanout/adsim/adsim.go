@@ -14,9 +14,7 @@ package adsim
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"slices"
@@ -453,9 +451,4 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.n.Add(int64(n))
 	return n, err
-}
-
-// IsEnd reports whether err only says that ctx ended or the stream closed.
-func IsEnd(err error) bool {
-	return err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF)
 }
