@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity golden clean
+.PHONY: all tools build demo test test-short bench bench-convergence bench-translate bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity bench-fanout golden clean
 
 all: build
 
@@ -32,7 +32,7 @@ test-short:
 golden:
 	$(GO) test ./xds -update
 
-bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity
+bench: bench-translate bench-convergence bench-datapath bench-decisions bench-sharedsession bench-failover bench-capacity bench-fanout
 
 bench-translate:
 	$(GO) test -run '^$$' -bench . -benchmem ./xds
@@ -51,6 +51,10 @@ bench-decisions:
 
 bench-datapath: tools
 	$(GO) run ./bench/datapath
+
+# One change to many simulated Envoys (issue 16): the real xds-server, no Envoy.
+bench-fanout:
+	$(GO) run ./bench/fanout
 
 bench-convergence: tools
 	$(GO) run ./bench/convergence

@@ -1,0 +1,181 @@
+package adsim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/climesh/climesh/test/harness"
+	"github.com/climesh/climesh/xds"
+)
+
+// TestClientsEndOnNewestVersion runs three simulated Envoys against the real
+// xds-server (ten static endpoints), flips one endpoint's health and checks that
+// every client ends having ACKed the server's newest version of every type — in
+// its own view and in the server's (the server counts an ACK only when its nonce
+// is one it sent). A client that ACKs the wrong nonce must fail the same check.
+func TestClientsEndOnNewestVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the xds-server binary")
+	}
+	for name, tc := range map[string]struct {
+		delta  bool
+		broken bool
+	}{
+		"state of the world":              {},
+		"delta":                           {delta: true},
+		"state of the world, wrong nonce": {broken: true},
+		"delta, wrong nonce":              {delta: true, broken: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			dir := t.TempDir()
+			x, err := harness.StartXDSServer(ctx, dir, testConfig(-1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("xds-server log:\n%s", x.Proc.Tail(30))
+				}
+				x.Close()
+			})
+			if err := x.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			runCtx, stop := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer stop()
+			var clients []*Client
+			for i := range 3 {
+				o := Options{Addr: x.XDSAddr, NodeID: fmt.Sprintf("sim-%d", i), NodeCluster: "edge", Delta: tc.delta}
+				if tc.broken {
+					o.ackNonce = func(n string) string { return n + "0" }
+				}
+				c := New(o)
+				clients = append(clients, c)
+				wg.Go(func() { c.Run(runCtx) })
+			}
+			poll := func(limit time.Duration, cond func() error) error {
+				pctx, cancel := context.WithTimeout(ctx, limit)
+				defer cancel()
+				return harness.Poll(pctx, 20*time.Millisecond, cond)
+			}
+			if err := poll(20*time.Second, func() error {
+				for i, c := range clients {
+					if !c.Synced() {
+						return fmt.Errorf("client %d has ACKed only %v (last error %v)", i, c.Acked(), c.LastErr())
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			before, _, err := serverView(x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := x.Reload(testConfig(3)); err != nil {
+				t.Fatal(err)
+			}
+			limit := 20 * time.Second
+			if tc.broken {
+				limit = 3 * time.Second
+			}
+			err = poll(limit, func() error { return converged(x, clients, before) })
+			switch {
+			case tc.broken && err == nil:
+				t.Fatal("a client that ACKs the wrong nonce passed the check")
+			case tc.broken:
+				t.Logf("caught, as it must be: %v", err)
+			case err != nil:
+				t.Fatal(err)
+			}
+			for i, c := range clients {
+				if n := c.Reconnects.Load(); n != 0 {
+					t.Errorf("client %d reconnected %d times (last error %v)", i, n, c.LastErr())
+				}
+				if c.BytesRead.Load() == 0 {
+					t.Errorf("client %d counted no bytes", i)
+				}
+			}
+		})
+	}
+}
+
+// converged is nil when the server has published a change since before, and
+// every client has ACKed the server's current version of each type, both as the
+// client saw it and as the server recorded it.
+func converged(x *harness.XDSServer, clients []*Client, before xds.Versions) error {
+	v, nodes, err := serverView(x)
+	if err != nil {
+		return err
+	}
+	if v.Endpoints == before.Endpoints || v.Clusters == before.Clusters {
+		return fmt.Errorf("the health flip is not published yet (endpoints %s, clusters %s)", v.Endpoints, v.Clusters)
+	}
+	want := map[string]string{
+		resourcev3.ClusterType: v.Clusters, resourcev3.EndpointType: v.Endpoints,
+		resourcev3.ListenerType: v.Listeners, resourcev3.RouteType: v.Routes,
+	}
+	for i, c := range clients {
+		if got := c.Acked(); !maps.Equal(got, want) {
+			return fmt.Errorf("client %d ACKed %v, want %v", i, got, want)
+		}
+		id := fmt.Sprintf("sim-%d", i)
+		got := nodes[id]
+		delete(got, resourcev3.SecretType)
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("the server recorded %s's ACKs as %v, want %v", id, got, want)
+		}
+	}
+	return nil
+}
+
+// serverView is what /debug/xds says: the edge group's versions and what each
+// node ACKed.
+func serverView(x *harness.XDSServer) (xds.Versions, map[string]map[string]string, error) {
+	code, body, err := x.Get("/debug/xds?group=edge")
+	if err != nil {
+		return xds.Versions{}, nil, err
+	}
+	if code != 200 {
+		return xds.Versions{}, nil, fmt.Errorf("/debug/xds: %d %s", code, body)
+	}
+	var view struct {
+		Groups map[string]struct{ Versions xds.Versions } `json:"node_groups"`
+		Nodes  []xds.NodeStatus                           `json:"nodes"`
+	}
+	if err := json.NewDecoder(strings.NewReader(body)).Decode(&view); err != nil {
+		return xds.Versions{}, nil, err
+	}
+	acked := map[string]map[string]string{}
+	for _, n := range view.Nodes {
+		acked[n.NodeID] = n.Acked
+	}
+	return view.Groups["edge"].Versions, acked, nil
+}
+
+// testConfig is one listener and one pool of ten static endpoints; endpoint
+// unhealthy (when in range) is unhealthy.
+func testConfig(unhealthy int) string {
+	var b strings.Builder
+	b.WriteString("listeners: [{name: edge, port: 10000, routes: [{pool: bench}]}]\npools:\n  - name: bench\n    static:\n")
+	for i := range 10 {
+		h := "healthy"
+		if i == unhealthy {
+			h = "unhealthy"
+		}
+		fmt.Fprintf(&b, "      - {id: cli-%02d, address: 10.0.0.%d, port: 7000, health: %s}\n", i, i+1, h)
+	}
+	return b.String()
+}
