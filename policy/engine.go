@@ -220,15 +220,7 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := ast.NewCompiler()
-	if c.Compile(res.ParsedModules()); c.Failed() {
-		return nil, nil, c.Errors
-	}
-	store, err := res.Store()
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, store, nil
+	return compile(res)
 }
 
 // Fingerprint hashes the names and contents of the policy files (policy trees are

@@ -84,12 +84,7 @@ func loadFS(fsys fs.FS) (*ast.Compiler, storage.Store, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := ast.NewCompiler()
-	if c.Compile(res.ParsedModules()); c.Failed() {
-		return nil, nil, c.Errors
-	}
-	store, err := res.Store()
-	return c, store, err
+	return compile(res)
 }
 
 // mergeData merges src into dst: objects merge key by key; any other value set
@@ -164,4 +159,14 @@ func FingerprintFS(fsys fs.FS) (string, error) {
 	sort.Strings(lines)
 	h := sha256.Sum256([]byte(strings.Join(lines, "\n")))
 	return hex.EncodeToString(h[:]), nil
+}
+
+// compile compiles what a loader read and makes its data store.
+func compile(res *loader.Result) (*ast.Compiler, storage.Store, error) {
+	c := ast.NewCompiler()
+	if c.Compile(res.ParsedModules()); c.Failed() {
+		return nil, nil, c.Errors
+	}
+	store, err := res.Store()
+	return c, store, err
 }

@@ -369,10 +369,13 @@ func sortedNonEmpty(m map[string]string) []string {
 }
 
 // edsNames lists the EDS service names of the clusters in a response, sorted.
-func edsNames(resources []*anypb.Any) ([]string, error) {
+func edsNames(resources []*anypb.Any) ([]string, error) { return namesOf(resources, edsName) }
+
+// namesOf lists, sorted and once each, the non-empty names name finds in resources.
+func namesOf(resources []*anypb.Any, name func(*anypb.Any) (string, error)) ([]string, error) {
 	var out []string
 	for _, a := range resources {
-		n, err := edsName(a)
+		n, err := name(a)
 		if err != nil {
 			return nil, err
 		}
@@ -401,20 +404,7 @@ func edsName(a *anypb.Any) (string, error) {
 }
 
 // rdsNames lists the route configurations the listeners of a response name.
-func rdsNames(resources []*anypb.Any) ([]string, error) {
-	var out []string
-	for _, a := range resources {
-		n, err := rdsName(a)
-		if err != nil {
-			return nil, err
-		}
-		if n != "" && !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	slices.Sort(out)
-	return out, nil
-}
+func rdsNames(resources []*anypb.Any) ([]string, error) { return namesOf(resources, rdsName) }
 
 // rdsName is the route configuration a listener's HTTP connection manager takes
 // over RDS ("" when none). One per listener is all climesh makes.
