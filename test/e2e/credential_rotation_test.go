@@ -21,13 +21,19 @@ func TestEdgeCredentialRotatesLive(t *testing.T) {
 	env := startMesh(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	file := filepath.Join(env.Dir, "edge-credential")
-	t.Cleanup(func() { os.WriteFile(file, []byte(harness.MeshCredential+"\n"), 0o600) })
-	url := fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", env.Sidecars["cli-a"].Port)
+	// A pool of its own with a credential file of its own (the flag given last
+	// wins): the mesh's other sidecars keep theirs whatever this test writes.
+	file := filepath.Join(t.TempDir(), "edge-credential")
+	if err := os.WriteFile(file, []byte(harness.MeshCredential+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := env.startPool(ctx, t, "rotate", harness.PoolOptions{Instances: 1, Extra: []string{"--edge-credential-file", file}})
+	sc := pool.Sidecars["rotate-0"]
+	url := fmt.Sprintf("ws://127.0.0.1:%d/v1/rpc", sc.Port)
 	const next = "the-next-edge-credential-0123456789"
 	status := func(cred string) int {
 		code, _ := upgradeStatus(t, url, http.Header{"X-Climesh-Edge-Credential": {cred},
-			"X-Climesh-Identity": {env.Assertion("rotor", "acme", time.Minute)}})
+			"X-Climesh-Identity": {env.Assertion("rotor", "rotate", time.Minute)}})
 		return code
 	}
 	// wait polls until old and next get what want says (101: accepted).
@@ -54,12 +60,11 @@ func TestEdgeCredentialRotatesLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait("old dropped", map[string]int{harness.MeshCredential: 401, next: 101})
-	// A broken file (a placeholder) is refused: the last good set stays.
+	// A broken file (a placeholder) is refused: the last good set stays. The
+	// watcher has read it once it says so in the log.
 	if err := os.WriteFile(file, []byte("REPLACE-me-with-a-real-credential\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The watcher has read it once it says so in the log.
-	sc := env.Sidecars["cli-a"]
 	if err := harness.Poll(ctx, 50*time.Millisecond, func() error {
 		if !strings.Contains(sc.Proc.Tail(20), "keeping the credentials it held") {
 			return fmt.Errorf("the sidecar has not read the broken file yet")
