@@ -45,6 +45,10 @@ type Publisher struct {
 	current map[string]*published // by node group
 	streams map[streamKey]*streamState
 	nodes   map[string]*NodeStatus // by node id
+	// live is each node's newest stream: an Envoy that reconnects opens its new
+	// stream before the server sees the old one close, and only the close of
+	// the newest stream disconnects the node.
+	live map[string]streamKey
 }
 
 type groupRouting struct {
@@ -137,6 +141,7 @@ func NewPublisher(log *zap.Logger, reg prometheus.Registerer) *Publisher {
 		current: map[string]*published{},
 		streams: map[streamKey]*streamState{},
 		nodes:   map[string]*NodeStatus{},
+		live:    map[string]streamKey{},
 	}
 	p.cache = cachev3.NewSnapshotCache(true, nodeHash{p}, quietLogger{log.Sugar()})
 	return p
@@ -356,10 +361,12 @@ func (p *Publisher) callbacks() serverv3.CallbackFuncs {
 	closed := func(delta bool) func(int64, *corev3.Node) {
 		return func(id int64, _ *corev3.Node) {
 			p.mu.Lock()
-			if s := p.streams[streamKey{delta, id}]; s != nil {
+			key := streamKey{delta, id}
+			if s := p.streams[key]; s != nil && p.live[s.node] == key {
 				if n := p.nodes[s.node]; n != nil {
 					n.Connected = false
 				}
+				delete(p.live, s.node)
 			}
 			delete(p.streams, streamKey{delta, id})
 			p.mu.Unlock()
@@ -412,6 +419,7 @@ func (p *Publisher) onRequest(key streamKey, node *corev3.Node, typeURL, nonce s
 			p.nodes[s.node] = n
 		}
 		n.Group, n.Connected = s.group, true
+		p.live[s.node] = key
 	}
 	if nonce == "" {
 		return "" // a subscription, not an answer

@@ -214,3 +214,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// An Envoy that reconnects opens its new stream before the server sees the old
+// one close: the node stays connected (bench/fanout found /debug/xds counting
+// reconnected nodes as gone).
+func TestReconnectedNodeStaysConnected(t *testing.T) {
+	p := NewPublisher(zap.NewNop(), prometheus.NewRegistry())
+	cb := p.callbacks()
+	node := &corev3.Node{Id: "envoy-1", Cluster: "edge"}
+	connected := func() bool {
+		for _, n := range p.Nodes() {
+			if n.NodeID == "envoy-1" {
+				return n.Connected
+			}
+		}
+		return false
+	}
+	cb.StreamOpenFunc(t.Context(), 1, "")
+	cb.StreamRequestFunc(1, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	cb.StreamOpenFunc(t.Context(), 2, "")
+	cb.StreamRequestFunc(2, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	cb.StreamClosedFunc(1, node)
+	if !connected() {
+		t.Fatal("the old stream's close disconnected a node whose new stream is open")
+	}
+	cb.StreamClosedFunc(2, node)
+	if connected() {
+		t.Fatal("the node's last stream closed and it still counts as connected")
+	}
+}
