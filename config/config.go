@@ -190,18 +190,13 @@ func (c *Config) ResolveFiles() error {
 		}
 		// The first line is what Envoy sends; a second one is what the sidecars
 		// also accept while the credential rotates (they read every line).
-		lines := secret.Lines(b)
-		if len(lines) == 0 {
-			lines = []string{""}
-		}
-		for _, cred := range lines {
-			if err := secret.Check([]byte(cred), secret.MinLength); err != nil {
-				kind := ErrOutOfRange
-				if errors.Is(err, secret.ErrPlaceholder) {
-					kind = ErrMalformed
-				}
-				return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: "is " + err.Error()}
+		lines, err := secret.CheckLines(b, secret.MinLength)
+		if err != nil {
+			kind := ErrOutOfRange
+			if errors.Is(err, secret.ErrPlaceholder) {
+				kind = ErrMalformed
 			}
+			return &FieldError{Field: "identity.edge_credential_file", Value: f, Kind: kind, Detail: err.Error()}
 		}
 		c.Identity.EdgeCredential = lines[0]
 	}

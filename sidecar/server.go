@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/config/secret"
+	"github.com/climesh/climesh/filewatch"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/policy"
@@ -53,12 +53,13 @@ type Server struct {
 	child        *Child    // nil: an attached CLI, or isolated mode
 	users        *UserPool // isolated mode only
 	cliHome      string
-	health       *Health        // the CLI's ping: /readyz and the Consul check
-	registration *Registration  // nil without --consul
-	sweeper      *Sweeper       // nil unless cfg.Sweeps()
-	reaper       *Reaper        // nil unless --consul-registration catalog
-	draining     atomic.Bool    // the drain has begun: /readyz fails
-	keys         *identity.File // --identity-keys, read again when it changes (rotation)
+	health       *Health                   // the CLI's ping: /readyz and the Consul check
+	registration *Registration             // nil without --consul
+	sweeper      *Sweeper                  // nil unless cfg.Sweeps()
+	reaper       *Reaper                   // nil unless --consul-registration catalog
+	draining     atomic.Bool               // the drain has begun: /readyz fails
+	keys         *identity.File            // --identity-keys, read again when it changes (rotation)
+	creds        *filewatch.File[[]string] // --edge-credential-file, likewise
 
 	lis, adminLis net.Listener
 	srv, adminSrv *http.Server
@@ -129,11 +130,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 			RecordTTL: 2 * time.Second, LockWaitMax: cfg.LockWaitMax}
 	}
 	if cfg.EdgeCredentialFile != "" {
-		creds, err := secret.ReadLines(cfg.EdgeCredentialFile, secret.MinLength)
+		s.creds, err = filewatch.Open(cfg.EdgeCredentialFile, func(path string, b []byte) ([]string, error) {
+			return secret.LinesOf(path, b, secret.MinLength)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("--edge-credential-file %w", err)
 		}
-		rl.EdgeCredential = datapath.NewCredentials(creds...)
+		rl.EdgeCredential = datapath.NewCredentials(s.creds.Current()...)
 	} else {
 		log.Warn("no --edge-credential-file: any client that reaches --listen can open a tunnel")
 	}
@@ -282,28 +285,6 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 // AdminAddr is the admin listener's address (--admin-listen may name port 0).
 func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
 
-// watchEdgeCredential reads --edge-credential-file again every --policy-watch
-// and accepts what it holds from then on (every line: the old and the new
-// credential while one rotates); a file that fails its checks keeps the last
-// good set.
-func (s *Server) watchEdgeCredential(ctx context.Context) {
-	var last []string
-	periodic.Every(ctx, s.cfg.PolicyWatch, func() bool {
-		creds, err := secret.ReadLines(s.cfg.EdgeCredentialFile, secret.MinLength)
-		switch {
-		case err != nil:
-			s.log.Warn("--edge-credential-file: keeping the credentials it held", zap.Error(err))
-		case last == nil || !slices.Equal(creds, last):
-			if last != nil {
-				s.log.Info("--edge-credential-file: new credentials accepted", zap.Int("count", len(creds)))
-			}
-			s.Relay.EdgeCredential.Set(creds)
-			last = creds
-		}
-		return true
-	})
-}
-
 // readSecret reads a credential file: trimmed, at least least characters.
 func readSecret(flagName, file string, least int) (string, error) {
 	v, err := secret.ReadFile(file, least)
@@ -329,8 +310,15 @@ func (s *Server) Run(ctx context.Context) error {
 	if rl.Policy != nil {
 		go rl.Policy.Engine.Watch(ctx, cfg.PolicyWatch)
 	}
-	if rl.EdgeCredential != nil { // so is a rotated edge credential
-		go s.watchEdgeCredential(ctx)
+	if s.creds != nil { // so is a rotated edge credential: every line is accepted
+		go s.creds.Watch(ctx, cfg.PolicyWatch, func(changed bool, err error) {
+			if err != nil {
+				log.Warn("--edge-credential-file: keeping the credentials it held", zap.Error(err))
+				return
+			}
+			rl.EdgeCredential.Set(s.creds.Current())
+			log.Info("--edge-credential-file: new credentials accepted", zap.Int("count", len(s.creds.Current())))
+		})
 	}
 	if s.keys != nil { // a rotated key set is checked as often as the policy
 		go s.keys.Watch(ctx, cfg.PolicyWatch, func(changed bool, err error) {

@@ -60,37 +60,37 @@ func ReadFile(path string, least int) (string, error) {
 	return v, nil
 }
 
-// Lines are a secrets file's values, one per non-empty line, trimmed: a file
-// that holds the current credential and, while one rotates, the other.
-func Lines(b []byte) []string {
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+// CheckLines reads content as one or more secrets, one per non-empty line,
+// trimmed — the current credential and, while one rotates, the other — and
+// Checks each. Its errors read after the file's name: "is empty", "is too
+// short: …", "line 2 is a placeholder …".
+func CheckLines(content []byte, least int) ([]string, error) {
+	var lines []string
+	for _, line := range strings.Split(string(content), "\n") {
 		if v := strings.TrimSpace(line); v != "" {
-			out = append(out, v)
+			lines = append(lines, v)
 		}
 	}
-	return out
-}
-
-// ReadLines reads a file of one or more secrets (Lines), Checking each. Its
-// errors name the file; the caller names the field or flag.
-func ReadLines(path string, least int) ([]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	lines := Lines(b)
 	if len(lines) == 0 {
-		return nil, fmt.Errorf("%s is %w", path, ErrEmpty)
+		return nil, fmt.Errorf("is %w", ErrEmpty)
 	}
 	for i, v := range lines {
 		if err := Check([]byte(v), least); err != nil {
-			where := path
 			if len(lines) > 1 {
-				where = fmt.Sprintf("%s line %d", path, i+1)
+				return nil, fmt.Errorf("line %d is %w", i+1, err)
 			}
-			return nil, fmt.Errorf("%s is %w", where, err)
+			return nil, fmt.Errorf("is %w", err)
 		}
+	}
+	return lines, nil
+}
+
+// LinesOf is CheckLines of the content of the file at path, its errors naming
+// the file; the caller names the field or flag.
+func LinesOf(path string, content []byte, least int) ([]string, error) {
+	lines, err := CheckLines(content, least)
+	if err != nil {
+		return nil, fmt.Errorf("%s %w", path, err)
 	}
 	return lines, nil
 }

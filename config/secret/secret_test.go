@@ -49,9 +49,9 @@ func TestReadFile(t *testing.T) {
 	}
 }
 
-// TestReadLines: a rotating credential file lists the old and the new value,
+// TestLinesOf: a rotating credential file lists the old and the new value,
 // each checked; the line at fault is named.
-func TestReadLines(t *testing.T) {
+func TestLinesOf(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {
 		content string
@@ -71,15 +71,19 @@ func TestReadLines(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			got, err := secret.ReadLines(path, secret.MinLength)
+			content, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := secret.LinesOf(path, content, secret.MinLength)
 			if tc.err == nil {
 				if err != nil || strings.Join(got, ",") != strings.Join(tc.want, ",") {
-					t.Fatalf("ReadLines = %q, %v; want %q", got, err, tc.want)
+					t.Fatalf("LinesOf = %q, %v; want %q", got, err, tc.want)
 				}
 				return
 			}
 			if !errors.Is(err, tc.err) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.line) {
-				t.Fatalf("ReadLines = %q, %v; want %v naming %s %s", got, err, tc.err, path, tc.line)
+				t.Fatalf("LinesOf = %q, %v; want %v naming %s %s", got, err, tc.err, path, tc.line)
 			}
 		})
 	}
