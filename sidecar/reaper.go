@@ -44,17 +44,22 @@ func (r *Reaper) Reap(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// One listing of the live keys, not a read per instance.
+	keys, _, err := r.Client.KV().Keys(protocol.ConsulLivePrefix, "", q)
+	if err != nil {
+		return 0, err
+	}
+	live := map[string]bool{}
+	for _, k := range keys {
+		live[k] = true
+	}
 	missing, n := map[string]bool{}, 0
 	for _, e := range entries {
 		key := e.ServiceMeta[protocol.ConsulMetaLiveness]
 		if key == "" || e.NodeMeta[nodeMetaInstance] != e.ServiceID {
 			continue // an agent's registration, or not a sidecar's node
 		}
-		pair, _, err := r.Client.KV().Get(key, q)
-		if err != nil {
-			return n, err
-		}
-		if pair != nil {
+		if live[key] {
 			continue
 		}
 		if !r.missing[e.Node] {
