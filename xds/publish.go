@@ -167,7 +167,7 @@ func (p *Publisher) Update(ctx context.Context, cfg *config.Config, fleet model.
 	}
 	type pending struct {
 		group    string
-		snap     *cachev3.Snapshot
+		snap     *encodedSnapshot
 		versions Versions
 		res      *Resources
 	}
@@ -220,8 +220,9 @@ func (p *Publisher) Update(ctx context.Context, cfg *config.Config, fleet model.
 	return nil
 }
 
-// buildSnapshot validates every resource and the snapshot's consistency.
-func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
+// buildSnapshot validates every resource and the snapshot's consistency, and
+// encodes each resource once for every stream that will receive it.
+func buildSnapshot(r *Resources) (*encodedSnapshot, Versions, error) {
 	versions, err := r.Versions()
 	if err != nil {
 		return nil, Versions{}, err
@@ -244,7 +245,8 @@ func buildSnapshot(r *Resources) (*cachev3.Snapshot, Versions, error) {
 	if err := snap.Consistent(); err != nil {
 		return nil, versions, fmt.Errorf("inconsistent snapshot: %w", err)
 	}
-	return snap, versions, nil
+	enc, err := encodeSnapshot(snap)
+	return enc, versions, err
 }
 
 // validated checks every resource against Envoy's validation rules (the one

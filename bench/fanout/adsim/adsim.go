@@ -28,7 +28,9 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -47,6 +49,10 @@ type Options struct {
 	OnAck func(Ack)
 	// MaxRecvBytes bounds one response (default 256 MiB: Envoy sets no limit).
 	MaxRecvBytes int
+	// Reject, when set, is asked about every response; a non-empty answer NACKs
+	// it with that message, as Envoy does with config it cannot apply: the client
+	// keeps what it had.
+	Reject func(typeURL, version string) string
 
 	// ackNonce rewrites the nonce of every ACK; tests use it to break the client.
 	ackNonce func(string) string
@@ -69,9 +75,10 @@ type Client struct {
 	BytesRead  atomic.Int64 // bytes read from the TCP connection, gRPC framing included
 	Reconnects atomic.Int64 // streams that ended and were opened again
 
-	mu    sync.Mutex
-	acked map[string]string // type URL -> last ACKed version
-	err   error             // why the last stream ended
+	mu     sync.Mutex
+	acked  map[string]string // type URL -> last ACKed version
+	err    error             // why the last stream ended
+	cancel func()            // ends the current stream
 
 	// Kept across streams, used by Run's goroutine only.
 	names     map[string][]string          // by type: the names subscribed to (nil: wildcard)
@@ -102,6 +109,16 @@ func (c *Client) Synced() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.acked) == len(Types)
+}
+
+// Break ends the current stream as a lost connection would; Run opens the next
+// one after its pause, resuming with what the client has.
+func (c *Client) Break() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancel != nil {
+		c.cancel()
+	}
 }
 
 // LastErr is why the client's last stream ended (nil while the first runs).
@@ -159,6 +176,23 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
+// streamContext is the context of one stream, which Break cancels.
+func (c *Client) streamContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	c.mu.Lock()
+	c.cancel = cancel
+	c.mu.Unlock()
+	return ctx, cancel
+}
+
+// rejects is the NACK message for a response, "" to accept it.
+func (c *Client) rejects(typeURL, version string) string {
+	if c.opts.Reject == nil {
+		return ""
+	}
+	return c.opts.Reject(typeURL, version)
+}
+
 func (c *Client) node() *corev3.Node {
 	return &corev3.Node{Id: c.opts.NodeID, Cluster: c.opts.NodeCluster, UserAgentName: "climesh-adsim"}
 }
@@ -184,7 +218,7 @@ func (c *Client) accepted(typeURL, version string) {
 // for every type it had, with the versions it has, as Envoy does: a server whose
 // versions did not change sends nothing again.
 func (c *Client) sotw(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := c.streamContext(ctx)
 	defer cancel()
 	stream, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
@@ -224,6 +258,15 @@ func (c *Client) sotw(ctx context.Context, ads discoveryv3.AggregatedDiscoverySe
 		}
 		t := resp.GetTypeUrl()
 		nonces[t] = resp.GetNonce()
+		if reason := c.rejects(t, resp.GetVersionInfo()); reason != "" {
+			// Envoy's NACK: the version it still runs, the rejected nonce.
+			err := send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResourceNames: c.names[t], VersionInfo: have[t],
+				ResponseNonce: resp.GetNonce(), ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: reason}})
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		have[t] = resp.GetVersionInfo()
 		var next func() error
 		switch t {
@@ -261,7 +304,7 @@ func (c *Client) sotw(ctx context.Context, ads discoveryv3.AggregatedDiscoverySe
 // type's first request carrying the resource versions the client has, as Envoy
 // does.
 func (c *Client) delta(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := c.streamContext(ctx)
 	defer cancel()
 	stream, err := ads.DeltaAggregatedResources(ctx)
 	if err != nil {
@@ -310,6 +353,14 @@ func (c *Client) delta(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			return err
 		}
 		t := resp.GetTypeUrl()
+		if reason := c.rejects(t, resp.GetSystemVersionInfo()); reason != "" {
+			err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
+				ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: reason}})
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		if c.state[t] == nil {
 			c.state[t] = map[string]string{}
 		}

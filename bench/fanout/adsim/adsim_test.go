@@ -7,6 +7,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,4 +179,133 @@ func testConfig(unhealthy int) string {
 		fmt.Fprintf(&b, "      - {id: cli-%02d, address: 10.0.0.%d, port: 7000, health: %s}\n", i, i+1, h)
 	}
 	return b.String()
+}
+
+// TestNewestVersionAfterNACKReconnectAndLateJoin is the ADS contract that shared,
+// once-encoded responses must keep (issue 16): while the server publishes a run
+// of changes, a client that joins in the middle, one that NACKs a change and one
+// whose stream breaks all end on the server's newest version of every type, as
+// does a client that saw every change.
+func TestNewestVersionAfterNACKReconnectAndLateJoin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the xds-server binary")
+	}
+	for name, delta := range map[string]bool{"state of the world": false, "delta": true} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			x, err := harness.StartXDSServer(ctx, t.TempDir(), testConfig(-1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("xds-server log:\n%s", x.Proc.Tail(30))
+				}
+				x.Close()
+			})
+			if err := x.WaitReady(ctx); err != nil {
+				t.Fatal(err)
+			}
+			runCtx, stop := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer stop()
+			start := func(id string, o Options) *Client {
+				o.Addr, o.NodeID, o.NodeCluster, o.Delta = x.XDSAddr, id, "edge", delta
+				c := New(o)
+				wg.Go(func() { c.Run(runCtx) })
+				return c
+			}
+			// nacker refuses the first endpoints it is sent after its initial fetch.
+			var nacked sync.Once
+			var nacks atomic.Int32
+			nackerSynced := make(chan struct{})
+			steady := start("steady", Options{})
+			breaker := start("breaker", Options{})
+			nacker := start("nacker", Options{Reject: func(typeURL, _ string) string {
+				select {
+				case <-nackerSynced:
+				default:
+					return ""
+				}
+				refuse := ""
+				if typeURL == resourcev3.EndpointType {
+					nacked.Do(func() { refuse = "endpoint refused by the test"; nacks.Add(1) })
+				}
+				return refuse
+			}})
+			clients := []*Client{steady, breaker, nacker}
+			poll := func(cond func() error) error {
+				pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				defer cancel()
+				return harness.Poll(pctx, 20*time.Millisecond, cond)
+			}
+			if err := poll(func() error { return allSynced(clients) }); err != nil {
+				t.Fatal(err)
+			}
+			close(nackerSynced)
+			before, _, err := serverView(x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 6 {
+				if err := x.Reload(testConfig(i)); err != nil {
+					t.Fatal(err)
+				}
+				switch i {
+				case 1:
+					clients = append(clients, start("late", Options{}))
+				case 2:
+					breaker.Break()
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err := poll(func() error { return convergedOn(x, clients, before) }); err != nil {
+				t.Fatal(err)
+			}
+			if nacks.Load() != 1 {
+				t.Fatalf("the nacker refused %d responses, want 1: the test did not exercise a NACK", nacks.Load())
+			}
+			if breaker.Reconnects.Load() == 0 {
+				t.Fatal("the breaker never reconnected: the test did not exercise a reconnect")
+			}
+		})
+	}
+}
+
+func allSynced(clients []*Client) error {
+	for _, c := range clients {
+		if !c.Synced() {
+			return fmt.Errorf("client %s has ACKed only %v (last error %v)", c.opts.NodeID, c.Acked(), c.LastErr())
+		}
+	}
+	return nil
+}
+
+// convergedOn is converged for clients named by their node ids.
+func convergedOn(x *harness.XDSServer, clients []*Client, before xds.Versions) error {
+	v, nodes, err := serverView(x)
+	if err != nil {
+		return err
+	}
+	if v.Endpoints == before.Endpoints {
+		return fmt.Errorf("no change published yet (endpoints %s)", v.Endpoints)
+	}
+	want := map[string]string{
+		resourcev3.ClusterType: v.Clusters, resourcev3.EndpointType: v.Endpoints,
+		resourcev3.ListenerType: v.Listeners, resourcev3.RouteType: v.Routes,
+	}
+	for _, c := range clients {
+		id := c.opts.NodeID
+		if got := c.Acked(); !maps.Equal(got, want) {
+			return fmt.Errorf("client %s ACKed %v, want %v", id, got, want)
+		}
+		got := maps.Clone(nodes[id])
+		delete(got, resourcev3.SecretType)
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("the server recorded %s's ACKs as %v, want %v", id, got, want)
+		}
+	}
+	return nil
 }
