@@ -105,6 +105,18 @@ type Server struct {
 	DefaultNodeGroup string `yaml:"default_node_group"`
 	// TLS, when set, serves the gRPC port (xDS and ext_authz) over TLS only.
 	TLS *ServerTLS `yaml:"tls"`
+	// Keepalive is how the server finds Envoys that went away without closing
+	// their streams.
+	Keepalive Keepalive `yaml:"keepalive"`
+}
+
+// Keepalive pings an idle connection every Time and closes it when the answer
+// has not come within Timeout. The timeout is generous on purpose: an Envoy
+// busy applying a large update, or a server busy sending one to a thousand
+// Envoys, answers late, and a stream closed then costs a full resync.
+type Keepalive struct {
+	Time    time.Duration `yaml:"time"`
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // ServerTLS is the xds-server's certificate for its gRPC port, and with

@@ -13,6 +13,8 @@ const (
 	DefaultHTTPAddress      = "127.0.0.1:18001"
 	DefaultCoalesceQuiet    = 10 * time.Millisecond
 	DefaultCoalesceMaxDelay = 100 * time.Millisecond
+	DefaultKeepaliveTime    = 30 * time.Second
+	DefaultKeepaliveTimeout = 20 * time.Second
 	DefaultNodeGroup        = "edge"
 
 	DefaultConsulAddress  = "127.0.0.1:8500"
@@ -64,6 +66,8 @@ func (c *Config) applyDefaults() {
 	setString(&s.HTTPAddress, DefaultHTTPAddress)
 	setDuration(&s.Coalesce.Quiet, DefaultCoalesceQuiet)
 	setDuration(&s.Coalesce.MaxDelay, DefaultCoalesceMaxDelay)
+	setDuration(&s.Keepalive.Time, DefaultKeepaliveTime)
+	setDuration(&s.Keepalive.Timeout, DefaultKeepaliveTimeout)
 
 	setString(&c.Consul.Address, DefaultConsulAddress)
 	setDuration(&c.Consul.WaitTime, DefaultConsulWaitTime)

@@ -93,6 +93,11 @@ func (c *Config) Validate() error {
 	if c.Server.Coalesce.MaxDelay < c.Server.Coalesce.Quiet {
 		v.add("server.coalesce.max_delay", c.Server.Coalesce.MaxDelay, ErrOutOfRange, "must be at least server.coalesce.quiet")
 	}
+	// gRPC would raise a shorter time to its floor of 1s without a word.
+	if c.Server.Keepalive.Time < time.Second {
+		v.add("server.keepalive.time", c.Server.Keepalive.Time, ErrOutOfRange, "want at least 1s")
+	}
+	v.positive("server.keepalive.timeout", c.Server.Keepalive.Timeout)
 	v.addr("consul.address", c.Consul.Address)
 	v.positive("consul.wait_time", c.Consul.WaitTime)
 	v.positive("consul.retry_min", c.Consul.RetryMin)

@@ -114,7 +114,7 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 		return err
 	}
 	grpcServer := grpc.NewServer(append(creds,
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.config().Server.Keepalive.Time, Timeout: s.config().Server.Keepalive.Timeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
 	)...)

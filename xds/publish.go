@@ -223,10 +223,11 @@ func (p *Publisher) Update(ctx context.Context, cfg *config.Config, fleet model.
 // buildSnapshot validates every resource and the snapshot's consistency, and
 // encodes each resource once for every stream that will receive it.
 func buildSnapshot(r *Resources) (*encodedSnapshot, Versions, error) {
-	versions, err := r.Versions()
+	wire, err := r.wireForm()
 	if err != nil {
 		return nil, Versions{}, err
 	}
+	versions := wire.versions()
 	var errs []error
 	clusters := validated(r.Clusters, (*clusterv3.Cluster).GetName, &errs)
 	endpoints := validated(r.Endpoints, (*endpointv3.ClusterLoadAssignment).GetClusterName, &errs)
@@ -245,8 +246,7 @@ func buildSnapshot(r *Resources) (*encodedSnapshot, Versions, error) {
 	if err := snap.Consistent(); err != nil {
 		return nil, versions, fmt.Errorf("inconsistent snapshot: %w", err)
 	}
-	enc, err := encodeSnapshot(snap)
-	return enc, versions, err
+	return encodeSnapshot(r, wire, versions), versions, nil
 }
 
 // validated checks every resource against Envoy's validation rules (the one

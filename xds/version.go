@@ -23,48 +23,73 @@ type Versions struct {
 	Clusters, Endpoints, Listeners, Routes, Secrets string
 }
 
-// Versions hashes the deterministic wire form of each type.
-func (r *Resources) Versions() (Versions, error) {
-	c, e, l, rt, sc := sha256.New(), sha256.New(), sha256.New(), sha256.New(), sha256.New()
-	for _, x := range r.Clusters {
-		if err := write(x, c, e); err != nil {
-			return Versions{}, err
-		}
+// wireForm is each resource's deterministic encoding, by type, in the order of
+// Resources: hashed into the versions and sent as it is (encodedSnapshot), so
+// that a change is marshalled once.
+type wireForm struct {
+	clusters, endpoints, listeners, routes, secrets [][]byte
+}
+
+func (r *Resources) wireForm() (*wireForm, error) {
+	var w wireForm
+	var err error
+	if w.clusters, err = marshalAll(r.Clusters); err != nil {
+		return nil, err
 	}
-	for _, x := range r.Endpoints {
-		if err := write(x, e); err != nil {
-			return Versions{}, err
-		}
+	if w.endpoints, err = marshalAll(r.Endpoints); err != nil {
+		return nil, err
 	}
-	for _, x := range r.Listeners {
-		if err := write(x, l, rt, sc); err != nil {
-			return Versions{}, err
-		}
+	if w.listeners, err = marshalAll(r.Listeners); err != nil {
+		return nil, err
 	}
-	for _, x := range r.Routes {
-		if err := write(x, rt); err != nil {
-			return Versions{}, err
-		}
+	if w.routes, err = marshalAll(r.Routes); err != nil {
+		return nil, err
 	}
-	for _, x := range r.Secrets {
-		if err := write(x, sc); err != nil {
-			return Versions{}, err
-		}
+	if w.secrets, err = marshalAll(r.Secrets); err != nil {
+		return nil, err
 	}
-	return Versions{Clusters: sum(c), Endpoints: sum(e), Listeners: sum(l), Routes: sum(rt), Secrets: sum(sc)}, nil
+	return &w, nil
 }
 
 var deterministic = proto.MarshalOptions{Deterministic: true}
 
-func write(m proto.Message, hs ...hash.Hash) error {
-	b, err := deterministic.Marshal(m)
+func marshalAll[T proto.Message](items []T) ([][]byte, error) {
+	out := make([][]byte, len(items))
+	for i, it := range items {
+		b, err := deterministic.Marshal(it)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+// Versions hashes the deterministic wire form of each type.
+func (r *Resources) Versions() (Versions, error) {
+	w, err := r.wireForm()
 	if err != nil {
-		return err
+		return Versions{}, err
 	}
-	for _, h := range hs {
-		h.Write(b)
+	return w.versions(), nil
+}
+
+func (w *wireForm) versions() Versions {
+	c, e, l, rt, sc := sha256.New(), sha256.New(), sha256.New(), sha256.New(), sha256.New()
+	write(w.clusters, c, e)
+	write(w.endpoints, e)
+	write(w.listeners, l, rt, sc)
+	write(w.routes, rt)
+	write(w.secrets, sc)
+	return Versions{Clusters: sum(c), Endpoints: sum(e), Listeners: sum(l), Routes: sum(rt), Secrets: sum(sc)}
+}
+
+func write(items [][]byte, hs ...hash.Hash) {
+	for _, b := range items {
+		for _, h := range hs {
+			h.Write(b)
+		}
 	}
-	return nil
 }
 
 func sum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil))[:16] }
