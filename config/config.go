@@ -108,6 +108,11 @@ type Server struct {
 	// Keepalive is how the server finds Envoys that went away without closing
 	// their streams.
 	Keepalive Keepalive `yaml:"keepalive"`
+	// PushWindowBytes bounds the bytes of large xDS responses (64 KiB and
+	// more) sent and not yet answered by their Envoys, across all streams: a
+	// change to a large pool reaches a thousand Envoys in turns, not all queued
+	// at once. Read at start.
+	PushWindowBytes int64 `yaml:"push_window_bytes"`
 }
 
 // Keepalive pings an idle connection every Time and closes it when the answer

@@ -147,6 +147,7 @@ func TestLoadErrors(t *testing.T) {
 			ErrDuplicate, `pools[0].static[1].id: duplicate "a"`},
 		"coalesce inverted":    {base + "server: {coalesce: {quiet: 1s, max_delay: 10ms}}\n", ErrOutOfRange, "server.coalesce.max_delay"},
 		"keepalive too often":  {base + "server: {keepalive: {time: 100ms}}\n", ErrOutOfRange, "server.keepalive.time"},
+		"push window tiny":     {base + "server: {push_window_bytes: 1000}\n", ErrOutOfRange, "server.push_window_bytes"},
 		"keepalive no timeout": {base + "server: {keepalive: {timeout: -1s}}\n", ErrOutOfRange, "server.keepalive.timeout"},
 		"bad xds address":      {base + "server: {xds_address: localhost}\n", ErrMalformed, `server.xds_address: malformed "localhost"`},
 		"two documents":        {base + "---\n" + base, ErrInvalid, "more than one YAML document"},

@@ -15,6 +15,7 @@ const (
 	DefaultCoalesceMaxDelay = 100 * time.Millisecond
 	DefaultKeepaliveTime    = 30 * time.Second
 	DefaultKeepaliveTimeout = 20 * time.Second
+	DefaultPushWindowBytes  = 64 << 20
 	DefaultNodeGroup        = "edge"
 
 	DefaultConsulAddress  = "127.0.0.1:8500"
@@ -68,6 +69,9 @@ func (c *Config) applyDefaults() {
 	setDuration(&s.Coalesce.MaxDelay, DefaultCoalesceMaxDelay)
 	setDuration(&s.Keepalive.Time, DefaultKeepaliveTime)
 	setDuration(&s.Keepalive.Timeout, DefaultKeepaliveTimeout)
+	if s.PushWindowBytes == 0 {
+		s.PushWindowBytes = DefaultPushWindowBytes
+	}
 
 	setString(&c.Consul.Address, DefaultConsulAddress)
 	setDuration(&c.Consul.WaitTime, DefaultConsulWaitTime)

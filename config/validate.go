@@ -98,6 +98,9 @@ func (c *Config) Validate() error {
 		v.add("server.keepalive.time", c.Server.Keepalive.Time, ErrOutOfRange, "want at least 1s")
 	}
 	v.positive("server.keepalive.timeout", c.Server.Keepalive.Timeout)
+	if c.Server.PushWindowBytes < 1<<20 {
+		v.add("server.push_window_bytes", c.Server.PushWindowBytes, ErrOutOfRange, "want at least 1048576 (1 MiB)")
+	}
 	v.addr("consul.address", c.Consul.Address)
 	v.positive("consul.wait_time", c.Consul.WaitTime)
 	v.positive("consul.retry_min", c.Consul.RetryMin)

@@ -118,7 +118,7 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<20),
 	)...)
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, s.publisher.Server(ctx))
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, s.publisher.Server(ctx, s.config().Server.PushWindowBytes))
 	if cfg := s.config(); cfg.Policy.On() {
 		authz, err := s.startPolicy(ctx, cfg)
 		if err != nil {

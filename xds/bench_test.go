@@ -12,7 +12,7 @@ import (
 )
 
 // benchInput is one ring-hash pool of n instances, every tenth draining.
-func benchInput(b *testing.B, n int) (*config.Config, model.Fleet) {
+func benchInput(b testing.TB, n int) (*config.Config, model.Fleet) {
 	b.Helper()
 	cfg, err := config.Load([]byte(`
 listeners: [{name: edge, port: 10000, routes: [{pool: shared}]}]

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"go.uber.org/zap"
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/model"
@@ -36,6 +37,7 @@ type Publisher struct {
 	log     *zap.Logger
 	cache   cachev3.SnapshotCache
 	metrics *publishMetrics
+	pacer   *pacer // nil: large responses are not paced
 
 	// routing is read by go-control-plane's node hash, which may run while the
 	// cache holds its own lock: it never waits on mu.
@@ -73,6 +75,7 @@ type streamKey struct {
 type streamState struct {
 	node, group string
 	sent        map[string]sentResponse // by nonce
+	grant       *grant                  // the pacer's room this stream holds
 }
 
 type sentResponse struct {
@@ -99,6 +102,8 @@ type publishMetrics struct {
 	latency        *prometheus.HistogramVec
 	translateTime  prometheus.Histogram
 	connectedNodes prometheus.Gauge
+	pacedBytes     prometheus.Gauge
+	paceWait       prometheus.Histogram
 }
 
 func newPublishMetrics(reg prometheus.Registerer) *publishMetrics {
@@ -130,6 +135,13 @@ func newPublishMetrics(reg prometheus.Registerer) *publishMetrics {
 		connectedNodes: f.NewGauge(prometheus.GaugeOpts{
 			Name: "climesh_xds_connected_streams", Help: "Open xDS streams.",
 		}),
+		pacedBytes: f.NewGauge(prometheus.GaugeOpts{
+			Name: "climesh_xds_unanswered_bytes", Help: "Bytes of large responses sent and not yet ACKed or NACKed (bounded by server.push_window_bytes).",
+		}),
+		paceWait: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "climesh_xds_push_wait_seconds", Help: "How long a large response waited for room in server.push_window_bytes.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
 	}
 }
 
@@ -148,8 +160,11 @@ func NewPublisher(log *zap.Logger, reg prometheus.Registerer) *Publisher {
 }
 
 // Server returns the go-control-plane server (ADS, state of the world and delta)
-// over this publisher's cache, with its callbacks wired in.
-func (p *Publisher) Server(ctx context.Context) serverv3.Server {
+// over this publisher's cache, with its callbacks wired in. pushWindow bounds
+// the bytes of large responses sent and not yet answered across all streams
+// (pacer); 0 leaves them unbounded.
+func (p *Publisher) Server(ctx context.Context, pushWindow int64) serverv3.Server {
+	p.pacer = newPacer(ctx, pushWindow)
 	return serverv3.NewServer(ctx, p.cache, p.callbacks())
 }
 
@@ -364,6 +379,9 @@ func (p *Publisher) callbacks() serverv3.CallbackFuncs {
 		return func(id int64, _ *corev3.Node) {
 			p.mu.Lock()
 			key := streamKey{delta, id}
+			if s := p.streams[key]; s != nil {
+				p.dropGrant(s)
+			}
 			if s := p.streams[key]; s != nil && p.live[s.node] == key {
 				if n := p.nodes[s.node]; n != nil {
 					n.Connected = false
@@ -395,11 +413,17 @@ func (p *Publisher) callbacks() serverv3.CallbackFuncs {
 			p.onRequest(streamKey{true, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
 			return nil
 		},
+		// go-control-plane calls these just before it sends, in the stream's
+		// goroutine: pace holds the send there until the response has room.
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-			p.onResponse(streamKey{false, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+			key := streamKey{false, id}
+			p.onResponse(key, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+			p.pace(key, resp.GetNonce(), proto.Size(resp))
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-			p.onResponse(streamKey{true, id}, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+			key := streamKey{true, id}
+			p.onResponse(key, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+			p.pace(key, resp.GetNonce(), proto.Size(resp))
 		},
 	}
 }
@@ -426,6 +450,7 @@ func (p *Publisher) onRequest(key streamKey, node *corev3.Node, typeURL, nonce s
 	if nonce == "" {
 		return "" // a subscription, not an answer
 	}
+	p.answered(s, nonce)
 	sent, ok := s.sent[nonce]
 	if !ok {
 		return "" // a response from before this process, or already answered

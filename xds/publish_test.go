@@ -27,14 +27,17 @@ type adsFixture struct {
 	client discoveryv3.AggregatedDiscoveryServiceClient
 }
 
-func newADSFixture(t *testing.T) *adsFixture {
+func newADSFixture(t *testing.T) *adsFixture { t.Helper(); return newPacedADSFixture(t, 0) }
+
+// newPacedADSFixture is newADSFixture with a push window of window bytes.
+func newPacedADSFixture(t *testing.T, window int64) *adsFixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	reg := prometheus.NewRegistry()
 	pub := NewPublisher(zap.NewNop(), reg)
 	srv := grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, pub.Server(ctx))
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, pub.Server(ctx, window))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
