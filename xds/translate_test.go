@@ -76,6 +76,23 @@ func TestRingSizeKeepsEntriesPerHost(t *testing.T) {
 			t.Errorf("%d healthy hosts: ring %d, want %d", n, got, want)
 		}
 	}
+	// Envoy's rule: each of n equal hosts gets ceil(min_ring_size / n) entries.
+	for _, e := range []uint64{2, 16, 256, 1000} {
+		lb := config.LB{RingEntriesPerHost: e, MaxRingSize: 1 << 62}
+		changes := map[int]int{} // by decade of n: health flips that change the cluster
+		for n := 1; n <= 20000; n++ {
+			size := ringSize(lb, n)
+			if per := (size + uint64(n) - 1) / uint64(n); per != e {
+				t.Fatalf("%d entries per host, %d hosts: ring %d gives %d entries each", e, n, size, per)
+			}
+			if n > 1 && ringSize(lb, n-1) != size {
+				changes[n/1000]++
+			}
+		}
+		if e == 256 && changes[1] > 300 || e == 256 && changes[10] > 30 {
+			t.Errorf("256 entries: of 1,000 flips near 1,000 hosts %d change the ring size, near 10,000 %d; the bucket is too narrow", changes[1], changes[10])
+		}
+	}
 	fixed := config.LB{MinRingSize: 1024, MaxRingSize: 8 << 20}
 	if got := ringSize(fixed, 7); got != 1024 {
 		t.Errorf("a fixed min_ring_size became %d", got)
