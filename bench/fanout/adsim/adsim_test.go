@@ -309,3 +309,73 @@ func convergedOn(x *harness.XDSServer, clients []*Client, before xds.Versions) e
 	}
 	return nil
 }
+
+// TestReplicasServeIdenticalSnapshots: two xds-server replicas on the same
+// config, each serving its own Envoys, publish the same versions — before and
+// after a change — so that Envoys may be split across replicas (or move between
+// them on a reconnect) without a resync of what they already have.
+func TestReplicasServeIdenticalSnapshots(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the xds-server binary twice")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var replicas []*harness.XDSServer
+	for range 2 {
+		x, err := harness.StartXDSServer(ctx, t.TempDir(), testConfig(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(x.Close)
+		if err := x.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, x)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop()
+	clients := map[*harness.XDSServer][]*Client{}
+	for i, x := range replicas {
+		for j := range 2 {
+			c := New(Options{Addr: x.XDSAddr, NodeID: fmt.Sprintf("sim-%d", j), NodeCluster: "edge", Delta: i == 1})
+			clients[x] = append(clients[x], c)
+			wg.Go(func() { c.Run(runCtx) })
+		}
+	}
+	var prev xds.Versions
+	for step, unhealthy := range []int{-1, 4} {
+		if step > 0 {
+			for _, x := range replicas {
+				if err := x.Reload(testConfig(unhealthy)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var first xds.Versions
+		pctx, pcancel := context.WithTimeout(ctx, 20*time.Second)
+		err := harness.Poll(pctx, 20*time.Millisecond, func() error {
+			for i, x := range replicas {
+				v, _, err := serverView(x)
+				if err != nil {
+					return err
+				}
+				if i == 0 {
+					first = v
+				} else if v != first {
+					return fmt.Errorf("replica 1 publishes %+v, replica 0 %+v", v, first)
+				}
+				if err := convergedOn(x, clients[x], prev); err != nil {
+					return fmt.Errorf("replica %d: %w", i, err)
+				}
+			}
+			return nil
+		})
+		pcancel()
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		prev = first
+	}
+}
