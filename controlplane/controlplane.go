@@ -279,5 +279,5 @@ func consulSource(cfg *config.Config) (discovery.Source, error) {
 	if err != nil {
 		return discovery.Source{}, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
 	}
-	return discovery.Source{Health: client.Health(), KV: client.KV()}, nil
+	return discovery.Source{Health: client.Health(), Catalog: client.Catalog(), KV: client.KV()}, nil
 }

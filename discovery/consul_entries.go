@@ -118,3 +118,36 @@ func ApplyLiveness(instances []model.Instance, live func(key string) bool) []mod
 	}
 	return out
 }
+
+// WithChecks is entries with each entry's checks replaced by those of checks
+// that belong to it: its node's own checks (no service ID) and its service's on
+// that node. It is pure: entries is not changed. checks holds every check of
+// the service and every node check, as a health state query with the filter
+// `ServiceName == "<service>" or ServiceID == ""` answers; the result is what
+// the health endpoint for the service would have answered with those checks.
+func WithChecks(entries []*api.ServiceEntry, checks api.HealthChecks) []*api.ServiceEntry {
+	type key struct{ node, service string }
+	byOwner := map[key][]*api.HealthCheck{}
+	for _, c := range checks {
+		if c == nil {
+			continue
+		}
+		k := key{c.Node, c.ServiceID}
+		byOwner[k] = append(byOwner[k], c)
+	}
+	out := make([]*api.ServiceEntry, len(entries))
+	for i, e := range entries {
+		if e == nil || e.Service == nil {
+			out[i] = e
+			continue
+		}
+		node := ""
+		if e.Node != nil {
+			node = e.Node.Node
+		}
+		next := *e
+		next.Checks = slices.Concat(byOwner[key{node, ""}], byOwner[key{node, e.Service.ID}])
+		out[i] = &next
+	}
+	return out
+}

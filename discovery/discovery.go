@@ -1,8 +1,18 @@
 // Package discovery learns CLI instances and emits them as immutable model.Fleet
-// values: static pools straight from the config, Consul pools from one blocking health
-// query loop per pool, and — for instances registered through the catalog, whose
-// checks no agent expires — one blocking query on the liveness keys their sidecars'
-// sessions hold. It never imports xds; the two meet only through model.Fleet.
+// values: static pools straight from the config, Consul pools from two blocking
+// query loops per pool — membership and health apart — and, for instances
+// registered through the catalog, whose checks no agent expires, one blocking
+// query on the liveness keys their sidecars' sessions hold. It never imports xds;
+// the two meet only through model.Fleet.
+//
+// Why two loops: Consul's health endpoint for a service answers every instance
+// with its node and every check on any change, 2.6 MB at 1,000 instances, and a
+// health flip is by far the most frequent change. The catalog's answer for the
+// service changes only with membership (registrations, meta, addresses); on such
+// a change discovery reads the health endpoint once, in full, for a consistent
+// view. Between them a blocking query on the checks alone (the service's checks
+// and the nodes' own, 450 KB) carries health flips, applied to the members last
+// read (WithChecks).
 package discovery
 
 import (
@@ -11,6 +21,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,9 +37,17 @@ import (
 	"github.com/climesh/climesh/protocol"
 )
 
-// HealthAPI is the part of Consul's API discovery uses: *api.Health satisfies it.
+// HealthAPI is the part of Consul's health API discovery uses: *api.Health
+// satisfies it.
 type HealthAPI interface {
 	Service(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+	State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error)
+}
+
+// CatalogAPI is the part of Consul's catalog API discovery uses: *api.Catalog
+// satisfies it.
+type CatalogAPI interface {
+	Service(service, tag string, q *api.QueryOptions) ([]*api.CatalogService, *api.QueryMeta, error)
 }
 
 // KVAPI is the part of Consul's KV API discovery uses: *api.KV satisfies it.
@@ -36,12 +55,13 @@ type KVAPI interface {
 	Keys(prefix, separator string, q *api.QueryOptions) ([]string, *api.QueryMeta, error)
 }
 
-// Source is where discovery reads Consul: client.Health() and client.KV(). Health
-// may be nil when no pool uses Consul; without KV no catalog-registered instance
-// is vouched for (they are all unhealthy).
+// Source is where discovery reads Consul: client.Health(), client.Catalog() and
+// client.KV(). Health and Catalog may be nil when no pool uses Consul; without KV
+// no catalog-registered instance is vouched for (they are all unhealthy).
 type Source struct {
-	Health HealthAPI
-	KV     KVAPI
+	Health  HealthAPI
+	Catalog CatalogAPI
+	KV      KVAPI
 }
 
 // Discovery holds the current Fleet and tells a consumer when it changed.
@@ -54,10 +74,26 @@ type Discovery struct {
 
 	mu      sync.Mutex
 	fleet   model.Fleet
-	read    map[string][]model.Instance // each Consul pool as its health query last said, before liveness
+	members map[string]*members         // each Consul pool's last full read
+	checks  map[string]*checksView      // each Consul pool's last view of the checks
+	read    map[string][]model.Instance // each Consul pool as Consul last said, before liveness
 	live    map[string]bool             // liveness keys that exist
 	pending map[string]bool             // pools (and the liveness keys) not yet read once
 	changed chan struct{}               // capacity 1: a pending change, never blocks a writer
+}
+
+// members is a pool's service entries as the health endpoint last answered in
+// full, and that answer's index.
+type members struct {
+	entries []*api.ServiceEntry
+	index   uint64
+}
+
+// checksView is the checks of a pool's service and of every node, and the
+// index of the answer that listed them.
+type checksView struct {
+	checks api.HealthChecks
+	index  uint64
 }
 
 // livenessPending is the name Ready gives the liveness keys until they were read.
@@ -96,6 +132,8 @@ func New(cfg *config.Config, src Source, seed model.Fleet, log *zap.Logger, m *M
 		src:     src,
 		consul:  cfg.Consul,
 		metrics: m,
+		members: map[string]*members{},
+		checks:  map[string]*checksView{},
 		read:    map[string][]model.Instance{},
 		live:    map[string]bool{},
 		pending: map[string]bool{},
@@ -104,7 +142,7 @@ func New(cfg *config.Config, src Source, seed model.Fleet, log *zap.Logger, m *M
 	var pools []model.Pool
 	for _, p := range cfg.Pools {
 		if p.ConsulService != "" {
-			if src.Health == nil {
+			if src.Health == nil || src.Catalog == nil {
 				return nil, fmt.Errorf("pool %q uses consul_service %q but no Consul client was given", p.Name, p.ConsulService)
 			}
 			d.watched = append(d.watched, p)
@@ -235,20 +273,88 @@ func (d *Discovery) observe(p model.Pool) {
 	}
 }
 
-// watch runs blocking queries on one pool's service health.
+// watch runs one pool's two loops: membership, and the checks between.
 func (d *Discovery) watch(ctx context.Context, p config.Pool) {
 	log := d.log.With(zap.String("pool", p.Name), zap.String("service", p.ConsulService))
+	var wg sync.WaitGroup
+	wg.Go(func() { d.watchMembers(ctx, log, p) })
+	wg.Go(func() { d.watchChecks(ctx, log, p) })
+	wg.Wait()
+}
+
+// watchMembers blocks on the catalog's answer for the pool's service and, each
+// time it changes, reads the service's health in full.
+func (d *Discovery) watchMembers(ctx context.Context, log *zap.Logger, p config.Pool) {
 	d.block(ctx, log, p.Name, func(q *api.QueryOptions) (*api.QueryMeta, func(), error) {
-		entries, meta, err := d.src.Health.Service(p.ConsulService, "", false, q)
-		return meta, func() {
-			instances, errs := InstancesFromEntries(p.ConsulService, entries)
-			for _, e := range errs {
-				d.metrics.rejected.WithLabelValues(p.Name).Inc()
-				log.Warn("ignoring consul instance", zap.Error(e))
-			}
-			d.setPool(p.Name, instances)
-		}, err
+		_, meta, err := d.src.Catalog.Service(p.ConsulService, "", q)
+		if err != nil {
+			return nil, nil, fmt.Errorf("catalog: %w", err)
+		}
+		read := (&api.QueryOptions{Datacenter: d.consul.Datacenter}).WithContext(q.Context())
+		entries, full, err := d.src.Health.Service(p.ConsulService, "", false, read)
+		if err != nil {
+			return nil, nil, fmt.Errorf("health: %w", err)
+		}
+		return meta, func() { d.setMembers(log, p, entries, full.LastIndex) }, nil
 	})
+}
+
+// watchChecks blocks on the checks of the pool's service and of every node, and
+// applies them to the members last read.
+func (d *Discovery) watchChecks(ctx context.Context, log *zap.Logger, p config.Pool) {
+	filter := fmt.Sprintf("ServiceName == %s or ServiceID == \"\"", strconv.Quote(p.ConsulService))
+	d.block(ctx, log, p.Name, func(q *api.QueryOptions) (*api.QueryMeta, func(), error) {
+		q.Filter = filter
+		checks, meta, err := d.src.Health.State(api.HealthAny, q)
+		if err != nil {
+			return nil, nil, fmt.Errorf("checks: %w", err)
+		}
+		return meta, func() { d.setChecks(log, p, checks, meta.LastIndex) }, nil
+	})
+}
+
+// setMembers records a full read of a pool and publishes it, with the last
+// view of the checks when that view is the newer (the two loops answer in
+// either order).
+//
+// Indexes order the two answers: a view's index is the highest of any check in
+// the datacenter, a full read's the highest of what the service's answer
+// depends on. When the view's is higher, nothing the service depends on changed
+// between the read and the view; when lower, the view cannot hold a change the
+// read lacks. Either way the newer of the two is the one applied.
+func (d *Discovery) setMembers(log *zap.Logger, p config.Pool, entries []*api.ServiceEntry, index uint64) {
+	d.mu.Lock()
+	d.members[p.Name] = &members{entries: entries, index: index}
+	if v := d.checks[p.Name]; v != nil && v.index > index {
+		entries = WithChecks(entries, v.checks)
+	}
+	d.mu.Unlock()
+	d.setPool(p.Name, d.instances(log, p, entries))
+}
+
+// setChecks records a view of the checks and applies it to the members last
+// read, unless that read is the newer or there is none yet.
+func (d *Discovery) setChecks(log *zap.Logger, p config.Pool, checks api.HealthChecks, index uint64) {
+	d.mu.Lock()
+	d.checks[p.Name] = &checksView{checks: checks, index: index}
+	m := d.members[p.Name]
+	if m == nil || index < m.index {
+		d.mu.Unlock()
+		return
+	}
+	entries := WithChecks(m.entries, checks)
+	d.mu.Unlock()
+	d.setPool(p.Name, d.instances(log, p, entries))
+}
+
+// instances turns entries into instances, counting and logging those left out.
+func (d *Discovery) instances(log *zap.Logger, p config.Pool, entries []*api.ServiceEntry) []model.Instance {
+	instances, errs := InstancesFromEntries(p.ConsulService, entries)
+	for _, e := range errs {
+		d.metrics.rejected.WithLabelValues(p.Name).Inc()
+		log.Warn("ignoring consul instance", zap.Error(e))
+	}
+	return instances
 }
 
 // watchLiveness runs blocking queries on the liveness keys.

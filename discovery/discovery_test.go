@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,12 +129,29 @@ func TestCoalesce(t *testing.T) {
 	})
 }
 
-// fakeHealth answers queued results in order, then blocks until the context ends.
-type fakeHealth struct {
+// fakeConsul is Consul for one service. Its catalog answers queued results in
+// order, then blocks until the context ends; the health endpoint answers the
+// entries of the catalog's last answer; the checks query answers each view sent
+// on views, blocking until one comes or the context ends.
+type fakeConsul struct {
 	mu      sync.Mutex
 	results []fakeResult
-	indexes []uint64 // WaitIndex of each call
+	current fakeResult
+	indexes []uint64 // WaitIndex of each catalog call
+	filters []string // Filter of each checks query
+	views   chan fakeView
+	next    chan fakeResult // once results are used up, a catalog answer each (nil: none)
 }
+
+type fakeView struct {
+	checks api.HealthChecks
+	index  uint64
+}
+
+func (f *fakeConsul) source() Source { return Source{Health: fakeHealth{f}, Catalog: fakeCatalog{f}} }
+
+type fakeCatalog struct{ f *fakeConsul }
+type fakeHealth struct{ f *fakeConsul }
 
 type fakeResult struct {
 	entries []*api.ServiceEntry
@@ -141,18 +159,52 @@ type fakeResult struct {
 	err     error
 }
 
-func (f *fakeHealth) Service(_, _ string, _ bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+func (c fakeCatalog) Service(_, _ string, q *api.QueryOptions) ([]*api.CatalogService, *api.QueryMeta, error) {
+	f := c.f
 	f.mu.Lock()
 	f.indexes = append(f.indexes, q.WaitIndex)
+	var r fakeResult
 	if len(f.results) == 0 {
 		f.mu.Unlock()
-		<-q.Context().Done()
+		select {
+		case r = <-f.next:
+		case <-q.Context().Done():
+			return nil, nil, q.Context().Err()
+		}
+		f.mu.Lock()
+	} else {
+		r = f.results[0]
+		f.results = f.results[1:]
+	}
+	if r.err == nil {
+		f.current = r
+	}
+	f.mu.Unlock()
+	return nil, &api.QueryMeta{LastIndex: r.index}, r.err
+}
+
+func (h fakeHealth) Service(_, _ string, _ bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	if q.WaitIndex != 0 {
+		return nil, nil, errors.New("the full read must not block")
+	}
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	return h.f.current.entries, &api.QueryMeta{LastIndex: h.f.current.index}, nil
+}
+
+func (h fakeHealth) State(state string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+	if state != api.HealthAny {
+		return nil, nil, errors.New("checks of every state are wanted")
+	}
+	h.f.mu.Lock()
+	h.f.filters = append(h.f.filters, q.Filter)
+	h.f.mu.Unlock()
+	select {
+	case v := <-h.f.views:
+		return v.checks, &api.QueryMeta{LastIndex: v.index}, nil
+	case <-q.Context().Done():
 		return nil, nil, q.Context().Err()
 	}
-	r := f.results[0]
-	f.results = f.results[1:]
-	f.mu.Unlock()
-	return r.entries, &api.QueryMeta{LastIndex: r.index}, r.err
 }
 
 func testConfig(t *testing.T) *config.Config {
@@ -174,7 +226,7 @@ pools:
 
 func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &fakeHealth{results: []fakeResult{
+		f := &fakeConsul{results: []fakeResult{
 			{err: errors.New("connection refused")},
 			{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil)}, index: 10},
 			{err: errors.New("connection refused")},                                                                    // Consul restarts
@@ -182,7 +234,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 4},
 			{entries: []*api.ServiceEntry{entry("b", "127.0.0.1", 2, nil)}, index: 2}, // a replaced server: backwards, no error
 		}}
-		d, err := New(testConfig(t), Source{Health: f}, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+		d, err := New(testConfig(t), f.source(), model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +273,7 @@ func TestWatchKeepsLastFleetAndResetsIndex(t *testing.T) {
 
 func TestNewSeedsConsulPoolsFromTheLastFleet(t *testing.T) {
 	seed := model.NewFleet(model.NewPool("cli", []model.Instance{{ID: "old", Address: "127.0.0.1", Port: 1}}))
-	d, err := New(testConfig(t), Source{Health: &fakeHealth{}}, seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+	d, err := New(testConfig(t), (&fakeConsul{}).source(), seed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,9 +337,11 @@ func (f *fakeKV) Keys(prefix, _ string, q *api.QueryOptions) ([]string, *api.Que
 func TestLivenessKeysGateCatalogInstances(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		meta := map[string]string{"climesh-liveness": "climesh/live/cli/a"}
-		h := &fakeHealth{results: []fakeResult{{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, meta)}, index: 5}}}
+		h := &fakeConsul{results: []fakeResult{{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, meta)}, index: 5}}}
 		kv := &fakeKV{next: make(chan []string)}
-		d, err := New(testConfig(t), Source{Health: h, KV: kv}, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+		src := h.source()
+		src.KV = kv
+		d, err := New(testConfig(t), src, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,5 +370,106 @@ func TestLivenessKeysGateCatalogInstances(t *testing.T) {
 				t.Fatalf("keys %v: %v, want %v", step.keys, got, step.want)
 			}
 		}
+	})
+}
+
+func TestWithChecks(t *testing.T) {
+	a1 := entry("a", "127.0.0.1", 1, nil, check("stale", "critical"))
+	a2 := entry("a", "127.0.0.2", 1, nil)
+	a2.Node = &api.Node{Node: "node-2"}
+	checks := api.HealthChecks{
+		{Node: "node-1", CheckID: "serfHealth", Status: "passing"},
+		{Node: "node-1", CheckID: "service:a", ServiceID: "a", ServiceName: "cli", Status: "passing"},
+		{Node: "node-2", CheckID: "service:a", ServiceID: "a", ServiceName: "cli", Status: "critical"},
+		{Node: "node-2", CheckID: "_node_maintenance", Status: "critical"},
+		{Node: "node-3", CheckID: "serfHealth", Status: "critical"},
+		nil,
+	}
+	got := WithChecks([]*api.ServiceEntry{a1, a2, {}}, checks)
+	ids := func(e *api.ServiceEntry) []string {
+		var out []string
+		for _, c := range e.Checks {
+			out = append(out, c.Node+"/"+c.CheckID+"="+c.Status)
+		}
+		return out
+	}
+	if want := []string{"node-1/serfHealth=passing", "node-1/service:a=passing"}; !slices.Equal(ids(got[0]), want) {
+		t.Errorf("a on node-1: %v, want %v", ids(got[0]), want)
+	}
+	if want := []string{"node-2/_node_maintenance=critical", "node-2/service:a=critical"}; !slices.Equal(ids(got[1]), want) {
+		t.Errorf("a on node-2: %v, want %v", ids(got[1]), want)
+	}
+	if got[2].Service != nil || len(got[2].Checks) != 0 {
+		t.Errorf("an entry without a service: %+v", got[2])
+	}
+	if len(a1.Checks) != 1 || a1.Checks[0].CheckID != "stale" {
+		t.Error("WithChecks changed its input")
+	}
+	instances, _ := InstancesFromEntries("cli", got[:2])
+	if instances[0].Health != model.Healthy || instances[1].Health != model.Unhealthy {
+		t.Errorf("health %v, %v; want healthy, unhealthy", instances[0].Health, instances[1].Health)
+	}
+}
+
+// Health flips arrive through the checks loop between membership changes; an
+// answer older than what was applied is not applied over it, whichever loop
+// answers first.
+func TestChecksLoopCarriesHealthBetweenMembershipChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		passing := func(index uint64, status string) fakeView {
+			return fakeView{index: index, checks: api.HealthChecks{
+				{Node: "node-1", CheckID: "service:a", ServiceID: "a", ServiceName: "cli", Status: status},
+			}}
+		}
+		f := &fakeConsul{results: []fakeResult{{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil, check("service:a", "passing"))}, index: 10}},
+			views: make(chan fakeView), next: make(chan fakeResult)}
+		d, err := New(testConfig(t), f.source(), model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go d.Run(ctx)
+		synctest.Wait()
+		health := func() model.Health {
+			p, _ := d.Current().Pool("cli")
+			return p.Instances()[0].Health
+		}
+		if health() != model.Healthy {
+			t.Fatal("not healthy after the first read")
+		}
+		for _, step := range []struct {
+			view fakeView
+			want model.Health
+		}{
+			{passing(12, "critical"), model.Unhealthy},
+			{passing(9, "passing"), model.Unhealthy}, // older than the read: not applied
+			{passing(13, "passing"), model.Healthy},
+			{passing(20, "critical"), model.Unhealthy},
+		} {
+			f.views <- step.view
+			synctest.Wait()
+			if got := health(); got != step.want {
+				t.Fatalf("view at %d (%s): %v, want %v", step.view.index, step.view.checks[0].Status, got, step.want)
+			}
+		}
+		// A membership change read at 18, before the view at 20: the view's
+		// critical stays; read at 25, after it: the read's passing applies.
+		for _, step := range []struct {
+			index uint64
+			want  model.Health
+		}{{18, model.Unhealthy}, {25, model.Healthy}} {
+			f.next <- fakeResult{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil, check("service:a", "passing"))}, index: step.index}
+			synctest.Wait()
+			if got := health(); got != step.want {
+				t.Fatalf("full read at %d: %v, want %v", step.index, got, step.want)
+			}
+		}
+		f.mu.Lock()
+		if len(f.filters) == 0 || f.filters[0] != `ServiceName == "cli" or ServiceID == ""` {
+			t.Errorf("checks query filter %q", f.filters)
+		}
+		f.mu.Unlock()
+		_ = cancel
 	})
 }
