@@ -93,6 +93,9 @@ type Config struct {
 	MaxUsers    int           // --max-users: isolated: most CLIs at once
 	UserIdle    time.Duration // --user-idle: isolated: stop a CLI idle this long
 
+	ConsulTimeout time.Duration // --consul-timeout: the longest any Consul call on a client's behalf waits
+	StaleRecords  time.Duration // --stale-records: how long a session record read before answers while Consul does not
+
 	LockTTL     time.Duration // --lock-ttl: the turn lock's (and the sweeper's) Consul session TTL
 	LockDelay   time.Duration // --lock-delay: its Consul lock-delay
 	LockWaitMax time.Duration // --lock-wait-max: collab: longest x-climesh-lock-wait
@@ -111,6 +114,7 @@ func DefaultConfig() Config {
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
 		MaxUsers: 20, UserIdle: 10 * time.Minute,
 		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
+		ConsulTimeout: 2 * time.Second, StaleRecords: 5 * time.Minute,
 		LogLevel: "info",
 	}
 }
@@ -157,6 +161,8 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.UserEnv, "user-env", c.UserEnv, "isolated: comma-separated `names` of the sidecar's environment variables each CLI also gets (a proxy, a CA bundle); nothing else of the sidecar's environment is passed")
 	fs.IntVar(&c.MaxUsers, "max-users", c.MaxUsers, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
 	fs.DurationVar(&c.UserIdle, "user-idle", c.UserIdle, "isolated: stop a user's CLI after this long without a tunnel")
+	fs.DurationVar(&c.ConsulTimeout, "consul-timeout", c.ConsulTimeout, "longest wait for any Consul call made for a client (session records, turn locks); past it the client is told the session registry is unavailable (-32010)")
+	fs.DurationVar(&c.StaleRecords, "stale-records", c.StaleRecords, "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", c.LockTTL, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
 	fs.DurationVar(&c.LockDelay, "lock-delay", c.LockDelay, "collab: Consul lock-delay after a holder's session is invalidated")
 	fs.DurationVar(&c.LockWaitMax, "lock-wait-max", c.LockWaitMax, "collab: longest wait a caller may ask for (x-climesh-lock-wait)")
@@ -429,6 +435,12 @@ func (c Config) validateDurations(v *validator) {
 	v.duration("--sweep-interval", c.SweepInterval, 0, "negative (want 0 for only POST /sweep, or more)")
 	v.duration("--policy-watch", c.PolicyWatch, time.Nanosecond, "want a positive duration")
 	v.duration("--user-idle", c.UserIdle, 0, "negative (want 0 or more)")
+	if c.ConsulTimeout < 100*time.Millisecond || c.ConsulTimeout > time.Minute {
+		v.bad("--consul-timeout", c.ConsulTimeout.String(), field.ErrOutOfRange, "want 100ms to 1m")
+	}
+	if c.StaleRecords < 0 || c.StaleRecords > 24*time.Hour {
+		v.bad("--stale-records", c.StaleRecords.String(), field.ErrOutOfRange, "want 0 to 24h")
+	}
 	if c.LockTTL < MinLockTTL || c.LockTTL > MaxLockTTL {
 		v.bad("--lock-ttl", c.LockTTL.String(), field.ErrOutOfRange, "Consul accepts a session TTL of 10s to 24h")
 	}

@@ -231,12 +231,20 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 		return fmt.Errorf("--consul: %w", err)
 	}
 	var sessions registry.Registry
-	locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: cfg.LockTTL, LockDelay: cfg.LockDelay, Instance: cfg.Instance()}
+	locker := &lock.Locker{Client: client, Prefix: "climesh/locks/", TTL: cfg.LockTTL, LockDelay: cfg.LockDelay, Instance: cfg.Instance(),
+		Timeout: cfg.ConsulTimeout}
 	if cfg.ConsulRegistration == RegistrationCatalog {
 		locker.Node = cfg.ConsulNodeName() // no agent: sessions live on the instance's own node
 	}
 	if rl.Policy != nil {
-		sessions = &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"}
+		staleAnswers := promauto.With(reg).NewCounter(prometheus.CounterOpts{
+			Name: "climesh_sidecar_stale_records_total", Help: "Session records answered from memory because Consul did not answer within --consul-timeout.",
+		})
+		sessions = &registry.Resilient{
+			Store:   &registry.Consul{KV: client.KV(), Prefix: "climesh/sessions/"},
+			Timeout: cfg.ConsulTimeout, StaleFor: cfg.StaleRecords,
+			OnStale: func(string, time.Duration) { staleAnswers.Inc() },
+		}
 		rl.Policy.Registry = sessions
 		if cfg.Mode == ModeCollab {
 			rl.Policy.Locker = locker

@@ -15,6 +15,9 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
+// ErrUnavailable wraps a failure to reach Consul: the lock was not taken.
+var ErrUnavailable = errors.New("session lock unavailable")
+
 // Holder says who holds a lock and since when.
 type Holder struct {
 	User     string    `json:"user"`
@@ -42,6 +45,10 @@ type Locker struct {
 	// so no serfHealth): the TTL alone bounds a dead holder. Empty: the node of
 	// the agent the client talks to, and its serfHealth.
 	Node string
+	// Timeout bounds each Consul call (default 10s): a stalled Consul costs a
+	// caller this much and an ErrUnavailable, and a release that cannot reach
+	// Consul leaves the lock to the session's TTL.
+	Timeout time.Duration
 
 	mu     sync.Mutex
 	queues map[string]chan struct{} // per session: a 1-token channel, FIFO among local waiters
@@ -82,7 +89,7 @@ func (l *Locker) Acquire(ctx context.Context, id, user string, wait time.Duratio
 	select {
 	case <-q: // our turn among this process's waiters
 	case <-waitCtx.Done():
-		return nil, l.busy(id)
+		return nil, l.busy(ctx, id)
 	}
 	lk, err := l.acquireConsul(ctx, waitCtx, id, user, wait > 0)
 	if err != nil {
@@ -95,8 +102,23 @@ func (l *Locker) Acquire(ctx context.Context, id, user string, wait time.Duratio
 
 func (l *Locker) key(id string) string { return l.Prefix + id }
 
-func (l *Locker) busy(id string) error {
-	pair, _, err := l.Client.KV().Get(l.key(id), nil)
+func (l *Locker) timeout() time.Duration {
+	if l.Timeout > 0 {
+		return l.Timeout
+	}
+	return 10 * time.Second
+}
+
+// bounded is ctx cut to one Consul call's time-out.
+func (l *Locker) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, l.timeout())
+}
+
+// busy says who holds the lock, as far as Consul answers in time.
+func (l *Locker) busy(ctx context.Context, id string) error {
+	ctx, cancel := l.bounded(context.WithoutCancel(ctx))
+	defer cancel()
+	pair, _, err := l.Client.KV().Get(l.key(id), (&api.QueryOptions{}).WithContext(ctx))
 	h := Holder{User: "unknown"}
 	if err == nil && pair != nil {
 		json.Unmarshal(pair.Value, &h)
@@ -105,36 +127,49 @@ func (l *Locker) busy(id string) error {
 }
 
 func (l *Locker) acquireConsul(ctx, waitCtx context.Context, id, user string, wait bool) (*Lock, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second+max(0, time.Until(deadline(waitCtx))))
+	ctx, cancel := context.WithTimeout(ctx, l.timeout()+max(0, time.Until(deadline(waitCtx))))
 	defer cancel()
+	destroy := func(sid string) {
+		dctx, cancel := l.bounded(context.WithoutCancel(ctx))
+		defer cancel()
+		l.Client.Session().Destroy(sid, (&api.WriteOptions{}).WithContext(dctx))
+	}
 	entry := &api.SessionEntry{Name: "climesh-turn:" + id, TTL: l.TTL.String(), LockDelay: l.LockDelay, Behavior: api.SessionBehaviorDelete}
 	create := l.Client.Session().Create
 	if l.Node != "" {
 		entry.Node, create = l.Node, l.Client.Session().CreateNoChecks
 	}
-	sid, _, err := create(entry, (&api.WriteOptions{}).WithContext(ctx))
+	cctx, ccancel := l.bounded(ctx)
+	sid, _, err := create(entry, (&api.WriteOptions{}).WithContext(cctx))
+	ccancel()
 	if err != nil {
-		return nil, fmt.Errorf("session lock: create consul session: %w", err)
+		return nil, fmt.Errorf("%w: create consul session: %v", ErrUnavailable, err)
 	}
 	value, _ := json.Marshal(Holder{User: user, Instance: l.Instance, Since: time.Now().UTC()})
 	for {
-		ok, _, err := l.Client.KV().Acquire(&api.KVPair{Key: l.key(id), Value: value, Session: sid}, (&api.WriteOptions{}).WithContext(ctx))
+		actx, acancel := l.bounded(ctx)
+		ok, _, err := l.Client.KV().Acquire(&api.KVPair{Key: l.key(id), Value: value, Session: sid}, (&api.WriteOptions{}).WithContext(actx))
+		acancel()
 		if err == nil && ok {
 			lk := &Lock{l: l, key: l.key(id), session: sid, stop: make(chan struct{})}
 			go l.Client.Session().RenewPeriodic(l.TTL.String(), sid, nil, lk.stop)
 			return lk, nil
 		}
 		if err == nil && !wait {
-			l.Client.Session().Destroy(sid, nil)
-			return nil, l.busy(id)
+			destroy(sid)
+			return nil, l.busy(ctx, id)
+		}
+		if err != nil && !wait {
+			destroy(sid)
+			return nil, fmt.Errorf("%w: acquire: %v", ErrUnavailable, err)
 		}
 		select {
 		case <-waitCtx.Done():
-			l.Client.Session().Destroy(sid, nil)
+			destroy(sid)
 			if err != nil {
-				return nil, fmt.Errorf("session lock: %w", err)
+				return nil, fmt.Errorf("%w: acquire: %v", ErrUnavailable, err)
 			}
-			return nil, l.busy(id)
+			return nil, l.busy(ctx, id)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -148,9 +183,13 @@ func (lk *Lock) Release() error {
 		// session when stopped, and a session destroyed while it holds the key
 		// is an invalidation, which would start Consul's lock-delay for the next
 		// holder.
-		_, _, e1 := lk.l.Client.KV().Release(&api.KVPair{Key: lk.key, Session: lk.session}, nil)
+		// Each call is bounded: when Consul does not answer, the session's TTL
+		// frees the lock (renewal stops here either way).
+		ctx, cancel := lk.l.bounded(context.Background())
+		defer cancel()
+		_, _, e1 := lk.l.Client.KV().Release(&api.KVPair{Key: lk.key, Session: lk.session}, (&api.WriteOptions{}).WithContext(ctx))
 		close(lk.stop)
-		_, e2 := lk.l.Client.Session().Destroy(lk.session, nil)
+		_, e2 := lk.l.Client.Session().Destroy(lk.session, (&api.WriteOptions{}).WithContext(ctx))
 		err = errors.Join(e1, e2)
 		if lk.token != nil {
 			lk.token <- struct{}{}

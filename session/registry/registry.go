@@ -42,6 +42,10 @@ func (r *Record) PolicyValue() map[string]any {
 // ErrExists is returned by Create when the id is taken.
 var ErrExists = errors.New("session id already registered")
 
+// ErrCorrupt wraps a record the store holds that cannot be read: not an
+// outage, and never answered from memory.
+var ErrCorrupt = errors.New("session record unreadable")
+
 // Registry stores records.
 type Registry interface {
 	// Get returns nil, nil for an unknown session.
@@ -75,7 +79,7 @@ func (c *Consul) Get(ctx context.Context, id string) (*Record, error) {
 	}
 	var r Record
 	if err := json.Unmarshal(pair.Value, &r); err != nil {
-		return nil, fmt.Errorf("session registry: record %s is not valid JSON: %w", c.key(id), err)
+		return nil, fmt.Errorf("%w: %s is not valid JSON: %v", ErrCorrupt, c.key(id), err)
 	}
 	return &r, nil
 }

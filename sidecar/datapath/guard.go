@@ -133,6 +133,23 @@ func Denied(id []byte, reason, method, sessionID string) []byte {
 	return jsonrpc.ErrorResponse(id, protocol.CodeAccessDenied, reason, data)
 }
 
+// Unavailable answers a request that could not be decided or done because a
+// dependency did not answer: code -32010, data.unavailable names it. Nothing
+// was done; the call may be tried again.
+func Unavailable(id []byte, what, method, sessionID string) []byte {
+	data := map[string]string{"unavailable": what, "method": method}
+	if sessionID != "" {
+		data["sessionId"] = sessionID
+	}
+	return jsonrpc.ErrorResponse(id, protocol.CodeUnavailable, what+" unavailable; nothing was done, try again", data)
+}
+
+// What Unavailable names.
+const (
+	unavailableRegistry = "session registry"
+	unavailableLock     = "session lock"
+)
+
 func invalid(id []byte, msg string) []byte {
 	return jsonrpc.ErrorResponse(id, jsonrpc.CodeInvalidRequest, msg, nil)
 }
@@ -166,13 +183,16 @@ func (g *Guard) forget(id string) {
 	g.mu.Unlock()
 }
 
-func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record) {
+// decide is the policy's decision on m with its session's record. A record
+// that cannot be had is an error: the registry did not answer (ErrUnavailable),
+// or holds something unreadable; either way nothing is decided.
+func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record, error) {
 	var rec *registry.Record
 	if m.SessionID != "" {
 		var err error
 		if rec, err = g.record(ctx, m.SessionID); err != nil {
-			g.Log.Warn("session registry unavailable; denied", zap.Error(err))
-			return policy.Decision{Reason: "access denied: session registry unavailable"}, nil
+			g.Log.Warn("session record unavailable; refused", zap.String("session_id", m.SessionID), zap.Error(err))
+			return policy.Decision{}, nil, err
 		}
 	}
 	key := decisionKey{m.Kind.String(), m.Method, m.SessionID, maphash.Bytes(paramsSeed, m.Params), rec, g.Engine.Generation()}
@@ -180,7 +200,7 @@ func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision,
 	d, ok := g.decisions[key]
 	g.mu.Unlock()
 	if ok {
-		return d, rec
+		return d, rec, nil
 	}
 	d = g.Engine.DecideMessage(ctx, policy.MessageInput{
 		User: g.Caller.User, Tenant: g.Caller.Tenant, Roles: g.Caller.Roles, Pool: g.Pool, Mode: g.Mode,
@@ -192,7 +212,17 @@ func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision,
 	}
 	g.decisions[key] = d
 	g.mu.Unlock()
-	return d, rec
+	return d, rec, nil
+}
+
+// refusal answers a request whose record could not be had: unavailable when
+// the registry did not answer, else denied (an unreadable record decides
+// nothing, and says no more than a denial).
+func refusal(m jsonrpc.Message, err error) []byte {
+	if errors.Is(err, registry.ErrUnavailable) {
+		return Unavailable(m.ID, unavailableRegistry, m.Method, m.SessionID)
+	}
+	return Denied(m.ID, noSession, m.Method, m.SessionID)
 }
 
 // inbound handles a client→CLI message. It returns the message to forward (the
@@ -211,7 +241,7 @@ func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		}
 		return &m, nil
 	case jsonrpc.Notification:
-		if d, _ := g.decide(ctx, m); !d.Allow {
+		if d, _, _ := g.decide(ctx, m); !d.Allow {
 			g.Log.Info("notification dropped", zap.String("method", m.Method), zap.String("reason", d.Reason))
 			return nil, nil
 		}
@@ -231,7 +261,10 @@ func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 			return nil, invalid(m.ID, err.Error())
 		}
 	}
-	d, rec := g.decide(ctx, m)
+	d, rec, err := g.decide(ctx, m)
+	if err != nil {
+		return nil, refusal(m, err)
+	}
 	if !d.Allow {
 		return nil, Denied(m.ID, d.Reason, m.Method, m.SessionID)
 	}
@@ -249,7 +282,8 @@ func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 			g.forget(m.SessionID)
 			return nil, Denied(m.ID, noSession, m.Method, m.SessionID)
 		case err != nil:
-			return nil, Denied(m.ID, "access denied: session registry unavailable", m.Method, m.SessionID)
+			g.Log.Warn("session not claimed; create refused", zap.String("session_id", m.SessionID), zap.Error(err))
+			return nil, refusal(m, err)
 		}
 		claimed = true
 		g.forget(m.SessionID)
@@ -267,7 +301,9 @@ func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 		g.setVisible(m.SessionID, true) // allowed to touch it: its events may come here
 	}
 	if m.Method == protocol.MethodSessionSend && rec != nil {
-		g.touch(ctx, m.SessionID)
+		// Off the message's path: a touch is best effort, and a stalled
+		// registry must not hold the send for its time-out.
+		go g.touch(context.WithoutCancel(ctx), m.SessionID)
 	}
 	if (m.Method == protocol.MethodSessionDestroy || m.Method == protocol.MethodSessionDetach) && g.Mode == "collab" {
 		// An SDK disconnecting from a shared session must not unload it for the

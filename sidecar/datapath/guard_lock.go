@@ -36,7 +36,7 @@ func (g *Guard) TakeTurn(ctx context.Context, m jsonrpc.Message) []byte {
 	}
 	if err != nil {
 		g.Log.Warn("session lock unavailable; refused", zap.Error(err))
-		return jsonrpc.ErrorResponse(m.ID, protocol.CodeSessionBusy, "session lock unavailable", map[string]string{"sessionId": m.SessionID})
+		return Unavailable(m.ID, unavailableLock, m.Method, m.SessionID)
 	}
 	g.mu.Lock()
 	if g.held == nil {
@@ -55,10 +55,15 @@ func (g *Guard) endTurn(id string) {
 	delete(g.held, id)
 	g.mu.Unlock()
 	if lk != nil {
-		g.Log.Debug("turn lock released", zap.String("session_id", id))
-		if err := lk.Release(); err != nil {
-			g.Log.Warn("session lock release", zap.String("session_id", id), zap.Error(err))
-		}
+		// Off the tunnel's path: a release waits for Consul (bounded by the
+		// locker's time-out, then the lock's TTL frees it), and the turn is over.
+		go func() {
+			if err := lk.Release(); err != nil {
+				g.Log.Warn("session lock release", zap.String("session_id", id), zap.Error(err))
+				return
+			}
+			g.Log.Debug("turn lock released", zap.String("session_id", id))
+		}()
 	}
 }
 

@@ -64,7 +64,10 @@ func (g *Guard) mayRead(ctx context.Context, id string) bool {
 	}
 	// Decided as a read of the session would be.
 	params, _ := json.Marshal(map[string]string{"sessionId": id})
-	d, rec := g.decide(ctx, jsonrpc.Message{Kind: jsonrpc.Request, Method: protocol.MethodSessionGetMessages, SessionID: id, Params: params})
+	d, rec, err := g.decide(ctx, jsonrpc.Message{Kind: jsonrpc.Request, Method: protocol.MethodSessionGetMessages, SessionID: id, Params: params})
+	if err != nil {
+		return false // not remembered: decided again once the registry answers
+	}
 	v = d.Allow && rec != nil
 	g.setVisible(id, v)
 	return v

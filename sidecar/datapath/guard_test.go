@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -318,5 +319,58 @@ func TestGuardWrongTypesRefused(t *testing.T) {
 		if toCLI, ans := inbound(t, alice, frame); toCLI != "" {
 			t.Errorf("%s: forwarded %s (%s)", name, toCLI, ans)
 		}
+	}
+}
+
+// brokenRegistry fails every call with err.
+type brokenRegistry struct{ err error }
+
+func (b brokenRegistry) Get(context.Context, string) (*registry.Record, error) { return nil, b.err }
+func (b brokenRegistry) Create(context.Context, *registry.Record) (*registry.Record, error) {
+	return nil, b.err
+}
+func (b brokenRegistry) Delete(context.Context, string) error { return b.err }
+func (b brokenRegistry) Touch(context.Context, string, time.Time, string) error {
+	return b.err
+}
+func (b brokenRegistry) List(context.Context) ([]*registry.Record, error) { return nil, b.err }
+
+// When the registry does not answer, a call that needs it is answered -32010
+// naming the session registry, and nothing reaches the CLI; a record the
+// registry holds but cannot read is refused as any unknown session is.
+func TestGuardRegistryUnavailable(t *testing.T) {
+	e := shippedPolicy(t)
+	down := guardFor(e, brokenRegistry{fmt.Errorf("%w: get s-1: no answer within 2s", registry.ErrUnavailable)}, "acme", "alice")
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m"}}`,
+		`{"jsonrpc":"2.0","id":2,"method":"session.resume","params":{"sessionId":"s-1"}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"s-1","prompt":"x"}}`,
+	} {
+		toCLI, ans := inbound(t, down, body)
+		if toCLI != "" {
+			t.Fatalf("forwarded while the registry is down: %s", toCLI)
+		}
+		if !strings.Contains(ans, `"code":-32010`) || !strings.Contains(ans, `"unavailable":"session registry"`) || !strings.Contains(ans, "try again") {
+			t.Fatalf("%s: answered %s", body, ans)
+		}
+		if strings.Contains(ans, "no answer within") {
+			t.Fatalf("the answer tells the client the registry's internals: %s", ans)
+		}
+	}
+	corrupt := guardFor(e, brokenRegistry{fmt.Errorf("%w: climesh/sessions/s-1 is not valid JSON", registry.ErrCorrupt)}, "acme", "alice")
+	_, ans := inbound(t, corrupt, `{"jsonrpc":"2.0","id":2,"method":"session.resume","params":{"sessionId":"s-1"}}`)
+	if !strings.Contains(ans, `"code":-32012`) || !strings.Contains(ans, noSession) {
+		t.Fatalf("an unreadable record: %s", ans)
+	}
+	// An event of a session the registry could not answer for is not shown, and
+	// not remembered as hidden: once it answers, the owner sees it.
+	if _, send := down.Outbound(t.Context(), msg(t, `{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-1"}}`)); send {
+		t.Fatal("an event was shown without a decision")
+	}
+	down.Guard.mu.Lock()
+	_, remembered := down.Guard.visible["s-1"]
+	down.Guard.mu.Unlock()
+	if remembered {
+		t.Fatal("a failed decision was remembered")
 	}
 }
