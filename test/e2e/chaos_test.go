@@ -80,12 +80,12 @@ func bounded(ctx context.Context, o *outcome, call func(ctx context.Context) err
 }
 
 // startChaosMesh is a mesh of its own (the fault must not reach other tests).
-func startChaosMesh(t *testing.T) *meshEnv {
+func startChaosMesh(t *testing.T, o harness.MeshOptions) *meshEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: starts a mesh of its own")
 	}
-	m, err := harness.StartMesh(t.Context(), harness.MeshOptions{Instances: 2})
+	m, err := harness.StartMesh(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,95 +93,90 @@ func startChaosMesh(t *testing.T) *meshEnv {
 	return &meshEnv{m}
 }
 
-// TestChaosConsulPaused: Consul stops answering (SIGSTOP, state kept) for
-// longer than the sidecars' check TTL while users take turns, then resumes.
-// Existing users on existing tunnels go on; a new tunnel resuming a session this
-// sidecar has seen goes on (its record is answered from memory); a new user's
-// session.create is refused with a clear error within the bound, never left
-// without an answer; after Consul resumes, a new user's turn works again.
-func TestChaosConsulPaused(t *testing.T) {
-	env := startChaosMesh(t)
+// chaosRun is what users saw through one fault.
+type chaosRun struct {
+	existing  outcome // users with a session and a tunnel from before, taking turns throughout
+	reopened  outcome // a new tunnel resuming a session from before, and a turn on it
+	newcomers outcome // a new user's session.create during the fault
+	after     outcome // a new user's whole turn after the fault ends, until one works
+	recovered time.Duration // from the fault's end to a new user's whole turn
+	ending    time.Duration // what ending the fault took (a restart's start-up)
+}
+
+// throughFault runs users through a fault: two users with a session and a turn
+// each; then fault() starts it and returns what ends it; for window the users
+// take turns, a new tunnel resumes the first user's session, a new user creates
+// one; then the fault ends, and a new user tries a whole turn until one works
+// (recovered is from the end of the fault to that turn's end).
+func throughFault(t *testing.T, env *meshEnv, window time.Duration, fault func() (end func())) *chaosRun {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-
-	// Before: two users with a session and a turn each.
 	type user struct {
 		name    string
-		client  *copilot.Client
 		session *copilot.Session
 	}
 	var users []*user
 	for _, name := range []string{"ann", "ben"} {
-		u := &user{name: name, client: env.clientOf(ctx, t, "acme", name)}
-		u.session = env.newSession(ctx, t, u.client)
+		u := &user{name: name}
+		u.session = env.newSession(ctx, t, env.clientOf(ctx, t, "acme", name))
 		if _, err := ownTurn(ctx, u.session, "before "+name); err != nil {
 			t.Fatal(err)
 		}
 		users = append(users, u)
 	}
-
-	// The fault: Consul paused for longer than the check TTL (3s here).
-	const pause = 6 * time.Second
-	if err := env.Consul.Proc.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	pausedAt := time.Now()
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			env.Consul.Proc.Signal(syscall.SIGCONT)
+	run := &chaosRun{}
+	end := fault()
+	ended := false
+	finish := func() {
+		if !ended {
+			ended = true
+			end()
 		}
 	}
-	defer resume()
-
-	var existing, reopened, newcomers outcome
+	defer finish()
+	started := time.Now()
 	var wg sync.WaitGroup
-	// Existing users keep taking turns on their tunnels throughout the pause.
 	for _, u := range users {
 		wg.Go(func() {
-			for i := 0; time.Since(pausedAt) < pause; i++ {
-				bounded(ctx, &existing, func(ctx context.Context) error {
+			for i := 0; time.Since(started) < window; i++ {
+				bounded(ctx, &run.existing, func(ctx context.Context) error {
 					_, err := ownTurn(ctx, u.session, fmt.Sprintf("during %s %d", u.name, i))
 					return err
 				})
 			}
 		})
 	}
-	// A new tunnel resumes ann's session and takes a turn.
 	wg.Go(func() {
 		time.Sleep(time.Second)
-		again := env.clientOf(ctx, t, "acme", "ann")
+		again := env.clientOf(ctx, t, "acme", users[0].name)
 		var s *copilot.Session
-		err := bounded(ctx, &reopened, func(ctx context.Context) (err error) {
+		err := bounded(ctx, &run.reopened, func(ctx context.Context) (err error) {
 			s, err = again.ResumeSession(ctx, users[0].session.SessionID, &copilot.ResumeSessionConfig{Model: "double-1", Provider: env.provider(),
 				OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 			return err
 		})
 		if err == nil {
-			bounded(ctx, &reopened, func(ctx context.Context) error {
-				_, err := ownTurn(ctx, s, "reopened during the pause")
+			bounded(ctx, &run.reopened, func(ctx context.Context) error {
+				_, err := ownTurn(ctx, s, "reopened during the fault")
 				return err
 			})
 		}
 	})
-	// A new user creates a session: the registry must be written first.
 	wg.Go(func() {
 		time.Sleep(2 * time.Second)
 		c := env.clientOf(ctx, t, "acme", "cat")
-		bounded(ctx, &newcomers, func(ctx context.Context) error {
+		bounded(ctx, &run.newcomers, func(ctx context.Context) error {
 			_, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(),
 				OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 			return err
 		})
 	})
 	wg.Wait()
-	resume()
-	resumedAt := time.Now()
-
-	// After: a new user's whole turn works again; time it from the resume.
-	var after outcome
-	var recovered time.Duration
+	endStart := time.Now()
+	finish()
+	endedAt := time.Now()
+	run.ending = endedAt.Sub(endStart)
 	pctx, pcancel := context.WithTimeout(ctx, time.Minute)
 	defer pcancel()
 	err := harness.Poll(pctx, 200*time.Millisecond, func() error {
@@ -190,23 +185,31 @@ func TestChaosConsulPaused(t *testing.T) {
 			return err
 		}
 		defer c.Stop()
-		return bounded(pctx, &after, func(ctx context.Context) error {
+		return bounded(pctx, &run.after, func(ctx context.Context) error {
 			s, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(),
 				OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 			if err != nil {
 				return err
 			}
-			_, err = ownTurn(ctx, s, "after the pause")
+			_, err = ownTurn(ctx, s, "after the fault")
 			return err
 		})
 	})
-	recovered = time.Since(resumedAt)
-	t.Logf("Consul paused %v (check TTL 3s, --consul-timeout 2s):\n  existing users, existing tunnels: %s\n  new tunnel resuming a session: %s\n  new user's session.create: %s\n  after the resume: a new user's full turn worked %v after SIGCONT (%s)",
-		pause, &existing, &reopened, &newcomers, recovered.Round(time.Millisecond), &after)
+	run.recovered = time.Since(endedAt)
+	t.Logf("through the fault (%v):\n  existing users, existing tunnels: %s\n  new tunnel resuming a session: %s\n  new user's session.create: %s\n  after: ending the fault took %v; a new user's full turn worked %v after it ended (%s)",
+		window, &run.existing, &run.reopened, &run.newcomers, run.ending.Round(time.Millisecond), run.recovered.Round(time.Millisecond), &run.after)
 	if err != nil {
-		t.Fatalf("no new user's turn worked within a minute of the resume: %v", err)
+		t.Fatalf("no new user's turn worked within a minute of the fault's end: %v", err)
 	}
-	for name, o := range map[string]*outcome{"existing users": &existing, "the reopened tunnel": &reopened, "the new user": &newcomers} {
+	return run
+}
+
+// expectGoesOn checks what a Consul fault must leave working: nothing hangs,
+// every failure names what is unavailable, existing users and a reopened
+// session go on, and a new user's create gets a session or a clear error.
+func expectGoesOn(t *testing.T, run *chaosRun) {
+	t.Helper()
+	for name, o := range map[string]*outcome{"existing users": &run.existing, "the reopened tunnel": &run.reopened, "the new user": &run.newcomers} {
 		if o.hung > 0 {
 			t.Errorf("%s: a call hung past %v", name, callBound)
 		}
@@ -214,13 +217,47 @@ func TestChaosConsulPaused(t *testing.T) {
 			t.Errorf("%s: a call failed without saying what is unavailable", name)
 		}
 	}
-	if existing.completed == 0 || existing.failed > 0 {
-		t.Errorf("existing users on existing tunnels did not go on: %s", &existing)
+	if run.existing.completed == 0 || run.existing.failed > 0 {
+		t.Errorf("existing users on existing tunnels did not go on: %s", &run.existing)
 	}
-	if reopened.completed != 2 {
-		t.Errorf("a new tunnel resuming a session this sidecar had seen did not go on: %s", &reopened)
+	if run.reopened.completed != 2 {
+		t.Errorf("a new tunnel resuming a session this sidecar had seen did not go on: %s", &run.reopened)
 	}
-	if newcomers.completed+newcomers.clearErrors != 1 {
-		t.Errorf("the new user's create got neither a session nor a clear error: %s", &newcomers)
+	if run.newcomers.completed+run.newcomers.clearErrors != 1 {
+		t.Errorf("the new user's create got neither a session nor a clear error: %s", &run.newcomers)
 	}
+}
+
+// TestChaosConsulPaused: Consul stops answering (SIGSTOP, state kept) for
+// longer than the sidecars' check TTL (3s) while users take turns, then
+// resumes. Existing users on existing tunnels go on; a new tunnel resuming a
+// session this sidecar has seen goes on (its record is answered from memory);
+// a new user's session.create is refused with a clear error within the bound,
+// never left without an answer; after Consul resumes, a new user's turn works.
+func TestChaosConsulPaused(t *testing.T) {
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 2})
+	run := throughFault(t, env, 6*time.Second, func() func() {
+		if err := env.Consul.Proc.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		return func() { env.Consul.Proc.Signal(syscall.SIGCONT) }
+	})
+	expectGoesOn(t, run)
+}
+
+// TestChaosConsulRestarted: Consul (a server with a data directory) stops and
+// starts again while users take turns: the same as a pause while it is down
+// (calls fail at once instead of waiting), and afterwards registrations,
+// checks and watches come back by themselves.
+func TestChaosConsulRestarted(t *testing.T) {
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 2, PersistentConsul: true})
+	run := throughFault(t, env, 6*time.Second, func() func() {
+		env.Consul.Proc.Stop(5 * time.Second)
+		return func() {
+			if err := env.Consul.Start(t.Context()); err != nil {
+				t.Fatalf("consul did not start again: %v", err)
+			}
+		}
+	})
+	expectGoesOn(t, run)
 }

@@ -42,6 +42,10 @@ type ConsulOptions struct {
 	// SessionTTLMin lowers the servers' session_ttl_min (default 10s), so that
 	// tests can bound a dead holder's session in seconds.
 	SessionTTLMin time.Duration
+	// Persistent runs a single server with a data directory instead of a dev
+	// agent: Restart keeps the KV store, the catalog and the agent's own
+	// registrations, as a production server does.
+	Persistent bool
 }
 
 // StartConsulWith starts a dev agent shaped by o and waits until it has a leader.
@@ -59,11 +63,17 @@ func StartConsulWith(ctx context.Context, dir string, o ConsulOptions) (*Consul,
 		ports[0] = httpPort
 	}
 	c := &Consul{dir: dir, bin: bin, Addr: "127.0.0.1:" + strconv.Itoa(ports[0])}
-	c.args = []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+	mode := []string{"-dev"}
+	if o.Persistent {
+		mode = []string{"-server", "-bootstrap-expect", "1", "-data-dir", filepath.Join(dir, "consul-data"),
+			"-hcl", "performance { raft_multiplier = 1 }"}
+	}
+	c.args = append([]string{"agent"}, mode...)
+	c.args = append(c.args, "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", strconv.Itoa(ports[0]), "-server-port", strconv.Itoa(ports[1]),
 		"-serf-lan-port", strconv.Itoa(ports[2]), "-serf-wan-port", strconv.Itoa(ports[3]),
 		"-dns-port", "-1", "-grpc-port", "-1", "-hcl", "ports { grpc_tls = -1 }",
-		"-node", "climesh-test", "-log-level", "warn"}
+		"-node", "climesh-test", "-log-level", "warn")
 	if o.ACL {
 		c.RootToken = "root-token-for-tests-0000000000000"
 		c.args = append(c.args, "-hcl", fmt.Sprintf(`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q, agent = %q } }`, c.RootToken, c.RootToken))
@@ -110,11 +120,14 @@ func (c *Consul) start(ctx context.Context) error {
 
 // Restart stops the agent and starts it again on the same ports. A dev agent
 // keeps nothing: every registration is gone afterwards, and the Raft index starts
-// over (lower than before).
+// over (lower than before). A Persistent one keeps its state.
 func (c *Consul) Restart(ctx context.Context) error {
 	c.Proc.Stop(5 * time.Second)
 	return c.start(ctx)
 }
+
+// Start starts a stopped agent again on the same ports (see Restart).
+func (c *Consul) Start(ctx context.Context) error { return c.start(ctx) }
 
 // Close stops the agent.
 func (c *Consul) Close() { c.Proc.Stop(5 * time.Second) }

@@ -81,6 +81,9 @@ type MeshOptions struct {
 	// sidecars and the xds-server each hold a token of the shipped least-privilege
 	// policies (deploy/consul/acl).
 	Agentless bool
+	// PersistentConsul runs Consul as a server with a data directory, so that
+	// a restart keeps its state (ConsulOptions.Persistent).
+	PersistentConsul bool
 }
 
 // LivenessTTL is an agentless mesh's --liveness-ttl.
@@ -154,7 +157,7 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		}
 		m.SidecarEnv, xdsEnv = []string{"CONSUL_HTTP_TOKEN=" + sidecarToken}, []string{"CONSUL_HTTP_TOKEN=" + xdsToken}
 	} else {
-		if m.Consul, err = StartConsul(ctx, dir); err != nil {
+		if m.Consul, err = StartConsulWith(ctx, dir, ConsulOptions{Persistent: o.PersistentConsul}); err != nil {
 			return m, err
 		}
 		m.stops = append(m.stops, m.Consul.Close)
