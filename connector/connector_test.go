@@ -70,11 +70,23 @@ func TestServeCarriesIdentityAndMessages(t *testing.T) {
 }
 
 func TestServeAnswersWhenTheEdgeRefuses(t *testing.T) {
+	// The edge that cannot decide (its authorization service is down) answers
+	// 503: an outage, told apart from a refusal.
+	down := tunneltest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	sdk503, _ := run(t, Options{EdgeURL: down, Limits: jsonrpc.DefaultLimits}, "bob")
+	got := sdk503.call(t, `{"jsonrpc":"2.0","id":4,"method":"connect","params":{}}`)
+	for _, want := range []string{`"id":4`, "-32010", "503", `"unavailable":"edge authorization"`} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("503 answer %s lacks %q", got, want)
+		}
+	}
 	url := tunneltest.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "tenant not admitted", http.StatusForbidden)
 	}))
 	sdk, done := run(t, Options{EdgeURL: url, Limits: jsonrpc.DefaultLimits}, "bob")
-	got := sdk.call(t, `{"jsonrpc":"2.0","id":5,"method":"connect","params":{}}`)
+	got = sdk.call(t, `{"jsonrpc":"2.0","id":5,"method":"connect","params":{}}`)
 	for _, want := range []string{`"id":5`, "-32011", "403", "tenant not admitted"} {
 		if !strings.Contains(got, want) {
 			t.Fatalf("refusal %s lacks %q", got, want)

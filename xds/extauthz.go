@@ -23,7 +23,9 @@ const (
 )
 
 // extAuthz asks the xds-server's OPA for every tunnel, passing the verified JWT
-// payload. Fail closed: an error or a timeout refuses the tunnel (403).
+// payload. Fail closed: an error or a timeout refuses the tunnel, with 503 rather
+// than a denial's 403, so that a client can tell an outage (try again) from a
+// refusal (do not).
 func extAuthz(c *config.Config) httpFilter {
 	return httpFilter{name: extAuthzFilterName, config: &extauthzv3.ExtAuthz{
 		Services: &extauthzv3.ExtAuthz_GrpcService{GrpcService: &corev3.GrpcService{
@@ -32,7 +34,7 @@ func extAuthz(c *config.Config) httpFilter {
 		}},
 		TransportApiVersion:       corev3.ApiVersion_V3,
 		FailureModeAllow:          false,
-		StatusOnError:             &typev3.HttpStatus{Code: typev3.StatusCode_Forbidden},
+		StatusOnError:             &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 		MetadataContextNamespaces: []string{jwtFilterName},
 	}}
 }

@@ -50,8 +50,10 @@ func (o *outcome) record(took time.Duration, err error) {
 		o.errors = append(o.errors, "hung: "+err.Error())
 	default:
 		o.failed++
+		// climesh's own codes (-32010 unavailable, -32011 refused by the edge,
+		// -32012 denied, -32013 busy) each come with a message that says what.
 		msg := err.Error()
-		if strings.Contains(msg, "unavailable") {
+		if strings.Contains(msg, "JSON-RPC Error -3201") {
 			o.clearErrors++
 		} else {
 			o.unclears++
@@ -127,19 +129,24 @@ func throughFault(t *testing.T, env *meshEnv, window time.Duration, fault func()
 	}
 	run := &chaosRun{}
 	end := fault()
-	ended := false
-	finish := func() {
-		if !ended {
-			ended = true
-			end()
-		}
-	}
-	defer finish()
 	started := time.Now()
+	// The fault ends on its own clock: calls held during it (climesh-connect
+	// holds them while it reconnects) may complete after.
+	var endedAt time.Time
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		time.Sleep(window)
+		endStart := time.Now()
+		end()
+		endedAt = time.Now()
+		run.ending = endedAt.Sub(endStart)
+	}()
+	defer func() { <-ended }()
 	var wg sync.WaitGroup
 	for _, u := range users {
 		wg.Go(func() {
-			for i := 0; time.Since(started) < window; i++ {
+			for i := 0; time.Since(started) < window+2*time.Second; i++ {
 				bounded(ctx, &run.existing, func(ctx context.Context) error {
 					_, err := ownTurn(ctx, u.session, fmt.Sprintf("during %s %d", u.name, i))
 					return err
@@ -149,9 +156,12 @@ func throughFault(t *testing.T, env *meshEnv, window time.Duration, fault func()
 	}
 	wg.Go(func() {
 		time.Sleep(time.Second)
-		again := env.clientOf(ctx, t, "acme", users[0].name)
 		var s *copilot.Session
 		err := bounded(ctx, &run.reopened, func(ctx context.Context) (err error) {
+			again, err := startClient(ctx, t, env, "acme", users[0].name)
+			if err != nil {
+				return err
+			}
 			s, err = again.ResumeSession(ctx, users[0].session.SessionID, &copilot.ResumeSessionConfig{Model: "double-1", Provider: env.provider(),
 				OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 			return err
@@ -165,18 +175,18 @@ func throughFault(t *testing.T, env *meshEnv, window time.Duration, fault func()
 	})
 	wg.Go(func() {
 		time.Sleep(2 * time.Second)
-		c := env.clientOf(ctx, t, "acme", "cat")
 		bounded(ctx, &run.newcomers, func(ctx context.Context) error {
-			_, err := c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(),
+			c, err := startClient(ctx, t, env, "acme", "cat")
+			if err != nil {
+				return err
+			}
+			_, err = c.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(),
 				OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 			return err
 		})
 	})
 	wg.Wait()
-	endStart := time.Now()
-	finish()
-	endedAt := time.Now()
-	run.ending = endedAt.Sub(endStart)
+	<-ended
 	pctx, pcancel := context.WithTimeout(ctx, time.Minute)
 	defer pcancel()
 	err := harness.Poll(pctx, 200*time.Millisecond, func() error {
@@ -202,6 +212,17 @@ func throughFault(t *testing.T, env *meshEnv, window time.Duration, fault func()
 		t.Fatalf("no new user's turn worked within a minute of the fault's end: %v", err)
 	}
 	return run
+}
+
+// startClient starts an SDK client through climesh-connect for user of tenant,
+// stopped with the test; unlike clientOf it reports a failure to start.
+func startClient(ctx context.Context, t *testing.T, env *meshEnv, tenant, user string) (*copilot.Client, error) {
+	c := copilot.NewClient(&copilot.ClientOptions{Connection: copilot.URIConnection{URL: env.ConnectAddr, ConnectionToken: env.Token(user, tenant)}})
+	if err := c.Start(ctx); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Stop() })
+	return c, nil
 }
 
 // expectGoesOn checks what a Consul fault must leave working: nothing hangs,
@@ -260,4 +281,86 @@ func TestChaosConsulRestarted(t *testing.T) {
 		}
 	})
 	expectGoesOn(t, run)
+}
+
+// expectNoHang checks what every fault must keep: no call hangs past its bound,
+// and every failure says what is unavailable.
+func expectNoHang(t *testing.T, run *chaosRun) {
+	t.Helper()
+	for name, o := range map[string]*outcome{"existing users": &run.existing, "the reopened tunnel": &run.reopened, "the new user": &run.newcomers, "after": &run.after} {
+		if o.hung > 0 {
+			t.Errorf("%s: a call hung past %v", name, callBound)
+		}
+		if o.unclears > 0 {
+			t.Errorf("%s: a call failed without saying what is unavailable: %s", name, o)
+		}
+	}
+}
+
+// TestChaosXDSServerKilled: the xds-server (control plane and ext_authz) is
+// killed with SIGKILL while users take turns, and started again. Envoy keeps
+// routing what it has: existing tunnels go on. A new tunnel needs ext_authz,
+// which fails closed: it is refused with a clear error, never left hanging.
+// After the restart ADS resumes and a new user's turn works.
+func TestChaosXDSServerKilled(t *testing.T) {
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 2})
+	run := throughFault(t, env, 5*time.Second, func() func() {
+		if err := env.XDS.Proc.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := env.XDS.Start(t.Context()); err != nil {
+				t.Fatalf("the xds-server did not start again: %v", err)
+			}
+		}
+	})
+	expectNoHang(t, run)
+	if run.existing.completed == 0 || run.existing.failed > 0 {
+		t.Errorf("existing tunnels did not go on while the control plane was down: %s", &run.existing)
+	}
+	// A new tunnel is refused while ext_authz is down (fail closed), as an
+	// outage (-32010, try again), not as a denial.
+	for name, o := range map[string]*outcome{"the reopened tunnel": &run.reopened, "the new user": &run.newcomers} {
+		for _, e := range o.errors {
+			if !strings.Contains(e, "-32010") || !strings.Contains(e, "503") {
+				t.Errorf("%s was refused as %q, want -32010 for the edge's 503", name, e)
+			}
+		}
+	}
+	// Envoy's ADS stream comes back by itself, within its reconnect back-off.
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+	defer cancel()
+	err := harness.Poll(ctx, 100*time.Millisecond, func() error {
+		if v, err := env.Envoy.Stat("control_plane.connected_state"); err != nil || v != 1 {
+			return fmt.Errorf("connected_state %d (%v)", v, err)
+		}
+		return nil
+	})
+	t.Logf("Envoy's ADS stream connected again %v after the check began", time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Errorf("Envoy's ADS stream did not resume: %v", err)
+	}
+}
+
+// TestChaosEnvoyKilled: Envoy is killed with SIGKILL while users take turns,
+// and started again on the same bootstrap. climesh-connect holds calls while it
+// reconnects and resumes every session: existing users' turns complete or fail
+// with a clear error, and afterwards every existing user's session works.
+func TestChaosEnvoyKilled(t *testing.T) {
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 2})
+	run := throughFault(t, env, 4*time.Second, func() func() {
+		if err := env.Envoy.Proc.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := env.Envoy.Start(t.Context()); err != nil {
+				t.Fatalf("Envoy did not start again: %v", err)
+			}
+		}
+	})
+	expectNoHang(t, run)
+	if run.existing.completed == 0 {
+		t.Errorf("no existing user's turn completed across Envoy's restart: %s", &run.existing)
+	}
 }

@@ -18,6 +18,20 @@ type Envoy struct {
 	Proc      *Proc
 	AdminAddr string
 	NodeID    string
+	// what it was started with, for Start
+	dir, xdsAddr string
+	opts         EnvoyOptions
+}
+
+// Start starts a stopped or killed Envoy again with the same bootstrap (a new
+// admin port; its listeners come back from the xds-server on their ports).
+func (e *Envoy) Start(ctx context.Context) error {
+	next, err := StartEnvoy(ctx, e.dir, e.xdsAddr, e.opts)
+	if err != nil {
+		return err
+	}
+	e.Proc, e.AdminAddr = next.Proc, next.AdminAddr
+	return nil
 }
 
 // bootstrap: a node, the ADS cluster, and an admin listener. Everything else comes
@@ -130,7 +144,7 @@ func StartEnvoy(ctx context.Context, dir, xdsAddr string, o EnvoyOptions) (*Envo
 	if err != nil {
 		return nil, err
 	}
-	e := &Envoy{Proc: p, AdminAddr: "127.0.0.1:" + strconv.Itoa(adminPort), NodeID: o.NodeID}
+	e := &Envoy{Proc: p, AdminAddr: "127.0.0.1:" + strconv.Itoa(adminPort), NodeID: o.NodeID, dir: dir, xdsAddr: xdsAddr, opts: o}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err = Poll(ctx, 50*time.Millisecond, func() error {

@@ -20,6 +20,8 @@ type XDSServer struct {
 	HTTPAddr   string
 	configPath string
 	server     string
+	dir, bin   string
+	env        []string
 }
 
 // StartXDSServer writes body (a config without its server: section, which the
@@ -45,13 +47,23 @@ func StartXDSServerWith(ctx context.Context, dir, body, server string, env ...st
 		XDSAddr:    "127.0.0.1:" + strconv.Itoa(xdsPort),
 		HTTPAddr:   "127.0.0.1:" + strconv.Itoa(httpPort),
 		configPath: filepath.Join(dir, "xds-server.yaml"),
+		dir:        dir, bin: bin, env: env,
 	}
 	s.server = fmt.Sprintf("server:\n  xds_address: %s\n  http_address: %s\n%s", s.XDSAddr, s.HTTPAddr, server)
 	if err := s.WriteConfig(body); err != nil {
 		return nil, err
 	}
-	if s.Proc, err = Start(dir, "xds-server", bin, []string{"--config", s.configPath, "--log-level", "debug"}, env...); err != nil {
-		return nil, err
+	return s, s.start(ctx)
+}
+
+// Start starts the binary again (after Proc was stopped or killed) on the same
+// ports and config, and waits for /healthz.
+func (s *XDSServer) Start(ctx context.Context) error { return s.start(ctx) }
+
+func (s *XDSServer) start(ctx context.Context) error {
+	var err error
+	if s.Proc, err = Start(s.dir, "xds-server", s.bin, []string{"--config", s.configPath, "--log-level", "debug"}, s.env...); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -64,9 +76,9 @@ func StartXDSServerWith(ctx context.Context, dir, body, server string, env ...st
 	})
 	if err != nil {
 		s.Proc.Stop(time.Second)
-		return nil, err
+		return err
 	}
-	return s, nil
+	return nil
 }
 
 // WriteConfig replaces the config file (same server: section).
