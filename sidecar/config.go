@@ -93,6 +93,7 @@ type Config struct {
 	MaxUsers    int           // --max-users: isolated: most CLIs at once
 	UserIdle    time.Duration // --user-idle: isolated: stop a CLI idle this long
 
+	TurnTimeout   time.Duration // --turn-timeout: a turn running longer is aborted (0: never)
 	ConsulTimeout time.Duration // --consul-timeout: the longest any Consul call on a client's behalf waits
 	StaleRecords  time.Duration // --stale-records: how long a session record read before answers while Consul does not
 
@@ -114,7 +115,7 @@ func DefaultConfig() Config {
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
 		MaxUsers: 20, UserIdle: 10 * time.Minute,
 		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
-		ConsulTimeout: 2 * time.Second, StaleRecords: 5 * time.Minute,
+		ConsulTimeout: 2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
 		LogLevel: "info",
 	}
 }
@@ -161,6 +162,7 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.UserEnv, "user-env", c.UserEnv, "isolated: comma-separated `names` of the sidecar's environment variables each CLI also gets (a proxy, a CA bundle); nothing else of the sidecar's environment is passed")
 	fs.IntVar(&c.MaxUsers, "max-users", c.MaxUsers, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
 	fs.DurationVar(&c.UserIdle, "user-idle", c.UserIdle, "isolated: stop a user's CLI after this long without a tunnel")
+	fs.DurationVar(&c.TurnTimeout, "turn-timeout", c.TurnTimeout, "a turn (session.send to its session.idle or session.error) running longer is aborted: the CLI is sent session.abort, the client a session.error saying so, and a collab session's lock is released (0: never)")
 	fs.DurationVar(&c.ConsulTimeout, "consul-timeout", c.ConsulTimeout, "longest wait for any Consul call made for a client (session records, turn locks); past it the client is told the session registry is unavailable (-32010)")
 	fs.DurationVar(&c.StaleRecords, "stale-records", c.StaleRecords, "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", c.LockTTL, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
@@ -437,6 +439,9 @@ func (c Config) validateDurations(v *validator) {
 	v.duration("--user-idle", c.UserIdle, 0, "negative (want 0 or more)")
 	if c.ConsulTimeout < 100*time.Millisecond || c.ConsulTimeout > time.Minute {
 		v.bad("--consul-timeout", c.ConsulTimeout.String(), field.ErrOutOfRange, "want 100ms to 1m")
+	}
+	if c.TurnTimeout != 0 && c.TurnTimeout < time.Second {
+		v.bad("--turn-timeout", c.TurnTimeout.String(), field.ErrOutOfRange, "want 0 (never) or at least 1s")
 	}
 	if c.StaleRecords < 0 || c.StaleRecords > 24*time.Hour {
 		v.bad("--stale-records", c.StaleRecords.String(), field.ErrOutOfRange, "want 0 to 24h")

@@ -56,6 +56,7 @@ var todaysFlags = [][3]string{
 	{"user-secrets", "", "isolated: `dir` of <tenant>/<user>.env files (KEY=VALUE: GitHub token, provider key); never logged"},
 	{"user-uids", "", "isolated: `range` FIRST-LAST of UIDs, one per (tenant, user); each CLI runs under its own UID and GID with a home only it can read (the sidecar must run as root); empty: users are separated by directory permissions only"},
 	{"users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<tenant>/<user>/home, mode 0700)"},
+	{"turn-timeout", "30m0s", "a turn (session.send to its session.idle or session.error) running longer is aborted: the CLI is sent session.abort, the client a session.error saying so, and a collab session's lock is released (0: never)"},
 	{"consul-timeout", "2s", "longest wait for any Consul call made for a client (session records, turn locks); past it the client is told the session registry is unavailable (-32010)"},
 	{"stale-records", "5m0s", "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)"},
 }
@@ -91,7 +92,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--max-users", "11", "--user-idle", "12s", "--lock-ttl", "13s", "--lock-delay", "14s",
 		"--lock-wait-max", "15s", "--max-frame-bytes", "16",
 		"--consul-registration", "catalog", "--consul-node", "n-1", "--liveness-ttl", "17s",
-		"--consul-timeout", "18s", "--stale-records", "19s",
+		"--consul-timeout", "18s", "--stale-records", "19s", "--turn-timeout", "20s",
 	}
 	want := Config{
 		Listen: "0.0.0.0:7002", AdminListen: "0.0.0.0:7102", AdminCredentialFile: "/a", Path: "/p",
@@ -104,7 +105,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		EdgeCredentialFile: "/e", IdentityKeys: "/k", Policy: "/pol", PolicyData: "/pd", PolicyWatch: 9 * time.Second,
 		UsersRoot: "/u", UserSecrets: "/s", UserUIDs: "1000-1999", UserEnv: "A,B", MaxUsers: 11, UserIdle: 12 * time.Second,
 		LockTTL: 13 * time.Second, LockDelay: 14 * time.Second, LockWaitMax: 15 * time.Second, LogLevel: "debug",
-		ConsulTimeout: 18 * time.Second, StaleRecords: 19 * time.Second,
+		ConsulTimeout: 18 * time.Second, StaleRecords: 19 * time.Second, TurnTimeout: 20 * time.Second,
 	}
 	var fs []string
 	c := DefaultConfig()
@@ -366,6 +367,7 @@ func TestValidate(t *testing.T) {
 		"lock delay over 60s":    {Edit: func(c *Config) { c.LockDelay = 61 * time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
 		"negative lock delay":    {Edit: func(c *Config) { c.LockDelay = -time.Second }, Name: "--lock-delay", Kind: field.ErrOutOfRange},
 		"consul timeout tiny":    {Edit: func(c *Config) { c.ConsulTimeout = time.Millisecond }, Name: "--consul-timeout", Kind: field.ErrOutOfRange},
+		"turn timeout tiny":      {Edit: func(c *Config) { c.TurnTimeout = time.Millisecond }, Name: "--turn-timeout", Kind: field.ErrOutOfRange},
 		"stale records negative": {Edit: func(c *Config) { c.StaleRecords = -time.Second }, Name: "--stale-records", Kind: field.ErrOutOfRange},
 		"catalog registration": {Edit: and(mesh, func(c *Config) {
 			c.ConsulRegistration, c.ConsulNode, c.LivenessTTL = RegistrationCatalog, "n-1", 3*time.Second

@@ -102,6 +102,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	rl := datapath.NewRelay(log, cli, limits, reg)
 	s.Relay = rl
 	rl.Keepalive = cfg.Keepalive
+	rl.TurnTimeout = cfg.TurnTimeout
 	rl.SetCapacity(cfg.Capacity)
 	if cfg.Mode == ModeIsolated {
 		if s.users, err = cfg.userPool(log.Named("users")); err != nil {

@@ -129,6 +129,9 @@ type pipeline struct {
 	toClient func(ctx context.Context, body []byte) error
 	onError  func(err error)         // from a wait that ran off the loop
 	sent     func(m jsonrpc.Message) // a message went to the CLI
+	// fromCLIMu keeps the CLI→client direction one message at a time: the
+	// CLI's reader and the deadline stage's own events both enter it.
+	fromCLIMu sync.Mutex
 }
 
 // fromClient takes a client message through the inbound stages: forwarded to
@@ -206,6 +209,8 @@ func (p *pipeline) forward(f *flow) error {
 
 // fromCLI takes a CLI message through the outbound stages: to the client, or dropped.
 func (p *pipeline) fromCLI(ctx context.Context, m jsonrpc.Message) error {
+	p.fromCLIMu.Lock()
+	defer p.fromCLIMu.Unlock()
 	f := &flow{msg: m}
 	for _, s := range p.outbound {
 		if s.toClient(ctx, f); f.drop {

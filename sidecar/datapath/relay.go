@@ -48,6 +48,8 @@ type Relay struct {
 	// (tenant, user) holds open here (0: no limit).
 	Bounds            Bounds
 	MaxTunnelsPerUser int
+	// TurnTimeout ends a turn that runs longer (see turnDeadline); 0: never.
+	TurnTimeout time.Duration
 	// Capacity caps the sessions the CLI holds (see Capacity); nil: no cap.
 	// Isolated mode has one CLI per user and no cap of this kind.
 	Capacity *Capacity
@@ -68,13 +70,15 @@ type relayMetrics struct {
 	decision prometheus.Histogram
 	inFlight prometheus.Gauge
 	turn     prometheus.Histogram
-	errors   *prometheus.CounterVec
-	lockWait prometheus.Histogram
-	drains   prometheus.Counter
-	restarts prometheus.Counter
-	active   prometheus.Gauge
-	evicted  prometheus.Counter
-	resumed  prometheus.Counter
+	// turnTimeouts: turns ended by TurnTimeout
+	turnTimeouts prometheus.Counter
+	errors       *prometheus.CounterVec
+	lockWait     prometheus.Histogram
+	drains       prometheus.Counter
+	restarts     prometheus.Counter
+	active       prometheus.Gauge
+	evicted      prometheus.Counter
+	resumed      prometheus.Counter
 }
 
 // NewRelay registers its metrics on reg.
@@ -83,19 +87,20 @@ func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometh
 	rl := &Relay{
 		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]struct{}{},
 		metrics: &relayMetrics{
-			tunnels:  m.gauge("tunnels", "Open tunnels."),
-			messages: m.counters("messages_total", "Messages relayed, by direction (to_cli, to_client).", "direction"),
-			refused:  m.counters("refused_total", "Tunnels or messages refused, by reason.", "reason"),
-			decision: m.histogram("decision_seconds", "Per-message policy decision time (registry lookup included).", 0.00001, 16),
-			inFlight: m.gauge("turns_in_flight", "Turns running through this sidecar."),
-			turn:     m.histogram("turn_seconds", "From an accepted session.send to its session.idle or session.error.", 0.01, 16),
-			errors:   m.counters("jsonrpc_errors_total", "JSON-RPC error answers from the CLI, by code.", "code"),
-			lockWait: m.histogram("lock_wait_seconds", "Time a shared session's turn waited for its lock (busy answers included).", 0.001, 18),
-			drains:   m.counter("drains_total", "Drains begun."),
-			restarts: m.counter("cli_restarts_total", "Child CLI restarts."),
-			active:   m.gauge("active_sessions", "Sessions the CLI holds in memory (attached on an open tunnel)."),
-			evicted:  m.counter("evictions_total", "Idle sessions released with session.destroy because the CLI was at --capacity."),
-			resumed:  m.counter("resumes_on_demand_total", "Released sessions resumed when their client named them again."),
+			tunnels:      m.gauge("tunnels", "Open tunnels."),
+			messages:     m.counters("messages_total", "Messages relayed, by direction (to_cli, to_client).", "direction"),
+			refused:      m.counters("refused_total", "Tunnels or messages refused, by reason.", "reason"),
+			decision:     m.histogram("decision_seconds", "Per-message policy decision time (registry lookup included).", 0.00001, 16),
+			inFlight:     m.gauge("turns_in_flight", "Turns running through this sidecar."),
+			turn:         m.histogram("turn_seconds", "From an accepted session.send to its session.idle or session.error.", 0.01, 16),
+			turnTimeouts: m.counter("turns_timed_out_total", "Turns that ran past --turn-timeout: the CLI was asked to abort them and the client told."),
+			errors:       m.counters("jsonrpc_errors_total", "JSON-RPC error answers from the CLI, by code.", "code"),
+			lockWait:     m.histogram("lock_wait_seconds", "Time a shared session's turn waited for its lock (busy answers included).", 0.001, 18),
+			drains:       m.counter("drains_total", "Drains begun."),
+			restarts:     m.counter("cli_restarts_total", "Child CLI restarts."),
+			active:       m.gauge("active_sessions", "Sessions the CLI holds in memory (attached on an open tunnel)."),
+			evicted:      m.counter("evictions_total", "Idle sessions released with session.destroy because the CLI was at --capacity."),
+			resumed:      m.counter("resumes_on_demand_total", "Released sessions resumed when their client named them again."),
 		},
 	}
 	rl.turns.gauge = rl.metrics.inFlight.Set

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -248,5 +249,43 @@ func TestRelayTunnelsPerUser(t *testing.T) {
 	var refused *tunnel.RefusedError
 	if !errors.As(err, &refused) || refused.Status != http.StatusTooManyRequests {
 		t.Fatalf("a third tunnel of one user: %v, want 429", err)
+	}
+}
+
+// A turn that runs past TurnTimeout (the fake CLI never ends a turn, as with a
+// model that hangs) is aborted at the CLI and ended for the client with a
+// session.error that says why; the CLI's answer to the abort goes no further,
+// and the turn no longer counts as running.
+func TestRelayTurnTimeout(t *testing.T) {
+	cli := startFakeCLI(t, "cli-secret")
+	rl, url := startRelay(t, cli.addr, "cli-secret", cred)
+	rl.TurnTimeout = 300 * time.Millisecond
+	c := dialRelay(t, url, http.Header{"X-Climesh-Edge-Credential": {cred}})
+	exchange(t, c, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"user-token"}}`)
+	exchange(t, c, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{}}`)
+	start := time.Now()
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"gen-1","prompt":"hang"}}`); !strings.Contains(got, `"messageId"`) {
+		t.Fatalf("send answered %s", got)
+	}
+	got := exchange(t, c, "")
+	took := time.Since(start)
+	if !strings.Contains(got, `"type":"session.error"`) || !strings.Contains(got, `"errorType":"timeout"`) ||
+		!strings.Contains(got, `"sessionId":"gen-1"`) || !strings.Contains(got, "--turn-timeout (300ms)") {
+		t.Fatalf("after the timeout the client got %s", got)
+	}
+	if took < 300*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("the turn ended after %v, want about 300ms", took)
+	}
+	for deadline := time.Now().Add(2 * time.Second); !slices.Contains(cli.methods(), "session.abort"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the CLI was not asked to abort: %v", cli.methods())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := exchange(t, c, `{"jsonrpc":"2.0","id":4,"method":"ping","params":{}}`); !strings.Contains(got, `"id":4`) || !strings.Contains(got, "pong") {
+		t.Fatalf("the next frame after the timeout was %s (the abort's answer leaked, or the tunnel broke)", got)
+	}
+	if n := rl.turns.Running(); n != 0 {
+		t.Fatalf("%d turns still counted as running", n)
 	}
 }

@@ -131,13 +131,19 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 		inbound = append(inbound, lock)
 	}
 	metrics := metricsStage{rl.metrics}
-	outbound = append(outbound, calls, tt, metrics)
+	outbound = append(outbound, calls, tt)
 	stages := append(slices.Clone(inbound), calls, tt, metrics) // each once: those that also go out are inbound
+	var deadline *turnDeadline
+	if rl.TurnTimeout > 0 {
+		deadline = newTurnDeadline(rl.TurnTimeout, log, func(b []byte) error { _, err := cli.Write(b); return err }, rl.metrics.turnTimeouts.Inc)
+		outbound, stages = append(outbound, deadline), append(stages, deadline)
+	}
+	outbound = append(outbound, metrics)
 	if policy != nil {
 		outbound = append(outbound, policy)
 	}
 	toCLICount, toClientCount := rl.metrics.messages.WithLabelValues("to_cli"), rl.metrics.messages.WithLabelValues("to_client")
-	return &pipeline{inbound: inbound, outbound: outbound, stages: stages, calls: calls,
+	p := &pipeline{inbound: inbound, outbound: outbound, stages: stages, calls: calls,
 		toCLIw: func(b []byte) error { _, err := cli.Write(b); return err },
 		toClient: func(ctx context.Context, b []byte) error {
 			if err := c.Write(ctx, b); err != nil {
@@ -153,6 +159,18 @@ func (rl *Relay) newPipeline(log *zap.Logger, c *tunnel.Conn, cli *CLIConn, guar
 			}
 		},
 	}
+	if deadline != nil {
+		deadline.inject = func(m jsonrpc.Message) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := p.fromCLI(ctx, m)
+			if err != nil && p.onError != nil {
+				p.onError(err)
+			}
+			return err
+		}
+	}
+	return p
 }
 
 // keepalive pings the client every rl.Keepalive until ctx ends; a client that

@@ -53,7 +53,7 @@ func (o *outcome) record(took time.Duration, err error) {
 		// climesh's own codes (-32010 unavailable, -32011 refused by the edge,
 		// -32012 denied, -32013 busy) each come with a message that says what.
 		msg := err.Error()
-		if strings.Contains(msg, "JSON-RPC Error -3201") {
+		if strings.Contains(msg, "JSON-RPC Error -3201") || strings.Contains(msg, "climesh:") {
 			o.clearErrors++
 		} else {
 			o.unclears++
@@ -362,5 +362,73 @@ func TestChaosEnvoyKilled(t *testing.T) {
 	expectNoHang(t, run)
 	if run.existing.completed == 0 {
 		t.Errorf("no existing user's turn completed across Envoy's restart: %s", &run.existing)
+	}
+}
+
+// TestChaosModelHangs: the model endpoint stops answering mid-turn (the double
+// holds its answer for ten minutes). The sidecar's --turn-timeout (3s here)
+// ends the turn: the client's SDK sees it fail with a message that says why,
+// well within the bound, the CLI is told to abort, and the session takes its
+// next turn. On a collab session the turn's lock is released with it: another
+// member's turn goes through at once instead of finding the session busy.
+func TestChaosModelHangs(t *testing.T) {
+	const turnTimeout = 3 * time.Second
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 1, Collab: 1, TurnTimeout: turnTimeout})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	var hung, next outcome
+	s := env.newSession(ctx, t, env.clientOf(ctx, t, "acme", "hal"))
+	err := bounded(ctx, &hung, func(ctx context.Context) error {
+		_, err := ownTurn(ctx, s, "slow 600000 for hal")
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "--turn-timeout") {
+		t.Fatalf("a turn whose model hangs ended with %v, want the turn timeout", err)
+	}
+	bounded(ctx, &next, func(ctx context.Context) error {
+		_, err := ownTurn(ctx, s, "after the hang")
+		return err
+	})
+
+	// Collab: olga's turn hangs; max, a member who does not wait for a busy
+	// session, takes a turn once olga's has timed out.
+	name, waitAddr, noWaitAddr := collabRoom(t, env, "acme", []string{"max"})
+	olga := resume(ctx, t, clientAt(t, waitAddr, env.Token("olga", "acme")), env, name)
+	max := resume(ctx, t, clientAt(t, noWaitAddr, env.Token("max", "acme")), env, name)
+	var collabHung, collabNext outcome
+	err = bounded(ctx, &collabHung, func(ctx context.Context) error {
+		_, err := ownTurn(ctx, olga, "slow 600000 for olga")
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "--turn-timeout") {
+		t.Fatalf("olga's hung turn ended with %v, want the turn timeout", err)
+	}
+	released := time.Now()
+	pctx, pcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer pcancel()
+	var busy int
+	err = harness.Poll(pctx, 100*time.Millisecond, func() error {
+		return bounded(pctx, &collabNext, func(ctx context.Context) error {
+			_, err := ownTurn(ctx, max, fmt.Sprintf("max after olga's hang %d", busy))
+			if err != nil && strings.Contains(err.Error(), "-32013") {
+				busy++
+			}
+			return err
+		})
+	})
+	t.Logf("model hangs mid-turn (--turn-timeout %v):\n  the hung turn: %s\n  the session's next turn: %s\n  collab, the hung turn: %s\n  collab, another member's turn after it: %s (busy answers first: %d, %v after the timeout)",
+		turnTimeout, &hung, &next, &collabHung, &collabNext, busy, time.Since(released).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("max never took a turn after olga's timed out: %v", err)
+	}
+	if next.completed != 1 {
+		t.Errorf("the session took no turn after its hung one: %s", &next)
+	}
+	if hung.slowest > turnTimeout+5*time.Second || collabHung.slowest > turnTimeout+5*time.Second {
+		t.Errorf("a hung turn ended %v / %v after it began, want about %v", hung.slowest, collabHung.slowest, turnTimeout)
+	}
+	if busy > 0 {
+		t.Errorf("olga's lock outlived her timed-out turn: max was told busy %d times", busy)
 	}
 }

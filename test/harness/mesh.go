@@ -81,6 +81,8 @@ type MeshOptions struct {
 	// sidecars and the xds-server each hold a token of the shipped least-privilege
 	// policies (deploy/consul/acl).
 	Agentless bool
+	// TurnTimeout is the sidecars' --turn-timeout (default their own).
+	TurnTimeout time.Duration
 	// PersistentConsul runs Consul as a server with a data directory, so that
 	// a restart keeps its state (ConsulOptions.Persistent).
 	PersistentConsul bool
@@ -195,6 +197,9 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	extra := []string{"--edge-credential-file", credFile, "--identity-keys", keysFile, "--policy", m.PolicyDir, "--policy-watch", "100ms"}
 	if o.Keepalive > 0 {
 		extra = append(extra, "--keepalive", o.Keepalive.String())
+	}
+	if o.TurnTimeout > 0 {
+		extra = append(extra, "--turn-timeout", o.TurnTimeout.String())
 	}
 	if o.Agentless {
 		extra = append(extra, "--consul-registration", "catalog", "--liveness-ttl", LivenessTTL.String())
