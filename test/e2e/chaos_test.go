@@ -432,3 +432,84 @@ func TestChaosModelHangs(t *testing.T) {
 		t.Errorf("olga's lock outlived her timed-out turn: max was told busy %d times", busy)
 	}
 }
+
+// TestChaosSidecarKilled: a sidecar of a shared-storage pool is killed with
+// SIGKILL while its users' turns are at the model. Nothing of its CLI may live
+// on (an orphan would go on writing the session that its user resumes
+// elsewhere): the CLI's whole process group is gone within 5s. Each
+// turn in flight ends — completed elsewhere or failed with a clear error, none
+// hung — and every user's next turn works on the instance left.
+func TestChaosSidecarKilled(t *testing.T) {
+	env := startMesh(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	pool := env.startPool(ctx, t, "orphan", harness.PoolOptions{Instances: 2})
+	all, busiest, there := env.poolUsers(ctx, t, pool, "orp", 6)
+	if len(there) == 0 {
+		t.Fatal("no user on the busiest instance")
+	}
+	sc := pool.Sidecars[busiest]
+	cli := childCLI(t, sc.Proc.Pid())
+
+	var inFlight, next outcome
+	var wg sync.WaitGroup
+	prompts := map[string]string{}
+	for _, u := range there {
+		prompts[u.name] = "slow 3000 for " + u.name
+		wg.Go(func() {
+			bounded(ctx, &inFlight, func(ctx context.Context) error {
+				_, err := ownTurn(ctx, u.session, prompts[u.name])
+				return err
+			})
+		})
+	}
+	if err := harness.Poll(ctx, 20*time.Millisecond, func() error {
+		for name, p := range prompts {
+			if _, ok := env.Model.Arrived(p); !ok {
+				return fmt.Errorf("%s's turn has not reached the model", name)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(sc.Proc.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// The CLI's process group (the CLI and anything it started) empties.
+	var gone time.Duration
+	err := harness.Poll(ctx, 10*time.Millisecond, func() error {
+		if err := syscall.Kill(-cli, 0); err == nil {
+			return fmt.Errorf("process group %d still has a process", cli)
+		}
+		gone = time.Since(killed)
+		return nil
+	})
+	if err != nil {
+		syscall.Kill(-cli, syscall.SIGKILL)
+		t.Fatalf("the CLI outlived its sidecar: %v", err)
+	}
+	wg.Wait()
+	var recovered time.Duration
+	for _, u := range all {
+		err := bounded(ctx, &next, func(ctx context.Context) error {
+			_, err := ownTurn(ctx, u.session, "next of "+u.name)
+			return err
+		})
+		if err == nil && recovered == 0 {
+			recovered = time.Since(killed)
+		}
+	}
+	t.Logf("sidecar %s SIGKILLed with %d turns at the model: its CLI's process group empty after %v\n  turns in flight: %s\n  every user's next turn: %s (the first %v after the kill)",
+		busiest, len(there), gone.Round(time.Millisecond), &inFlight, &next, recovered.Round(time.Millisecond))
+	if gone > 5*time.Second {
+		t.Errorf("the CLI lived %v after its sidecar died, want under 5s", gone)
+	}
+	if inFlight.hung > 0 || inFlight.unclears > 0 {
+		t.Errorf("a turn in flight hung or failed without a clear error: %s", &inFlight)
+	}
+	if next.completed != len(all) {
+		t.Errorf("not every user's next turn worked: %s", &next)
+	}
+}
