@@ -94,7 +94,7 @@ type Config struct {
 	UserIdle    time.Duration // --user-idle: isolated: stop a CLI idle this long
 
 	TurnTimeout   time.Duration // --turn-timeout: a turn running longer is aborted (0: never)
-	ConsulTimeout time.Duration // --consul-timeout: the longest any Consul call on a client's behalf waits
+	ConsulTimeout time.Duration // --consul-timeout: the longest any Consul call of the sidecar waits
 	StaleRecords  time.Duration // --stale-records: how long a session record read before answers while Consul does not
 
 	LockTTL     time.Duration // --lock-ttl: the turn lock's (and the sweeper's) Consul session TTL
@@ -163,7 +163,7 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.IntVar(&c.MaxUsers, "max-users", c.MaxUsers, "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused")
 	fs.DurationVar(&c.UserIdle, "user-idle", c.UserIdle, "isolated: stop a user's CLI after this long without a tunnel")
 	fs.DurationVar(&c.TurnTimeout, "turn-timeout", c.TurnTimeout, "a turn (session.send to its session.idle or session.error) running longer is aborted: the CLI is sent session.abort, the client a session.error saying so, and a collab session's lock is released (0: never)")
-	fs.DurationVar(&c.ConsulTimeout, "consul-timeout", c.ConsulTimeout, "longest wait for any Consul call made for a client (session records, turn locks); past it the client is told the session registry is unavailable (-32010)")
+	fs.DurationVar(&c.ConsulTimeout, "consul-timeout", c.ConsulTimeout, "longest wait for any Consul call (session records, turn locks, registration, checks); past it a client's call is answered -32010 naming what is unavailable")
 	fs.DurationVar(&c.StaleRecords, "stale-records", c.StaleRecords, "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", c.LockTTL, "collab: Consul session TTL of a turn lock (a crashed holder frees it within this)")
 	fs.DurationVar(&c.LockDelay, "lock-delay", c.LockDelay, "collab: Consul lock-delay after a holder's session is invalidated")

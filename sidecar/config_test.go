@@ -57,7 +57,7 @@ var todaysFlags = [][3]string{
 	{"user-uids", "", "isolated: `range` FIRST-LAST of UIDs, one per (tenant, user); each CLI runs under its own UID and GID with a home only it can read (the sidecar must run as root); empty: users are separated by directory permissions only"},
 	{"users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<tenant>/<user>/home, mode 0700)"},
 	{"turn-timeout", "30m0s", "a turn (session.send to its session.idle or session.error) running longer is aborted: the CLI is sent session.abort, the client a session.error saying so, and a collab session's lock is released (0: never)"},
-	{"consul-timeout", "2s", "longest wait for any Consul call made for a client (session records, turn locks); past it the client is told the session registry is unavailable (-32010)"},
+	{"consul-timeout", "2s", "longest wait for any Consul call (session records, turn locks, registration, checks); past it a client's call is answered -32010 naming what is unavailable"},
 	{"stale-records", "5m0s", "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)"},
 }
 

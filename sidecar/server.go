@@ -227,6 +227,15 @@ func (s *Server) consul(admin *http.ServeMux, adminCred string, cli datapath.CLI
 	cfg, rl := s.cfg, s.Relay
 	ccfg := api.DefaultConfig() // honours CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...
 	ccfg.Address = cfg.Consul
+	// Every call this client makes ends within --consul-timeout (the sidecar
+	// makes no blocking queries): registration, checks, sessions, locks and
+	// records alike, so that a stalled Consul never holds a goroutine.
+	httpClient, err := api.NewHttpClient(ccfg.Transport, ccfg.TLSConfig)
+	if err != nil {
+		return fmt.Errorf("--consul: %w", err)
+	}
+	httpClient.Timeout = cfg.ConsulTimeout
+	ccfg.HttpClient = httpClient
 	client, err := api.NewClient(ccfg)
 	if err != nil {
 		return fmt.Errorf("--consul: %w", err)
