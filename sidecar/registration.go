@@ -70,9 +70,18 @@ func (r *Registration) Report(ok bool, output string) {
 	if ok {
 		status = api.HealthPassing
 	}
-	if err := r.Backend.Update(status, output); err != nil {
-		r.Log.Warn("cannot update the consul check", zap.Error(err))
+	err := r.Backend.Update(status, output)
+	if err == nil {
+		return
 	}
+	// A Consul that lost its state (a new agent, a restored server) no longer
+	// knows the check: register the instance again, as it is now (draining
+	// included). The next ping tries again if this fails too.
+	if rerr := r.Backend.Register(r.service(), status, output); rerr != nil {
+		r.Log.Warn("cannot update the consul check, nor register again", zap.Error(err), zap.NamedError("register", rerr))
+		return
+	}
+	r.Log.Info("registered again: consul did not know the check", zap.Error(err))
 }
 
 // SetDraining marks the instance draining in Consul (meta draining=true), which
