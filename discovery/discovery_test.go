@@ -341,14 +341,7 @@ func TestLivenessKeysGateCatalogInstances(t *testing.T) {
 		kv := &fakeKV{next: make(chan []string)}
 		src := h.source()
 		src.KV = kv
-		d, err := New(testConfig(t), src, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		go d.Run(ctx)
-		synctest.Wait()
+		d := runDiscovery(t, src)
 		if err := d.Ready(); !errors.Is(err, ErrNotSynced) || !strings.Contains(err.Error(), "liveness keys") {
 			t.Fatalf("ready before the liveness keys were read: %v", err)
 		}
@@ -371,6 +364,21 @@ func TestLivenessKeysGateCatalogInstances(t *testing.T) {
 			}
 		}
 	})
+}
+
+// runDiscovery starts a Discovery of testConfig on src until the test ends, and
+// waits (in a synctest bubble) until it blocks.
+func runDiscovery(t *testing.T, src Source) *Discovery {
+	t.Helper()
+	d, err := New(testConfig(t), src, model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	go d.Run(ctx)
+	synctest.Wait()
+	return d
 }
 
 func TestWithChecks(t *testing.T) {
@@ -423,14 +431,7 @@ func TestChecksLoopCarriesHealthBetweenMembershipChanges(t *testing.T) {
 		}
 		f := &fakeConsul{results: []fakeResult{{entries: []*api.ServiceEntry{entry("a", "127.0.0.1", 1, nil, check("service:a", "passing"))}, index: 10}},
 			views: make(chan fakeView), next: make(chan fakeResult)}
-		d, err := New(testConfig(t), f.source(), model.Fleet{}, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		go d.Run(ctx)
-		synctest.Wait()
+		d := runDiscovery(t, f.source())
 		health := func() model.Health {
 			p, _ := d.Current().Pool("cli")
 			return p.Instances()[0].Health
@@ -470,6 +471,5 @@ func TestChecksLoopCarriesHealthBetweenMembershipChanges(t *testing.T) {
 			t.Errorf("checks query filter %q", f.filters)
 		}
 		f.mu.Unlock()
-		_ = cancel
 	})
 }

@@ -297,6 +297,20 @@ func expectNoHang(t *testing.T, run *chaosRun) {
 	}
 }
 
+// killThenStart is the fault of a process killed with SIGKILL and started again.
+func killThenStart(t *testing.T, p *harness.Proc, start func(context.Context) error) func() func() {
+	return func() func() {
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := start(t.Context()); err != nil {
+				t.Fatalf("did not start again: %v", err)
+			}
+		}
+	}
+}
+
 // TestChaosXDSServerKilled: the xds-server (control plane and ext_authz) is
 // killed with SIGKILL while users take turns, and started again. Envoy keeps
 // routing what it has: existing tunnels go on. A new tunnel needs ext_authz,
@@ -304,16 +318,7 @@ func expectNoHang(t *testing.T, run *chaosRun) {
 // After the restart ADS resumes and a new user's turn works.
 func TestChaosXDSServerKilled(t *testing.T) {
 	env := startChaosMesh(t, harness.MeshOptions{Instances: 2})
-	run := throughFault(t, env, 5*time.Second, func() func() {
-		if err := env.XDS.Proc.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		return func() {
-			if err := env.XDS.Start(t.Context()); err != nil {
-				t.Fatalf("the xds-server did not start again: %v", err)
-			}
-		}
-	})
+	run := throughFault(t, env, 5*time.Second, killThenStart(t, env.XDS.Proc, env.XDS.Start))
 	expectNoHang(t, run)
 	if run.existing.completed == 0 || run.existing.failed > 0 {
 		t.Errorf("existing tunnels did not go on while the control plane was down: %s", &run.existing)
@@ -349,16 +354,7 @@ func TestChaosXDSServerKilled(t *testing.T) {
 // with a clear error, and afterwards every existing user's session works.
 func TestChaosEnvoyKilled(t *testing.T) {
 	env := startChaosMesh(t, harness.MeshOptions{Instances: 2})
-	run := throughFault(t, env, 4*time.Second, func() func() {
-		if err := env.Envoy.Proc.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		return func() {
-			if err := env.Envoy.Start(t.Context()); err != nil {
-				t.Fatalf("Envoy did not start again: %v", err)
-			}
-		}
-	})
+	run := throughFault(t, env, 4*time.Second, killThenStart(t, env.Envoy.Proc, env.Envoy.Start))
 	expectNoHang(t, run)
 	if run.existing.completed == 0 {
 		t.Errorf("no existing user's turn completed across Envoy's restart: %s", &run.existing)

@@ -38,20 +38,7 @@ func TestClientsEndOnNewestVersion(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
-			dir := t.TempDir()
-			x, err := harness.StartXDSServer(ctx, dir, testConfig(-1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("xds-server log:\n%s", x.Proc.Tail(30))
-				}
-				x.Close()
-			})
-			if err := x.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
+			x := startServer(ctx, t)
 			runCtx, stop := context.WithCancel(ctx)
 			var wg sync.WaitGroup
 			defer wg.Wait()
@@ -111,6 +98,26 @@ func TestClientsEndOnNewestVersion(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startServer starts the xds-server on testConfig(-1) and waits until it is
+// ready; it stops with the test, its log shown if the test failed.
+func startServer(ctx context.Context, t *testing.T) *harness.XDSServer {
+	t.Helper()
+	x, err := harness.StartXDSServer(ctx, t.TempDir(), testConfig(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("xds-server log:\n%s", x.Proc.Tail(30))
+		}
+		x.Close()
+	})
+	if err := x.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return x
 }
 
 // converged is nil when the server has published a change since before, and
@@ -194,19 +201,7 @@ func TestNewestVersionAfterNACKReconnectAndLateJoin(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
-			x, err := harness.StartXDSServer(ctx, t.TempDir(), testConfig(-1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("xds-server log:\n%s", x.Proc.Tail(30))
-				}
-				x.Close()
-			})
-			if err := x.WaitReady(ctx); err != nil {
-				t.Fatal(err)
-			}
+			x := startServer(ctx, t)
 			runCtx, stop := context.WithCancel(ctx)
 			var wg sync.WaitGroup
 			defer wg.Wait()
@@ -322,15 +317,7 @@ func TestReplicasServeIdenticalSnapshots(t *testing.T) {
 	defer cancel()
 	var replicas []*harness.XDSServer
 	for range 2 {
-		x, err := harness.StartXDSServer(ctx, t.TempDir(), testConfig(-1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(x.Close)
-		if err := x.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
-		replicas = append(replicas, x)
+		replicas = append(replicas, startServer(ctx, t))
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
