@@ -26,8 +26,8 @@ import (
 // turn fail with a message that says why. What the CLI sends after its abort
 // (its own idle) passes as usual.
 type turnDeadline struct {
-	timeout time.Duration
-	log     *zap.Logger
+	timeout  time.Duration
+	log      *zap.Logger
 	writeCLI func(body []byte) error
 	// inject takes a message through the outbound stages as if the CLI had
 	// sent it; set once the pipeline exists.

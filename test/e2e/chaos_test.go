@@ -97,10 +97,10 @@ func startChaosMesh(t *testing.T, o harness.MeshOptions) *meshEnv {
 
 // chaosRun is what users saw through one fault.
 type chaosRun struct {
-	existing  outcome // users with a session and a tunnel from before, taking turns throughout
-	reopened  outcome // a new tunnel resuming a session from before, and a turn on it
-	newcomers outcome // a new user's session.create during the fault
-	after     outcome // a new user's whole turn after the fault ends, until one works
+	existing  outcome       // users with a session and a tunnel from before, taking turns throughout
+	reopened  outcome       // a new tunnel resuming a session from before, and a turn on it
+	newcomers outcome       // a new user's session.create during the fault
+	after     outcome       // a new user's whole turn after the fault ends, until one works
 	recovered time.Duration // from the fault's end to a new user's whole turn
 	ending    time.Duration // what ending the fault took (a restart's start-up)
 }
