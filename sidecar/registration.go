@@ -26,8 +26,12 @@ type Registration struct {
 	Port       int
 	Meta       map[string]string
 
+	// ops keeps a health report (which may register the instance again) and
+	// the deregistration apart: no report lands after the instance left.
+	ops      sync.Mutex
 	mu       sync.Mutex
 	draining bool
+	gone     bool // deregistered: never registered again
 }
 
 // Backend registers, updates and removes one service instance in Consul.
@@ -70,6 +74,14 @@ func (r *Registration) Report(ok bool, output string) {
 	if ok {
 		status = api.HealthPassing
 	}
+	r.ops.Lock()
+	defer r.ops.Unlock()
+	r.mu.Lock()
+	gone := r.gone
+	r.mu.Unlock()
+	if gone {
+		return // a health result after the instance left (its drain) changes nothing
+	}
 	err := r.Backend.Update(status, output)
 	if err == nil {
 		return
@@ -94,7 +106,14 @@ func (r *Registration) SetDraining() error {
 }
 
 // Deregister removes the service.
-func (r *Registration) Deregister() error { return r.Backend.Deregister() }
+func (r *Registration) Deregister() error {
+	r.ops.Lock()
+	defer r.ops.Unlock()
+	r.mu.Lock()
+	r.gone = true
+	r.mu.Unlock()
+	return r.Backend.Deregister()
+}
 
 // AgentBackend registers through the node's client agent with a TTL check: the
 // agent turns it critical when the sidecar stops refreshing it (a dead sidecar

@@ -56,4 +56,14 @@ func TestRegistrationComesBackAfterConsulLosesIt(t *testing.T) {
 	if last.ID != "cli-a" || last.Meta[protocol.ConsulMetaDraining] != "true" || b.statuses[len(b.statuses)-1] != api.HealthPassing {
 		t.Fatalf("registered again as %+v with %s; want cli-a, still draining, passing", last, b.statuses[len(b.statuses)-1])
 	}
+	// Once deregistered (the drain is over), a late health result brings
+	// nothing back.
+	if err := r.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+	b.lost = true
+	r.Report(true, "pong")
+	if len(b.registered) != 3 {
+		t.Fatal("a deregistered instance was registered again")
+	}
 }
