@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/bundle"
 	"github.com/open-policy-agent/opa/v1/loader"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage"
@@ -29,6 +30,10 @@ type Engine struct {
 	data    []string // WithData files
 	queries []string
 	metrics *engineMetrics
+	signing *BundleSigning // WithBundleSigning
+	remote  *remoteBundle  // when source is a bundle service
+
+	reloadMu sync.Mutex // one load at a time (the watcher and the bundle service)
 
 	mu          sync.RWMutex
 	prepared    map[string]rego.PreparedEvalQuery
@@ -50,6 +55,7 @@ type engineMetrics struct {
 	reloads    *prometheus.CounterVec
 	lastGood   prometheus.Gauge
 	serving    *prometheus.GaugeVec
+	revision   *prometheus.GaugeVec
 }
 
 // ErrUndefined is an evaluation that produced no result: a deny.
@@ -76,10 +82,28 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 			serving: f.NewGaugeVec(prometheus.GaugeOpts{
 				Name: "climesh_policy_serving_info", Help: "1 for the fingerprint (first 12 hex digits of Fingerprint) of the policy that decides now.",
 			}, []string{"fingerprint"}),
+			revision: f.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "climesh_policy_bundle_revision_info", Help: "1 for the manifest revision of the bundle that decides now (a bundle service source).",
+			}, []string{"revision"}),
 		},
 	}
 	for _, o := range opts {
 		o(e)
+	}
+	if IsBundleService(source) {
+		r, err := newRemoteBundle(e)
+		if err != nil {
+			return nil, err
+		}
+		e.remote = r
+		// The first bundle must arrive, verify and compile, as any first load.
+		if err := r.fetch(ctx, 30*time.Second); err != nil {
+			return nil, err
+		}
+		if e.Generation() == 0 {
+			return nil, fmt.Errorf("policy %s: %w", source, errNoBundle)
+		}
+		return e, nil
 	}
 	if err := e.Reload(ctx); err != nil {
 		return nil, err
@@ -90,6 +114,8 @@ func NewEngine(ctx context.Context, source string, queries []string, log *zap.Lo
 // Reload loads and compiles the source again. On error the serving policy stays,
 // the error (with file:line for compile errors) is logged and counted.
 func (e *Engine) Reload(ctx context.Context) error {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
 	fp, err := e.fingerprintSources()
 	if err != nil {
 		return e.failed(err)
@@ -114,7 +140,14 @@ func (e *Engine) Reload(ctx context.Context) error {
 	e.metrics.lastGood.SetToCurrentTime()
 	e.metrics.serving.Reset()
 	e.metrics.serving.WithLabelValues(fp[:12]).Set(1)
-	e.log.Info("policy loaded", zap.String("source", e.source), zap.Strings("data", e.data), zap.String("fingerprint", fp[:12]))
+	fields := []zap.Field{zap.String("source", e.source), zap.Strings("data", e.data), zap.String("fingerprint", fp[:12])}
+	if e.remote != nil {
+		_, _, rev := e.remote.serving()
+		e.metrics.revision.Reset()
+		e.metrics.revision.WithLabelValues(rev).Set(1)
+		fields = append(fields, zap.String("revision", rev))
+	}
+	e.log.Info("policy loaded", fields...)
 	return nil
 }
 
@@ -135,7 +168,8 @@ func (e *Engine) failed(err error) error {
 	return fmt.Errorf("policy %s: %w", e.source, err)
 }
 
-// Watch reloads whenever the source's files change, polling every interval.
+// Watch reloads whenever the source's files change, polling every interval; a
+// bundle service is asked every interval (a 304 when nothing changed).
 func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -145,6 +179,9 @@ func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if e.remote != nil {
+			e.remote.fetch(ctx, max(interval, 10*time.Second)) // errors are logged and counted by received
 		}
 		fp, err := e.fingerprintSources()
 		e.mu.RLock()
@@ -193,6 +230,19 @@ func (e *Engine) eval(ctx context.Context, query string, input rego.EvalOption) 
 // CountError records a decision the caller could not use (wrong shape).
 func (e *Engine) CountError(query string) { e.metrics.evalErrors.WithLabelValues(query).Inc() }
 
+// compileBundle compiles a bundle's modules and stores its data.
+func compileBundle(b *bundle.Bundle) (*ast.Compiler, storage.Store, error) {
+	modules := map[string]*ast.Module{}
+	for _, m := range b.Modules {
+		modules[m.Path] = m.Parsed
+	}
+	c := ast.NewCompiler()
+	if c.Compile(modules); c.Failed() {
+		return nil, nil, c.Errors
+	}
+	return c, inmem.NewFromObject(b.Data), nil
+}
+
 // load compiles a directory (tests excluded) or a bundle.
 func load(source string) (*ast.Compiler, storage.Store, error) {
 	if strings.HasSuffix(source, ".tar.gz") {
@@ -200,15 +250,7 @@ func load(source string) (*ast.Compiler, storage.Store, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		modules := map[string]*ast.Module{}
-		for _, m := range b.Modules {
-			modules[m.Path] = m.Parsed
-		}
-		c := ast.NewCompiler()
-		if c.Compile(modules); c.Failed() {
-			return nil, nil, c.Errors
-		}
-		return c, inmem.NewFromObject(b.Data), nil
+		return compileBundle(b)
 	}
 	// OPA's loader follows links (os.Stat) and names what it finds by the path it
 	// followed: in a Kubernetes volume every key would be read three times — as

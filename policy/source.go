@@ -44,9 +44,16 @@ func (e *Engine) loadSources() (*ast.Compiler, storage.Store, error) {
 		store    storage.Store
 		err      error
 	)
-	if e.source == Builtin {
+	switch {
+	case e.remote != nil:
+		b, _, _ := e.remote.serving()
+		if b == nil {
+			return nil, nil, errNoBundle
+		}
+		compiler, store, err = compileBundle(b)
+	case e.source == Builtin:
 		compiler, store, err = loadFS(policies.Rego())
-	} else {
+	default:
 		compiler, store, err = load(e.source)
 	}
 	if err != nil || len(e.data) == 0 {
@@ -126,9 +133,14 @@ func sortedKeys(m map[string]any) []string {
 func (e *Engine) fingerprintSources() (string, error) {
 	var fp string
 	var err error
-	if e.source == Builtin {
+	switch {
+	case e.remote != nil:
+		if _, fp, _ = e.remote.serving(); fp == "" {
+			return "", errNoBundle
+		}
+	case e.source == Builtin:
 		fp, err = FingerprintFS(policies.Rego())
-	} else {
+	default:
 		fp, err = Fingerprint(e.source)
 	}
 	if err != nil || len(e.data) == 0 {
