@@ -68,10 +68,17 @@ type RemoteJWKS struct {
 // EdgePolicy is OPA at the edge: the ext_authz decision (served by the
 // xds-server) and the identity assertion the edge adds for the sidecars.
 type EdgePolicy struct {
-	// Source is a directory of Rego and data files, an OPA bundle (.tar.gz), or
-	// the word builtin: the policies/rego this binary was built with. Empty: no
-	// ext_authz filter.
+	// Source is a directory of Rego and data files, an OPA bundle (.tar.gz), the
+	// word builtin (the policies/rego this binary was built with), or the URL of
+	// a bundle service (https; http on loopback only), polled every
+	// WatchInterval with ETag, each bundle verified against BundlePublicKeyFile
+	// before it serves. Empty: no ext_authz filter.
 	Source string `yaml:"source"`
+	// BundlePublicKeyFile is the PEM public key that signed a bundle service's
+	// bundles (required with one: an unsigned bundle is refused), and
+	// BundleSigningAlgorithm its algorithm (default RS256, as `opa build` signs).
+	BundlePublicKeyFile    string `yaml:"bundle_public_key_file"`
+	BundleSigningAlgorithm string `yaml:"bundle_signing_algorithm"`
 	// DataFile is a JSON or YAML data file merged into the source's data (it may
 	// add values, not replace them): an operator's pools and tenants beside the
 	// built-in rules. Watched like the source.

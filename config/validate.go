@@ -109,6 +109,23 @@ func (c *Config) Validate() error {
 	}
 	c.Identity.validate(v)
 	c.JWT.validate(v)
+	if strings.HasPrefix(c.Policy.Source, "http://") || strings.HasPrefix(c.Policy.Source, "https://") {
+		if c.Policy.BundlePublicKeyFile == "" {
+			v.add("policy.bundle_public_key_file", nil, ErrRequired, "policy.source is a bundle service: its bundles must be signed, and verified with this key")
+		}
+		if u, err := url.Parse(c.Policy.Source); err != nil || u.Host == "" || !strings.HasSuffix(u.Path, ".tar.gz") {
+			v.add("policy.source", c.Policy.Source, ErrMalformed, "a bundle service is the URL of a .tar.gz bundle")
+		} else if u.Scheme == "http" && !loopback(u.Hostname()) {
+			v.add("policy.source", c.Policy.Source, ErrMalformed, "plain http is accepted on loopback only; use https")
+		}
+	} else if c.Policy.BundlePublicKeyFile != "" {
+		v.add("policy.bundle_public_key_file", c.Policy.BundlePublicKeyFile, ErrConflict, "needs policy.source to be a bundle service (an http(s) URL)")
+	}
+	switch c.Policy.BundleSigningAlgorithm {
+	case "", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512":
+	default:
+		v.add("policy.bundle_signing_algorithm", c.Policy.BundleSigningAlgorithm, ErrUnknownValue, "want one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512")
+	}
 	if c.Policy.DataFile != "" && !c.Policy.On() {
 		v.add("policy.data_file", c.Policy.DataFile, ErrConflict, "needs policy.source: the data is merged into a policy")
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -159,6 +160,13 @@ func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.E
 	var opts []policy.Option
 	if cfg.Policy.DataFile != "" {
 		opts = append(opts, policy.WithData(cfg.Policy.DataFile))
+	}
+	if cfg.Policy.BundlePublicKeyFile != "" {
+		key, err := os.ReadFile(cfg.Policy.BundlePublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("policy.bundle_public_key_file: %w", err)
+		}
+		opts = append(opts, policy.WithBundleSigning(policy.BundleSigning{PublicKeyPEM: key, Algorithm: cfg.Policy.BundleSigningAlgorithm}))
 	}
 	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{policy.EdgeQuery}, s.log.Named("policy"), s.reg, opts...)
 	if err != nil {

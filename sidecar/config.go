@@ -14,6 +14,7 @@ import (
 
 	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/config/secret"
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
 
 	"github.com/climesh/climesh/sidecar/datapath"
@@ -85,6 +86,8 @@ type Config struct {
 	Policy             string        // --policy: Rego dir, bundle or builtin for per-message decisions
 	PolicyData         string        // --policy-data: a data file merged into --policy's data
 	PolicyWatch        time.Duration // --policy-watch: how often --policy is checked for changes
+	PolicyBundleKey    string        // --policy-bundle-key: the PEM public key a bundle service's bundles are signed with
+	PolicyBundleAlg    string        // --policy-bundle-alg: its algorithm
 
 	UsersRoot   string        // --users-root: isolated: per-user homes
 	UserSecrets string        // --user-secrets: isolated: per-user .env files
@@ -115,7 +118,8 @@ func DefaultConfig() Config {
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
 		MaxUsers: 20, UserIdle: 10 * time.Minute,
 		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
-		ConsulTimeout: 2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
+		PolicyBundleAlg: "RS256",
+		ConsulTimeout:   2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
 		LogLevel: "info",
 	}
 }
@@ -151,7 +155,9 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often the pool's sweeper runs (one sidecar at a time, elected in Consul; 0: only POST /sweep)")
 	fs.StringVar(&c.EdgeCredentialFile, "edge-credential-file", c.EdgeCredentialFile, "`file` with the secret Envoy adds to tunnels (identity.edge_credential_file); tunnels without it are refused")
 	fs.StringVar(&c.IdentityKeys, "identity-keys", c.IdentityKeys, "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
-	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default), or the word builtin: the policies/rego this binary was built with; needs --identity-keys")
+	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default), the word builtin (the policies/rego this binary was built with), or a bundle service's URL (polled every --policy-watch; needs --policy-bundle-key); needs --identity-keys")
+	fs.StringVar(&c.PolicyBundleKey, "policy-bundle-key", c.PolicyBundleKey, "PEM public key `file` that verifies a bundle service's bundles (an unsigned or tampered bundle is refused; the last good one keeps deciding)")
+	fs.StringVar(&c.PolicyBundleAlg, "policy-bundle-alg", c.PolicyBundleAlg, "signing `algorithm` of --policy-bundle-key (RS256, as opa build signs, or RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512)")
 	fs.StringVar(&c.PolicyData, "policy-data", c.PolicyData, "JSON or YAML data `file` merged into --policy's data (it may add values, not replace them), e.g. your pools' provider_base_urls beside --policy builtin; watched like --policy")
 	fs.DurationVar(&c.PolicyWatch, "policy-watch", c.PolicyWatch, "how often --policy is checked for changes")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log `level`")
@@ -244,6 +250,17 @@ func (c Config) Validate() error {
 	c.validateRegistration(v)
 	if _, err := zap.ParseAtomicLevel(c.LogLevel); err != nil {
 		v.bad("--log-level", c.LogLevel, field.ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
+	}
+	if policy.IsBundleService(c.Policy) && c.PolicyBundleKey == "" {
+		v.bad("--policy-bundle-key", "", field.ErrRequired, "--policy is a bundle service: its bundles must be signed, and verified with this key")
+	}
+	if c.PolicyBundleKey != "" && !policy.IsBundleService(c.Policy) {
+		v.bad("--policy-bundle-key", c.PolicyBundleKey, field.ErrConflict, "needs --policy to be a bundle service (an http(s) URL)")
+	}
+	switch c.PolicyBundleAlg {
+	case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512":
+	default:
+		v.bad("--policy-bundle-alg", c.PolicyBundleAlg, field.ErrMalformed, "want one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512")
 	}
 	if c.Policy != "" && c.IdentityKeys == "" {
 		v.bad("--policy", c.Policy, field.ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")

@@ -123,6 +123,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		if cfg.PolicyData != "" {
 			opts = append(opts, policy.WithData(cfg.PolicyData))
 		}
+		if cfg.PolicyBundleKey != "" {
+			key, err := os.ReadFile(cfg.PolicyBundleKey)
+			if err != nil {
+				return nil, fmt.Errorf("--policy-bundle-key: %w", err)
+			}
+			opts = append(opts, policy.WithBundleSigning(policy.BundleSigning{PublicKeyPEM: key, Algorithm: cfg.PolicyBundleAlg}))
+		}
 		engine, err := policy.NewEngine(ctx, cfg.Policy, []string{policy.MessageQuery}, log.Named("policy"), reg, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("--policy: %w", err)
