@@ -81,6 +81,12 @@ type MeshOptions struct {
 	// sidecars and the xds-server each hold a token of the shipped least-privilege
 	// policies (deploy/consul/acl).
 	Agentless bool
+	// BundleService, when set, is given the policy directory the mesh wrote
+	// (policies/rego and the mesh's data) and returns a bundle service's URL
+	// and the PEM public key file its bundles are signed with: the xds-server
+	// and every sidecar then take their policy from that service instead of the
+	// directory.
+	BundleService func(policyDir string) (url, publicKeyFile string, err error)
 	// TurnTimeout is the sidecars' --turn-timeout (default their own).
 	TurnTimeout time.Duration
 	// PersistentConsul runs Consul as a server with a data directory, so that
@@ -194,7 +200,16 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	if err != nil {
 		return m, err
 	}
-	extra := []string{"--edge-credential-file", credFile, "--identity-keys", keysFile, "--policy", m.PolicyDir, "--policy-watch", "100ms"}
+	policySource, bundleLine, bundleKey := m.PolicyDir, "", []string{}
+	if o.BundleService != nil {
+		url, key, err := o.BundleService(m.PolicyDir)
+		if err != nil {
+			return m, fmt.Errorf("bundle service: %w", err)
+		}
+		policySource, bundleLine = url, fmt.Sprintf("  bundle_public_key_file: %s\n", key)
+		bundleKey = []string{"--policy-bundle-key", key}
+	}
+	extra := append([]string{"--edge-credential-file", credFile, "--identity-keys", keysFile, "--policy", policySource, "--policy-watch", "100ms"}, bundleKey...)
 	if o.Keepalive > 0 {
 		extra = append(extra, "--keepalive", o.Keepalive.String())
 	}
@@ -304,8 +319,8 @@ identity:
 jwt:
   providers: [{name: test, issuer: %q, audiences: [%s], local_jwks_file: %s}]
 policy:
-  source: %s
-  identity_keys_file: %s
+  source: %q
+%s  identity_keys_file: %s
   watch_interval: 100ms
 listeners:
   - name: edge
@@ -324,7 +339,7 @@ pools:
   - {name: bounded, consul_service: bounded, lb: {policy: ring_hash, hash_key: user, hash_balance_factor: %d}}
 %s  - {name: copilot, consul_service: copilot, lb: {policy: ring_hash, hash_key: user}}
   - {name: collab, consul_service: collab, lb: {policy: ring_hash, hash_key: session}}
-`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, m.PolicyDir, keysFile, lport, o.IdleTimeout,
+`, m.Consul.Addr, credFile, m.Issuer.Issuer, m.Issuer.Audience, m.Issuer.JWKSPath, policySource, bundleLine, keysFile, lport, o.IdleTimeout,
 		scratchRoutes(o.Scratch), BoundedFactor, scratchPools(o.Scratch)), xdsEnv...); err != nil {
 		return m, err
 	}
