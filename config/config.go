@@ -79,6 +79,10 @@ type EdgePolicy struct {
 	// BundleSigningAlgorithm its algorithm (default RS256, as `opa build` signs).
 	BundlePublicKeyFile    string `yaml:"bundle_public_key_file"`
 	BundleSigningAlgorithm string `yaml:"bundle_signing_algorithm"`
+	// DecisionPath is the rule ext_authz asks, as OPA-Envoy's path setting:
+	// slash-separated under data (default climesh/edge/allow; envoy/authz/allow
+	// is OPA-Envoy's own default).
+	DecisionPath string `yaml:"decision_path"`
 	// DataFile is a JSON or YAML data file merged into the source's data (it may
 	// add values, not replace them): an operator's pools and tenants beside the
 	// built-in rules. Watched like the source.

@@ -53,6 +53,7 @@ const (
 	DefaultTrustedCAFile = "/etc/ssl/certs/ca-certificates.crt"
 	DefaultPolicyWatch   = time.Second
 	DefaultAuthzTimeout  = 200 * time.Millisecond
+	DefaultDecisionPath  = "climesh/edge/allow"
 	DefaultAssertionTTL  = time.Minute
 
 	DefaultConsecutive5xx     = 5
@@ -96,6 +97,7 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Policy.On() {
 		setDuration(&c.Policy.WatchInterval, DefaultPolicyWatch)
+		setString(&c.Policy.DecisionPath, DefaultDecisionPath)
 		setString(&c.Policy.ExtAuthzAddress, s.XDSAddress)
 		setDuration(&c.Policy.Timeout, DefaultAuthzTimeout)
 		setDuration(&c.Policy.AssertionTTL, DefaultAssertionTTL)

@@ -84,6 +84,9 @@ func (v *validator) positive(field string, d time.Duration) {
 	}
 }
 
+// decisionPath is a rule's path under data, as OPA-Envoy's path setting.
+var decisionPath = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$`)
+
 // Validate checks a defaulted Config. Load calls it; call it again after editing one.
 func (c *Config) Validate() error {
 	v := &validator{}
@@ -120,6 +123,9 @@ func (c *Config) Validate() error {
 		}
 	} else if c.Policy.BundlePublicKeyFile != "" {
 		v.add("policy.bundle_public_key_file", c.Policy.BundlePublicKeyFile, ErrConflict, "needs policy.source to be a bundle service (an http(s) URL)")
+	}
+	if c.Policy.On() && !decisionPath.MatchString(c.Policy.DecisionPath) {
+		v.add("policy.decision_path", c.Policy.DecisionPath, ErrMalformed, "want rule names separated by slashes, e.g. envoy/authz/allow")
 	}
 	switch c.Policy.BundleSigningAlgorithm {
 	case "", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512":

@@ -168,7 +168,8 @@ func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.E
 		}
 		opts = append(opts, policy.WithBundleSigning(policy.BundleSigning{PublicKeyPEM: key, Algorithm: cfg.Policy.BundleSigningAlgorithm}))
 	}
-	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{policy.EdgeQuery}, s.log.Named("policy"), s.reg, opts...)
+	query := policy.DecisionQuery(cfg.Policy.DecisionPath)
+	engine, err := policy.NewEngine(ctx, cfg.Policy.Source, []string{query}, s.log.Named("policy"), s.reg, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("policy.source: %w", err)
 	}
@@ -187,7 +188,9 @@ func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.E
 		}
 	})
 	claims := policy.Claims{User: cfg.JWT.UserClaim, Tenant: cfg.JWT.TenantClaim, Roles: cfg.JWT.RolesClaim}
-	return policy.NewExtAuthz(engine, keys, claims, cfg.Policy.AssertionTTL, s.log.Named("extauthz"), s.reg), nil
+	authz := policy.NewExtAuthz(engine, keys, claims, cfg.Policy.AssertionTTL, s.log.Named("extauthz"), s.reg)
+	authz.Query = query
+	return authz, nil
 }
 
 // loop runs one Discovery per config; each coalesced change is published.

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
@@ -90,9 +93,18 @@ func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		a.Log.Warn("ext_authz: unusable policy result; denied", zap.Error(err))
 		return denied(403, "climesh: policy error", nil), nil
 	}
+	md, err := dynamicMetadata(res.DynamicMetadata)
+	if err != nil {
+		a.Engine.CountError(a.Query)
+		a.decisions.WithLabelValues("error").Inc()
+		a.Log.Warn("ext_authz: unusable dynamic_metadata; denied", zap.Error(err))
+		return denied(403, "climesh: policy error", nil), nil
+	}
 	if !res.Allowed {
 		a.decisions.WithLabelValues("denied").Inc()
-		return denied(res.Status, res.Body, res.ResponseHeaders), nil
+		resp := denied(res.Status, res.Body, res.Headers)
+		resp.DynamicMetadata = md
+		return resp, nil
 	}
 	headers := res.Headers
 	if user, _ := payload[a.Claims.User].(string); user != "" && a.Keys != nil {
@@ -106,29 +118,93 @@ func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 		headers = append(headers, header{protocol.HeaderIdentity, assertion})
 	}
 	a.decisions.WithLabelValues("allowed").Inc()
-	ok := &authv3.OkHttpResponse{}
-	for _, h := range headers {
-		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.name, Value: h.value},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		})
+	ok := &authv3.OkHttpResponse{HeadersToRemove: res.RemoveHeaders, QueryParametersToRemove: res.RemoveQuery}
+	for _, q := range res.SetQuery {
+		ok.QueryParametersToSet = append(ok.QueryParametersToSet, &corev3.QueryParameter{Key: q.name, Value: q.value})
 	}
-	return &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}, nil
+	seen := map[string]bool{}
+	for _, h := range headers {
+		// A header the result names twice keeps both values (OPA-Envoy's array form).
+		action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		if seen[h.name] {
+			action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+		}
+		seen[h.name] = true
+		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.name, Value: h.value}, AppendAction: action})
+	}
+	for _, h := range res.ResponseHeaders {
+		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: h.name, Value: h.value},
+			AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD})
+	}
+	return &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		DynamicMetadata: md}, nil
+}
+
+// dynamicMetadata is a result's dynamic_metadata as Envoy takes it (nil: none).
+func dynamicMetadata(m map[string]any) (*structpb.Struct, error) {
+	if m == nil {
+		return nil, nil
+	}
+	return structpb.NewStruct(jsonNumbersToFloats(m).(map[string]any))
+}
+
+// jsonNumbersToFloats turns json.Number values (OPA's numbers) into float64s,
+// which structpb takes.
+func jsonNumbersToFloats(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = jsonNumbersToFloats(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = jsonNumbersToFloats(e)
+		}
+		return out
+	}
+	return v
 }
 
 type header struct{ name, value string }
 
-// Result is a policy answer in any of the OPA-Envoy forms.
+// Result is a policy answer in any of the OPA-Envoy plugin's forms: a boolean,
+// or an object with
+//   - allowed (required, boolean);
+//   - headers: an object of strings, or an array of such objects (a header
+//     named twice gets both values) — added to the request when allowed, to
+//     the response when denied;
+//   - response_headers_to_add: the same forms, added to the response when allowed;
+//   - request_headers_to_remove: an array of header names, removed from the
+//     request when allowed;
+//   - http_status (status_code is read too): the status of a denial, 200-599;
+//   - body: the body of a denial;
+//   - dynamic_metadata: an object Envoy hands to the filters after ext_authz;
+//   - query_parameters_to_set: an object of strings or arrays of strings (one
+//     parameter per value), and query_parameters_to_remove: an array of names —
+//     the request's query changed when allowed.
+//
+// climesh's own headers (the identity assertion, the edge credential) may be
+// neither set nor removed by a policy.
 type Result struct {
 	Allowed         bool
 	Status          int
 	Body            string
-	Headers         []header // added to the request
-	ResponseHeaders []header // added to a denial
+	Headers         []header // added to the request (allowed) or the response (denied)
+	ResponseHeaders []header // added to the response when allowed
+	RemoveHeaders   []string // removed from the request when allowed
+	DynamicMetadata map[string]any
+	SetQuery        []header // query parameters set when allowed (a key may repeat)
+	RemoveQuery     []string // query parameters removed when allowed
 }
 
-// ParseResult reads `true`/`false` or {allowed, headers, http_status, body,
-// response_headers_to_add}.
+// ParseResult reads a decision in any of Result's forms; anything else is an
+// error naming the field (the caller denies).
 func ParseResult(v any) (Result, error) {
 	switch x := v.(type) {
 	case bool:
@@ -139,46 +215,166 @@ func ParseResult(v any) (Result, error) {
 			return Result{}, fmt.Errorf("result object has no boolean \"allowed\"")
 		}
 		r := Result{Allowed: allowed, Status: 403}
-		if s, ok := x["http_status"]; ok {
+		for _, key := range []string{"http_status", "status_code"} {
+			s, ok := x[key]
+			if !ok {
+				continue
+			}
 			n, err := number(s)
 			if err != nil || n < 200 || n > 599 {
-				return Result{}, fmt.Errorf("http_status %v: want 200-599", s)
+				return Result{}, fmt.Errorf("%s %v: want 200-599", key, s)
+			}
+			if r.Status != 403 && r.Status != n {
+				return Result{}, fmt.Errorf("http_status and status_code disagree")
 			}
 			r.Status = n
 		}
-		if b, ok := x["body"].(string); ok {
-			r.Body = b
+		if b, ok := x["body"]; ok {
+			s, ok := b.(string)
+			if !ok {
+				return Result{}, fmt.Errorf("body: want a string")
+			}
+			r.Body = s
 		}
 		var err error
-		if r.Headers, err = headerMap(x["headers"]); err != nil {
+		if r.Headers, err = headerList(x["headers"]); err != nil {
 			return Result{}, fmt.Errorf("headers: %w", err)
 		}
-		if r.ResponseHeaders, err = headerMap(x["response_headers_to_add"]); err != nil {
+		if r.ResponseHeaders, err = headerList(x["response_headers_to_add"]); err != nil {
 			return Result{}, fmt.Errorf("response_headers_to_add: %w", err)
+		}
+		if r.RemoveHeaders, err = headerNames(x["request_headers_to_remove"]); err != nil {
+			return Result{}, fmt.Errorf("request_headers_to_remove: %w", err)
+		}
+		if r.SetQuery, err = queryParams(x["query_parameters_to_set"]); err != nil {
+			return Result{}, fmt.Errorf("query_parameters_to_set: %w", err)
+		}
+		if r.RemoveQuery, err = stringArray(x["query_parameters_to_remove"]); err != nil {
+			return Result{}, fmt.Errorf("query_parameters_to_remove: %w", err)
+		}
+		if md, ok := x["dynamic_metadata"]; ok {
+			if r.DynamicMetadata, ok = md.(map[string]any); !ok {
+				return Result{}, fmt.Errorf("dynamic_metadata: want an object")
+			}
 		}
 		return r, nil
 	}
 	return Result{}, fmt.Errorf("result is %T, want a boolean or an object", v)
 }
 
-func headerMap(v any) ([]header, error) {
+// ownHeader reports whether name is one of the headers climesh sets itself.
+func ownHeader(name string) bool {
+	return strings.EqualFold(name, protocol.HeaderIdentity) || strings.EqualFold(name, protocol.HeaderEdgeCredential)
+}
+
+// headerList reads an object of strings, or an array of them.
+func headerList(v any) ([]header, error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case map[string]any:
+		return headerMap(x)
+	case []any:
+		var out []header
+		for i, item := range x {
+			m, ok := item.(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("[%d]: want an object of strings", i)
+			}
+			hs, err := headerMap(m)
+			if err != nil {
+				return nil, fmt.Errorf("[%d]: %w", i, err)
+			}
+			out = append(out, hs...)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("want an object of strings, or an array of them")
+}
+
+func headerMap(m map[string]any) ([]header, error) {
+	out := make([]header, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		s, ok := m[k].(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a string", k)
+		}
+		if ownHeader(k) {
+			return nil, fmt.Errorf("%s is climesh's own", k)
+		}
+		out = append(out, header{strings.ToLower(k), s})
+	}
+	return out, nil
+}
+
+// queryParams reads an object of strings or arrays of strings, in key order.
+func queryParams(v any) ([]header, error) {
 	if v == nil {
 		return nil, nil
 	}
 	m, ok := v.(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("want an object of strings")
+		return nil, fmt.Errorf("want an object")
 	}
-	out := make([]header, 0, len(m))
-	for k, val := range m {
-		s, ok := val.(string)
-		if !ok {
-			return nil, fmt.Errorf("%s: want a string", k)
+	var out []header
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		switch x := m[k].(type) {
+		case string:
+			out = append(out, header{k, x})
+		case []any:
+			for i, e := range x {
+				s, ok := e.(string)
+				if !ok {
+					return nil, fmt.Errorf("%s[%d]: want a string", k, i)
+				}
+				out = append(out, header{k, s})
+			}
+		default:
+			return nil, fmt.Errorf("%s: want a string or an array of strings", k)
 		}
-		if strings.EqualFold(k, protocol.HeaderIdentity) {
-			return nil, fmt.Errorf("%s is climesh's own", k)
+	}
+	return out, nil
+}
+
+// stringArray reads an array of non-empty strings.
+func stringArray(v any) ([]string, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("want an array of strings")
+	}
+	out := make([]string, 0, len(list))
+	for i, x := range list {
+		s, ok := x.(string)
+		if !ok || s == "" {
+			return nil, fmt.Errorf("[%d]: want a non-empty string", i)
 		}
-		out = append(out, header{strings.ToLower(k), s})
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// headerNames reads an array of header names.
+func headerNames(v any) ([]string, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("want an array of header names")
+	}
+	out := make([]string, 0, len(list))
+	for i, x := range list {
+		s, ok := x.(string)
+		if !ok || s == "" {
+			return nil, fmt.Errorf("[%d]: want a header name", i)
+		}
+		if ownHeader(s) {
+			return nil, fmt.Errorf("%s is climesh's own", s)
+		}
+		out = append(out, strings.ToLower(s))
 	}
 	return out, nil
 }
@@ -337,4 +533,3 @@ func parseBody(contentType, body string) (any, bool) {
 	}
 	return nil, false
 }
-

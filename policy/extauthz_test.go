@@ -105,15 +105,23 @@ func TestParseResultForms(t *testing.T) {
 		status  int
 		err     string
 	}{
-		"true":         {v: true, allowed: true, status: 403},
-		"false":        {v: false, status: 403},
-		"object":       {v: map[string]any{"allowed": false, "http_status": 429.0, "body": "slow down", "response_headers_to_add": map[string]any{"retry-after": "5"}}, status: 429},
-		"with headers": {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Team": "a"}}, allowed: true, status: 403},
-		"no allowed":   {v: map[string]any{"ok": true}, err: "no boolean"},
-		"bad status":   {v: map[string]any{"allowed": false, "http_status": 99.0}, err: "http_status"},
-		"string":       {v: "yes", err: "want a boolean or an object"},
-		"own header":   {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Climesh-Identity": "forged"}}, err: "climesh's own"},
-		"bad header":   {v: map[string]any{"allowed": true, "headers": map[string]any{"a": 1.0}}, err: "want a string"},
+		"true":                 {v: true, allowed: true, status: 403},
+		"false":                {v: false, status: 403},
+		"object":               {v: map[string]any{"allowed": false, "http_status": 429.0, "body": "slow down", "response_headers_to_add": map[string]any{"retry-after": "5"}}, status: 429},
+		"with headers":         {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Team": "a"}}, allowed: true, status: 403},
+		"no allowed":           {v: map[string]any{"ok": true}, err: "no boolean"},
+		"bad status":           {v: map[string]any{"allowed": false, "http_status": 99.0}, err: "http_status"},
+		"string":               {v: "yes", err: "want a boolean or an object"},
+		"own header":           {v: map[string]any{"allowed": true, "headers": map[string]any{"X-Climesh-Identity": "forged"}}, err: "climesh's own"},
+		"bad header":           {v: map[string]any{"allowed": true, "headers": map[string]any{"a": 1.0}}, err: "want a string"},
+		"header array":         {v: map[string]any{"allowed": true, "headers": []any{map[string]any{"x-a": "1"}, map[string]any{"x-a": "2"}}}, allowed: true, status: 403},
+		"status_code":          {v: map[string]any{"allowed": false, "status_code": 401.0}, status: 401},
+		"disagreeing statuses": {v: map[string]any{"allowed": false, "status_code": 401.0, "http_status": 429.0}, err: "disagree"},
+		"remove own header":    {v: map[string]any{"allowed": true, "request_headers_to_remove": []any{"X-Climesh-Edge-Credential"}}, err: "climesh's own"},
+		"remove not a list":    {v: map[string]any{"allowed": true, "request_headers_to_remove": "x-a"}, err: "request_headers_to_remove"},
+		"metadata not object":  {v: map[string]any{"allowed": true, "dynamic_metadata": []any{"foo", "bar"}}, err: "dynamic_metadata"},
+		"query not strings":    {v: map[string]any{"allowed": true, "query_parameters_to_set": map[string]any{"n": 1.0}}, err: "query_parameters_to_set"},
+		"body not string":      {v: map[string]any{"allowed": false, "body": 3.0}, err: "body"},
 	} {
 		r, err := ParseResult(tc.v)
 		if tc.err != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -11,8 +12,14 @@ import (
 // MessageQuery is the sidecar's per-message entry point.
 const MessageQuery = "data.climesh.session.decision"
 
-// EdgeQuery is the ext_authz entry point (OPA-Envoy's result forms).
+// EdgeQuery is the ext_authz entry point by default (OPA-Envoy's result forms).
 const EdgeQuery = "data.climesh.edge.allow"
+
+// DecisionQuery is the query of a decision path (OPA-Envoy's path setting:
+// envoy/authz/allow is data.envoy.authz.allow).
+func DecisionQuery(path string) string {
+	return "data." + strings.ReplaceAll(strings.Trim(path, "/"), "/", ".")
+}
 
 // MessageInput is what a per-message decision sees (input.*):
 //
