@@ -75,7 +75,7 @@ func NewExtAuthz(e *Engine, keys identity.Signer, claims Claims, ttl time.Durati
 func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	defer func() { a.latency.Observe(time.Since(start).Seconds()) }()
-	input, payload, err := InputValue(req)
+	input, payload, err := InputValue(req, a.Claims)
 	if err != nil {
 		a.decisions.WithLabelValues("error").Inc()
 		return denied(403, "climesh: unreadable request", nil), nil
@@ -423,9 +423,11 @@ func denied(statusCode int, body string, hdrs []header) *authv3.CheckResponse {
 // parsed_query, and — when Envoy sent the body — parsed_body (JSON, or a form
 // as lists of values) and truncated_body. climesh adds input.jwt_payload: the
 // payload Envoy's jwt_authn verified, as its policies read it. It also returns
-// that payload.
-func Input(req *authv3.CheckRequest) (map[string]any, map[string]any, error) {
-	v, payload, err := InputValue(req)
+// that payload, and input.identity: the user, tenant and roles read from it by
+// the claim names configured (jwt.user_claim, tenant_claim, roles_claim), so
+// that a policy reads input.identity.tenant whatever the issuer calls it.
+func Input(req *authv3.CheckRequest, claims Claims) (map[string]any, map[string]any, error) {
+	v, payload, err := InputValue(req, claims)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -438,7 +440,7 @@ func Input(req *authv3.CheckRequest) (map[string]any, map[string]any, error) {
 
 // InputValue is Input as an OPA value, built without the round trip through Go
 // maps: the attributes' JSON is read straight into OPA's form.
-func InputValue(req *authv3.CheckRequest) (ast.Value, map[string]any, error) {
+func InputValue(req *authv3.CheckRequest, claims Claims) (ast.Value, map[string]any, error) {
 	attrs := req.GetAttributes()
 	raw, err := protojson.Marshal(attrs)
 	if err != nil {
@@ -476,8 +478,18 @@ func InputValue(req *authv3.CheckRequest) (ast.Value, map[string]any, error) {
 		return nil, nil, err
 	}
 	item := func(k string, v ast.Value) [2]*ast.Term { return ast.Item(ast.StringTerm(k), ast.NewTerm(v)) }
+	identity := ast.NewObject()
+	for _, c := range []struct{ key, claim string }{{"user", claims.User}, {"tenant", claims.Tenant}} {
+		if s, ok := payload[c.claim].(string); ok && c.claim != "" && s != "" {
+			identity.Insert(ast.StringTerm(c.key), ast.StringTerm(s))
+		}
+	}
+	if claims.Roles != "" {
+		identity.Insert(ast.StringTerm("roles"), stringsTerm(stringList(payload[claims.Roles])))
+	}
 	input := ast.NewObject(
 		item("attributes", attributes),
+		item("identity", identity),
 		item("version", ast.NewObject(item("ext_authz", ast.String("v3")), item("encoding", ast.String("protojson")))),
 		item("parsed_path", ast.NewArray(segs...)),
 		item("parsed_query", parsedQuery),

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/protocol"
@@ -79,7 +80,7 @@ func TestCheckCanned(t *testing.T) {
 }
 
 func TestInputShape(t *testing.T) {
-	in, payload, err := Input(loadCheck(t, "admitted.json"))
+	in, payload, err := Input(loadCheck(t, "admitted.json"), Claims{User: "sub", Tenant: "tenant", Roles: "roles"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,5 +145,44 @@ func BenchmarkCheck(b *testing.B) {
 		if resp, _ := a.Check(b.Context(), req); resp.GetOkResponse() == nil {
 			b.Fatal("denied")
 		}
+	}
+}
+
+// The claim names the config gives reach the shipped edge policy through
+// input.identity: an issuer that calls the user "email", the tenant "org" and
+// the roles "groups" is admitted and refused by those claims, and a token that
+// carries only the default names has no identity.
+func TestConfiguredClaimNamesReachThePolicy(t *testing.T) {
+	a := newTestAuthz(t, shippedEngine(t))
+	a.Claims = Claims{User: "email", Tenant: "org", Roles: "groups"}
+	check := func(payload map[string]any, pool string) *authv3.CheckResponse {
+		t.Helper()
+		req := loadCheck(t, "admitted.json")
+		req.Attributes.ContextExtensions = map[string]string{"pool": pool}
+		p, err := structpb.NewStruct(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Attributes.MetadataContext.FilterMetadata[JWTMetadataNamespace] = &structpb.Struct{Fields: map[string]*structpb.Value{JWTPayloadKey: structpb.NewStructValue(p)}}
+		resp, err := a.Check(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	org := map[string]any{"email": "ann@globex.test", "org": "globex", "groups": []any{"dev"}}
+	if resp := check(org, "globex-dedicated"); resp.GetOkResponse() == nil {
+		t.Fatalf("a globex user (org claim) refused from globex's pool: %v", resp.GetDeniedResponse())
+	}
+	if resp := check(org, "acme-dedicated"); resp.GetDeniedResponse().GetStatus().GetCode() != 403 {
+		t.Fatalf("a globex user (org claim) in acme's pool: %v", resp)
+	}
+	admin := map[string]any{"email": "root@ops.test", "org": "ops", "groups": []any{"admin"}}
+	if resp := check(admin, "acme-dedicated"); resp.GetOkResponse() == nil {
+		t.Fatalf("an admin (groups claim) refused: %v", resp.GetDeniedResponse())
+	}
+	defaults := map[string]any{"sub": "ann", "tenant": "globex"}
+	if resp := check(defaults, "globex-dedicated"); resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
+		t.Fatalf("a token without the configured user claim: %v, want 401", resp)
 	}
 }

@@ -47,7 +47,7 @@ func TestBuiltinDecidesAsShipped(t *testing.T) {
 	if allowed != 1 {
 		t.Errorf("%d of the inputs allowed, want 1 (the owner's send)", allowed)
 	}
-	edge := map[string]any{"jwt_payload": map[string]any{"sub": "bob", "tenant": "demo"},
+	edge := map[string]any{"identity": map[string]any{"user": "bob", "tenant": "demo"},
 		"attributes": map[string]any{"contextExtensions": map[string]any{"pool": "demo"}}}
 	b, err := builtin.Eval(t.Context(), EdgeQuery, edge)
 	if err != nil {

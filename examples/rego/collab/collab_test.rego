@@ -30,8 +30,8 @@ msg(user, tenant, method, sid, rec) := {
 in_room(user, method) := msg(user, "acme", method, room_id, room)
 
 test_only_acme_reaches_the_pool if {
-	edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "collab"}}, "jwt_payload": {"sub": "bob", "tenant": "acme"}}
-	not edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "collab"}}, "jwt_payload": {"sub": "bob", "tenant": "globex"}}
+	edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "collab"}}, "identity": {"user": "bob", "tenant": "acme"}}
+	not edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "collab"}}, "identity": {"user": "bob", "tenant": "globex"}}
 }
 
 test_a_member_creates_the_room if {

@@ -17,7 +17,7 @@ no_session := "access denied: no such session for this caller"
 
 tunnel(sub, tenant, pool) := {
 	"attributes": {"request": {"http": {"method": "GET", "path": "/v1/rpc", "headers": {}}}, "contextExtensions": {"pool": pool}},
-	"jwt_payload": {"sub": sub, "tenant": tenant},
+	"identity": {"user": sub, "tenant": tenant},
 }
 
 msg(user, tenant, pool, method, params, rec) := {

@@ -32,7 +32,7 @@ bob(method, sid, rec) := msg("bob", "acme", [], method, sid, rec)
 with_params(m, p) := object.union(m, {"params": p})
 
 test_any_tenant_enters if {
-	edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "copilot"}}, "jwt_payload": {"sub": "bob", "tenant": "globex"}}
+	edge.allow.allowed with input as {"attributes": {"contextExtensions": {"pool": "copilot"}}, "identity": {"user": "bob", "tenant": "globex"}}
 }
 
 test_owner_uses_their_session if {
