@@ -79,6 +79,9 @@ type EdgePolicy struct {
 	// BundleSigningAlgorithm its algorithm (default RS256, as `opa build` signs).
 	BundlePublicKeyFile    string `yaml:"bundle_public_key_file"`
 	BundleSigningAlgorithm string `yaml:"bundle_signing_algorithm"`
+	// DecisionLogs, when set, logs every edge decision in OPA's decision log
+	// format, masked by the policy's system.log.mask rule.
+	DecisionLogs *DecisionLogs `yaml:"decision_logs"`
 	// DecisionPath is the rule ext_authz asks, as OPA-Envoy's path setting:
 	// slash-separated under data (default climesh/edge/allow; envoy/authz/allow
 	// is OPA-Envoy's own default).
@@ -99,6 +102,17 @@ type EdgePolicy struct {
 	// ExtAuthzTLS is what Envoy's ext_authz cluster uses when server.tls is on
 	// (required then): the same files as its bootstrap's xDS cluster.
 	ExtAuthzTLS *UpstreamTLS `yaml:"ext_authz_tls"`
+}
+
+// DecisionLogs is where decisions go: exactly one of Console (stdout), File
+// (appended) or URL (a decision log service: POSTs of gzipped JSON arrays, as
+// OPA's logs plugin sends). QueueSize bounds the events waiting to be written;
+// past it they are dropped and counted.
+type DecisionLogs struct {
+	Console   bool   `yaml:"console"`
+	File      string `yaml:"file"`
+	URL       string `yaml:"url"`
+	QueueSize int    `yaml:"queue_size"`
 }
 
 // On reports whether the edge runs ext_authz.

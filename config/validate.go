@@ -127,6 +127,25 @@ func (c *Config) Validate() error {
 	if c.Policy.On() && !decisionPath.MatchString(c.Policy.DecisionPath) {
 		v.add("policy.decision_path", c.Policy.DecisionPath, ErrMalformed, "want rule names separated by slashes, e.g. envoy/authz/allow")
 	}
+	if dl := c.Policy.DecisionLogs; dl != nil {
+		n := 0
+		for _, on := range []bool{dl.Console, dl.File != "", dl.URL != ""} {
+			if on {
+				n++
+			}
+		}
+		if n != 1 {
+			v.add("policy.decision_logs", nil, ErrConflict, "want exactly one of console, file, url")
+		}
+		if dl.URL != "" {
+			if u, err := url.Parse(dl.URL); err != nil || u.Host == "" || u.Scheme != "https" && !(u.Scheme == "http" && loopback(u.Hostname())) {
+				v.add("policy.decision_logs.url", dl.URL, ErrMalformed, "want https (http on loopback only)")
+			}
+		}
+		if dl.QueueSize < 0 {
+			v.add("policy.decision_logs.queue_size", dl.QueueSize, ErrOutOfRange, "want 0 (default 10000) or more")
+		}
+	}
 	switch c.Policy.BundleSigningAlgorithm {
 	case "", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512":
 	default:

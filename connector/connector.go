@@ -268,6 +268,9 @@ func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
 	var refused *tunnel.RefusedError
 	if errors.As(cause, &refused) {
 		code, data["status"], data["reason"] = protocol.CodeRefused, refused.Status, refused.Reason
+		if refused.DecisionID != "" {
+			data["decision_id"] = refused.DecisionID
+		}
 		if refused.Status == http.StatusServiceUnavailable {
 			// The edge could not decide (its authorization service is
 			// unreachable): an outage, not a refusal; try again.

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/discovery"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/model"
@@ -190,6 +191,15 @@ func (s *Server) startPolicy(ctx context.Context, cfg *config.Config) (*policy.E
 	claims := policy.Claims{User: cfg.JWT.UserClaim, Tenant: cfg.JWT.TenantClaim, Roles: cfg.JWT.RolesClaim}
 	authz := policy.NewExtAuthz(engine, keys, claims, cfg.Policy.AssertionTTL, s.log.Named("extauthz"), s.reg)
 	authz.Query = query
+	if dl := cfg.Policy.DecisionLogs; dl != nil {
+		sink, err := decisionSink(dl)
+		if err != nil {
+			return nil, err
+		}
+		host, _ := os.Hostname()
+		authz.Decisions = decisionlog.New(ctx, sink, engine.Mask, decisionlog.Options{QueueSize: dl.QueueSize,
+			Labels: map[string]string{"id": host, "app": "xds-server"}}, s.reg)
+	}
 	return authz, nil
 }
 
@@ -301,4 +311,20 @@ func consulSource(cfg *config.Config) (discovery.Source, error) {
 		return discovery.Source{}, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
 	}
 	return discovery.Source{Health: client.Health(), Catalog: client.Catalog(), KV: client.KV()}, nil
+}
+
+// decisionSink is where policy.decision_logs sends decisions.
+func decisionSink(dl *config.DecisionLogs) (decisionlog.Sink, error) {
+	switch {
+	case dl.Console:
+		return &decisionlog.WriterSink{W: os.Stdout}, nil
+	case dl.File != "":
+		f, err := os.OpenFile(dl.File, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("policy.decision_logs.file: %w", err)
+		}
+		return &decisionlog.WriterSink{W: f}, nil
+	default:
+		return &decisionlog.HTTPSink{URL: dl.URL}, nil
+	}
 }

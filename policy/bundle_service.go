@@ -190,3 +190,13 @@ func bundleFingerprint(b *bundle.Bundle) (string, error) {
 
 // errNoBundle: nothing was activated from the bundle service yet.
 var errNoBundle = errors.New("no bundle received yet")
+
+// Revision is the manifest revision of the bundle deciding now ("" for a
+// source that is not a bundle service).
+func (e *Engine) Revision() string {
+	if e.remote == nil {
+		return ""
+	}
+	_, _, rev := e.remote.serving()
+	return rev
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -124,8 +125,8 @@ func (e *Engine) Reload(ctx context.Context) error {
 	if err != nil {
 		return e.failed(err)
 	}
-	prepared := make(map[string]rego.PreparedEvalQuery, len(e.queries))
-	for _, q := range e.queries {
+	prepared := make(map[string]rego.PreparedEvalQuery, len(e.queries)+1)
+	for _, q := range append(slices.Clone(e.queries), MaskQuery) {
 		pq, err := rego.New(rego.Query(q), rego.Compiler(compiler), rego.Store(store)).PrepareForEval(ctx)
 		if err != nil {
 			return e.failed(fmt.Errorf("prepare %s: %w", q, err))
@@ -225,6 +226,55 @@ func (e *Engine) eval(ctx context.Context, query string, input rego.EvalOption) 
 		return nil, fmt.Errorf("%w: %s", ErrUndefined, query)
 	}
 	return rs[0].Expressions[0].Value, nil
+}
+
+// MaskQuery is OPA's decision log mask rule: what of a logged decision must
+// not leave the process.
+const MaskQuery = "data.system.log.mask"
+
+// Mask evaluates the policy's mask rule on a decision log event ({"input":
+// ..., "result": ...}) as OPA does: each string it yields is a JSON pointer to
+// erase; each {"op": "upsert", "path": p, "value": v} replaces p with v ({"op":
+// "remove", "path": p} erases). A policy without the rule masks nothing.
+func (e *Engine) Mask(ctx context.Context, event map[string]any) ([]string, map[string]any, error) {
+	e.mu.RLock()
+	pq, ok := e.prepared[MaskQuery]
+	e.mu.RUnlock()
+	if !ok {
+		return nil, nil, nil
+	}
+	rs, err := pq.Eval(ctx, rego.EvalInput(event))
+	if err != nil {
+		return nil, nil, fmt.Errorf("policy: %s: %w", MaskQuery, err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return nil, nil, nil
+	}
+	items, ok := rs[0].Expressions[0].Value.([]any)
+	if !ok {
+		return nil, nil, fmt.Errorf("policy: %s: want a set, got %T", MaskQuery, rs[0].Expressions[0].Value)
+	}
+	var erase []string
+	upsert := map[string]any{}
+	for _, it := range items {
+		switch x := it.(type) {
+		case string:
+			erase = append(erase, x)
+		case map[string]any:
+			path, _ := x["path"].(string)
+			switch x["op"] {
+			case "upsert":
+				upsert[path] = x["value"]
+			case "remove", nil:
+				erase = append(erase, path)
+			default:
+				return nil, nil, fmt.Errorf("policy: %s: unknown op %v", MaskQuery, x["op"])
+			}
+		default:
+			return nil, nil, fmt.Errorf("policy: %s: want pointers or operations, got %T", MaskQuery, it)
+		}
+	}
+	return erase, upsert, nil
 }
 
 // CountError records a decision the caller could not use (wrong shape).

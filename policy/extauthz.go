@@ -24,6 +24,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/protocol"
 )
@@ -51,6 +52,8 @@ type ExtAuthz struct {
 	AssertionTTL time.Duration
 	Log          *zap.Logger
 	Now          func() time.Time
+	// Decisions, when set, logs every decision (OPA's decision log format).
+	Decisions *decisionlog.Logger
 
 	decisions *prometheus.CounterVec
 	latency   prometheus.Histogram
@@ -71,40 +74,82 @@ func NewExtAuthz(e *Engine, keys identity.Signer, claims Claims, ttl time.Durati
 	}
 }
 
-// Check decides one request.
+// Check decides one request. Every answer carries its decision id: a denial
+// in the x-climesh-decision-id header the client sees, every answer in the
+// dynamic metadata Envoy's access log reads (decision_id); the decision is
+// logged under it (Decisions).
 func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	defer func() { a.latency.Observe(time.Since(start).Seconds()) }()
+	id := decisionlog.NewID()
+	var d decided
+	resp := a.check(ctx, req, &d)
+	if resp.DynamicMetadata == nil {
+		resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	}
+	resp.DynamicMetadata.Fields[DecisionIDKey] = structpb.NewStringValue(id)
+	if dr := resp.GetDeniedResponse(); dr != nil {
+		dr.Headers = append(dr.Headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: protocol.HeaderDecisionID, Value: id}})
+	}
+	if a.Decisions != nil {
+		ev := decisionlog.Event{DecisionID: id, Path: strings.ReplaceAll(strings.TrimPrefix(a.Query, "data."), ".", "/"), Result: d.result, Error: d.err}
+		if d.input != nil {
+			ev.Input, _ = ast.JSON(d.input)
+		}
+		if rev := a.Engine.Revision(); rev != "" {
+			ev.Bundles = map[string]decisionlog.BundleRevision{"climesh": {Revision: rev}}
+		}
+		a.Decisions.Log(ev)
+	}
+	return resp, nil
+}
+
+// DecisionIDKey is where a decision's id is in the dynamic metadata (under
+// Envoy's ext_authz filter namespace: %DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%).
+const DecisionIDKey = "decision_id"
+
+// decided is what check saw, for the decision log.
+type decided struct {
+	input  ast.Value
+	result any
+	err    string
+}
+
+func (a *ExtAuthz) check(ctx context.Context, req *authv3.CheckRequest, d *decided) *authv3.CheckResponse {
 	input, payload, err := InputValue(req, a.Claims)
 	if err != nil {
 		a.decisions.WithLabelValues("error").Inc()
-		return denied(403, "climesh: unreadable request", nil), nil
+		d.err = "unreadable request: " + err.Error()
+		return denied(403, "climesh: unreadable request", nil)
 	}
+	d.input = input
 	v, err := a.Engine.EvalValue(ctx, a.Query, input)
 	if err != nil {
 		a.decisions.WithLabelValues("error").Inc()
 		a.Log.Warn("ext_authz: policy error; denied", zap.Error(err))
-		return denied(403, "climesh: policy error", nil), nil
+		d.err = err.Error()
+		return denied(403, "climesh: policy error", nil)
 	}
+	d.result = v
 	res, err := ParseResult(v)
 	if err != nil {
 		a.Engine.CountError(a.Query)
 		a.decisions.WithLabelValues("error").Inc()
 		a.Log.Warn("ext_authz: unusable policy result; denied", zap.Error(err))
-		return denied(403, "climesh: policy error", nil), nil
+		return denied(403, "climesh: policy error", nil)
 	}
 	md, err := dynamicMetadata(res.DynamicMetadata)
 	if err != nil {
 		a.Engine.CountError(a.Query)
 		a.decisions.WithLabelValues("error").Inc()
 		a.Log.Warn("ext_authz: unusable dynamic_metadata; denied", zap.Error(err))
-		return denied(403, "climesh: policy error", nil), nil
+		return denied(403, "climesh: policy error", nil)
 	}
 	if !res.Allowed {
 		a.decisions.WithLabelValues("denied").Inc()
 		resp := denied(res.Status, res.Body, res.Headers)
 		resp.DynamicMetadata = md
-		return resp, nil
+		return resp
 	}
 	headers := res.Headers
 	if user, _ := payload[a.Claims.User].(string); user != "" && a.Keys != nil {
@@ -113,7 +158,7 @@ func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 			Expires: a.Now().Add(a.AssertionTTL).Unix()})
 		if err != nil {
 			a.decisions.WithLabelValues("error").Inc()
-			return denied(403, "climesh: cannot sign identity", nil), nil
+			return denied(403, "climesh: cannot sign identity", nil)
 		}
 		headers = append(headers, header{protocol.HeaderIdentity, assertion})
 	}
@@ -137,7 +182,7 @@ func (a *ExtAuthz) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 			AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD})
 	}
 	return &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: md}, nil
+		DynamicMetadata: md}
 }
 
 // dynamicMetadata is a result's dynamic_metadata as Envoy takes it (nil: none).

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/protocol"
 )
@@ -184,5 +186,59 @@ func TestConfiguredClaimNamesReachThePolicy(t *testing.T) {
 	defaults := map[string]any{"sub": "ann", "tenant": "globex"}
 	if resp := check(defaults, "globex-dedicated"); resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
 		t.Fatalf("a token without the configured user claim: %v, want 401", resp)
+	}
+}
+
+// Every edge decision is logged under the id the client sees, in OPA's
+// format, masked by the policy's own system.log.mask rule.
+func TestEdgeDecisionLog(t *testing.T) {
+	dir := t.TempDir()
+	for name, src := range map[string]string{
+		"edge.rego": "package climesh.edge\n\nallow := {\"allowed\": false, \"http_status\": 403, \"body\": \"no\"} if input.identity.tenant == \"globex\"\nelse := true\n",
+		"mask.rego": "package system.log\n\nmask contains \"/input/attributes/request/http/headers/authorization\"\nmask contains {\"op\": \"upsert\", \"path\": \"/input/jwt_payload/email\", \"value\": \"***\"}\n" +
+			// The verified payload is in the input twice: as OPA-Envoy gives the
+			// metadata, and as input.jwt_payload.
+			"mask contains \"/input/attributes/metadataContext\"\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := NewEngine(t.Context(), dir, []string{EdgeQuery}, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	ctx, cancel := context.WithCancel(t.Context())
+	a := newTestAuthz(t, e)
+	a.Decisions = decisionlog.New(ctx, &decisionlog.WriterSink{W: &buf}, e.Mask, decisionlog.Options{Labels: map[string]string{"app": "xds-server"}}, prometheus.NewRegistry())
+	req := loadCheck(t, "admitted.json")
+	req.Attributes.Request.Http.Headers["authorization"] = "Bearer the-secret-token"
+	p, _ := structpb.NewStruct(map[string]any{"sub": "ann", "tenant": "globex", "email": "ann@globex.test"})
+	req.Attributes.MetadataContext.FilterMetadata[JWTMetadataNamespace] = &structpb.Struct{Fields: map[string]*structpb.Value{JWTPayloadKey: structpb.NewStructValue(p)}}
+	resp, err := a.Check(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for _, h := range resp.GetDeniedResponse().GetHeaders() {
+		if h.GetHeader().GetKey() == protocol.HeaderDecisionID {
+			id = h.GetHeader().GetValue()
+		}
+	}
+	if id == "" || resp.GetDynamicMetadata().GetFields()[DecisionIDKey].GetStringValue() != id {
+		t.Fatalf("the denial carries no decision id, or two: %v", resp)
+	}
+	cancel()
+	<-a.Decisions.Done()
+	out := buf.String()
+	if !strings.Contains(out, `"decision_id":"`+id+`"`) || !strings.Contains(out, `"path":"climesh/edge/allow"`) {
+		t.Fatalf("the decision %s is not in the log:\n%s", id, out)
+	}
+	if strings.Contains(out, "the-secret-token") || strings.Contains(out, "ann@globex.test") {
+		t.Fatalf("a secret reached the decision log:\n%s", out)
+	}
+	if !strings.Contains(out, `"/input/attributes/request/http/headers/authorization"`) || !strings.Contains(out, `"/input/attributes/metadataContext"`) || !strings.Contains(out, `"masked":["/input/jwt_payload/email"]`) {
+		t.Fatalf("erased and masked not recorded:\n%s", out)
 	}
 }

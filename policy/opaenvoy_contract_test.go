@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/climesh/climesh/protocol"
 )
 
 // The OPA-Envoy contract, on OPA's own documentation: the example policies and
@@ -198,9 +200,17 @@ func TestOPAEnvoyDocumentedPolicies(t *testing.T) {
 }
 
 // compareResponse checks that every field of OPA's result reached the
-// CheckResponse as OPA-Envoy puts it there.
+// CheckResponse as OPA-Envoy puts it there; climesh adds its decision id (to
+// a denial's headers, and to the dynamic metadata of every answer) and nothing
+// else.
 func compareResponse(t *testing.T, resp *authv3.CheckResponse, res Result) {
 	t.Helper()
+	md := resp.GetDynamicMetadata().AsMap()
+	id, _ := md[DecisionIDKey].(string)
+	if id == "" {
+		t.Fatal("no decision id in the dynamic metadata")
+	}
+	delete(md, DecisionIDKey)
 	pairs := func(hs []header) []string {
 		var out []string
 		for _, h := range hs {
@@ -232,6 +242,9 @@ func compareResponse(t *testing.T, resp *authv3.CheckResponse, res Result) {
 		d := resp.GetDeniedResponse()
 		var got []string
 		for _, h := range d.GetHeaders() {
+			if h.GetHeader().GetKey() == protocol.HeaderDecisionID && h.GetHeader().GetValue() == id {
+				continue
+			}
 			got = append(got, h.GetHeader().GetKey()+"="+h.GetHeader().GetValue())
 		}
 		sort.Strings(got)
@@ -239,7 +252,6 @@ func compareResponse(t *testing.T, resp *authv3.CheckResponse, res Result) {
 			t.Fatalf("denied response %v differs from the result %+v", d, res)
 		}
 	}
-	md := resp.GetDynamicMetadata().AsMap()
 	if res.DynamicMetadata == nil && len(md) > 0 || res.DynamicMetadata != nil && !maps.EqualFunc(md, jsonNumbersToFloats(res.DynamicMetadata).(map[string]any),
 		func(a, b any) bool { return fmt.Sprint(a) == fmt.Sprint(b) }) {
 		t.Fatalf("dynamic metadata %v, want %v", md, res.DynamicMetadata)

@@ -56,6 +56,9 @@ const (
 	HeaderUser    = "x-climesh-user"
 	HeaderTenant  = "x-climesh-tenant"
 	HeaderSession = "x-climesh-session"
+	// HeaderDecisionID names the edge policy's decision in a refusal (and in the
+	// xds-server's decision log).
+	HeaderDecisionID = "x-climesh-decision-id"
 	// HeaderIdentity carries the edge's signed identity assertion to the sidecar.
 	HeaderIdentity = "x-climesh-identity"
 	// HeaderEdgeCredential carries the secret only Envoy adds, so that a client

@@ -88,6 +88,9 @@ func Accept(w http.ResponseWriter, r *http.Request, limit int) (*Conn, error) {
 type RefusedError struct {
 	Status int
 	Reason string
+	// DecisionID is the edge policy's decision id (x-climesh-decision-id), to
+	// find the decision in the xds-server's decision log.
+	DecisionID string
 }
 
 func (e *RefusedError) Error() string {
@@ -106,7 +109,7 @@ func Dial(ctx context.Context, url string, header http.Header, limit int) (*Conn
 				b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 				body = strings.TrimSpace(string(b))
 			}
-			return nil, &RefusedError{Status: resp.StatusCode, Reason: body}
+			return nil, &RefusedError{Status: resp.StatusCode, Reason: body, DecisionID: resp.Header.Get(protocol.HeaderDecisionID)}
 		}
 		return nil, fmt.Errorf("climesh edge unreachable at %s: %w", url, err)
 	}
