@@ -1,10 +1,14 @@
 package xds
 
 import (
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/climesh/climesh/config"
@@ -38,6 +42,7 @@ func buildListener(l *config.Listener, c *config.Config) (*listenerv3.Listener, 
 		MergeSlashes:      true,
 		// x_climesh_user must not pass for x-climesh-user anywhere downstream.
 		CommonHttpProtocolOptions: headersWithUnderscoresRejected(),
+		AccessLog:                 []*accesslogv3.AccessLog{edgeAccessLog()},
 	}
 	a, err := anypb.New(hcm)
 	if err != nil {
@@ -54,4 +59,30 @@ func buildListener(l *config.Listener, c *config.Config) (*listenerv3.Listener, 
 		}},
 	}
 	return lis, nil
+}
+
+// edgeAccessLog writes one JSON line per tunnel to Envoy's stdout, with the
+// edge policy's decision id (the ext_authz filter's dynamic metadata), so that
+// a refusal a user reports is found in the access log and in the xds-server's
+// decision log by the same id.
+func edgeAccessLog() *accesslogv3.AccessLog {
+	format, _ := structpb.NewStruct(map[string]any{
+		"start_time":     "%START_TIME%",
+		"method":         "%REQ(:METHOD)%",
+		"path":           "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"response_code":  "%RESPONSE_CODE%",
+		"response_flags": "%RESPONSE_FLAGS%",
+		"duration_ms":    "%DURATION%",
+		"upstream_host":  "%UPSTREAM_HOST%",
+		"user":           "%REQ(X-CLIMESH-USER)%",
+		"tenant":         "%REQ(X-CLIMESH-TENANT)%",
+		"request_id":     "%REQ(X-REQUEST-ID)%",
+		"decision_id":    "%DYNAMIC_METADATA(" + extAuthzFilterName + ":decision_id)%",
+	})
+	// Deterministic: the format is a map, and a version is a hash of the bytes.
+	cfg := &anypb.Any{}
+	anypb.MarshalFrom(cfg, &streamv3.StdoutAccessLog{AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+		Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: format},
+	}}}, deterministic)
+	return &accesslogv3.AccessLog{Name: "envoy.access_loggers.stdout", ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg}}
 }

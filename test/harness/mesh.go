@@ -34,6 +34,7 @@ type Mesh struct {
 	Issuer      *Issuer
 	Keys        *identity.Keys
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
+	DecisionLog string // the xds-server's decision log (MeshOptions.DecisionLog)
 	CollabHome  string
 	UsersRoot   string
 	// UserSecrets is the isolated pool's --user-secrets directory: each
@@ -87,6 +88,9 @@ type MeshOptions struct {
 	// and every sidecar then take their policy from that service instead of the
 	// directory.
 	BundleService func(policyDir string) (url, publicKeyFile string, err error)
+	// DecisionLog has the xds-server log every edge decision to a file
+	// (Mesh.DecisionLog), masked by the policy's system.log.mask.
+	DecisionLog bool
 	// TurnTimeout is the sidecars' --turn-timeout (default their own).
 	TurnTimeout time.Duration
 	// PersistentConsul runs Consul as a server with a data directory, so that
@@ -208,6 +212,10 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 		}
 		policySource, bundleLine = url, fmt.Sprintf("  bundle_public_key_file: %s\n", key)
 		bundleKey = []string{"--policy-bundle-key", key}
+	}
+	if o.DecisionLog {
+		m.DecisionLog = filepath.Join(dir, "decisions.log")
+		bundleLine += fmt.Sprintf("  decision_logs: {file: %s}\n", m.DecisionLog)
 	}
 	extra := append([]string{"--edge-credential-file", credFile, "--identity-keys", keysFile, "--policy", policySource, "--policy-watch", "100ms"}, bundleKey...)
 	if o.Keepalive > 0 {
