@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -88,6 +89,8 @@ type Config struct {
 	PolicyWatch        time.Duration // --policy-watch: how often --policy is checked for changes
 	PolicyBundleKey    string        // --policy-bundle-key: the PEM public key a bundle service's bundles are signed with
 	PolicyBundleAlg    string        // --policy-bundle-alg: its algorithm
+	DecisionLog        string        // --decision-log: a file (or - for stdout) for every per-message decision
+	DecisionLogURL     string        // --decision-log-url: or a decision log service
 
 	UsersRoot   string        // --users-root: isolated: per-user homes
 	UserSecrets string        // --user-secrets: isolated: per-user .env files
@@ -157,6 +160,8 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.IdentityKeys, "identity-keys", c.IdentityKeys, "`file` with the keys that verify the edge's identity assertion (policy.identity_keys_file)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "Rego `dir` or bundle for per-message decisions (deny by default), the word builtin (the policies/rego this binary was built with), or a bundle service's URL (polled every --policy-watch; needs --policy-bundle-key); needs --identity-keys")
 	fs.StringVar(&c.PolicyBundleKey, "policy-bundle-key", c.PolicyBundleKey, "PEM public key `file` that verifies a bundle service's bundles (an unsigned or tampered bundle is refused; the last good one keeps deciding)")
+	fs.StringVar(&c.DecisionLog, "decision-log", c.DecisionLog, "`file` (- for stdout) that gets every per-message decision in OPA's decision log format, masked by --policy's system.log.mask; a refusal then carries its decision_id")
+	fs.StringVar(&c.DecisionLogURL, "decision-log-url", c.DecisionLogURL, "or a decision log service `URL` (POSTs of gzipped JSON arrays, as OPA's logs plugin sends; https, http on loopback only)")
 	fs.StringVar(&c.PolicyBundleAlg, "policy-bundle-alg", c.PolicyBundleAlg, "signing `algorithm` of --policy-bundle-key (RS256, as opa build signs, or RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512)")
 	fs.StringVar(&c.PolicyData, "policy-data", c.PolicyData, "JSON or YAML data `file` merged into --policy's data (it may add values, not replace them), e.g. your pools' provider_base_urls beside --policy builtin; watched like --policy")
 	fs.DurationVar(&c.PolicyWatch, "policy-watch", c.PolicyWatch, "how often --policy is checked for changes")
@@ -261,6 +266,17 @@ func (c Config) Validate() error {
 	case "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512":
 	default:
 		v.bad("--policy-bundle-alg", c.PolicyBundleAlg, field.ErrMalformed, "want one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512")
+	}
+	if c.DecisionLog != "" && c.DecisionLogURL != "" {
+		v.bad("--decision-log-url", c.DecisionLogURL, field.ErrConflict, "one of --decision-log and --decision-log-url")
+	}
+	if (c.DecisionLog != "" || c.DecisionLogURL != "") && c.Policy == "" {
+		v.bad("--decision-log", c.DecisionLog+c.DecisionLogURL, field.ErrConflict, "needs --policy: only per-message decisions are logged")
+	}
+	if c.DecisionLogURL != "" {
+		if u, err := url.Parse(c.DecisionLogURL); err != nil || u.Host == "" || u.Scheme != "https" && !(u.Scheme == "http" && strings.HasPrefix(u.Hostname(), "127.")) {
+			v.bad("--decision-log-url", c.DecisionLogURL, field.ErrMalformed, "want https (http on loopback only)")
+		}
 	}
 	if c.Policy != "" && c.IdentityKeys == "" {
 		v.bad("--policy", c.Policy, field.ErrRequired, "needs --identity-keys: per-message decisions need a verified caller")

@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/climesh/climesh/config/secret"
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/filewatch"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/periodic"
@@ -136,6 +137,22 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 		}
 		rl.Policy = &datapath.Policy{Engine: engine, Registry: &registry.Memory{}, Instance: cfg.Instance(), Pool: cfg.Pool, Mode: cfg.Mode,
 			RecordTTL: 2 * time.Second, LockWaitMax: cfg.LockWaitMax}
+		if cfg.DecisionLog != "" || cfg.DecisionLogURL != "" {
+			var sink decisionlog.Sink = &decisionlog.HTTPSink{URL: cfg.DecisionLogURL}
+			switch cfg.DecisionLog {
+			case "":
+			case "-":
+				sink = &decisionlog.WriterSink{W: os.Stdout}
+			default:
+				f, err := os.OpenFile(cfg.DecisionLog, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
+				if err != nil {
+					return nil, fmt.Errorf("--decision-log: %w", err)
+				}
+				sink = &decisionlog.WriterSink{W: f}
+			}
+			rl.Policy.Decisions = decisionlog.New(ctx, sink, engine.Mask, decisionlog.Options{
+				Labels: map[string]string{"id": cfg.Instance(), "app": "climesh-sidecar"}}, reg)
+		}
 	}
 	if cfg.EdgeCredentialFile != "" {
 		s.creds, err = filewatch.Open(cfg.EdgeCredentialFile, func(path string, b []byte) ([]string, error) {

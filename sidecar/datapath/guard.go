@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"hash/maphash"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/protocol"
@@ -61,6 +63,9 @@ type Policy struct {
 	// may ask for in x-climesh-lock-wait.
 	Locker      *lock.Locker
 	LockWaitMax time.Duration
+	// Decisions, when set, logs every per-message decision (OPA's decision
+	// log format); a refusal then carries its decision id.
+	Decisions *decisionlog.Logger
 }
 
 // guardFor is the Guard of one tunnel: caller is who the edge verified, lockWait
@@ -126,9 +131,18 @@ var sessionIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Denied answers a refused request. Code -32012, message the policy's reason.
 func Denied(id []byte, reason, method, sessionID string) []byte {
+	return deniedDecision(id, reason, method, sessionID, "")
+}
+
+// deniedDecision is Denied naming the policy decision (data.decision_id), to
+// find it in the sidecar's decision log.
+func deniedDecision(id []byte, reason, method, sessionID, decisionID string) []byte {
 	data := map[string]string{"method": method}
 	if sessionID != "" {
 		data["sessionId"] = sessionID
+	}
+	if decisionID != "" {
+		data["decision_id"] = decisionID
 	}
 	return jsonrpc.ErrorResponse(id, protocol.CodeAccessDenied, reason, data)
 }
@@ -187,6 +201,44 @@ func (g *Guard) forget(id string) {
 // that cannot be had is an error: the registry did not answer (ErrUnavailable),
 // or holds something unreadable; either way nothing is decided.
 func (g *Guard) decide(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record, error) {
+	d, rec, _, err := g.decideLogged(ctx, m)
+	return d, rec, err
+}
+
+// decideLogged is decide, logging the decision (cached ones too: each is a
+// decision a caller got) under the id it returns ("" without a log).
+func (g *Guard) decideLogged(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record, string, error) {
+	d, rec, err := g.decideOnce(ctx, m)
+	if err != nil || g.Decisions == nil {
+		return d, rec, "", err
+	}
+	id := decisionlog.NewID()
+	input := map[string]any{"user": g.Caller.User, "tenant": g.Caller.Tenant, "roles": g.Caller.Roles, "pool": g.Pool, "mode": g.Mode,
+		"kind": m.Kind.String(), "method": m.Method}
+	if m.SessionID != "" {
+		input["session_id"] = m.SessionID
+	}
+	if len(m.Params) > 0 {
+		var params any
+		if json.Unmarshal(m.Params, &params) == nil {
+			input["params"] = params
+		}
+	}
+	if rec != nil {
+		input["record"] = rec.PolicyValue()
+	}
+	result := map[string]any{"allow": d.Allow}
+	if d.Reason != "" {
+		result["reason"] = d.Reason
+	}
+	if d.BuiltinTools != nil {
+		result["builtin_tools"] = d.BuiltinTools
+	}
+	g.Decisions.Log(decisionlog.Event{DecisionID: id, Path: "climesh/session/decision", Input: input, Result: result})
+	return d, rec, id, nil
+}
+
+func (g *Guard) decideOnce(ctx context.Context, m jsonrpc.Message) (policy.Decision, *registry.Record, error) {
 	var rec *registry.Record
 	if m.SessionID != "" {
 		var err error
@@ -261,12 +313,12 @@ func (g *Guard) inbound(ctx context.Context, m jsonrpc.Message) (fwd *jsonrpc.Me
 			return nil, invalid(m.ID, err.Error())
 		}
 	}
-	d, rec, err := g.decide(ctx, m)
+	d, rec, decisionID, err := g.decideLogged(ctx, m)
 	if err != nil {
 		return nil, refusal(m, err)
 	}
 	if !d.Allow {
-		return nil, Denied(m.ID, d.Reason, m.Method, m.SessionID)
+		return nil, deniedDecision(m.ID, d.Reason, m.Method, m.SessionID, decisionID)
 	}
 	if strings.Contains(m.Method, ".handlePending") && !g.answers(m) {
 		// The CLI finds a pending request by its id across all sessions: an

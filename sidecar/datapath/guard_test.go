@@ -1,7 +1,9 @@
 package datapath
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -10,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -372,5 +375,44 @@ func TestGuardRegistryUnavailable(t *testing.T) {
 	down.Guard.mu.Unlock()
 	if remembered {
 		t.Fatal("a failed decision was remembered")
+	}
+}
+
+// With a decision log, every per-message decision is logged in OPA's format,
+// masked by the shipped mask rule (a provider's key never reaches it), and a
+// refusal names the decision it was.
+func TestGuardDecisionLog(t *testing.T) {
+	e, reg := shippedPolicy(t), memoryRegistry(t)
+	var buf bytes.Buffer
+	ctx, cancel := context.WithCancel(t.Context())
+	logger := decisionlog.New(ctx, &decisionlog.WriterSink{W: &buf}, e.Mask, decisionlog.Options{}, prometheus.NewRegistry())
+	alice, bob := guardFor(e, reg, "acme", "alice"), guardFor(e, reg, "acme", "bob")
+	alice.Decisions, bob.Decisions = logger, logger
+	toCLI, _ := inbound(t, alice, `{"jsonrpc":"2.0","id":1,"method":"session.create","params":{"model":"m"}}`)
+	sid := msg(t, toCLI).SessionID
+	// A provider the pool does not list: refused, and logged without its key.
+	if _, ans := inbound(t, alice, `{"jsonrpc":"2.0","id":3,"method":"session.create","params":{"model":"m","provider":{"type":"openai","baseUrl":"http://127.0.0.1:1/v1","apiKey":"sk-very-secret"}}}`); !strings.Contains(ans, "-32012") {
+		t.Fatalf("an unlisted provider: %s", ans)
+	}
+	_, ans := inbound(t, bob, fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"session.send","params":{"sessionId":%q,"prompt":"x"}}`, sid))
+	var refusal struct {
+		Error struct {
+			Code int
+			Data struct {
+				DecisionID string `json:"decision_id"`
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(ans), &refusal); err != nil || refusal.Error.Code != -32012 || refusal.Error.Data.DecisionID == "" {
+		t.Fatalf("bob's refusal names no decision: %s", ans)
+	}
+	cancel()
+	<-logger.Done()
+	out := buf.String()
+	if !strings.Contains(out, `"decision_id":"`+refusal.Error.Data.DecisionID+`"`) || !strings.Contains(out, `"path":"climesh/session/decision"`) {
+		t.Fatalf("bob's refused decision is not in the log:\n%s", out)
+	}
+	if strings.Contains(out, "sk-very-secret") || !strings.Contains(out, `"/input/params/provider/apiKey"`) {
+		t.Fatalf("the provider's key reached the log, or its erasure is not recorded:\n%s", out)
 	}
 }
