@@ -401,27 +401,16 @@ func stringArray(v any) ([]string, error) {
 	return out, nil
 }
 
-// headerNames reads an array of header names.
+// headerNames reads an array of header names, none of them climesh's own.
 func headerNames(v any) ([]string, error) {
-	if v == nil {
-		return nil, nil
-	}
-	list, ok := v.([]any)
-	if !ok {
-		return nil, fmt.Errorf("want an array of header names")
-	}
-	out := make([]string, 0, len(list))
-	for i, x := range list {
-		s, ok := x.(string)
-		if !ok || s == "" {
-			return nil, fmt.Errorf("[%d]: want a header name", i)
+	names, err := stringArray(v)
+	for i, n := range names {
+		if ownHeader(n) {
+			return nil, fmt.Errorf("%s is climesh's own", n)
 		}
-		if ownHeader(s) {
-			return nil, fmt.Errorf("%s is climesh's own", s)
-		}
-		out = append(out, strings.ToLower(s))
+		names[i] = strings.ToLower(n)
 	}
-	return out, nil
+	return names, err
 }
 
 func number(v any) (int, error) {

@@ -2,7 +2,6 @@ package datapath
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
@@ -157,20 +157,11 @@ func turnTimeoutEvent(sid string, timeout time.Duration) []byte {
 	b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": protocol.MethodSessionEvent, "params": map[string]any{
 		"sessionId": sid,
 		"event": map[string]any{
-			"id": eventID(), "parentId": nil, "timestamp": time.Now().UTC().Format(time.RFC3339Nano), "ephemeral": true,
+			"id": decisionlog.NewID(), "parentId": nil, "timestamp": time.Now().UTC().Format(time.RFC3339Nano), "ephemeral": true,
 			"type": protocol.EventSessionError,
 			"data": map[string]any{"errorType": "timeout",
 				"message": fmt.Sprintf("climesh: the turn ran past the sidecar's --turn-timeout (%s) and was aborted", timeout)},
 		},
 	}})
 	return b
-}
-
-// eventID is a random UUID (version 4), as the CLI's event ids are.
-func eventID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
