@@ -211,6 +211,22 @@ type Identity struct {
 	PinHeader string `yaml:"pin_header"`
 }
 
+// ReferencedFiles are the files ResolveFiles reads — the local JWKS files and the
+// edge credential — which the xds-server watches: a change to one reloads the
+// config, as SIGHUP does (a rotated key set or credential needs no restart).
+func (c *Config) ReferencedFiles() []string {
+	var out []string
+	for _, p := range c.JWT.Providers {
+		if p.LocalJWKSFile != "" {
+			out = append(out, p.LocalJWKSFile)
+		}
+	}
+	if f := c.Identity.EdgeCredentialFile; f != "" {
+		out = append(out, f)
+	}
+	return out
+}
+
 // ResolveFiles reads the files the config names (Load does no I/O). Call it after
 // Load, and again on every reload.
 func (c *Config) ResolveFiles() error {

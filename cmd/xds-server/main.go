@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -68,15 +69,50 @@ func run() error {
 	defer stop()
 	srv := controlplane.New(cfg, log.Named("controlplane"))
 	if *configPath != "" {
+		reload := make(chan struct{}, 1)
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		go func() {
 			for range hup {
+				select {
+				case reload <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		// The files the config names are read again when they change (a
+		// rotated JWKS or edge credential), as on SIGHUP.
+		files := newFileWatch(cfg.ReferencedFiles())
+		go func() {
+			interval := cfg.Policy.WatchInterval
+			if interval <= 0 {
+				interval = time.Second // no policy: watched as often as its default
+			}
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if files.changed() {
+					log.Info("a file the config names changed; reloading")
+					select {
+					case reload <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}()
+		go func() {
+			for range reload {
 				next, err := load(*configPath)
 				if err != nil {
 					srv.ReloadFailed(err)
 					continue
 				}
+				files.set(next.ReferencedFiles())
 				srv.Reload(next)
 			}
 		}()
