@@ -18,8 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -29,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/climesh/climesh/bench/authzload"
 	"github.com/climesh/climesh/bench/stats"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
@@ -100,9 +99,9 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 	if resp, err := client.Check(ctx, req); err != nil || resp.GetOkResponse() == nil {
 		return fmt.Errorf("check does not allow the canned request: %v %v", resp, err)
 	}
-	lat, achieved, errs := fixedRate(ctx, client, req, rate, dur, workers)
+	lat, achieved, errs := authzload.FixedRate(ctx, client, req, rate, dur, workers)
 	row(fmt.Sprintf("ext_authz at %d/s (gRPC, loopback)", rate), lat, ms, fmt.Sprintf("achieved %.0f/s, %d errors", achieved, errs))
-	lat, achieved, errs = closedLoop(ctx, client, req, dur, workers)
+	lat, achieved, errs = authzload.ClosedLoop(ctx, client, req, dur, workers)
 	row(fmt.Sprintf("ext_authz closed loop, %d callers", workers), lat, ms, fmt.Sprintf("max %.0f decisions/s, %d errors", achieved, errs))
 	return nil
 }
@@ -191,72 +190,6 @@ func createLatencies(ctx context.Context, e *policy.Engine, n int) []time.Durati
 func newGuard(e *policy.Engine, reg registry.Registry, u int) *datapath.PolicyPath {
 	return &datapath.PolicyPath{Guard: &datapath.Guard{Policy: datapath.Policy{Engine: e, Registry: reg, Pool: "copilot", Mode: "shared", RecordTTL: time.Hour},
 		Caller: identity.Claims{User: fmt.Sprintf("u-%d", u), Tenant: "acme"}, Log: zap.NewNop()}}
-}
-
-func fixedRate(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, rate int, dur time.Duration, workers int) ([]time.Duration, float64, int64) {
-	jobs := make(chan time.Time, rate)
-	var mu sync.Mutex
-	var lat []time.Duration
-	var errs atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for due := range jobs {
-				_, err := c.Check(ctx, req)
-				d := time.Since(due) // from when it was due: queueing counts
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				mu.Lock()
-				lat = append(lat, d)
-				mu.Unlock()
-			}
-		})
-	}
-	start := time.Now()
-	interval := time.Second / time.Duration(rate)
-	total := int(dur / interval)
-	for i := range total {
-		due := start.Add(time.Duration(i) * interval)
-		if w := time.Until(due); w > 0 {
-			time.Sleep(w)
-		}
-		jobs <- due
-	}
-	close(jobs)
-	wg.Wait()
-	elapsed := time.Since(start)
-	slices.Sort(lat)
-	return lat, float64(len(lat)) / elapsed.Seconds(), errs.Load()
-}
-
-func closedLoop(ctx context.Context, c authv3.AuthorizationClient, req *authv3.CheckRequest, dur time.Duration, workers int) ([]time.Duration, float64, int64) {
-	var mu sync.Mutex
-	var lat []time.Duration
-	var errs atomic.Int64
-	var wg sync.WaitGroup
-	stop := time.Now().Add(dur)
-	start := time.Now()
-	for range workers {
-		wg.Go(func() {
-			var mine []time.Duration
-			for time.Now().Before(stop) {
-				t := time.Now()
-				if _, err := c.Check(ctx, req); err != nil {
-					errs.Add(1)
-					continue
-				}
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	slices.Sort(lat)
-	return lat, float64(len(lat)) / time.Since(start).Seconds(), errs.Load()
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
