@@ -189,10 +189,14 @@ func (l *Logger) applyMask(ctx context.Context, e *Event) {
 		return
 	}
 	doc := map[string]any{"input": e.Input, "result": e.Result}
-	// The rule sees the event as JSON, as OPA's does.
-	raw, err := json.Marshal(doc)
-	if err == nil {
-		err = json.Unmarshal(raw, &doc)
+	var err error
+	if !plainJSON(e.Input) || !plainJSON(e.Result) {
+		// The rule sees the event as JSON, as OPA's does; values of other Go
+		// types go through the text form once.
+		var raw []byte
+		if raw, err = json.Marshal(doc); err == nil {
+			err = json.Unmarshal(raw, &doc)
+		}
 	}
 	var erase []string
 	var upsert map[string]any
@@ -215,6 +219,31 @@ func (l *Logger) applyMask(ctx context.Context, e *Event) {
 		}
 	}
 	e.Input, e.Result = doc["input"], doc["result"]
+}
+
+// plainJSON reports whether v is made only of what encoding/json decodes into
+// (maps, slices, strings, numbers, booleans, nil): an event's own, fresh
+// values, which the mask may edit in place.
+func plainJSON(v any) bool {
+	switch x := v.(type) {
+	case nil, string, bool, float64, json.Number, int, int64:
+		return true
+	case map[string]any:
+		for _, e := range x {
+			if !plainJSON(e) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		for _, e := range x {
+			if !plainJSON(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // WriterSink writes each event as one JSON line (stdout, a file).

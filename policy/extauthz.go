@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -472,15 +470,11 @@ func Input(req *authv3.CheckRequest, claims Claims) (map[string]any, map[string]
 	return m.(map[string]any), payload, nil
 }
 
-// InputValue is Input as an OPA value, built without the round trip through Go
-// maps: the attributes' JSON is read straight into OPA's form.
+// InputValue is Input as an OPA value, built without a text round trip: the
+// attributes go straight from protobuf into OPA's form (protoValue).
 func InputValue(req *authv3.CheckRequest, claims Claims) (ast.Value, map[string]any, error) {
 	attrs := req.GetAttributes()
-	raw, err := protojson.Marshal(attrs)
-	if err != nil {
-		return nil, nil, err
-	}
-	attributes, err := ast.ValueFromReader(bytes.NewReader(raw))
+	attributes, err := protoValue(attrs.ProtoReflect())
 	if err != nil {
 		return nil, nil, err
 	}
