@@ -24,6 +24,7 @@ import (
 
 	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/controlplane"
+	"github.com/climesh/climesh/periodic"
 )
 
 func main() {
@@ -88,14 +89,7 @@ func run() error {
 			if interval <= 0 {
 				interval = time.Second // no policy: watched as often as its default
 			}
-			t := time.NewTicker(interval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+			periodic.Every(ctx, interval, func() bool {
 				if files.changed() {
 					log.Info("a file the config names changed; reloading")
 					select {
@@ -103,7 +97,8 @@ func run() error {
 					default:
 					}
 				}
-			}
+				return true
+			})
 		}()
 		go func() {
 			for range reload {
