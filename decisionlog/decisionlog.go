@@ -158,7 +158,11 @@ func (l *Logger) run(ctx context.Context, batch int) {
 				}
 				break
 			}
-			flush(ctx)
+			// Not ctx: an event taken just before ctx ends is still masked
+			// and written, within a bound.
+			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			flush(wctx)
+			cancel()
 		case <-ctx.Done():
 			// Write what is queued, within a bound.
 			wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
