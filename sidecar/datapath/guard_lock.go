@@ -55,15 +55,15 @@ func (g *Guard) endTurn(id string) {
 	delete(g.held, id)
 	g.mu.Unlock()
 	if lk != nil {
-		// Off the tunnel's path: a release waits for Consul (bounded by the
-		// locker's time-out, then the lock's TTL frees it), and the turn is over.
-		go func() {
-			if err := lk.Release(); err != nil {
-				g.Log.Warn("session lock release", zap.String("session_id", id), zap.Error(err))
-				return
-			}
-			g.Log.Debug("turn lock released", zap.String("session_id", id))
-		}()
+		// Before the turn's end reaches the client (this runs as the guard
+		// passes the ending event): a member who then sends must find the
+		// session free. The release waits for Consul at most the locker's
+		// time-out; past it the lock's TTL frees it.
+		if err := lk.Release(); err != nil {
+			g.Log.Warn("session lock release", zap.String("session_id", id), zap.Error(err))
+			return
+		}
+		g.Log.Debug("turn lock released", zap.String("session_id", id))
 	}
 }
 
