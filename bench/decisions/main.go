@@ -14,6 +14,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/climesh/climesh/bench/authzload"
 	"github.com/climesh/climesh/bench/stats"
+	"github.com/climesh/climesh/decisionlog"
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/session/jsonrpc"
@@ -66,9 +68,18 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 	row := func(name string, lat []time.Duration, format func(time.Duration) string, note string) {
 		fmt.Printf("| %s | %d | %s | %s | %s |\n", name, len(lat), format(stats.Percentile(lat, 50)), stats.TailCell(lat, 99, format), note)
 	}
-	cached, cold := guardLatencies(ctx, engine, messages)
+	cached, cold := guardLatencies(ctx, engine, messages, nil)
 	row("sidecar decision, cached", cached, us, "a (method, session, params) this tunnel decided before: pings, reads, refused retries")
 	row("sidecar decision, cold", cold, us, "first of its kind on the tunnel: every send (its prompt is new), Rego with the whole params")
+	// The same stream with every decision logged (OPA's format, the shipped mask,
+	// written to nowhere: the cost is the event, the queue and the mask).
+	lctx, stopLog := context.WithCancel(ctx)
+	logger := decisionlog.New(lctx, &decisionlog.WriterSink{W: io.Discard}, engine.Mask, decisionlog.Options{}, prometheus.NewRegistry())
+	cachedLogged, coldLogged := guardLatencies(ctx, engine, messages, logger)
+	stopLog()
+	<-logger.Done()
+	row("sidecar decision, cached, decision logs on", cachedLogged, us, "as above, each decision queued for the log (masked and written by the logger's goroutine)")
+	row("sidecar decision, cold, decision logs on", coldLogged, us, "as above")
 	creates := createLatencies(ctx, engine, messages/10)
 	row("sidecar decision, session.create", creates, us, "Rego with the options allow-list, the registry claim (in memory) and the tools rewrite")
 
@@ -111,7 +122,7 @@ func run(rate int, dur time.Duration, messages, workers int) error {
 // reading it, pinging, listing, and now and then trying another user's session.
 // Every forwarded request is answered, as the CLI would. A sample is "cached"
 // when its tunnel has decided the same (method, session, params) before.
-func guardLatencies(ctx context.Context, e *policy.Engine, n int) (cached, cold []time.Duration) {
+func guardLatencies(ctx context.Context, e *policy.Engine, n int, logger *decisionlog.Logger) (cached, cold []time.Duration) {
 	reg := &registry.Memory{}
 	const users = 50
 	guards := make([]*datapath.PolicyPath, users)
@@ -119,6 +130,7 @@ func guardLatencies(ctx context.Context, e *policy.Engine, n int) (cached, cold 
 	for u := range users {
 		reg.Create(ctx, &registry.Record{ID: fmt.Sprintf("s-%d", u), Owner: fmt.Sprintf("u-%d", u), Tenant: "acme", Members: []string{}})
 		guards[u] = newGuard(e, reg, u)
+		guards[u].Decisions = logger
 		seen[u] = map[string]bool{}
 	}
 	kinds := []string{
