@@ -242,3 +242,34 @@ func TestEdgeDecisionLog(t *testing.T) {
 		t.Fatalf("erased and masked not recorded:\n%s", out)
 	}
 }
+
+// Claims of the wrong type give no identity: a tenant claim that is a list
+// (two tenants at once) admits to no tenant's pool, and a user claim that is
+// not a string is no verified user at all.
+func TestClaimsOfTheWrongTypeGiveNoIdentity(t *testing.T) {
+	a := newTestAuthz(t, shippedEngine(t))
+	check := func(payload map[string]any, pool string) *authv3.CheckResponse {
+		t.Helper()
+		req := loadCheck(t, "admitted.json")
+		req.Attributes.ContextExtensions = map[string]string{"pool": pool}
+		p, err := structpb.NewStruct(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Attributes.MetadataContext.FilterMetadata[JWTMetadataNamespace] = &structpb.Struct{Fields: map[string]*structpb.Value{JWTPayloadKey: structpb.NewStructValue(p)}}
+		resp, err := a.Check(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if resp := check(map[string]any{"sub": "ann", "tenant": []any{"acme", "globex"}}, "acme-dedicated"); resp.GetOkResponse() != nil {
+		t.Fatal("a list of tenants was admitted to acme's pool")
+	}
+	if resp := check(map[string]any{"sub": 42.0, "tenant": "acme"}, "acme-dedicated"); resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
+		t.Fatalf("a numeric user claim: %v, want 401", resp)
+	}
+	if resp := check(map[string]any{"sub": "", "tenant": "acme"}, "acme-dedicated"); resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
+		t.Fatalf("an empty user claim: %v, want 401", resp)
+	}
+}

@@ -176,6 +176,19 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
+// resubscribe asks a new stream for clusters and for every type the client
+// had, in Envoy's order.
+func (c *Client) resubscribe(subscribe func(typeURL string, names []string) error) error {
+	for _, t := range Types {
+		if names, ok := c.names[t]; ok || t == resourcev3.ClusterType {
+			if err := subscribe(t, names); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // streamContext is the context of one stream, which Break cancels.
 func (c *Client) streamContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -244,12 +257,8 @@ func (c *Client) sotw(ctx context.Context, ads discoveryv3.AggregatedDiscoverySe
 		return send(&discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: want,
 			VersionInfo: have[typeURL], ResponseNonce: nonces[typeURL]})
 	}
-	for _, t := range Types {
-		if names, ok := c.names[t]; ok || t == resourcev3.ClusterType {
-			if err := subscribe(t, names); err != nil {
-				return err
-			}
-		}
+	if err := c.resubscribe(subscribe); err != nil {
+		return err
 	}
 	for {
 		resp, err := stream.Recv()
@@ -340,12 +349,8 @@ func (c *Client) delta(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 		}
 		return send(req)
 	}
-	for _, t := range Types {
-		if names, ok := c.names[t]; ok || t == resourcev3.ClusterType {
-			if err := subscribe(t, names); err != nil {
-				return err
-			}
-		}
+	if err := c.resubscribe(subscribe); err != nil {
+		return err
 	}
 	for {
 		resp, err := stream.Recv()
