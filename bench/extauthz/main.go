@@ -6,7 +6,7 @@
 // loopback. A sample is one request's latency from when it was due, so that a
 // server falling behind shows in the tail.
 //
-//	go run ./bench/extauthz [-rates 1000,3000,6000] [-duration 5s] [-workers 64] [-logging off,on]
+//	go run ./bench/extauthz [-rates 1000,3000,6000] [-duration 5s] [-workers 64] [-logging floor,off,on]
 package main
 
 import (
@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,10 +42,17 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "floor-server" {
+		if err := floorServer(); err != nil {
+			fmt.Fprintln(os.Stderr, "extauthz floor-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	rates := flag.String("rates", "1000,3000,6000", "comma-separated request rates per second")
 	dur := flag.Duration("duration", 5*time.Second, "length of each run")
 	workers := flag.Int("workers", 64, "concurrent callers in the load generator")
-	logging := flag.String("logging", "off,on", "comma-separated: off, on (decision logs to a file)")
+	logging := flag.String("logging", "off,on", "comma-separated: off, on (decision logs to a file), floor (a gRPC server that allows without deciding: what the machine and the load generator cost)")
 	flag.Parse()
 	if err := run(*rates, *logging, *dur, *workers); err != nil {
 		fmt.Fprintln(os.Stderr, "extauthz:", err)
@@ -74,8 +82,14 @@ func run(rates, logging string, dur time.Duration, workers int) error {
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, mode := range strings.Split(logging, ",") {
 		mode = strings.TrimSpace(mode)
-		if mode != "on" && mode != "off" {
-			return fmt.Errorf("-logging: %q is neither on nor off", mode)
+		if mode != "on" && mode != "off" && mode != "floor" {
+			return fmt.Errorf("-logging: %q is none of on, off, floor", mode)
+		}
+		if mode == "floor" {
+			if err := runFloor(rates, request, dur, workers); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := runMode(mode, rates, request, dur, workers); err != nil {
 			return err
@@ -127,13 +141,25 @@ pools:
 	if err := x.WaitReady(ctx); err != nil {
 		return err
 	}
+	if err := loadAtRates(ctx, mode, x.XDSAddr, rates, request, dur, workers); err != nil {
+		return err
+	}
+	if mode == "on" {
+		b, _ := os.ReadFile(filepath.Join(dir, "decisions.log"))
+		fmt.Printf("# decision log: %d events written\n", bytes.Count(b, []byte("\n")))
+	}
+	return nil
+}
+
+// loadAtRates runs the load generator against addr at each rate and prints a row per rate.
+func loadAtRates(ctx context.Context, mode, addr, rates, request string, dur time.Duration, workers int) error {
 	for _, r := range strings.Split(rates, ",") {
 		rate, err := strconv.Atoi(strings.TrimSpace(r))
 		if err != nil || rate < 1 {
 			return fmt.Errorf("-rates: %q is not a rate", r)
 		}
 		var out bytes.Buffer
-		cmd := exec.CommandContext(ctx, os.Args[0], "load", "-addr", x.XDSAddr, "-rate", strconv.Itoa(rate),
+		cmd := exec.CommandContext(ctx, os.Args[0], "load", "-addr", addr, "-rate", strconv.Itoa(rate),
 			"-duration", dur.String(), "-workers", strconv.Itoa(workers), "-request", request)
 		cmd.Stdout, cmd.Stderr = &out, os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -149,11 +175,57 @@ pools:
 		}
 		fmt.Printf("| %s | %d/s | %d | %.2f ms | %s | %.2f ms | %.0f/s | %d |\n", mode, rate, res.Samples, res.P50, tail, res.Max, res.Achieved, res.Errors)
 	}
-	if mode == "on" {
-		b, _ := os.ReadFile(filepath.Join(dir, "decisions.log"))
-		fmt.Printf("# decision log: %d events written\n", bytes.Count(b, []byte("\n")))
-	}
 	return nil
+}
+
+// runFloor measures the apparatus alone: the same load against a server, in a
+// process of its own, that answers every Check with an empty OK — gRPC on
+// loopback, the two processes sharing the machine, no decision.
+func runFloor(rates, request string, dur time.Duration, workers int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	port, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	srv := exec.CommandContext(ctx, os.Args[0], "floor-server")
+	srv.Env = append(os.Environ(), "EXTAUTHZ_FLOOR_ADDR="+addr)
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("floor server on %s: %w", addr, err)
+		}
+	}
+	return loadAtRates(ctx, "floor", addr, rates, request, dur, workers)
+}
+
+// floorServer answers every Check with OK, on EXTAUTHZ_FLOOR_ADDR, until killed.
+func floorServer() error {
+	lis, err := net.Listen("tcp", os.Getenv("EXTAUTHZ_FLOOR_ADDR"))
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(srv, allowAll{})
+	return srv.Serve(lis)
+}
+
+type allowAll struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (allowAll) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
 }
 
 // load is the load generator's process: it sends the request at the rate for

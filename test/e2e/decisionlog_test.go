@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,11 +17,14 @@ import (
 	"github.com/climesh/climesh/tunnel"
 )
 
-// TestEdgeDecisionsLogged: every edge decision is in the xds-server's decision
+// TestDecisionsLogged: every edge decision is in the xds-server's decision
 // log (OPA's format), the refused and the allowed, with the client's bearer
 // token masked out; the decision id the refused client is shown is the one in
-// that log and in Envoy's access log line for the refused tunnel.
-func TestEdgeDecisionsLogged(t *testing.T) {
+// that log and in Envoy's access log line for the refused tunnel. Every
+// per-message decision is in the instance's sidecar's log the same way: a
+// session.create allowed without its provider key, another user's resume
+// refused under the id the refusal names.
+func TestDecisionsLogged(t *testing.T) {
 	env := startChaosMesh(t, harness.MeshOptions{Instances: 1, DecisionLog: true})
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -76,6 +81,64 @@ func TestEdgeDecisionsLogged(t *testing.T) {
 		t.Fatalf("%v:\n%s", err, env.Envoy.Proc.Tail(20))
 	}
 	t.Logf("refused with %d, decision %s: in the decision log and Envoy's access log", refused.Status, refused.DecisionID)
+
+	// Per message: bob (ann's tenant) resumes ann's session on the instance
+	// that holds it; the sidecar refuses and names the decision.
+	_, send, recv := rawTunnel(t, env.EdgeURL, bearer(env.Token("bob", "acme")))
+	call(t, send, recv, 1, "connect", map[string]string{})
+	answer := call(t, send, recv, 2, "session.resume", map[string]any{"sessionId": s.SessionID,
+		"provider": map[string]string{"type": "openai", "baseUrl": env.Model.URL, "apiKey": "bobs-own-secret-key"}})
+	code, _ := errorOf(answer)
+	data, _ := answer["error"].(map[string]any)["data"].(map[string]any)
+	messageID, _ := data["decision_id"].(string)
+	if code != -32012 || messageID == "" {
+		t.Fatalf("bob's resume of ann's session: %v, want -32012 naming its decision", answer)
+	}
+	sidecarLog := env.SidecarDecisionLogs[harness.InstanceID(0)]
+	var events []map[string]any
+	err = harness.Poll(ctx, 50*time.Millisecond, func() error {
+		b, err := os.ReadFile(sidecarLog)
+		if err != nil {
+			return err
+		}
+		log, events = string(b), nil
+		for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+			var ev map[string]any
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				return fmt.Errorf("a decision log line is not JSON: %q", line)
+			}
+			events = append(events, ev)
+		}
+		if !strings.Contains(log, `"decision_id":"`+messageID+`"`) {
+			return errors.New("bob's refused decision is not in the sidecar's log yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, log)
+	}
+	var createAllowed, resumeRefused bool
+	for _, ev := range events {
+		input, _ := ev["input"].(map[string]any)
+		result, _ := ev["result"].(map[string]any)
+		if ev["path"] != "climesh/session/decision" || ev["decision_id"] == "" || ev["timestamp"] == nil {
+			t.Fatalf("not a decision in OPA's format: %v", ev)
+		}
+		switch {
+		case input["method"] == "session.create" && input["user"] == "ann" && result["allow"] == true:
+			createAllowed = true
+		case ev["decision_id"] == messageID:
+			resumeRefused = input["method"] == "session.resume" && input["user"] == "bob" && input["session_id"] == s.SessionID && result["allow"] == false
+		}
+	}
+	if !createAllowed || !resumeRefused {
+		t.Fatalf("want ann's create allowed (%v) and bob's resume refused under %s (%v) in:\n%s", createAllowed, messageID, resumeRefused, log)
+	}
+	// Both provider keys (the env's and bob's) are masked, and the erasure said.
+	if strings.Contains(log, env.provider().APIKey) || strings.Contains(log, "bobs-own-secret-key") || !strings.Contains(log, `"/input/params/provider/apiKey"`) {
+		t.Fatalf("a provider key reached the sidecar's decision log, or its erasure is not recorded:\n%s", log)
+	}
+	t.Logf("per message: bob refused under decision %s, in the sidecar's log with %d decisions, keys masked", messageID, len(events))
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -35,8 +35,11 @@ type Mesh struct {
 	Keys        *identity.Keys
 	PolicyDir   string // a copy of policies/rego the mesh runs on; edit it to change decisions
 	DecisionLog string // the xds-server's decision log (MeshOptions.DecisionLog)
-	CollabHome  string
-	UsersRoot   string
+	// SidecarDecisionLogs are the copilot pool's sidecars' decision logs, by
+	// instance id (MeshOptions.DecisionLog).
+	SidecarDecisionLogs map[string]string
+	CollabHome          string
+	UsersRoot           string
 	// UserSecrets is the isolated pool's --user-secrets directory: each
 	// <tenant>/<user>.env there gives that user's CLI CLIMESH_TEST_SECRET=<UserSecret>.
 	UserSecrets string
@@ -89,7 +92,9 @@ type MeshOptions struct {
 	// directory.
 	BundleService func(policyDir string) (url, publicKeyFile string, err error)
 	// DecisionLog has the xds-server log every edge decision to a file
-	// (Mesh.DecisionLog), masked by the policy's system.log.mask.
+	// (Mesh.DecisionLog) and each copilot-pool sidecar every per-message
+	// decision to one of its own (Mesh.SidecarDecisionLogs), masked by the
+	// policy's system.log.mask.
 	DecisionLog bool
 	// TurnTimeout is the sidecars' --turn-timeout (default their own).
 	TurnTimeout time.Duration
@@ -231,6 +236,13 @@ func StartMesh(ctx context.Context, o MeshOptions) (m *Mesh, err error) {
 	for i := range o.Instances {
 		id := InstanceID(i)
 		so := SidecarOptions{ID: id, Pool: "copilot", ConsulAddr: m.Consul.Addr, Extra: extra, Env: m.SidecarEnv}
+		if o.DecisionLog {
+			if m.SidecarDecisionLogs == nil {
+				m.SidecarDecisionLogs = map[string]string{}
+			}
+			m.SidecarDecisionLogs[id] = filepath.Join(dir, "decisions-"+id+".log")
+			so.Extra = append(append([]string{}, extra...), "--decision-log", m.SidecarDecisionLogs[id])
+		}
 		if i == 0 && !o.AttachAll {
 			m.Homes[id] = filepath.Join(dir, id+"-home")
 			so.CLICommand, so.CLIHome = copilotBin, m.Homes[id]
