@@ -35,13 +35,14 @@ import (
 
 // Server runs the control plane for one config at a time; Reload swaps it.
 type Server struct {
-	log       *zap.Logger
-	reg       *prometheus.Registry
-	publisher *xds.Publisher
-	discMet   *discovery.Metrics
-	reloads   chan *config.Config
-	reloadErr prometheus.Counter
-	publishes *prometheus.CounterVec
+	log        *zap.Logger
+	reg        *prometheus.Registry
+	publisher  *xds.Publisher
+	discMet    *discovery.Metrics
+	reloads    chan *config.Config
+	reloadErr  prometheus.Counter
+	publishes  *prometheus.CounterVec
+	edgePolicy *policy.Engine // the edge policy (nil when policy is off); set before serving
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -129,6 +130,7 @@ func (s *Server) Serve(ctx context.Context, xdsLis, httpLis net.Listener) error 
 			return err
 		}
 		authv3.RegisterAuthorizationServer(grpcServer, authz)
+		s.edgePolicy = authz.Engine
 	}
 	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 

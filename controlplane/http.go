@@ -21,7 +21,20 @@ func (s *Server) httpHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /debug/fleet", s.debugFleet)
 	mux.HandleFunc("GET /debug/xds", s.debugXDS)
+	mux.HandleFunc("GET /status", s.status)
 	return mux
+}
+
+// status is the edge policy's state (policy.Status: source, fingerprint, a
+// bundle service's revision and last refusal, in OPA's status fields) — 404
+// when the config turns policy off.
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	if s.edgePolicy == nil {
+		http.Error(w, "policy is off", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"policy": s.edgePolicy.Status()})
 }
 
 // Ready is nil once every pool was read and a snapshot was published.

@@ -63,6 +63,7 @@ type remoteBundle struct {
 	sum      string         // bundleFingerprint of it
 	revision string
 	lastErr  string // the last refusal, logged once while it repeats
+	status   BundleStatus
 }
 
 // newRemoteBundle prepares the downloader for e's source; e.activate runs for
@@ -131,11 +132,16 @@ func (r *remoteBundle) serving() (*bundle.Bundle, string, string) {
 // activated, or refused with the last good one kept.
 func (e *Engine) received(ctx context.Context, u download.Update) error {
 	r := e.remote
+	now := time.Now().UTC()
+	r.mu.Lock()
+	r.status.LastRequest = now
+	r.mu.Unlock()
 	if u.Error != nil {
 		err := fmt.Errorf("bundle service %s: %w", r.url, u.Error)
 		r.mu.Lock()
 		repeat := r.lastErr == err.Error()
 		r.lastErr = err.Error()
+		r.status.Code, r.status.Message = "bundle_error", err.Error()
 		r.mu.Unlock()
 		if repeat { // the same refusal every poll: counted, logged once
 			e.metrics.reloads.WithLabelValues("error").Inc()
@@ -145,10 +151,14 @@ func (e *Engine) received(ctx context.Context, u download.Update) error {
 	}
 	r.mu.Lock()
 	r.lastErr = ""
-	r.mu.Unlock()
-	if u.Bundle == nil {
-		return nil // not modified
+	r.status.LastSuccessfulRequest = now
+	if u.Bundle == nil { // not modified: the serving bundle is still the service's
+		r.status.Code, r.status.Message = "", ""
+		r.mu.Unlock()
+		return nil
 	}
+	r.status.LastSuccessfulDownload = now
+	r.mu.Unlock()
 	sum, err := bundleFingerprint(u.Bundle)
 	if err != nil {
 		return e.failed(fmt.Errorf("bundle service %s: %w", r.url, err))
@@ -160,9 +170,14 @@ func (e *Engine) received(ctx context.Context, u download.Update) error {
 	if err := e.Reload(ctx); err != nil {
 		r.mu.Lock()
 		r.latest, r.sum, r.revision = prev, prevSum, prevRev
+		r.status.Code, r.status.Message = "bundle_error", err.Error()
 		r.mu.Unlock()
 		return err
 	}
+	r.mu.Lock()
+	r.status.Code, r.status.Message = "", ""
+	r.status.LastSuccessfulActivation = time.Now().UTC()
+	r.mu.Unlock()
 	return nil
 }
 
@@ -199,4 +214,45 @@ func (e *Engine) Revision() string {
 	}
 	_, _, rev := e.remote.serving()
 	return rev
+}
+
+// BundleStatus is a bundle service's state in the fields of OPA's status API
+// (https://www.openpolicyagent.org/docs/management-status): the revision
+// deciding, when the service last answered, sent a bundle and had one
+// activated, and the last refusal (code "bundle_error") until a request
+// succeeds again.
+type BundleStatus struct {
+	Name                     string    `json:"name"`
+	ActiveRevision           string    `json:"active_revision"`
+	LastRequest              time.Time `json:"last_request,omitzero"`
+	LastSuccessfulRequest    time.Time `json:"last_successful_request,omitzero"`
+	LastSuccessfulDownload   time.Time `json:"last_successful_download,omitzero"`
+	LastSuccessfulActivation time.Time `json:"last_successful_activation,omitzero"`
+	Code                     string    `json:"code,omitempty"`
+	Message                  string    `json:"message,omitempty"`
+}
+
+// Status is what decides now: the source, the fingerprint of the policy
+// serving and when it was loaded, and for a bundle service its bundle's
+// status under the name "climesh" (the name decision logs give it).
+type Status struct {
+	Source      string                  `json:"source"`
+	Fingerprint string                  `json:"fingerprint"`
+	LoadedAt    time.Time               `json:"loaded_at"`
+	Bundles     map[string]BundleStatus `json:"bundles,omitempty"`
+}
+
+// Status reports what decides now (the xds-server's and the sidecars' GET /status).
+func (e *Engine) Status() Status {
+	e.mu.RLock()
+	st := Status{Source: e.source, Fingerprint: e.fingerprint, LoadedAt: e.loadedAt.UTC()}
+	e.mu.RUnlock()
+	if r := e.remote; r != nil {
+		r.mu.Lock()
+		b := r.status
+		b.Name, b.ActiveRevision = "climesh", r.revision
+		r.mu.Unlock()
+		st.Bundles = map[string]BundleStatus{"climesh": b}
+	}
+	return st
 }

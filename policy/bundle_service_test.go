@@ -142,6 +142,11 @@ func TestBundleServiceRevisionsAndRefusals(t *testing.T) {
 	if testutil.ToFloat64(e.metrics.revision.WithLabelValues("B")) != 1 || e.Generation() != gen+1 {
 		t.Fatalf("revision B: reported %v, generation %d (was %d)", testutil.ToFloat64(e.metrics.revision.WithLabelValues("B")), e.Generation(), gen)
 	}
+	atB := e.Status()
+	if b := atB.Bundles["climesh"]; b.ActiveRevision != "B" || b.Code != "" || b.LastSuccessfulActivation.IsZero() ||
+		b.LastSuccessfulActivation.Before(b.LastSuccessfulDownload) || atB.Source != url || len(atB.Fingerprint) != 64 {
+		t.Fatalf("status at revision B: %+v", atB)
+	}
 
 	for name, body := range map[string][]byte{
 		"tampered": bundleOf(t, &s, "C", "carol", true),
@@ -152,6 +157,12 @@ func TestBundleServiceRevisionsAndRefusals(t *testing.T) {
 		waitUntil(name+" bundle refused", func() bool { return testutil.ToFloat64(e.metrics.reloads.WithLabelValues("error")) > errs })
 		if !allows(t, e, "bob") || allows(t, e, "carol") || allows(t, e, "dave") || allows(t, e, "mallory") {
 			t.Fatalf("after a %s bundle, B does not decide alone", name)
+		}
+		// The status says B still decides, and why the new one was refused.
+		st := e.Status()
+		if b := st.Bundles["climesh"]; b.ActiveRevision != "B" || b.Code != "bundle_error" || b.Message == "" ||
+			!b.LastSuccessfulActivation.Equal(atB.Bundles["climesh"].LastSuccessfulActivation) || st.Fingerprint != atB.Fingerprint {
+			t.Fatalf("status after a %s bundle: %+v", name, st)
 		}
 	}
 }

@@ -8,6 +8,7 @@ package sidecar
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -187,6 +188,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	// /readyz: route to me — the CLI answers its ping and no drain has begun (a
 	// readiness probe, and what Consul's check says).
 	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	// /status: the per-message policy's state (policy.Status), 404 without --policy.
+	admin.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		if rl.Policy == nil {
+			http.Error(w, "no --policy", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"policy": rl.Policy.Engine.Status()})
+	})
 	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ok, why := s.health.Current()
 		switch {

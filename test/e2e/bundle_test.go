@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"maps"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	copilot "github.com/github/copilot-sdk/go"
 
+	"github.com/climesh/climesh/policy"
 	"github.com/climesh/climesh/test/harness"
 )
 
@@ -71,6 +74,29 @@ func TestPolicyFromBundleService(t *testing.T) {
 			return nil
 		}
 	}
+	// GET /status of each process: its bundle's state in OPA's status fields.
+	statuses := func() map[string]policy.BundleStatus {
+		t.Helper()
+		addrs := map[string]string{"xds-server": env.XDS.HTTPAddr}
+		for id, sc := range env.Sidecars {
+			addrs[id] = fmt.Sprintf("127.0.0.1:%d", sc.AdminPort)
+		}
+		out := map[string]policy.BundleStatus{}
+		for name, addr := range addrs {
+			var st struct{ Policy policy.Status }
+			resp, err := http.Get("http://" + addr + "/status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s GET /status: %d %v", name, resp.StatusCode, err)
+			}
+			out[name] = st.Policy.Bundles["climesh"]
+		}
+		return out
+	}
 	poll := func(what string, limit time.Duration, cond func() error) time.Duration {
 		t.Helper()
 		start := time.Now()
@@ -111,6 +137,11 @@ func TestPolicyFromBundleService(t *testing.T) {
 			}
 			return nil
 		})
+		for name, st := range statuses() {
+			if st.ActiveRevision != "A" || st.Code != "bundle_error" || st.Message == "" {
+				t.Fatalf("%s's status after bundle %d: %+v, want A active and the refusal", name, how, st)
+			}
+		}
 		if _, err := ownTurn(ctx, s, fmt.Sprintf("still under A after bundle %d", how)); err != nil {
 			t.Fatalf("after a refused bundle, A stopped deciding: %v", err)
 		}
@@ -125,6 +156,11 @@ func TestPolicyFromBundleService(t *testing.T) {
 		t.Fatal(err)
 	}
 	took := poll("revision B everywhere", 10*time.Second, everyone("B", func(v view) bool { return v.revision == 1 }))
+	for name, st := range statuses() {
+		if st.ActiveRevision != "B" || st.Code != "" || st.LastSuccessfulActivation.IsZero() {
+			t.Fatalf("%s's status under B: %+v", name, st)
+		}
+	}
 	// The running tunnel's next message is decided by B.
 	_, err = alice.CreateSession(ctx, &copilot.SessionConfig{Model: "double-1", Provider: env.provider(), OnPermissionRequest: copilot.PermissionHandler.ApproveAll})
 	if err == nil || !strings.Contains(err.Error(), "-32012") {
