@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/climesh/climesh/config"
+	"github.com/climesh/climesh/ring"
 )
 
 // adsSource points EDS and RDS at the ADS stream the resource arrived on.
@@ -27,32 +28,12 @@ func adsSource() *corev3.ConfigSource {
 // min = entries × N would do, but then every health flip changes the cluster as
 // well as its endpoints, and Envoy rebuilds the cluster. Any min with
 // (entries−1)·N < min ≤ entries·N gives the same `entries` per host, so min is
-// entries × ringBucket(N): the same for every N in a bucket, and the cluster
+// entries × ring.Bucket(N): the same for every N in a bucket, and the cluster
 // changes only when N leaves it (at 256 entries per host, 162 of 1,000 health
 // flips near 1,000 hosts change the cluster, 24 of 1,000 near 10,000; below 256
 // hosts every flip still does).
 func ringSize(lb config.LB, healthy int) uint64 {
-	if lb.RingEntriesPerHost == 0 {
-		return lb.MinRingSize
-	}
-	e := lb.RingEntriesPerHost
-	return min(e*ringBucket(uint64(max(healthy, 1)), e), lb.MaxRingSize)
-}
-
-// ringBucket is the b ≤ n of the sequence 1, 2, …, b' = ceil(b·e/(e−1)) whose
-// successor is above n; every n in [b, b') has ceil(e·b/n) = e.
-func ringBucket(n, e uint64) uint64 {
-	if e <= 1 {
-		return n
-	}
-	b := uint64(1)
-	for {
-		next := (b*e + e - 2) / (e - 1)
-		if next > n {
-			return b
-		}
-		b = next
-	}
+	return ring.Size(lb.RingEntriesPerHost, lb.MinRingSize, lb.MaxRingSize, healthy)
 }
 
 // buildCluster makes a pool's EDS cluster with its load-balancing policy, circuit
