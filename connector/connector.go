@@ -55,6 +55,9 @@ func (o Options) Header(token string) http.Header {
 	if o.LockWait > 0 {
 		h.Set(protocol.HeaderLockWait, o.LockWait.String())
 	}
+	if o.Reconnect > 0 { // a move is a reconnect: only a connector that reconnects can follow one
+		h.Set(protocol.HeaderFeatures, protocol.FeatureMove)
+	}
 	return h
 }
 
@@ -117,6 +120,21 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 			if link = reconnect(ctx, o, token, &pin, cont, sdk, link.err); link == nil {
 				return closeOut(out, errors.New("climesh edge lost and not regained"))
 			}
+		case <-link.move:
+			// The sidecar says the user's home is elsewhere now. Nothing of the
+			// application's is in flight (checked here, where its messages are
+			// sent, so none can slip in): close and let the ring pick, resuming
+			// the sessions there. Otherwise ignore it; the sidecar asks again.
+			if !cont.idle() {
+				continue
+			}
+			link.conn.Close("moving to the user's home instance")
+			<-link.lost
+			pin = ""
+			o.Events.moved()
+			if link = reconnect(ctx, o, token, &pin, cont, sdk, errMoving); link == nil {
+				return closeOut(out, errors.New("climesh edge lost and not regained"))
+			}
 		case err := <-sdkDone:
 			if errors.Is(err, io.EOF) {
 				link.conn.Close("client closed")
@@ -133,15 +151,19 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 	}
 }
 
+// errMoving is the cause of a tunnel the connector closed to move.
+var errMoving = errors.New("moving to the user's home instance")
+
 // link is one tunnel and the goroutine reading it.
 type link struct {
 	conn *tunnel.Conn
 	lost chan struct{} // closed when the tunnel is gone
+	move chan struct{} // the sidecar asked this tunnel to move (protocol.MethodMove)
 	err  error
 }
 
 func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
-	l := &link{conn: conn, lost: make(chan struct{})}
+	l := &link{conn: conn, lost: make(chan struct{}), move: make(chan struct{}, 1)}
 	go func() {
 		defer close(l.lost)
 		for {
@@ -152,6 +174,13 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 				}
 				l.err = err
 				return
+			}
+			if isMove(msg) {
+				select {
+				case l.move <- struct{}{}:
+				default: // one asked already
+				}
+				continue
 			}
 			if cont.fromEdge(msg) {
 				if cont.write(msg) != nil {
@@ -295,11 +324,23 @@ func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
 	}
 }
 
-// Events counts reconnects (exported as a metric by the command).
-type Events struct{ Reconnects atomic.Int64 }
+// isMove reports whether msg is the sidecar's protocol.MethodMove notification.
+func isMove(msg []byte) bool {
+	m, err := jsonrpc.ParseTrusted(msg)
+	return err == nil && m.Kind == jsonrpc.Notification && m.Method == protocol.MethodMove
+}
+
+// Events counts reconnects and moves (exported as metrics by the command).
+type Events struct{ Reconnects, Moves atomic.Int64 }
 
 func (e *Events) reconnected() {
 	if e != nil {
 		e.Reconnects.Add(1)
+	}
+}
+
+func (e *Events) moved() {
+	if e != nil {
+		e.Moves.Add(1)
 	}
 }

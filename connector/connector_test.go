@@ -324,3 +324,115 @@ func serveTunnel(w http.ResponseWriter, r *http.Request, reply func([]byte) (ans
 		}
 	}
 }
+
+// movingEdge asks its first tunnel to move (climesh/move): once while a turn
+// runs, which the connector must ignore, and once after the turn ended.
+type movingEdge struct {
+	mu       sync.Mutex
+	tunnels  int
+	seen     []string // "<tunnel> <method> <message>"
+	upgrades []string // "<pin asked>|<features>" per upgrade
+}
+
+func (e *movingEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	e.tunnels++
+	n := e.tunnels
+	e.upgrades = append(e.upgrades, r.Header.Get(protocol.HeaderPin)+"|"+r.Header.Get(protocol.HeaderFeatures))
+	e.mu.Unlock()
+	w.Header().Set(protocol.HeaderPin, fmt.Sprintf("host-%d", n))
+	c, err := tunnel.Accept(w, r, 1<<20)
+	if err != nil {
+		return
+	}
+	move := []byte(`{"jsonrpc":"2.0","method":"climesh/move","params":{}}`)
+	for {
+		msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		m, _ := jsonrpc.ParseTrusted(msg)
+		e.mu.Lock()
+		e.seen = append(e.seen, fmt.Sprintf("%d %s %s", n, m.Method, msg))
+		e.mu.Unlock()
+		var result any = map[string]any{}
+		switch m.Method {
+		case "session.create":
+			result = map[string]any{"sessionId": "s-1"}
+		case "session.send":
+			result = map[string]any{"messageId": "m-1"}
+		}
+		resp, _ := jsonrpc.ResultResponse(m.ID, result)
+		c.Write(r.Context(), resp)
+		if n == 1 && m.Method == "session.send" {
+			c.Write(r.Context(), move) // a turn runs: not now
+		}
+		if n == 1 && m.Method == "session.getMessages" {
+			c.Write(r.Context(), []byte(`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-1","event":{"type":"session.idle","id":"e-9","data":{}}}}`))
+			c.Write(r.Context(), move) // between turns: move
+		}
+	}
+}
+
+// TestMoveBetweenTurns: a climesh/move that arrives while a turn runs changes
+// nothing; one that arrives between turns closes the tunnel, dials again
+// without the pin (the ring decides), resumes the session with the options the
+// application gave, and the application's next call is answered there — it
+// never sees the move, nor an error.
+func TestMoveBetweenTurns(t *testing.T) {
+	edge := &movingEdge{}
+	ev := &Events{}
+	o := reconnectingTo(t, edge)
+	o.Events = ev
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m","provider":{"type":"openai","baseUrl":"http://model","apiKey":"k"}}}`)
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":3,"method":"session.send","params":{"sessionId":"s-1","prompt":"hi"}}`); !strings.Contains(got, "m-1") {
+		t.Fatalf("send: %s", got)
+	}
+	var toApp []string
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":4,"method":"session.getMessages","params":{"sessionId":"s-1"}}`); !strings.Contains(got, `"id":4,"result"`) {
+		t.Fatalf("during the turn: %s", got)
+	}
+	idle, err := sdk.fromServe.Read()
+	if err != nil || !strings.Contains(string(idle), "session.idle") {
+		t.Fatalf("the turn's end: %s %v", idle, err)
+	}
+	// The move follows the turn's end at once (a call made in between would
+	// come first, and the move wait for the sidecar to ask again).
+	for deadline := time.Now().Add(5 * time.Second); ev.Moves.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no move after the turn ended")
+		}
+	}
+	got := sdk.call(t, `{"jsonrpc":"2.0","id":5,"method":"session.getMessages","params":{"sessionId":"s-1"}}`)
+	toApp = append(toApp, string(idle), got)
+	if !strings.Contains(got, `"id":5,"result"`) {
+		t.Fatalf("after the move: %s", got)
+	}
+	edge.mu.Lock()
+	defer edge.mu.Unlock()
+	var second []string
+	for _, s := range edge.seen {
+		if f := strings.Fields(s); f[0] == "2" {
+			second = append(second, f[1])
+		}
+		if strings.HasPrefix(s, "2 session.resume") && !strings.Contains(s, `"baseUrl":"http://model"`) {
+			t.Fatalf("resumed without the application's provider: %s", s)
+		}
+	}
+	if fmt.Sprint(second) != "[connect session.resume session.getMessages]" {
+		t.Fatalf("the new tunnel saw %v, want the resume before the next call (all: %v)", second, edge.seen)
+	}
+	if fmt.Sprint(edge.upgrades) != "[|move |move]" {
+		t.Fatalf("upgrades (pin|features) %q: want both announcing move, the second without a pin", edge.upgrades)
+	}
+	if ev.Moves.Load() != 1 || edge.tunnels != 2 {
+		t.Fatalf("moves %d, tunnels %d: want one move (the one during the turn ignored)", ev.Moves.Load(), edge.tunnels)
+	}
+	for _, m := range toApp {
+		if strings.Contains(m, "climesh/move") || strings.Contains(m, `"error"`) {
+			t.Fatalf("the application saw %s", m)
+		}
+	}
+}

@@ -96,6 +96,14 @@ func (c *continuity) fromEdge(body []byte) bool {
 	return true
 }
 
+// idle reports whether nothing of the application's is in flight: no request
+// unanswered, no turn running.
+func (c *continuity) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) == 0 && len(c.running) == 0
+}
+
 // lost reports what the closed tunnel took with it: every unanswered request gets
 // an error, every running turn a session.error event.
 func (c *continuity) lost(cause error) {

@@ -27,7 +27,19 @@ const (
 
 	// MethodSessionEvent is the CLI's notification carrying one session event.
 	MethodSessionEvent = "session.event"
+
+	// MethodMove is climesh's own notification, from a sidecar to a
+	// climesh-connect that announced FeatureMove: the tunnel's user now has
+	// another home (the fleet changed). Sent only between turns; the connector
+	// moves only if it, too, has nothing in flight — it closes the tunnel,
+	// reconnects without its pin (the ring decides) and resumes every session
+	// there, holding the application's calls meanwhile — and otherwise ignores
+	// it (the sidecar asks again later). Never forwarded to the application.
+	MethodMove = "climesh/move"
 )
+
+// FeatureMove is the HeaderFeatures value of a client that follows MethodMove.
+const FeatureMove = "move"
 
 // Session event types that end a turn.
 const (
@@ -70,6 +82,9 @@ const (
 	// filter encodes it on the upgrade response; sent back on a reconnect, it asks
 	// Envoy for the same instance while that instance is healthy.
 	HeaderPin = "x-climesh-host"
+	// HeaderFeatures lists (comma-separated) the climesh behaviours a client
+	// follows; a sidecar uses none a client did not announce.
+	HeaderFeatures = "x-climesh-features"
 )
 
 // What a sidecar publishes in Consul and the control plane's discovery reads.

@@ -50,6 +50,9 @@ func run(cfg connector.Config) error {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "climesh_connect_reconnects_total", Help: "Tunnels regained after a loss (sessions resumed).",
 		}, func() float64 { return float64(events.Reconnects.Load()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "climesh_connect_moves_total", Help: "Tunnels moved to their user's home instance between turns, when a sidecar asked (climesh/move).",
+		}, func() float64 { return float64(events.Moves.Load()) }))
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
