@@ -120,15 +120,20 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 			if link = reconnect(ctx, o, token, &pin, cont, sdk, link.err); link == nil {
 				return closeOut(out, errors.New("climesh edge lost and not regained"))
 			}
-		case <-link.move:
-			// The sidecar says the user's home is elsewhere now. Nothing of the
-			// application's is in flight (checked here, where its messages are
-			// sent, so none can slip in): close and let the ring pick, resuming
-			// the sessions there. Otherwise ignore it; the sidecar asks again.
-			if !cont.idle() {
+		case req := <-link.move:
+			// The sidecar says the user's home is elsewhere now, and the link
+			// saw nothing of the application's in flight. Checked again here,
+			// where the application's messages are sent, so that none slips in:
+			// close and let the ring pick, resuming the sessions there.
+			// Otherwise the move waits for the next moment nothing is in flight.
+			moving := cont.idle()
+			if moving {
+				link.conn.Close("moving to the user's home instance")
+			}
+			close(req)
+			if !moving {
 				continue
 			}
-			link.conn.Close("moving to the user's home instance")
 			<-link.lost
 			pin = ""
 			o.Events.moved()
@@ -158,12 +163,33 @@ var errMoving = errors.New("moving to the user's home instance")
 type link struct {
 	conn *tunnel.Conn
 	lost chan struct{} // closed when the tunnel is gone
-	move chan struct{} // the sidecar asked this tunnel to move (protocol.MethodMove)
+	// move carries the link's request to move (protocol.MethodMove) to Serve's
+	// loop, which closes the request once it decided.
+	move chan chan struct{}
 	err  error
 }
 
 func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
-	l := &link{conn: conn, lost: make(chan struct{}), move: make(chan struct{}, 1)}
+	l := &link{conn: conn, lost: make(chan struct{}), move: make(chan chan struct{})}
+	// wanted: the sidecar asked to move; the move is made at the first moment
+	// nothing of the application's is in flight — at once, or when the turn
+	// running ends: before that turn's last event reaches the application,
+	// so that its next call cannot come first.
+	wanted := false
+	tryMove := func() {
+		if !wanted || !cont.idle() {
+			return
+		}
+		req := make(chan struct{})
+		timer := time.NewTimer(time.Second)
+		defer timer.Stop()
+		select {
+		case l.move <- req:
+			<-req // Serve's loop decides at once
+		case <-timer.C: // Serve's loop is busy with this tunnel's loss: no move
+		case <-ctx.Done():
+		}
+	}
 	go func() {
 		defer close(l.lost)
 		for {
@@ -176,13 +202,12 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 				return
 			}
 			if isMove(msg) {
-				select {
-				case l.move <- struct{}{}:
-				default: // one asked already
-				}
+				wanted = true
+				tryMove()
 				continue
 			}
 			if cont.fromEdge(msg) {
+				tryMove()
 				if cont.write(msg) != nil {
 					l.err = errors.New("client gone")
 					conn.Close("client gone")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/climesh/climesh/config"
 	"github.com/climesh/climesh/config/field"
 	"github.com/climesh/climesh/config/secret"
 	"github.com/climesh/climesh/policy"
@@ -107,6 +109,15 @@ type Config struct {
 	LockDelay   time.Duration // --lock-delay: its Consul lock-delay
 	LockWaitMax time.Duration // --lock-wait-max: collab: longest x-climesh-lock-wait
 
+	// Rebalancing (package rebalance): sessions on storage every instance
+	// shares, so a tunnel may move to its key's home between turns.
+	Rebalance          bool    // --rebalance
+	RebalanceRate      float64 // --rebalance-rate: moves started per second, at most
+	HashKey            string  // --hash-key: the pool's lb.hash_key (user, tenant, session)
+	RingEntriesPerHost uint64  // --ring-entries-per-host: the pool's lb.ring_entries_per_host
+	RingMinSize        uint64  // --ring-min-size: the pool's lb.min_ring_size (when entries per host is 0)
+	RingMaxSize        uint64  // --ring-max-size: the pool's lb.max_ring_size
+
 	LogLevel string // --log-level: a zap level
 }
 
@@ -123,6 +134,8 @@ func DefaultConfig() Config {
 		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
 		PolicyBundleAlg: "RS256",
 		ConsulTimeout:   2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
+		RebalanceRate: 5, HashKey: string(config.DefaultHashKey),
+		RingEntriesPerHost: config.DefaultRingEntries, RingMaxSize: config.DefaultMaxRingSize,
 		LogLevel: "info",
 	}
 }
@@ -180,6 +193,12 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.DurationVar(&c.LockDelay, "lock-delay", c.LockDelay, "collab: Consul lock-delay after a holder's session is invalidated")
 	fs.DurationVar(&c.LockWaitMax, "lock-wait-max", c.LockWaitMax, "collab: longest wait a caller may ask for (x-climesh-lock-wait)")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "largest JSON-RPC message accepted")
+	fs.BoolVar(&c.Rebalance, "rebalance", c.Rebalance, "the pool's sessions live on storage every instance shares: when the pool's ring changes (read from Consul, as the xds-server reads it), ask each tunnel whose key now has another home to move there between turns (climesh-connect reconnects and resumes its sessions; a running turn is never cut). Leave off for sticky-only pools, whose sessions live on their instance")
+	fs.Float64Var(&c.RebalanceRate, "rebalance-rate", c.RebalanceRate, "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm")
+	fs.StringVar(&c.HashKey, "hash-key", c.HashKey, "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places")
+	fs.Uint64Var(&c.RingEntriesPerHost, "ring-entries-per-host", c.RingEntriesPerHost, "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config")
+	fs.Uint64Var(&c.RingMinSize, "ring-min-size", c.RingMinSize, "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0")
+	fs.Uint64Var(&c.RingMaxSize, "ring-max-size", c.RingMaxSize, "--rebalance: the pool's lb.max_ring_size")
 	return fs
 }
 
@@ -256,6 +275,7 @@ func (c Config) Validate() error {
 	if _, err := zap.ParseAtomicLevel(c.LogLevel); err != nil {
 		v.bad("--log-level", c.LogLevel, field.ErrMalformed, "want debug, info, warn, error, dpanic, panic or fatal")
 	}
+	c.validateRebalance(v)
 	if policy.IsBundleService(c.Policy) && c.PolicyBundleKey == "" {
 		v.bad("--policy-bundle-key", "", field.ErrRequired, "--policy is a bundle service: its bundles must be signed, and verified with this key")
 	}
@@ -446,6 +466,30 @@ func (c Config) validateAddresses(v *validator) {
 	}
 	if !pathPattern.MatchString(c.Path) {
 		v.bad("--path", c.Path, field.ErrMalformed, "want an absolute path of letters, digits and ._~/-, e.g. /v1/rpc")
+	}
+}
+
+// validateRebalance: what --rebalance needs to compute the ring Envoy uses.
+func (c Config) validateRebalance(v *validator) {
+	switch config.HashKey(c.HashKey) {
+	case config.HashUser, config.HashTenant, config.HashSession:
+	default:
+		v.bad("--hash-key", c.HashKey, field.ErrMalformed, "want user, tenant or session")
+	}
+	if !c.Rebalance {
+		return
+	}
+	if c.Consul == "" {
+		v.bad("--rebalance", "true", field.ErrRequired, "needs --consul: the pool's ring is read from Consul's health")
+	}
+	if c.RebalanceRate <= 0 || c.RebalanceRate > 1000 || math.IsNaN(c.RebalanceRate) {
+		v.bad("--rebalance-rate", strconv.FormatFloat(c.RebalanceRate, 'g', -1, 64), field.ErrOutOfRange, "want more than 0 and at most 1000 moves a second")
+	}
+	if c.RingEntriesPerHost == 0 && c.RingMinSize == 0 {
+		v.bad("--ring-min-size", "0", field.ErrRequired, "--ring-entries-per-host is 0: give the pool's lb.min_ring_size")
+	}
+	if c.RingMaxSize == 0 || c.RingMaxSize > 8*1024*1024 {
+		v.bad("--ring-max-size", strconv.FormatUint(c.RingMaxSize, 10), field.ErrOutOfRange, "want 1 to 8388608 (Envoy's limit)")
 	}
 }
 

@@ -62,6 +62,12 @@ var todaysFlags = [][3]string{
 	{"users-root", "", "isolated: `dir` holding each user's COPILOT_HOME (<dir>/<tenant>/<user>/home, mode 0700)"},
 	{"turn-timeout", "30m0s", "a turn (session.send to its session.idle or session.error) running longer is aborted: the CLI is sent session.abort, the client a session.error saying so, and a collab session's lock is released (0: never)"},
 	{"consul-timeout", "2s", "longest wait for any Consul call (session records, turn locks, registration, checks); past it a client's call is answered -32010 naming what is unavailable"},
+	{"rebalance", "false", "the pool's sessions live on storage every instance shares: when the pool's ring changes (read from Consul, as the xds-server reads it), ask each tunnel whose key now has another home to move there between turns (climesh-connect reconnects and resumes its sessions; a running turn is never cut). Leave off for sticky-only pools, whose sessions live on their instance"},
+	{"rebalance-rate", "5", "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm"},
+	{"hash-key", "user", "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places"},
+	{"ring-entries-per-host", "256", "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config"},
+	{"ring-min-size", "0", "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0"},
+	{"ring-max-size", "8388608", "--rebalance: the pool's lb.max_ring_size"},
 	{"stale-records", "5m0s", "while Consul does not answer, a session record this sidecar read within this long still decides (existing users go on); a session never read here is refused until Consul answers (0: refuse all)"},
 }
 
@@ -98,6 +104,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--consul-registration", "catalog", "--consul-node", "n-1", "--liveness-ttl", "17s",
 		"--consul-timeout", "18s", "--stale-records", "19s", "--turn-timeout", "20s",
 		"--policy-bundle-key", "/bk", "--policy-bundle-alg", "ES256", "--decision-log", "/dl", "--decision-log-url", "https://l/logs",
+		"--rebalance", "--rebalance-rate", "2.5", "--hash-key", "tenant", "--ring-entries-per-host", "21", "--ring-min-size", "22", "--ring-max-size", "23",
 	}
 	want := Config{
 		Listen: "0.0.0.0:7002", AdminListen: "0.0.0.0:7102", AdminCredentialFile: "/a", Path: "/p",
@@ -112,6 +119,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		LockTTL: 13 * time.Second, LockDelay: 14 * time.Second, LockWaitMax: 15 * time.Second, LogLevel: "debug",
 		ConsulTimeout: 18 * time.Second, StaleRecords: 19 * time.Second, TurnTimeout: 20 * time.Second,
 		PolicyBundleKey: "/bk", PolicyBundleAlg: "ES256", DecisionLog: "/dl", DecisionLogURL: "https://l/logs",
+		Rebalance: true, RebalanceRate: 2.5, HashKey: "tenant", RingEntriesPerHost: 21, RingMinSize: 22, RingMaxSize: 23,
 	}
 	var fs []string
 	c := DefaultConfig()
@@ -316,6 +324,16 @@ func TestValidate(t *testing.T) {
 		"user secrets, collab mode": {Edit: and(mesh, func(c *Config) { c.Mode, c.UserSecrets = ModeCollab, "/s" }), Name: "--user-secrets", Kind: field.ErrConflict},
 		"user uids, shared mode":    {Edit: func(c *Config) { c.UserUIDs = "200000-200999" }, Name: "--user-uids", Kind: field.ErrConflict},
 		"user env, shared mode":     {Edit: func(c *Config) { c.UserEnv = "HTTPS_PROXY" }, Name: "--user-env", Kind: field.ErrConflict},
+
+		// Rebalancing reads the pool's ring from Consul, as Envoy is configured.
+		"rebalance":                      {Edit: and(mesh, func(c *Config) { c.Rebalance = true })},
+		"rebalance without consul":       {Edit: func(c *Config) { c.Rebalance = true }, Name: "--rebalance", Kind: field.ErrRequired},
+		"rebalance at no rate":           {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 0 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
+		"rebalance at a storm's rate":    {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 5000 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
+		"unknown hash key":               {Edit: func(c *Config) { c.HashKey = "email" }, Name: "--hash-key", Kind: field.ErrMalformed},
+		"ring of no size":                {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingEntriesPerHost = true, 0 }), Name: "--ring-min-size", Kind: field.ErrRequired},
+		"ring of a minimum size":         {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingEntriesPerHost, c.RingMinSize = true, 0, 1024 })},
+		"ring larger than Envoy's limit": {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingMaxSize = true, 1<<24 }), Name: "--ring-max-size", Kind: field.ErrOutOfRange},
 
 		// The policy needs keys; the sweeper needs a policy and Consul.
 		"policy with keys":              {Edit: mesh},

@@ -59,6 +59,7 @@ type Server struct {
 	registration *Registration             // nil without --consul
 	sweeper      *Sweeper                  // nil unless cfg.Sweeps()
 	reaper       *Reaper                   // nil unless --consul-registration catalog
+	moves        *moves                    // nil unless --rebalance
 	draining     atomic.Bool               // the drain has begun: /readyz fails
 	keys         *identity.File            // --identity-keys, read again when it changes (rotation)
 	creds        *filewatch.File[[]string] // --edge-credential-file, likewise
@@ -231,6 +232,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 			return nil, err
 		}
 	}
+	if cfg.Rebalance {
+		if s.moves, err = s.newMoves(reg); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -393,6 +399,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	go s.health.Run(ctx)
+	if s.moves != nil {
+		go s.moves.run(ctx)
+	}
 	if s.reaper != nil {
 		go periodic.Every(ctx, cfg.LivenessTTL, func() bool {
 			if _, err := s.reaper.Reap(ctx); err != nil && ctx.Err() == nil {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/climesh/climesh/identity"
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
+	"github.com/climesh/climesh/sidecar/rebalance"
 	"github.com/climesh/climesh/tunnel"
 )
 
@@ -53,11 +55,17 @@ type Relay struct {
 	// Capacity caps the sessions the CLI holds (see Capacity); nil: no cap.
 	// Isolated mode has one CLI per user and no cap of this kind.
 	Capacity *Capacity
+	// HashKey is the identity the pool's ring hashes (config.HashKey: user,
+	// tenant or session): a tunnel's key for rebalancing (Tunnels).
+	HashKey string
+	// TunnelClosed, when set, hears of every tunnel that closes (the mover).
+	TunnelClosed func(id uint64, at time.Time)
 
 	metrics  *relayMetrics
 	wg       sync.WaitGroup
 	mu       sync.Mutex
-	open     map[*tunnel.Conn]struct{}
+	open     map[*tunnel.Conn]*openTunnel
+	nextID   uint64
 	perUser  map[string]int
 	draining bool
 	turns    turns
@@ -85,7 +93,7 @@ type relayMetrics struct {
 func NewRelay(log *zap.Logger, cli CLIDialer, limits jsonrpc.Limits, reg prometheus.Registerer) *Relay {
 	m := metricsOn{promauto.With(reg)}
 	rl := &Relay{
-		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]struct{}{},
+		Log: log, CLI: cli, Limits: limits, open: map[*tunnel.Conn]*openTunnel{},
 		metrics: &relayMetrics{
 			tunnels:      m.gauge("tunnels", "Open tunnels."),
 			messages:     m.counters("messages_total", "Messages relayed, by direction (to_cli, to_client).", "direction"),
@@ -167,8 +175,9 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rl.metrics.refused.WithLabelValues("upgrade").Inc()
 		return // Accept has answered the HTTP request
 	}
-	rl.track(c, true)
-	defer rl.track(c, false)
+	ot := &openTunnel{key: rl.hashKey(caller, r.Header), opened: time.Now(), movable: features(r.Header)[protocol.FeatureMove]}
+	rl.track(c, ot)
+	defer rl.untrack(c)
 	rl.wg.Add(1)
 	defer rl.wg.Done()
 	log := rl.Log.With(zap.String("remote", r.RemoteAddr), zap.String("tenant", caller.Tenant), zap.String("user", caller.User))
@@ -204,16 +213,90 @@ func (rl *Relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rl.relay(ctx, log, c, cli, guard)
 }
 
-func (rl *Relay) track(c *tunnel.Conn, add bool) {
+// openTunnel is what the relay keeps of an open tunnel for rebalancing.
+type openTunnel struct {
+	id      uint64
+	key     string    // the identity the pool's ring hashes
+	opened  time.Time // accepted
+	movable bool      // the client follows protocol.MethodMove
+}
+
+func (rl *Relay) track(c *tunnel.Conn, ot *openTunnel) {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
-	if add {
-		rl.open[c] = struct{}{}
-		rl.metrics.tunnels.Inc()
-	} else {
-		delete(rl.open, c)
-		rl.metrics.tunnels.Dec()
+	rl.nextID++
+	ot.id = rl.nextID
+	rl.open[c] = ot
+	rl.metrics.tunnels.Inc()
+}
+
+func (rl *Relay) untrack(c *tunnel.Conn) {
+	rl.mu.Lock()
+	ot := rl.open[c]
+	delete(rl.open, c)
+	rl.metrics.tunnels.Dec()
+	rl.mu.Unlock()
+	if ot != nil && rl.TunnelClosed != nil {
+		rl.TunnelClosed(ot.id, time.Now())
 	}
+}
+
+// hashKey is the value Envoy hashes to place this tunnel on the pool's ring.
+func (rl *Relay) hashKey(caller identity.Claims, h http.Header) string {
+	switch rl.HashKey {
+	case "tenant":
+		return caller.Tenant
+	case "session":
+		return h.Get(protocol.HeaderSession)
+	default:
+		return caller.User
+	}
+}
+
+// features is the set a client announced in protocol.HeaderFeatures.
+func features(h http.Header) map[string]bool {
+	out := map[string]bool{}
+	for _, v := range h.Values(protocol.HeaderFeatures) {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				out[f] = true
+			}
+		}
+	}
+	return out
+}
+
+// Tunnels lists the open tunnels for the mover (package rebalance).
+func (rl *Relay) Tunnels() []rebalance.Tunnel {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	out := make([]rebalance.Tunnel, 0, len(rl.open))
+	for _, ot := range rl.open {
+		out = append(out, rebalance.Tunnel{ID: ot.id, Key: ot.key, Opened: ot.opened, Movable: ot.movable})
+	}
+	return out
+}
+
+// moveNotice is protocol.MethodMove as the client gets it.
+var moveNotice = []byte(`{"jsonrpc":"2.0","method":"` + protocol.MethodMove + `","params":{}}`)
+
+// AskToMove sends tunnel id's client protocol.MethodMove; false when the
+// tunnel is gone (or its client cannot be written to).
+func (rl *Relay) AskToMove(id uint64) bool {
+	rl.mu.Lock()
+	var conn *tunnel.Conn
+	for c, ot := range rl.open {
+		if ot.id == id && ot.movable {
+			conn = c
+		}
+	}
+	rl.mu.Unlock()
+	if conn == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return conn.Write(ctx, moveNotice) == nil
 }
 
 // enterUser counts a tunnel of user, or refuses it past MaxTunnelsPerUser.

@@ -1,0 +1,222 @@
+// Package rebalance moves a sidecar's long-lived tunnels to their user's home
+// instance after the fleet changes, between turns, at a bounded pace.
+//
+// Envoy sends a new tunnel to the home of its hash key (the user, by default)
+// on the pool's ring; a tunnel opened before a fleet change stays where it
+// was. Where sessions live on storage every instance shares, nothing but the
+// open tunnel ties a user to an instance, so the sidecar asks such a tunnel's
+// client to move (protocol.MethodMove) when the ring — computed here exactly
+// as Envoy computes it (package ring), from the same Consul health the
+// xds-server reads — gives its key another home. The client moves only with
+// nothing in flight; the sidecar asks only between turns, at most Rate times a
+// second, and never again a tunnel whose key came back after a move under the
+// same ring (should the ring here and Envoy's ever disagree, that is one
+// wasted reconnect, not a loop).
+//
+// Data flows one way: the fleet (SetFleet) and the relay's tunnels (Tunnels)
+// in, asks (Ask) out. Which tunnels are misplaced is a pure function
+// (Misplaced).
+package rebalance
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+
+	"github.com/climesh/climesh/ring"
+)
+
+// Tunnel is what the mover knows of one open tunnel.
+type Tunnel struct {
+	ID      uint64
+	Key     string    // the value Envoy hashes for the pool (the user, by default)
+	Opened  time.Time // when it was accepted
+	Movable bool      // its client follows protocol.MethodMove
+}
+
+// Misplaced lists, in order, the movable tunnels whose key's home on r is not
+// self — except those opened after a move of their key (movedAt) under this
+// ring: they came back, so Envoy sends the key here whatever r says.
+func Misplaced(self string, r *ring.Ring, tunnels []Tunnel, movedAt map[string]time.Time) []Tunnel {
+	var out []Tunnel
+	for _, t := range tunnels {
+		if !t.Movable {
+			continue
+		}
+		if at, ok := movedAt[t.Key]; ok && t.Opened.After(at) {
+			continue
+		}
+		if home := r.Home(t.Key); home != "" && home != self {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b Tunnel) int { return a.Opened.Compare(b.Opened) })
+	return out
+}
+
+// RingConfig is the pool's ring as the xds-server configures it (the pool's
+// lb: ring_entries_per_host, or min_ring_size, and max_ring_size).
+type RingConfig struct {
+	EntriesPerHost, MinSize, MaxSize uint64
+}
+
+// Mover asks misplaced tunnels to move. Tunnels and Ask are the relay's.
+type Mover struct {
+	Self string
+	Ring RingConfig
+	// Rate bounds the moves this instance starts, per second.
+	Rate float64
+	// Tunnels lists the open tunnels.
+	Tunnels func() []Tunnel
+	// Ask sends the move to a tunnel; false when it is gone. Its client moves
+	// at its first moment with nothing in flight: at once between turns, or
+	// when the turn running ends.
+	Ask func(id uint64) bool
+	// Paused, when true, starts no move (the instance drains: its tunnels
+	// close by themselves).
+	Paused func() bool
+	Log    *zap.Logger
+
+	metrics moverMetrics
+
+	mu        sync.Mutex
+	hosts     []string
+	ring      *ring.Ring
+	changedAt time.Time            // the last ring change not yet balanced (zero: balanced)
+	movedAt   map[string]time.Time // key -> last move asked under this ring
+	asked     map[uint64]time.Time // tunnel -> when a move was asked (until it closes or the ask expires)
+}
+
+type moverMetrics struct {
+	started, completed, failed prometheus.Counter
+	balanced                   prometheus.Histogram
+	misplaced                  prometheus.Gauge
+}
+
+// NewMover registers the mover's metrics on reg.
+func NewMover(reg prometheus.Registerer) *Mover {
+	f := promauto.With(reg)
+	return &Mover{
+		metrics: moverMetrics{
+			started: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_moves_started_total",
+				Help: "Tunnels asked to move to their key's home instance (between turns, after a fleet change)."}),
+			completed: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_moves_completed_total",
+				Help: "Moves asked whose tunnel closed within " + askExpiry.String() + " (the client went to its home)."}),
+			failed: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_moves_failed_total",
+				Help: "Moves asked whose tunnel was still open " + askExpiry.String() + " later (the client was busy or did not follow); asked again."}),
+			balanced: f.NewHistogram(prometheus.HistogramOpts{Name: "climesh_sidecar_rebalance_seconds",
+				Help:    "From a change of the pool's ring to no tunnel here belonging elsewhere.",
+				Buckets: prometheus.ExponentialBuckets(0.1, 2, 14)}),
+			misplaced: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_misplaced_tunnels",
+				Help: "Open tunnels whose key's home is another instance (movable ones)."}),
+		},
+		movedAt: map[string]time.Time{},
+		asked:   map[uint64]time.Time{},
+	}
+}
+
+// askExpiry is how long a tunnel asked to move has to close before the ask
+// counts as failed (and is repeated): long enough for the turn running to end.
+const askExpiry = time.Minute
+
+// SetFleet takes the pool's healthy instances (their hash keys: instance ids).
+// A different set makes a new ring.
+func (m *Mover) SetFleet(healthy []string, now time.Time) {
+	healthy = slices.Sorted(slices.Values(healthy))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ring != nil && slices.Equal(healthy, m.hosts) {
+		return
+	}
+	first := m.ring == nil
+	m.hosts = healthy
+	m.ring = ring.New(healthy, ring.Size(m.Ring.EntriesPerHost, m.Ring.MinSize, m.Ring.MaxSize, len(healthy)), m.Ring.MaxSize)
+	m.movedAt = map[string]time.Time{}
+	if !first {
+		m.changedAt = now
+	}
+	if m.Log != nil {
+		m.Log.Info("the pool's ring changed", zap.Strings("healthy", healthy))
+	}
+}
+
+// Closed tells the mover a tunnel closed.
+func (m *Mover) Closed(id uint64, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if at, ok := m.asked[id]; ok {
+		delete(m.asked, id)
+		if now.Sub(at) <= askExpiry {
+			m.metrics.completed.Inc()
+		}
+	}
+}
+
+// Run asks one misplaced tunnel to move every 1/Rate until ctx ends.
+func (m *Mover) Run(ctx context.Context) {
+	every := time.Duration(float64(time.Second) / max(m.Rate, 0.01))
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			m.Step(now)
+		}
+	}
+}
+
+// Step starts at most one move.
+func (m *Mover) Step(now time.Time) {
+	m.mu.Lock()
+	r := m.ring
+	for id, at := range m.asked {
+		if now.Sub(at) > askExpiry {
+			delete(m.asked, id)
+			m.metrics.failed.Inc()
+		}
+	}
+	m.mu.Unlock()
+	if r == nil || (m.Paused != nil && m.Paused()) {
+		return
+	}
+	tunnels := m.Tunnels()
+	m.mu.Lock()
+	misplaced := Misplaced(m.Self, r, tunnels, m.movedAt)
+	m.metrics.misplaced.Set(float64(len(misplaced)))
+	if len(misplaced) == 0 {
+		if !m.changedAt.IsZero() {
+			m.metrics.balanced.Observe(now.Sub(m.changedAt).Seconds())
+			if m.Log != nil {
+				m.Log.Info("balanced: no tunnel here belongs elsewhere", zap.Duration("since_ring_change", now.Sub(m.changedAt)))
+			}
+			m.changedAt = time.Time{}
+		}
+		m.mu.Unlock()
+		return
+	}
+	var candidates []Tunnel
+	for _, t := range misplaced {
+		if _, pending := m.asked[t.ID]; !pending {
+			candidates = append(candidates, t)
+		}
+	}
+	m.mu.Unlock()
+	for _, t := range candidates {
+		if !m.Ask(t.ID) {
+			continue // gone meanwhile
+		}
+		m.mu.Lock()
+		m.asked[t.ID] = now
+		m.movedAt[t.Key] = now
+		m.mu.Unlock()
+		m.metrics.started.Inc()
+		return
+	}
+}
