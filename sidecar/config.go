@@ -78,6 +78,7 @@ type Config struct {
 	MaxFrameBytes     int    // --max-frame-bytes: largest JSON-RPC message
 
 	PingInterval  time.Duration // --ping-interval: the CLI's health ping
+	PingFailures  int           // --ping-failures: failed pings in a row before the instance fails
 	CheckTTL      time.Duration // --check-ttl: the Consul TTL check
 	Keepalive     time.Duration // --keepalive: WebSocket pings to clients (0: off)
 	DrainTimeout  time.Duration // --drain-timeout: longest wait for running turns
@@ -111,12 +112,13 @@ type Config struct {
 
 	// Rebalancing (package rebalance): sessions on storage every instance
 	// shares, so a tunnel may move to its key's home between turns.
-	Rebalance          bool    // --rebalance
-	RebalanceRate      float64 // --rebalance-rate: moves started per second, at most
-	HashKey            string  // --hash-key: the pool's lb.hash_key (user, tenant, session)
-	RingEntriesPerHost uint64  // --ring-entries-per-host: the pool's lb.ring_entries_per_host
-	RingMinSize        uint64  // --ring-min-size: the pool's lb.min_ring_size (when entries per host is 0)
-	RingMaxSize        uint64  // --ring-max-size: the pool's lb.max_ring_size
+	Rebalance          bool          // --rebalance
+	RebalanceRate      float64       // --rebalance-rate: moves started per second, at most
+	RebalanceSettle    time.Duration // --rebalance-settle: how long the ring must stay the same before moves start
+	HashKey            string        // --hash-key: the pool's lb.hash_key (user, tenant, session)
+	RingEntriesPerHost uint64        // --ring-entries-per-host: the pool's lb.ring_entries_per_host
+	RingMinSize        uint64        // --ring-min-size: the pool's lb.min_ring_size (when entries per host is 0)
+	RingMaxSize        uint64        // --ring-max-size: the pool's lb.max_ring_size
 
 	LogLevel string // --log-level: a zap level
 }
@@ -128,13 +130,13 @@ func DefaultConfig() Config {
 		Mode: ModeShared, Capacity: 50, MaxPending: datapath.DefaultBounds.Pending, MaxTunnelSessions: datapath.DefaultBounds.Sessions,
 		MaxTunnelsPerUser: 32, MaxFrameBytes: jsonrpc.DefaultLimits.MaxFrameBytes,
 		ConsulRegistration: RegistrationAgent, LivenessTTL: 10 * time.Second,
-		PingInterval: 2 * time.Second, CheckTTL: 6 * time.Second, Keepalive: 30 * time.Second, DrainTimeout: 2 * time.Minute,
+		PingInterval: 2 * time.Second, PingFailures: 2, CheckTTL: 6 * time.Second, Keepalive: 30 * time.Second, DrainTimeout: 2 * time.Minute,
 		SessionTTL: 30 * time.Minute, SweepInterval: time.Minute, PolicyWatch: time.Second,
 		MaxUsers: 20, UserIdle: 10 * time.Minute,
 		LockTTL: 10 * time.Second, LockDelay: time.Second, LockWaitMax: 5 * time.Minute,
 		PolicyBundleAlg: "RS256",
 		ConsulTimeout:   2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
-		RebalanceRate: 5, HashKey: string(config.DefaultHashKey),
+		RebalanceRate: 5, RebalanceSettle: 5 * time.Second, HashKey: string(config.DefaultHashKey),
 		RingEntriesPerHost: config.DefaultRingEntries, RingMaxSize: config.DefaultMaxRingSize,
 		LogLevel: "info",
 	}
@@ -164,6 +166,7 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.StringVar(&c.CLIHome, "cli-home", c.CLIHome, "COPILOT_HOME for --cli-command (default: a new temp dir)")
 	fs.IntVar(&c.Capacity, "capacity", c.Capacity, "most sessions the CLI holds in memory; past it the least recently used idle one is released with session.destroy and resumed on demand (0: no cap; published in Consul meta)")
 	fs.DurationVar(&c.PingInterval, "ping-interval", c.PingInterval, "how often the CLI is pinged for the Consul check")
+	fs.IntVar(&c.PingFailures, "ping-failures", c.PingFailures, "pings in a row that must fail before a passing instance is reported failing (readiness and the Consul check), so that one slow answer under load does not take it out of routing; a CLI that exits fails at once")
 	fs.DurationVar(&c.CheckTTL, "check-ttl", c.CheckTTL, "Consul TTL check: critical if no passing ping for this long")
 	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "ping each client this often so idle timers do not cut a long turn; a client that does not answer within 3x this (at least 10s) is dropped (0: off)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM or POST /drain: longest wait for running turns before tunnels are closed")
@@ -195,6 +198,7 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "largest JSON-RPC message accepted")
 	fs.BoolVar(&c.Rebalance, "rebalance", c.Rebalance, "the pool's sessions live on storage every instance shares: when the pool's ring changes (read from Consul, as the xds-server reads it), ask each tunnel whose key now has another home to move there between turns (climesh-connect reconnects and resumes its sessions; a running turn is never cut). Leave off for sticky-only pools, whose sessions live on their instance")
 	fs.Float64Var(&c.RebalanceRate, "rebalance-rate", c.RebalanceRate, "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm")
+	fs.DurationVar(&c.RebalanceSettle, "rebalance-settle", c.RebalanceSettle, "--rebalance: how long the pool's ring must stay the same before moves start, so that a flapping health check moves nobody back and forth")
 	fs.StringVar(&c.HashKey, "hash-key", c.HashKey, "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places")
 	fs.Uint64Var(&c.RingEntriesPerHost, "ring-entries-per-host", c.RingEntriesPerHost, "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config")
 	fs.Uint64Var(&c.RingMinSize, "ring-min-size", c.RingMinSize, "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0")
@@ -482,8 +486,14 @@ func (c Config) validateRebalance(v *validator) {
 	if c.Consul == "" {
 		v.bad("--rebalance", "true", field.ErrRequired, "needs --consul: the pool's ring is read from Consul's health")
 	}
+	if c.CLICommand != "" && c.CLIHome == "" && c.Mode != ModeIsolated {
+		v.bad("--rebalance", "true", field.ErrConflict, "the CLI's home is a new temporary directory, which no other instance shares: a moved user would find no session; give --cli-home on the pool's shared storage")
+	}
 	if c.RebalanceRate <= 0 || c.RebalanceRate > 1000 || math.IsNaN(c.RebalanceRate) {
 		v.bad("--rebalance-rate", strconv.FormatFloat(c.RebalanceRate, 'g', -1, 64), field.ErrOutOfRange, "want more than 0 and at most 1000 moves a second")
+	}
+	if c.RebalanceSettle < 0 || c.RebalanceSettle > time.Hour {
+		v.bad("--rebalance-settle", c.RebalanceSettle.String(), field.ErrOutOfRange, "want 0 to 1h")
 	}
 	if c.RingEntriesPerHost == 0 && c.RingMinSize == 0 {
 		v.bad("--ring-min-size", "0", field.ErrRequired, "--ring-entries-per-host is 0: give the pool's lb.min_ring_size")
@@ -496,6 +506,7 @@ func (c Config) validateRebalance(v *validator) {
 // validateBounds: the numeric limits.
 func (c Config) validateBounds(v *validator) {
 	v.atLeast("--capacity", c.Capacity, 0, "want 0 (no cap) or more")
+	v.atLeast("--ping-failures", c.PingFailures, 1, "want 1 (the first failed ping fails the instance) or more")
 	v.atLeast("--max-pending", c.MaxPending, 1, "want more than 0")
 	v.atLeast("--max-tunnel-sessions", c.MaxTunnelSessions, 1, "want more than 0")
 	v.atLeast("--max-tunnels-per-user", c.MaxTunnelsPerUser, 0, "want 0 (no limit) or more")
@@ -505,8 +516,8 @@ func (c Config) validateBounds(v *validator) {
 // validateDurations: timers, and what Consul accepts for a lock's session.
 func (c Config) validateDurations(v *validator) {
 	v.duration("--ping-interval", c.PingInterval, time.Nanosecond, "want a positive duration")
-	if c.PingInterval > 0 && c.CheckTTL <= c.PingInterval {
-		v.bad("--check-ttl", c.CheckTTL.String(), field.ErrOutOfRange, "want more than --ping-interval ("+c.PingInterval.String()+"), or the check fails between two passing pings")
+	if c.PingInterval > 0 && c.CheckTTL <= c.PingInterval*time.Duration(max(c.PingFailures, 1)) {
+		v.bad("--check-ttl", c.CheckTTL.String(), field.ErrOutOfRange, "want more than --ping-interval × --ping-failures ("+(c.PingInterval*time.Duration(max(c.PingFailures, 1))).String()+"), or the check fails while the pings still pass")
 	}
 	v.duration("--keepalive", c.Keepalive, 0, "negative (want 0 for off, or more)")
 	v.duration("--drain-timeout", c.DrainTimeout, 0, "negative (want 0 to close tunnels at once, or more)")

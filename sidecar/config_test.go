@@ -44,6 +44,7 @@ var todaysFlags = [][3]string{
 	{"max-users", "20", "isolated: most CLIs at once; past it the least recently used idle one is stopped, or the tunnel refused"},
 	{"mode", "shared", "`mode`: shared (pattern 2), collab (pattern 3: shared sessions, one turn at a time) or isolated (pattern 1: one CLI per user)"},
 	{"path", "/v1/rpc", "tunnel `path`"},
+	{"ping-failures", "2", "pings in a row that must fail before a passing instance is reported failing (readiness and the Consul check), so that one slow answer under load does not take it out of routing; a CLI that exits fails at once"},
 	{"ping-interval", "2s", "how often the CLI is pinged for the Consul check"},
 	{"policy", "", "Rego `dir` or bundle for per-message decisions (deny by default), the word builtin (the policies/rego this binary was built with), or a bundle service's URL (polled every --policy-watch; needs --policy-bundle-key); needs --identity-keys"},
 	{"policy-bundle-key", "", "PEM public key `file` that verifies a bundle service's bundles (an unsigned or tampered bundle is refused; the last good one keeps deciding)"},
@@ -64,6 +65,7 @@ var todaysFlags = [][3]string{
 	{"consul-timeout", "2s", "longest wait for any Consul call (session records, turn locks, registration, checks); past it a client's call is answered -32010 naming what is unavailable"},
 	{"rebalance", "false", "the pool's sessions live on storage every instance shares: when the pool's ring changes (read from Consul, as the xds-server reads it), ask each tunnel whose key now has another home to move there between turns (climesh-connect reconnects and resumes its sessions; a running turn is never cut). Leave off for sticky-only pools, whose sessions live on their instance"},
 	{"rebalance-rate", "5", "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm"},
+	{"rebalance-settle", "5s", "--rebalance: how long the pool's ring must stay the same before moves start, so that a flapping health check moves nobody back and forth"},
 	{"hash-key", "user", "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places"},
 	{"ring-entries-per-host", "256", "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config"},
 	{"ring-min-size", "0", "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0"},
@@ -95,7 +97,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--max-pending", "7", "--max-tunnel-sessions", "8", "--max-tunnels-per-user", "9", "--path", "/p",
 		"--pool", "collab", "--instance-id", "i-1", "--consul", "c:8500", "--advertise", "10.0.0.1",
 		"--cli-address", "127.0.0.1:4321", "--cli-command", "copilot", "--cli-home", "/h", "--capacity", "3",
-		"--ping-interval", "1s", "--check-ttl", "4s", "--keepalive", "5s", "--drain-timeout", "6s",
+		"--ping-interval", "1s", "--ping-failures", "3", "--check-ttl", "4s", "--keepalive", "5s", "--drain-timeout", "6s",
 		"--session-ttl", "7m", "--sweep-interval", "8m", "--edge-credential-file", "/e", "--identity-keys", "/k",
 		"--policy", "/pol", "--policy-data", "/pd", "--policy-watch", "9s", "--log-level", "debug", "--mode", "collab",
 		"--users-root", "/u", "--user-secrets", "/s", "--user-uids", "1000-1999", "--user-env", "A,B",
@@ -104,7 +106,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--consul-registration", "catalog", "--consul-node", "n-1", "--liveness-ttl", "17s",
 		"--consul-timeout", "18s", "--stale-records", "19s", "--turn-timeout", "20s",
 		"--policy-bundle-key", "/bk", "--policy-bundle-alg", "ES256", "--decision-log", "/dl", "--decision-log-url", "https://l/logs",
-		"--rebalance", "--rebalance-rate", "2.5", "--hash-key", "tenant", "--ring-entries-per-host", "21", "--ring-min-size", "22", "--ring-max-size", "23",
+		"--rebalance", "--rebalance-rate", "2.5", "--rebalance-settle", "24s", "--hash-key", "tenant", "--ring-entries-per-host", "21", "--ring-min-size", "22", "--ring-max-size", "23",
 	}
 	want := Config{
 		Listen: "0.0.0.0:7002", AdminListen: "0.0.0.0:7102", AdminCredentialFile: "/a", Path: "/p",
@@ -112,14 +114,14 @@ func TestLoadEveryFlag(t *testing.T) {
 		ConsulRegistration: RegistrationCatalog, ConsulNode: "n-1", LivenessTTL: 17 * time.Second,
 		CLIAddress: "127.0.0.1:4321", CLIToken: "tok", CLICommand: "copilot", CLIHome: "/h",
 		Mode: ModeCollab, Capacity: 3, MaxPending: 7, MaxTunnelSessions: 8, MaxTunnelsPerUser: 9, MaxFrameBytes: 16,
-		PingInterval: time.Second, CheckTTL: 4 * time.Second, Keepalive: 5 * time.Second, DrainTimeout: 6 * time.Second,
+		PingInterval: time.Second, PingFailures: 3, CheckTTL: 4 * time.Second, Keepalive: 5 * time.Second, DrainTimeout: 6 * time.Second,
 		SessionTTL: 7 * time.Minute, SweepInterval: 8 * time.Minute,
 		EdgeCredentialFile: "/e", IdentityKeys: "/k", Policy: "/pol", PolicyData: "/pd", PolicyWatch: 9 * time.Second,
 		UsersRoot: "/u", UserSecrets: "/s", UserUIDs: "1000-1999", UserEnv: "A,B", MaxUsers: 11, UserIdle: 12 * time.Second,
 		LockTTL: 13 * time.Second, LockDelay: 14 * time.Second, LockWaitMax: 15 * time.Second, LogLevel: "debug",
 		ConsulTimeout: 18 * time.Second, StaleRecords: 19 * time.Second, TurnTimeout: 20 * time.Second,
 		PolicyBundleKey: "/bk", PolicyBundleAlg: "ES256", DecisionLog: "/dl", DecisionLogURL: "https://l/logs",
-		Rebalance: true, RebalanceRate: 2.5, HashKey: "tenant", RingEntriesPerHost: 21, RingMinSize: 22, RingMaxSize: 23,
+		Rebalance: true, RebalanceRate: 2.5, RebalanceSettle: 24 * time.Second, HashKey: "tenant", RingEntriesPerHost: 21, RingMinSize: 22, RingMaxSize: 23,
 	}
 	var fs []string
 	c := DefaultConfig()
@@ -326,14 +328,17 @@ func TestValidate(t *testing.T) {
 		"user env, shared mode":     {Edit: func(c *Config) { c.UserEnv = "HTTPS_PROXY" }, Name: "--user-env", Kind: field.ErrConflict},
 
 		// Rebalancing reads the pool's ring from Consul, as Envoy is configured.
-		"rebalance":                      {Edit: and(mesh, func(c *Config) { c.Rebalance = true })},
-		"rebalance without consul":       {Edit: func(c *Config) { c.Rebalance = true }, Name: "--rebalance", Kind: field.ErrRequired},
-		"rebalance at no rate":           {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 0 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
-		"rebalance at a storm's rate":    {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 5000 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
+		"rebalance":                      {Edit: and(mesh, func(c *Config) { c.Rebalance, c.CLIHome = true, "/shared/home" })},
+		"rebalance on a temporary home":  {Edit: and(mesh, func(c *Config) { c.Rebalance = true }), Name: "--rebalance", Kind: field.ErrConflict},
+		"rebalance on an attached CLI":   {Edit: and(mesh, attach, func(c *Config) { c.Rebalance = true })},
+		"rebalance without consul":       {Edit: and(attach, func(c *Config) { c.Rebalance = true }), Name: "--rebalance", Kind: field.ErrRequired},
+		"rebalance at no rate":           {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 0 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
+		"rebalance at a storm's rate":    {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 5000 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
+		"rebalance settling for a day":   {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceSettle = true, 24*time.Hour }), Name: "--rebalance-settle", Kind: field.ErrOutOfRange},
 		"unknown hash key":               {Edit: func(c *Config) { c.HashKey = "email" }, Name: "--hash-key", Kind: field.ErrMalformed},
-		"ring of no size":                {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingEntriesPerHost = true, 0 }), Name: "--ring-min-size", Kind: field.ErrRequired},
-		"ring of a minimum size":         {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingEntriesPerHost, c.RingMinSize = true, 0, 1024 })},
-		"ring larger than Envoy's limit": {Edit: and(mesh, func(c *Config) { c.Rebalance, c.RingMaxSize = true, 1<<24 }), Name: "--ring-max-size", Kind: field.ErrOutOfRange},
+		"ring of no size":                {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RingEntriesPerHost = true, 0 }), Name: "--ring-min-size", Kind: field.ErrRequired},
+		"ring of a minimum size":         {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RingEntriesPerHost, c.RingMinSize = true, 0, 1024 })},
+		"ring larger than Envoy's limit": {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RingMaxSize = true, 1<<24 }), Name: "--ring-max-size", Kind: field.ErrOutOfRange},
 
 		// The policy needs keys; the sweeper needs a policy and Consul.
 		"policy with keys":              {Edit: mesh},

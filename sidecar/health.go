@@ -20,6 +20,12 @@ import (
 type Health struct {
 	Log      *zap.Logger
 	Interval time.Duration // how often the CLI is pinged; each ping may take as long (at most 5s)
+	// Failures is how many pings in a row must fail before a passing CLI is
+	// reported failing (Envoy's unhealthy_threshold, a probe's
+	// failureThreshold): one slow answer under load does not take the
+	// instance out of routing. 0 or 1: the first. A CLI that exits fails at
+	// once (Fail).
+	Failures int
 	CLI      datapath.CLIDialer
 	// Probe, when set, replaces the CLI ping (isolated mode has no single CLI).
 	Probe func(context.Context) error
@@ -85,6 +91,7 @@ func (h *Health) Run(ctx context.Context) {
 	}()
 	t := time.NewTicker(h.Interval)
 	defer t.Stop()
+	missed := 0 // pings failed in a row
 	for {
 		var err error
 		if h.Probe != nil {
@@ -97,9 +104,15 @@ func (h *Health) Run(ctx context.Context) {
 				conn.Close()
 				conn = nil
 			}
-			h.Log.Warn("CLI health check failed", zap.Error(err))
-			h.record(false, err.Error())
+			missed++
+			if ok, _ := h.Current(); ok && missed < h.Failures {
+				h.Log.Warn("CLI ping failed; still passing", zap.Error(err), zap.Int("failed_in_a_row", missed), zap.Int("fails_after", h.Failures))
+			} else {
+				h.Log.Warn("CLI health check failed", zap.Error(err), zap.Int("failed_in_a_row", missed))
+				h.record(false, err.Error())
+			}
 		} else {
+			missed = 0
 			output := "copilot CLI answered ping"
 			if h.Load != nil {
 				output += "; " + h.Load()

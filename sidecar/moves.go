@@ -55,7 +55,7 @@ func (s *Server) newMoves(reg prometheus.Registerer) (*moves, error) {
 		return nil, err
 	}
 	mover := rebalance.NewMover(reg)
-	mover.Self, mover.Rate, mover.Log = cfg.Instance(), cfg.RebalanceRate, log
+	mover.Self, mover.Rate, mover.Settle, mover.Log = cfg.Instance(), cfg.RebalanceRate, cfg.RebalanceSettle, log
 	mover.Ring = rebalance.RingConfig{EntriesPerHost: cfg.RingEntriesPerHost, MinSize: cfg.RingMinSize, MaxSize: cfg.RingMaxSize}
 	mover.Tunnels, mover.Ask, mover.Paused = rl.Tunnels, rl.AskToMove, s.draining.Load
 	rl.HashKey, rl.TunnelClosed = cfg.HashKey, mover.Closed

@@ -178,7 +178,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, reg *prometheus.Regis
 	mux.Handle(cfg.Path, rl)
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	s.health = &Health{Log: log.Named("health"), Interval: cfg.PingInterval, CLI: cli, Load: rl.Load}
+	s.health = &Health{Log: log.Named("health"), Interval: cfg.PingInterval, Failures: cfg.PingFailures, CLI: cli, Load: rl.Load}
 	if rl.Users != nil {
 		s.health.Probe = func(context.Context) error {
 			_, err := exec.LookPath(cfg.CLICommand)

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/climesh/climesh/periodic"
 	"github.com/climesh/climesh/protocol"
 	"github.com/climesh/climesh/session/jsonrpc"
 )
@@ -128,8 +129,12 @@ func (tt *tunnelTurns) close() {
 	tt.all.add(-n)
 }
 
-// Drain stops taking tunnels, lets running turns finish for up to timeout, then
-// closes every tunnel (clients reconnect elsewhere and resume). It reports how
+// Drain stops taking tunnels and empties the instance without cutting a turn
+// where the client lets it: every client that follows protocol.MethodMove is
+// asked to move, which it does at its first moment with nothing in flight, so
+// that a client taking turns back to back loses none. Then, for up to timeout
+// in all, it lets the running turns of the other clients finish, and closes
+// every tunnel left (clients reconnect elsewhere and resume). It reports how
 // many turns were still running when it closed them.
 func (rl *Relay) Drain(ctx context.Context, timeout time.Duration) int {
 	rl.mu.Lock()
@@ -138,6 +143,19 @@ func (rl *Relay) Drain(ctx context.Context, timeout time.Duration) int {
 	rl.metrics.drains.Inc()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	for _, t := range rl.Tunnels() {
+		if t.Movable {
+			rl.AskToMove(t.ID)
+		}
+	}
+	periodic.Every(ctx, 20*time.Millisecond, func() bool {
+		for _, t := range rl.Tunnels() {
+			if t.Movable {
+				return true // still open: its client has a turn running
+			}
+		}
+		return false
+	})
 	rl.turns.waitIdle(ctx)
 	left := rl.turns.Running()
 	rl.CloseAll("instance draining: reconnect to resume")

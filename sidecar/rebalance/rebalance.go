@@ -71,6 +71,9 @@ type Mover struct {
 	Ring RingConfig
 	// Rate bounds the moves this instance starts, per second.
 	Rate float64
+	// Settle is how long the ring must stay the same before moves start: a
+	// health check that flaps moves nobody back and forth.
+	Settle time.Duration
 	// Tunnels lists the open tunnels.
 	Tunnels func() []Tunnel
 	// Ask sends the move to a tunnel; false when it is gone. Its client moves
@@ -87,7 +90,8 @@ type Mover struct {
 	mu        sync.Mutex
 	hosts     []string
 	ring      *ring.Ring
-	changedAt time.Time            // the last ring change not yet balanced (zero: balanced)
+	changedAt time.Time            // the first ring change not yet balanced (zero: balanced)
+	setAt     time.Time            // the ring's last change
 	movedAt   map[string]time.Time // key -> last move asked under this ring
 	asked     map[uint64]time.Time // tunnel -> when a move was asked (until it closes or the ask expires)
 }
@@ -110,7 +114,7 @@ func NewMover(reg prometheus.Registerer) *Mover {
 			failed: f.NewCounter(prometheus.CounterOpts{Name: "climesh_sidecar_moves_failed_total",
 				Help: "Moves asked whose tunnel was still open " + askExpiry.String() + " later (the client was busy or did not follow); asked again."}),
 			balanced: f.NewHistogram(prometheus.HistogramOpts{Name: "climesh_sidecar_rebalance_seconds",
-				Help:    "From a change of the pool's ring to no tunnel here belonging elsewhere.",
+				Help:    "From a change of the pool's ring (the first of those that came before balance) to no tunnel here belonging elsewhere.",
 				Buckets: prometheus.ExponentialBuckets(0.1, 2, 14)}),
 			misplaced: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_misplaced_tunnels",
 				Help: "Open tunnels whose key's home is another instance (movable ones)."}),
@@ -137,7 +141,8 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 	m.hosts = healthy
 	m.ring = ring.New(healthy, ring.Size(m.Ring.EntriesPerHost, m.Ring.MinSize, m.Ring.MaxSize, len(healthy)), m.Ring.MaxSize)
 	m.movedAt = map[string]time.Time{}
-	if !first {
+	m.setAt = now
+	if !first && m.changedAt.IsZero() {
 		m.changedAt = now
 	}
 	if m.Log != nil {
@@ -175,7 +180,7 @@ func (m *Mover) Run(ctx context.Context) {
 // Step starts at most one move.
 func (m *Mover) Step(now time.Time) {
 	m.mu.Lock()
-	r := m.ring
+	r, settling := m.ring, now.Sub(m.setAt) < m.Settle
 	for id, at := range m.asked {
 		if now.Sub(at) > askExpiry {
 			delete(m.asked, id)
@@ -183,7 +188,7 @@ func (m *Mover) Step(now time.Time) {
 		}
 	}
 	m.mu.Unlock()
-	if r == nil || (m.Paused != nil && m.Paused()) {
+	if r == nil || settling || (m.Paused != nil && m.Paused()) {
 		return
 	}
 	tunnels := m.Tunnels()

@@ -86,7 +86,7 @@ func TestMoverPacesAndMeasures(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	m := NewMover(reg)
-	m.Self, m.Rate, m.Ring = "a", 5, RingConfig{EntriesPerHost: entries, MaxSize: maxSize}
+	m.Self, m.Rate, m.Settle, m.Ring = "a", 5, time.Second, RingConfig{EntriesPerHost: entries, MaxSize: maxSize}
 	m.Tunnels, m.Ask = relay.tunnels, relay.ask
 	draining := false
 	m.Paused = func() bool { return draining }
@@ -111,8 +111,18 @@ func TestMoverPacesAndMeasures(t *testing.T) {
 	if len(moving) < 3 {
 		t.Fatalf("only %d of 40 users have d as their new home", len(moving))
 	}
+	// d's check flaps: the ring changes twice; nobody moves until it has
+	// stayed the same for Settle.
+	flapped := t0.Add(9 * time.Second)
+	m.SetFleet([]string{"a", "b", "c", "d"}, flapped)
+	m.SetFleet([]string{"a", "b", "c"}, flapped.Add(300*time.Millisecond))
 	changed := t0.Add(10 * time.Second)
 	m.SetFleet([]string{"a", "b", "c", "d"}, changed)
+	m.Step(changed.Add(900 * time.Millisecond))
+	if len(relay.asked) != 0 {
+		t.Fatalf("asked %v while the ring was settling", relay.asked)
+	}
+	changed = changed.Add(time.Second)
 	for i := range moving {
 		now := changed.Add(time.Duration(i+1) * 200 * time.Millisecond)
 		m.Step(now)

@@ -22,7 +22,7 @@ import (
 
 // scratchPools are the mesh's empty pools, one per test that needs its own.
 var scratchPools = []harness.ScratchPool{{Name: "drain"}, {Name: "kill"}, {Name: "dead"}, {Name: "scaleout"}, {Name: "sweep"},
-	{Name: "nostore"}, {Name: "crashroom", HashKey: "session"}, {Name: "rotate"}, {Name: "orphan"}}
+	{Name: "nostore"}, {Name: "crashroom", HashKey: "session"}, {Name: "rotate"}, {Name: "orphan"}, {Name: "rebalance"}, {Name: "sticky"}}
 
 // startPool starts the scratch pool name for this test and stops it after.
 func (env *meshEnv) startPool(ctx context.Context, t *testing.T, name string, o harness.PoolOptions) *harness.Pool {

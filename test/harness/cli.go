@@ -49,18 +49,23 @@ func StartCLI(ctx context.Context, dir, name, token string) (*CLI, error) {
 // Close stops the CLI.
 func (c *CLI) Close() { c.Proc.Stop(5 * time.Second) }
 
-// WaitTCP waits until addr accepts a connection, or p exits.
+// WaitTCP waits until addr accepts a connection, or p exits (said at once,
+// with the tail of its output).
 func WaitTCP(ctx context.Context, addr string, p *Proc, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	return Poll(ctx, 25*time.Millisecond, func() error {
+	for {
 		if p != nil && p.Exited() {
 			return fmt.Errorf("%s exited:\n%s", p.Name, p.Tail(20))
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return err
+		if err == nil {
+			return c.Close()
 		}
-		return c.Close()
-	})
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nothing accepts connections on %s: %w", addr, ctx.Err())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
 }

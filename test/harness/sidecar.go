@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -26,7 +27,18 @@ type SidecarOptions struct {
 }
 
 // StartSidecar starts climesh-sidecar on a free port and waits until it listens.
+// A port found free can be taken before the sidecar binds it (a CLI child
+// picks its own port meanwhile): the start is tried again on other ports.
 func StartSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := startSidecar(ctx, dir, o)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return s, err
+		}
+	}
+}
+
+func startSidecar(ctx context.Context, dir string, o SidecarOptions) (*Sidecar, error) {
 	bin, err := Binary("climesh-sidecar")
 	if err != nil {
 		return nil, err
