@@ -335,6 +335,24 @@ func runOverlay(t *testing.T, overlay string) {
 	}
 	t.Logf("every pod's prometheus.io target serves metrics; Envoy's stats listener nothing else")
 
+	// The overlay shares session storage, so its sidecars run --rebalance: the
+	// pool's ring is read from Consul under the sidecar's own ACL policy.
+	sidecarC, err := c.container("climesh-copilot", "climesh-sidecar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ringCtx, ringCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ringCancel()
+	if err := harness.Poll(ringCtx, 100*time.Millisecond, func() error {
+		if !strings.Contains(sidecarC.proc.Tail(400), `"msg":"the pool's ring changed","instance":"climesh-copilot-0","healthy":["climesh-copilot-0"]`) {
+			return errors.New("the sidecar has not read its pool's ring")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v:\n%s", err, sidecarC.proc.Tail(30))
+	}
+	t.Logf("the sidecar (--rebalance) reads its pool's ring from Consul with its ACL token")
+
 	// 7. Envoy's pod terminates as the kubelet ends it: its preStop hook (GET
 	// /shutdown on the shutdown-manager) before SIGTERM. The clients leave but
 	// one tunnel stays: the hook waits for it while the listeners, draining,
