@@ -148,15 +148,7 @@ func (f *flakyEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.seen = append(f.seen, fmt.Sprintf("%d %s %s", n, m.Method, msg))
 		f.mu.Unlock()
-		var result any = map[string]any{}
-		switch m.Method {
-		case "session.create":
-			result = map[string]any{"sessionId": "s-1"}
-		case "session.send":
-			result = map[string]any{"messageId": "m-1"}
-		}
-		resp, _ := jsonrpc.ResultResponse(m.ID, result)
-		c.Write(r.Context(), resp)
+		c.Write(r.Context(), sidecarAnswer(m))
 		if m.Method == "session.send" && n == 1 {
 			f.mu.Lock()
 			f.crashedAt = time.Now()
@@ -325,6 +317,19 @@ func serveTunnel(w http.ResponseWriter, r *http.Request, reply func([]byte) (ans
 	}
 }
 
+// sidecarAnswer answers m as a sidecar would: session s-1, message m-1.
+func sidecarAnswer(m jsonrpc.Message) []byte {
+	var result any = map[string]any{}
+	switch m.Method {
+	case "session.create":
+		result = map[string]any{"sessionId": "s-1"}
+	case "session.send":
+		result = map[string]any{"messageId": "m-1"}
+	}
+	resp, _ := jsonrpc.ResultResponse(m.ID, result)
+	return resp
+}
+
 // movingEdge asks its first tunnel to move (climesh/move) while a turn runs;
 // the turn ends when the application next asks for the messages.
 type movingEdge struct {
@@ -355,15 +360,7 @@ func (e *movingEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		e.seen = append(e.seen, fmt.Sprintf("%d %s %s", n, m.Method, msg))
 		e.mu.Unlock()
-		var result any = map[string]any{}
-		switch m.Method {
-		case "session.create":
-			result = map[string]any{"sessionId": "s-1"}
-		case "session.send":
-			result = map[string]any{"messageId": "m-1"}
-		}
-		resp, _ := jsonrpc.ResultResponse(m.ID, result)
-		c.Write(r.Context(), resp)
+		c.Write(r.Context(), sidecarAnswer(m))
 		if n == 1 && m.Method == "session.send" {
 			c.Write(r.Context(), move) // a turn runs: not now
 		}

@@ -133,14 +133,20 @@ func (h *Health) ping(ctx context.Context, conn **datapath.CLIConn) error {
 		(*conn).Close()
 		*conn = nil
 	}
+	// Each ping — a new connection's handshake included — gets the interval
+	// (at most 5s): a hung CLI fails Failures pings within (Failures+1) ×
+	// Interval, whatever the dialer's own time-out.
+	limit := min(h.Interval, 5*time.Second)
 	if *conn == nil {
-		c, err := dialer.Dial(ctx)
+		dctx, cancel := context.WithTimeout(ctx, limit)
+		c, err := dialer.Dial(dctx)
+		cancel()
 		if err != nil {
-			return err
+			return fmt.Errorf("ping the copilot CLI: %w", err)
 		}
 		*conn = c
 	}
-	if _, err := (*conn).Call(protocol.MethodPing, map[string]string{"message": "climesh"}, min(h.Interval, 5*time.Second)); err != nil {
+	if _, err := (*conn).Call(protocol.MethodPing, map[string]string{"message": "climesh"}, limit); err != nil {
 		return fmt.Errorf("ping the copilot CLI: %w", err)
 	}
 	return nil
