@@ -1,10 +1,14 @@
 // Package protocol names what climesh and its peers agree on, in one place: the
 // Copilot CLI's JSON-RPC methods and session events that climesh acts on, the
 // error codes climesh answers with, and the HTTP headers of the edge and its
-// tunnels, and the keys a sidecar publishes in Consul for the control plane. It holds names only, no behaviour, and imports nothing of climesh, so
+// tunnels, and the keys a sidecar publishes in Consul for the control plane. It holds
+// names (and OwnMethod, which says whose namespace a name is in), no behaviour,
+// and imports nothing of climesh, so
 // that every package (sidecar, connector, policy, control plane, tests) can use
 // it without depending on another's internals.
 package protocol
+
+import "strings"
 
 // Methods of the CLI's JSON-RPC API that climesh reads, answers or sends.
 const (
@@ -37,6 +41,11 @@ const (
 	// it (the sidecar asks again later). Never forwarded to the application.
 	MethodMove = "climesh/move"
 )
+
+// OwnMethod reports whether method is in climesh's own namespace ("climesh/"):
+// only a sidecar sends those to a client, so one from a CLI is dropped and a
+// client never mistakes what a CLI sent for climesh's word.
+func OwnMethod(method string) bool { return strings.HasPrefix(method, "climesh/") }
 
 // FeatureMove is the HeaderFeatures value of a client that follows MethodMove.
 const FeatureMove = "move"

@@ -211,6 +211,9 @@ func (p *pipeline) forward(f *flow) error {
 func (p *pipeline) fromCLI(ctx context.Context, m jsonrpc.Message) error {
 	p.fromCLIMu.Lock()
 	defer p.fromCLIMu.Unlock()
+	if m.Kind != jsonrpc.Response && protocol.OwnMethod(m.Method) {
+		return nil // climesh's word comes from the sidecar, never from a CLI
+	}
 	f := &flow{msg: m}
 	for _, s := range p.outbound {
 		if s.toClient(ctx, f); f.drop {

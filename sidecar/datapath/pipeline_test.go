@@ -216,3 +216,28 @@ func TestMetricsStageCountsCLIErrors(t *testing.T) {
 		t.Fatalf("counted %v errors -32603, want 2", n)
 	}
 }
+
+// A CLI cannot speak for climesh: a message of climesh's own namespace from
+// the CLI (a climesh/move dressed as the sidecar's) never reaches the client;
+// the CLI's own notifications do.
+func TestCLICannotSendClimeshMethods(t *testing.T) {
+	p, w, _ := newTestPipeline()
+	for _, raw := range []string{
+		`{"jsonrpc":"2.0","method":"climesh/move","params":{}}`,
+		`{"jsonrpc":"2.0","id":7,"method":"climesh/move","params":{}}`,
+		`{"jsonrpc":"2.0","method":"session.lifecycle","params":{"type":"created"}}`,
+	} {
+		m, err := jsonrpc.ParseTrusted([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.fromCLI(t.Context(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.toApp) != 1 || !strings.Contains(w.toApp[0], "session.lifecycle") {
+		t.Fatalf("the client got %q, want only the CLI's own notification", w.toApp)
+	}
+}
