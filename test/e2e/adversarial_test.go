@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -514,8 +515,20 @@ func TestAdversarialCollab(t *testing.T) {
 	// dropped, and the CLI starts no turn for them.
 	requests := env.Model.Requests()
 	olga.next++
-	olga.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":{"sessionId":%q,"prompt":"slow 3000"}}`, olga.next, room))
-	time.Sleep(500 * time.Millisecond) // the turn is running
+	long := "slow 3000 for olga in " + room
+	olga.send(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"session.send","params":{"sessionId":%q,"prompt":%q}}`, olga.next, room, long))
+	// The turn runs (holding the lock) once the model has its prompt; a fixed
+	// sleep let a loaded machine start it after mia's sends.
+	running, stop := context.WithTimeout(t.Context(), 15*time.Second)
+	defer stop()
+	if err := harness.Poll(running, 20*time.Millisecond, func() error {
+		if _, ok := env.Model.Arrived(long); !ok {
+			return errors.New("olga's turn has not reached the model")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	q := strconv.Quote(room)
 	for name, frame := range map[string]string{
 		"send":                 `{"jsonrpc":"2.0","id":1,"method":"session.send","params":{"sessionId":` + q + `,"prompt":"mia barges in"}}`,
