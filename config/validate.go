@@ -57,9 +57,11 @@ func (e *FieldError) Unwrap() []error { return []error{e.Kind, ErrInvalid} }
 // Largest sizes Envoy accepts.
 const (
 	maxRingSize      = 8 * 1024 * 1024
-	maxMaglevTable   = 5000011
 	minBalanceFactor = 100
 )
+
+// MaxMaglevTable is the largest Maglev table Envoy accepts.
+const MaxMaglevTable = 5000011
 
 var (
 	namePattern   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
@@ -418,13 +420,17 @@ func (lb *LB) validate(v *validator, field string) {
 	if lb.Policy != Maglev && lb.TableSize != 0 {
 		v.add(field+".table_size", lb.TableSize, ErrConflict, "table_size needs policy maglev")
 	}
-	if lb.Policy == Maglev && (lb.TableSize > maxMaglevTable || !isPrime(lb.TableSize)) {
-		v.add(field+".table_size", lb.TableSize, ErrOutOfRange, fmt.Sprintf("want a prime no larger than %d", maxMaglevTable))
+	if lb.Policy == Maglev && !ValidMaglevTableSize(lb.TableSize) {
+		v.add(field+".table_size", lb.TableSize, ErrOutOfRange, fmt.Sprintf("want a prime no larger than %d", MaxMaglevTable))
 	}
 	if p := lb.PanicThresholdPercent; p != nil && (*p < 0 || *p > 100) {
 		v.add(field+".panic_threshold_percent", *p, ErrOutOfRange, "want 0-100")
 	}
 }
+
+// ValidMaglevTableSize reports whether n is a table size Envoy's Maglev takes:
+// a prime no larger than MaxMaglevTable.
+func ValidMaglevTableSize(n uint64) bool { return n <= MaxMaglevTable && isPrime(n) }
 
 func isPrime(n uint64) bool {
 	if n < 2 {

@@ -1,6 +1,7 @@
-// Package ring computes where Envoy's ring hash load balancer sends a key, so
-// that a sidecar can tell which of its users' tunnels a fleet change has given
-// another home. It follows Envoy's RingHashLoadBalancer with xxHash: each host
+// Package ring computes where Envoy's hashing load balancers — ring hash here,
+// Maglev in maglev.go — send a key, so that a sidecar can tell which of its
+// users' tunnels a fleet change has given another home. It follows Envoy's
+// RingHashLoadBalancer with xxHash: each host
 // is placed on the ring at the xxHash64 of "<hash key>_<i>" for i below its
 // share of the ring size, the ring is sorted by hash, and a key goes to the
 // first entry whose hash is at or above the key's hash (the first entry when

@@ -89,3 +89,43 @@ func TestHomeOfHash(t *testing.T) {
 		t.Error("an empty ring has a home")
 	}
 }
+
+// Maglev: every slot taken, the hosts' shares within a few percent of equal,
+// and a host that joins takes keys only for itself — from each host about
+// equally (Maglev's minimal disruption is approximate, unlike the ring's).
+func TestMaglevTable(t *testing.T) {
+	const size = 65537
+	three := NewMaglev([]string{"cli-0", "cli-1", "cli-2"}, size)
+	counts := map[string]int{}
+	for _, h := range three.table {
+		if h == "" {
+			t.Fatal("an empty slot")
+		}
+		counts[h]++
+	}
+	for h, n := range counts {
+		if n < size/3-size/30 || n > size/3+size/30 {
+			t.Fatalf("%s holds %d of %d slots", h, n, size)
+		}
+	}
+	four := NewMaglev([]string{"cli-0", "cli-1", "cli-2", "cli-3"}, size)
+	moved, elsewhere := 0, 0
+	for i := range 4000 {
+		u := fmt.Sprintf("user-%d", i)
+		if b, a := three.Home(u), four.Home(u); b != a {
+			moved++
+			if a != "cli-3" {
+				elsewhere++
+			}
+		}
+	}
+	if share := float64(moved) / 4000; share < 0.2 || share > 0.35 {
+		t.Fatalf("%.1f%% moved when a fourth host joined, want about 25%%", 100*share)
+	}
+	if float64(elsewhere)/4000 > 0.02 {
+		t.Fatalf("%d of 4000 keys moved between the old hosts", elsewhere)
+	}
+	if NewMaglev(nil, size).Home("x") != "" {
+		t.Fatal("an empty table has a home")
+	}
+}

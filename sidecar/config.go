@@ -116,6 +116,8 @@ type Config struct {
 	RebalanceRate      float64       // --rebalance-rate: moves started per second, at most
 	RebalanceSettle    time.Duration // --rebalance-settle: how long the ring must stay the same before moves start
 	HashKey            string        // --hash-key: the pool's lb.hash_key (user, tenant, session)
+	LBPolicy           string        // --lb-policy: the pool's lb.policy (ring_hash or maglev)
+	MaglevTableSize    uint64        // --maglev-table-size: the pool's lb.table_size
 	RingEntriesPerHost uint64        // --ring-entries-per-host: the pool's lb.ring_entries_per_host
 	RingMinSize        uint64        // --ring-min-size: the pool's lb.min_ring_size (when entries per host is 0)
 	RingMaxSize        uint64        // --ring-max-size: the pool's lb.max_ring_size
@@ -137,6 +139,7 @@ func DefaultConfig() Config {
 		PolicyBundleAlg: "RS256",
 		ConsulTimeout:   2 * time.Second, StaleRecords: 5 * time.Minute, TurnTimeout: 30 * time.Minute,
 		RebalanceRate: 5, RebalanceSettle: 5 * time.Second, HashKey: string(config.DefaultHashKey),
+		LBPolicy: string(config.RingHash), MaglevTableSize: config.DefaultMaglevTable,
 		RingEntriesPerHost: config.DefaultRingEntries, RingMaxSize: config.DefaultMaxRingSize,
 		LogLevel: "info",
 	}
@@ -200,6 +203,8 @@ func (c *Config) FlagSet() *flag.FlagSet {
 	fs.Float64Var(&c.RebalanceRate, "rebalance-rate", c.RebalanceRate, "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm")
 	fs.DurationVar(&c.RebalanceSettle, "rebalance-settle", c.RebalanceSettle, "--rebalance: how long the pool's ring must stay the same before moves start, so that a flapping health check moves nobody back and forth")
 	fs.StringVar(&c.HashKey, "hash-key", c.HashKey, "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places")
+	fs.StringVar(&c.LBPolicy, "lb-policy", c.LBPolicy, "--rebalance: the pool's lb.policy, ring_hash or maglev: how Envoy places keys")
+	fs.Uint64Var(&c.MaglevTableSize, "maglev-table-size", c.MaglevTableSize, "--rebalance: the pool's lb.table_size (maglev)")
 	fs.Uint64Var(&c.RingEntriesPerHost, "ring-entries-per-host", c.RingEntriesPerHost, "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config")
 	fs.Uint64Var(&c.RingMinSize, "ring-min-size", c.RingMinSize, "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0")
 	fs.Uint64Var(&c.RingMaxSize, "ring-max-size", c.RingMaxSize, "--rebalance: the pool's lb.max_ring_size")
@@ -479,6 +484,15 @@ func (c Config) validateRebalance(v *validator) {
 	case config.HashUser, config.HashTenant, config.HashSession:
 	default:
 		v.bad("--hash-key", c.HashKey, field.ErrMalformed, "want user, tenant or session")
+	}
+	switch config.Policy(c.LBPolicy) {
+	case config.RingHash:
+	case config.Maglev:
+		if !config.ValidMaglevTableSize(c.MaglevTableSize) {
+			v.bad("--maglev-table-size", strconv.FormatUint(c.MaglevTableSize, 10), field.ErrOutOfRange, fmt.Sprintf("want a prime no larger than %d (Envoy's limit)", config.MaxMaglevTable))
+		}
+	default:
+		v.bad("--lb-policy", c.LBPolicy, field.ErrMalformed, "want ring_hash or maglev (a pool that does not hash has no home to move to)")
 	}
 	if !c.Rebalance {
 		return

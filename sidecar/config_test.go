@@ -66,6 +66,8 @@ var todaysFlags = [][3]string{
 	{"rebalance", "false", "the pool's sessions live on storage every instance shares: when the pool's ring changes (read from Consul, as the xds-server reads it), ask each tunnel whose key now has another home to move there between turns (climesh-connect reconnects and resumes its sessions; a running turn is never cut). Leave off for sticky-only pools, whose sessions live on their instance"},
 	{"rebalance-rate", "5", "--rebalance: most moves this instance starts per `second`, so that a scale-out is not a reconnect storm"},
 	{"rebalance-settle", "5s", "--rebalance: how long the pool's ring must stay the same before moves start, so that a flapping health check moves nobody back and forth"},
+	{"lb-policy", "ring_hash", "--rebalance: the pool's lb.policy, ring_hash or maglev: how Envoy places keys"},
+	{"maglev-table-size", "65537", "--rebalance: the pool's lb.table_size (maglev)"},
 	{"hash-key", "user", "--rebalance: the pool's lb.hash_key (user, tenant or session): what the ring places"},
 	{"ring-entries-per-host", "256", "--rebalance: the pool's lb.ring_entries_per_host (0: --ring-min-size decides); must match the xds-server's config"},
 	{"ring-min-size", "0", "--rebalance: the pool's lb.min_ring_size, when --ring-entries-per-host is 0"},
@@ -106,7 +108,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		"--consul-registration", "catalog", "--consul-node", "n-1", "--liveness-ttl", "17s",
 		"--consul-timeout", "18s", "--stale-records", "19s", "--turn-timeout", "20s",
 		"--policy-bundle-key", "/bk", "--policy-bundle-alg", "ES256", "--decision-log", "/dl", "--decision-log-url", "https://l/logs",
-		"--rebalance", "--rebalance-rate", "2.5", "--rebalance-settle", "24s", "--hash-key", "tenant", "--ring-entries-per-host", "21", "--ring-min-size", "22", "--ring-max-size", "23",
+		"--rebalance", "--rebalance-rate", "2.5", "--rebalance-settle", "24s", "--hash-key", "tenant", "--lb-policy", "maglev", "--maglev-table-size", "25", "--ring-entries-per-host", "21", "--ring-min-size", "22", "--ring-max-size", "23",
 	}
 	want := Config{
 		Listen: "0.0.0.0:7002", AdminListen: "0.0.0.0:7102", AdminCredentialFile: "/a", Path: "/p",
@@ -121,7 +123,7 @@ func TestLoadEveryFlag(t *testing.T) {
 		LockTTL: 13 * time.Second, LockDelay: 14 * time.Second, LockWaitMax: 15 * time.Second, LogLevel: "debug",
 		ConsulTimeout: 18 * time.Second, StaleRecords: 19 * time.Second, TurnTimeout: 20 * time.Second,
 		PolicyBundleKey: "/bk", PolicyBundleAlg: "ES256", DecisionLog: "/dl", DecisionLogURL: "https://l/logs",
-		Rebalance: true, RebalanceRate: 2.5, RebalanceSettle: 24 * time.Second, HashKey: "tenant", RingEntriesPerHost: 21, RingMinSize: 22, RingMaxSize: 23,
+		Rebalance: true, RebalanceRate: 2.5, RebalanceSettle: 24 * time.Second, HashKey: "tenant", LBPolicy: "maglev", MaglevTableSize: 25, RingEntriesPerHost: 21, RingMinSize: 22, RingMaxSize: 23,
 	}
 	var fs []string
 	c := DefaultConfig()
@@ -335,6 +337,9 @@ func TestValidate(t *testing.T) {
 		"rebalance at no rate":           {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 0 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
 		"rebalance at a storm's rate":    {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceRate = true, 5000 }), Name: "--rebalance-rate", Kind: field.ErrOutOfRange},
 		"rebalance settling for a day":   {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RebalanceSettle = true, 24*time.Hour }), Name: "--rebalance-settle", Kind: field.ErrOutOfRange},
+		"maglev":                         {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.LBPolicy, c.MaglevTableSize = true, "maglev", 65537 })},
+		"maglev, table not prime":        {Edit: func(c *Config) { c.LBPolicy, c.MaglevTableSize = "maglev", 65536 }, Name: "--maglev-table-size", Kind: field.ErrOutOfRange},
+		"policy that does not hash":      {Edit: func(c *Config) { c.LBPolicy = "round_robin" }, Name: "--lb-policy", Kind: field.ErrMalformed},
 		"unknown hash key":               {Edit: func(c *Config) { c.HashKey = "email" }, Name: "--hash-key", Kind: field.ErrMalformed},
 		"ring of no size":                {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RingEntriesPerHost = true, 0 }), Name: "--ring-min-size", Kind: field.ErrRequired},
 		"ring of a minimum size":         {Edit: and(mesh, attach, func(c *Config) { c.Rebalance, c.RingEntriesPerHost, c.RingMinSize = true, 0, 1024 })},

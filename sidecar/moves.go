@@ -56,7 +56,8 @@ func (s *Server) newMoves(reg prometheus.Registerer) (*moves, error) {
 	}
 	mover := rebalance.NewMover(reg)
 	mover.Self, mover.Rate, mover.Settle, mover.Log = cfg.Instance(), cfg.RebalanceRate, cfg.RebalanceSettle, log
-	mover.Ring = rebalance.RingConfig{EntriesPerHost: cfg.RingEntriesPerHost, MinSize: cfg.RingMinSize, MaxSize: cfg.RingMaxSize}
+	mover.Ring = rebalance.RingConfig{Maglev: cfg.LBPolicy == string(config.Maglev), TableSize: cfg.MaglevTableSize,
+		EntriesPerHost: cfg.RingEntriesPerHost, MinSize: cfg.RingMinSize, MaxSize: cfg.RingMaxSize}
 	mover.Tunnels, mover.Ask, mover.Paused = rl.Tunnels, rl.AskToMove, s.draining.Load
 	rl.HashKey, rl.TunnelClosed = cfg.HashKey, mover.Closed
 	return &moves{disc: disc, mover: mover, pool: cfg.Pool, log: log}, nil

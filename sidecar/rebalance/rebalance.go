@@ -42,7 +42,7 @@ type Tunnel struct {
 // Misplaced lists, in order, the movable tunnels whose key's home on r is not
 // self — except those opened after a move of their key (movedAt) under this
 // ring: they came back, so Envoy sends the key here whatever r says.
-func Misplaced(self string, r *ring.Ring, tunnels []Tunnel, movedAt map[string]time.Time) []Tunnel {
+func Misplaced(self string, r ring.Placement, tunnels []Tunnel, movedAt map[string]time.Time) []Tunnel {
 	var out []Tunnel
 	for _, t := range tunnels {
 		if !t.Movable {
@@ -59,10 +59,21 @@ func Misplaced(self string, r *ring.Ring, tunnels []Tunnel, movedAt map[string]t
 	return out
 }
 
-// RingConfig is the pool's ring as the xds-server configures it (the pool's
-// lb: ring_entries_per_host, or min_ring_size, and max_ring_size).
+// RingConfig is the pool's hashing as the xds-server configures it (the
+// pool's lb): a ring (ring_hash: ring_entries_per_host, or min_ring_size, and
+// max_ring_size) or a Maglev table (maglev: table_size).
 type RingConfig struct {
+	Maglev                           bool
 	EntriesPerHost, MinSize, MaxSize uint64
+	TableSize                        uint64
+}
+
+// placement is where Envoy sends each key among the healthy hosts (sorted by id).
+func (c RingConfig) placement(healthy []string) ring.Placement {
+	if c.Maglev {
+		return ring.NewMaglev(healthy, c.TableSize)
+	}
+	return ring.New(healthy, ring.Size(c.EntriesPerHost, c.MinSize, c.MaxSize, len(healthy)), c.MaxSize)
 }
 
 // Mover asks misplaced tunnels to move. Tunnels and Ask are the relay's.
@@ -89,7 +100,7 @@ type Mover struct {
 
 	mu        sync.Mutex
 	hosts     []string
-	ring      *ring.Ring
+	ring      ring.Placement
 	changedAt time.Time            // the first ring change not yet balanced (zero: balanced)
 	setAt     time.Time            // the ring's last change
 	movedAt   map[string]time.Time // key -> last move asked under this ring
@@ -139,7 +150,7 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 	}
 	first := m.ring == nil
 	m.hosts = healthy
-	m.ring = ring.New(healthy, ring.Size(m.Ring.EntriesPerHost, m.Ring.MinSize, m.Ring.MaxSize, len(healthy)), m.Ring.MaxSize)
+	m.ring = m.Ring.placement(healthy)
 	m.movedAt = map[string]time.Time{}
 	m.setAt = now
 	if !first && m.changedAt.IsZero() {

@@ -20,65 +20,74 @@ import (
 	"github.com/climesh/climesh/tunnel"
 )
 
-// TestRingPredictsEnvoy: the ring a sidecar computes (package ring) sends
-// every user where real Envoy sends a new tunnel of theirs — on three
-// instances and after a fourth joins — so that a sidecar can tell which of
-// its tunnels a fleet change gave another home.
+// TestRingPredictsEnvoy: where a sidecar computes a user's home (package
+// ring) is where real Envoy sends a new tunnel of theirs, for ring_hash — on
+// four instances and after one leaves — and for Maglev — on three and after a
+// fourth joins — so that a sidecar can tell which of its tunnels a fleet change
+// gave another home.
 func TestRingPredictsEnvoy(t *testing.T) {
-	env := startChaosMesh(t, harness.MeshOptions{Instances: 4})
+	env := startChaosMesh(t, harness.MeshOptions{Instances: 4, Scratch: []harness.ScratchPool{{Name: "maglev", Policy: "maglev"}}})
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	ringOf := func(hosts []string) ring.Placement {
+		return ring.New(hosts, ring.Size(config.DefaultRingEntries, 0, config.DefaultMaxRingSize, len(hosts)), config.DefaultMaxRingSize)
+	}
 	ids := []string{harness.InstanceID(0), harness.InstanceID(1), harness.InstanceID(2), harness.InstanceID(3)}
-	predict := func(hosts []string, user string) string {
-		return ring.New(hosts, ring.Size(config.DefaultRingEntries, 0, config.DefaultMaxRingSize, len(hosts)), config.DefaultMaxRingSize).Home(user)
-	}
-	// The pin Envoy answers is the upstream address, base64: which sidecar.
-	byPin := map[string]string{}
-	for _, id := range ids {
-		byPin[base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "127.0.0.1:%d", env.Sidecars[id].Port))] = id
-	}
-	landing := func(user string) (string, error) {
-		c, err := tunnel.Dial(ctx, env.EdgeURL, bearer(env.Token(user, "acme")), 1<<20)
-		if err != nil {
-			return "", err // e.g. 503 while Envoy still routes to an instance that left
-		}
-		defer c.Close("")
-		if id, ok := byPin[c.Pin]; ok {
-			return id, nil
-		}
-		return "", fmt.Errorf("%s: unknown pin %q", user, c.Pin)
-	}
-	// mismatch is the first user Envoy sends elsewhere than the ring does.
-	mismatch := func(hosts []string) (map[string]int, error) {
-		counts := map[string]int{}
-		for i := range 40 {
-			user := fmt.Sprintf("ringuser-%d", i)
-			got, err := landing(user)
-			if err != nil {
-				return nil, err
-			}
-			if want := predict(hosts, user); got != want {
-				return nil, fmt.Errorf("%d instances: %s landed on %s, the ring says %s", len(hosts), user, got, predict(hosts, user))
-			}
-			counts[got]++
-		}
-		return counts, nil
-	}
-	counts, err := mismatch(ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("4 instances: 40 users where the ring says: %v", counts)
+	counts := predictsEnvoy(ctx, t, env, "acme", env.Sidecars, ringOf(ids))
+	t.Logf("ring_hash, 4 instances: 40 users where the ring says: %v", counts)
 	// One instance leaves: once Envoy has seen it go, the others have exactly
 	// its users, as the ring of three says.
 	env.Sidecars[ids[3]].Close()
-	if err := harness.Poll(ctx, 100*time.Millisecond, func() (err error) {
-		counts, err = mismatch(ids[:3])
-		return err
-	}); err != nil {
+	counts = predictsEnvoy(ctx, t, env, "acme", env.Sidecars, ringOf(ids[:3]))
+	t.Logf("ring_hash, 3 instances: 40 users where the ring says: %v", counts)
+
+	pool := env.startPool(ctx, t, "maglev", harness.PoolOptions{Instances: 3, Attach: true})
+	maglevOf := func(hosts ...string) ring.Placement { return ring.NewMaglev(hosts, config.DefaultMaglevTable) }
+	counts = predictsEnvoy(ctx, t, env, "maglev", pool.Sidecars, maglevOf("maglev-0", "maglev-1", "maglev-2"))
+	t.Logf("maglev, 3 instances: 40 users where the table says: %v", counts)
+	if _, err := pool.Add(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("3 instances: 40 users where the ring says: %v", counts)
+	counts = predictsEnvoy(ctx, t, env, "maglev", pool.Sidecars, maglevOf("maglev-0", "maglev-1", "maglev-2", "maglev-3"))
+	t.Logf("maglev, 4 instances: 40 users where the table says: %v", counts)
+}
+
+// predictsEnvoy waits (bounded) until 40 users of tenant land, on new tunnels,
+// where placement says, and returns how many landed on each instance.
+func predictsEnvoy(ctx context.Context, t *testing.T, env *meshEnv, tenant string, sidecars map[string]*harness.Sidecar, placement ring.Placement) map[string]int {
+	t.Helper()
+	// The pin Envoy answers is the upstream address, base64: which sidecar.
+	byPin := map[string]string{}
+	for id, sc := range sidecars {
+		byPin[base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "127.0.0.1:%d", sc.Port))] = id
+	}
+	var counts map[string]int
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // Envoy sees a fleet change well within
+	defer cancel()
+	err := harness.Poll(ctx, 100*time.Millisecond, func() error {
+		counts = map[string]int{}
+		for i := range 40 {
+			user := fmt.Sprintf("ringuser-%d", i)
+			c, err := tunnel.Dial(ctx, env.EdgeURL, bearer(env.Token(user, tenant)), 1<<20)
+			if err != nil {
+				return err // e.g. 503 while Envoy still routes to an instance that left
+			}
+			c.Close("")
+			got, ok := byPin[c.Pin]
+			if !ok {
+				return fmt.Errorf("%s: unknown pin %q", user, c.Pin)
+			}
+			if want := placement.Home(user); got != want {
+				return fmt.Errorf("%s landed on %s, the placement says %s", user, got, want)
+			}
+			counts[got]++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return counts
 }
 
 // rebalanceLoad is users of one pool taking turns back to back on long-lived

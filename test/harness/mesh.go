@@ -111,6 +111,7 @@ const LivenessTTL = 2 * time.Second
 // a collab pool).
 type ScratchPool struct {
 	Name, HashKey string
+	Policy        string // lb.policy: ring_hash (default) or maglev
 }
 
 // HostileTarget is the header value that routes a tunnel to the hostile pool.
@@ -493,11 +494,14 @@ func scratchRoutes(pools []ScratchPool) string {
 func scratchPools(pools []ScratchPool) string {
 	var b strings.Builder
 	for _, p := range pools {
-		key := p.HashKey
+		key, policy := p.HashKey, p.Policy
 		if key == "" {
 			key = "user"
 		}
-		fmt.Fprintf(&b, "  - {name: %s, consul_service: %s, lb: {policy: ring_hash, hash_key: %s}}\n", p.Name, p.Name, key)
+		if policy == "" {
+			policy = "ring_hash"
+		}
+		fmt.Fprintf(&b, "  - {name: %s, consul_service: %s, lb: {policy: %s, hash_key: %s}}\n", p.Name, p.Name, policy, key)
 	}
 	return b.String()
 }
