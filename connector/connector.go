@@ -55,11 +55,16 @@ func (o Options) Header(token string) http.Header {
 	if o.LockWait > 0 {
 		h.Set(protocol.HeaderLockWait, o.LockWait.String())
 	}
-	if o.Reconnect > 0 { // a move is a reconnect: only a connector that reconnects can follow one
+	if o.followsMoves() {
 		h.Set(protocol.HeaderFeatures, protocol.FeatureMove)
 	}
 	return h
 }
+
+// followsMoves: a move is a reconnect, so only a connector that reconnects can
+// follow one; and a shared (collab) session's tunnel is not moved — another
+// member's turn streams to it without this connector's knowing when it ends.
+func (o Options) followsMoves() bool { return o.Reconnect > 0 && o.Session == "" }
 
 // ConnectToken returns the token of an SDK `connect` request, if first is one.
 func ConnectToken(first []byte) string {
@@ -101,7 +106,8 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 		}
 	}()
 	pin := conn.Pin
-	link := startLink(ctx, conn, cont)
+	link := startLink(ctx, conn, cont, o.followsMoves())
+	link.ready.Store(true)
 	if first != nil {
 		cont.fromSDK(first)
 		conn.Write(ctx, first)
@@ -166,10 +172,15 @@ type link struct {
 	// move carries the link's request to move (protocol.MethodMove) to Serve's
 	// loop, which closes the request once it decided.
 	move chan chan struct{}
-	err  error
+	// ready: Serve's loop reads move (the sessions are restored); until then a
+	// move waits, so that the restore's answers are not held up.
+	ready atomic.Bool
+	err   error
 }
 
-func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
+// startLink reads conn; follow says whether a protocol.MethodMove is followed
+// (the connector announced protocol.FeatureMove) or ignored.
+func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity, follow bool) *link {
 	l := &link{conn: conn, lost: make(chan struct{}), move: make(chan chan struct{})}
 	// wanted: the sidecar asked to move; the move is made at the first moment
 	// nothing of the application's is in flight — at once, or when the turn
@@ -177,7 +188,7 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 	// so that its next call cannot come first.
 	wanted := false
 	tryMove := func() {
-		if !wanted || !cont.idle() {
+		if !wanted || !l.ready.Load() || !cont.idle() {
 			return
 		}
 		req := make(chan struct{})
@@ -202,7 +213,7 @@ func startLink(ctx context.Context, conn *tunnel.Conn, cont *continuity) *link {
 				return
 			}
 			if isMove(msg) {
-				wanted = true
+				wanted = follow
 				tryMove()
 				continue
 			}
@@ -262,18 +273,23 @@ func reconnect(ctx context.Context, o Options, token string, pin *string, cont *
 		}
 		if err == nil {
 			*pin = conn.Pin
-			l := startLink(ctx, conn, cont)
+			l := startLink(ctx, conn, cont, o.followsMoves())
 			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err = cont.restore(rctx, conn)
 			cancel()
 			if err == nil {
 				o.Events.reconnected()
+				// Every held call is noted before any is sent: should the new
+				// tunnel fail midway, each is answered by the loss (none dropped).
 				for _, body := range held {
 					cont.fromSDK(body)
+				}
+				for _, body := range held {
 					if conn.Write(ctx, body) != nil {
 						break // the link has seen the loss too
 					}
 				}
+				l.ready.Store(true)
 				return l
 			}
 			*pin = "" // that instance could not take the sessions back

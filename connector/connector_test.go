@@ -41,6 +41,27 @@ func reconnectingTo(t *testing.T, edge http.Handler) Options {
 	return Options{EdgeURL: tunneltest.Serve(t, edge), Limits: jsonrpc.DefaultLimits, Reconnect: 10 * time.Second}
 }
 
+// readWithin is the next message to the SDK, failing the test after d (a
+// message lost in a move would otherwise hang it).
+func (s *sdkSide) readWithin(t *testing.T, d time.Duration) string {
+	t.Helper()
+	got := make(chan string, 1)
+	go func() {
+		b, err := s.fromServe.Read()
+		if err != nil {
+			b = []byte("read error: " + err.Error())
+		}
+		got <- string(b)
+	}()
+	select {
+	case b := <-got:
+		return b
+	case <-time.After(d):
+		t.Fatalf("no message for the application within %v", d)
+		return ""
+	}
+}
+
 func (s *sdkSide) call(t *testing.T, body string) string {
 	t.Helper()
 	if _, err := s.toServe.Write(jsonrpc.Frame([]byte(body))); err != nil {
@@ -430,5 +451,115 @@ func TestMoveBetweenTurns(t *testing.T) {
 		if strings.Contains(m, "climesh/move") || strings.Contains(m, `"error"`) {
 			t.Fatalf("the application saw %s", m)
 		}
+	}
+}
+
+// askingEdge streams, on its first tunnel, a turn the application did not
+// start in this connection (another member's in a shared session, or a CLI
+// request to the application), with a move asked in the middle of it.
+type askingEdge struct {
+	mu       sync.Mutex
+	tunnels  int
+	upgrades []string // x-climesh-features per upgrade
+	answered chan string
+}
+
+func (e *askingEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e.mu.Lock()
+	e.tunnels++
+	n := e.tunnels
+	e.upgrades = append(e.upgrades, r.Header.Get(protocol.HeaderFeatures))
+	e.mu.Unlock()
+	c, err := tunnel.Accept(w, r, 1<<20)
+	if err != nil {
+		return
+	}
+	for {
+		msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		m, _ := jsonrpc.ParseTrusted(msg)
+		switch {
+		case m.Kind == jsonrpc.Response:
+			e.answered <- fmt.Sprintf("%d %s", n, msg)
+		case m.Kind == jsonrpc.Request:
+			c.Write(r.Context(), sidecarAnswer(m))
+		}
+		if n == 1 && m.Method == "session.create" {
+			c.Write(r.Context(), []byte(`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-1","event":{"type":"assistant.message_delta","id":"e-1","data":{}}}}`))
+			c.Write(r.Context(), []byte(`{"jsonrpc":"2.0","id":"cli-1","method":"tool.call","params":{"sessionId":"s-1","toolName":"t"}}`))
+			c.Write(r.Context(), []byte(`{"jsonrpc":"2.0","method":"climesh/move","params":{}}`))
+			c.Write(r.Context(), []byte(`{"jsonrpc":"2.0","method":"session.event","params":{"sessionId":"s-1","event":{"type":"session.idle","id":"e-9","data":{}}}}`))
+		}
+	}
+}
+
+// TestMoveWaitsForWhatTheCLIAsked: a move asked while the CLI awaits the
+// application's answer to one of its requests (a tool call) waits: the
+// answer goes back on the tunnel that asked, then the connector moves.
+func TestMoveWaitsForWhatTheCLIAsked(t *testing.T) {
+	edge := &askingEdge{answered: make(chan string, 4)}
+	ev := &Events{}
+	o := reconnectingTo(t, edge)
+	o.Events = ev
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m"}}`)
+	var got []string
+	for range 3 { // the delta, the tool call, the idle
+		got = append(got, sdk.readWithin(t, 5*time.Second))
+	}
+	if !strings.Contains(got[1], `"id":"cli-1"`) || !strings.Contains(got[2], "session.idle") {
+		t.Fatalf("the application saw %q", got)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if ev.Moves.Load() != 0 {
+		t.Fatal("moved while the CLI awaited the application's answer")
+	}
+	sdk.toServe.Write(jsonrpc.Frame([]byte(`{"jsonrpc":"2.0","id":"cli-1","result":{"ok":true}}`)))
+	select {
+	case a := <-edge.answered:
+		if !strings.HasPrefix(a, "1 ") {
+			t.Fatalf("the answer went to tunnel %s, not the one that asked", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer never reached the CLI")
+	}
+	// The next message after the answer lets the move happen (the link sees
+	// the application idle when the next frame comes; here, the answer to a ping).
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":3,"method":"ping","params":{}}`); !strings.Contains(got, `"id":3,"result"`) {
+		t.Fatalf("ping: %s", got)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ev.Moves.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no move once the application had answered")
+		}
+	}
+}
+
+// TestSharedSessionTunnelsDoNotMove: a connector on a shared (collab) session
+// announces no move and ignores one — another member's turn streams to it
+// without its knowing when it ends — and the application sees every event.
+func TestSharedSessionTunnelsDoNotMove(t *testing.T) {
+	edge := &askingEdge{answered: make(chan string, 4)}
+	ev := &Events{}
+	o := reconnectingTo(t, edge)
+	o.Events, o.Session = ev, "team-room"
+	sdk, _ := run(t, o, "alice")
+	sdk.call(t, `{"jsonrpc":"2.0","id":1,"method":"connect","params":{"token":"alice"}}`)
+	sdk.call(t, `{"jsonrpc":"2.0","id":2,"method":"session.create","params":{"model":"m"}}`)
+	for range 3 {
+		sdk.readWithin(t, 5*time.Second)
+	}
+	sdk.toServe.Write(jsonrpc.Frame([]byte(`{"jsonrpc":"2.0","id":"cli-1","result":{"ok":true}}`)))
+	if got := sdk.call(t, `{"jsonrpc":"2.0","id":3,"method":"ping","params":{}}`); !strings.Contains(got, `"id":3,"result"`) {
+		t.Fatalf("ping: %s", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	edge.mu.Lock()
+	defer edge.mu.Unlock()
+	if ev.Moves.Load() != 0 || edge.tunnels != 1 || edge.upgrades[0] != "" {
+		t.Fatalf("moves %d, tunnels %d, features %q: a shared session's tunnel must not move", ev.Moves.Load(), edge.tunnels, edge.upgrades)
 	}
 }

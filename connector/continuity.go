@@ -29,6 +29,7 @@ type continuity struct {
 	pending  map[string]sdkCall // SDK request id -> the call
 	attached attach.Tracker     // sessions attached, with their resume params
 	running  map[string]bool    // sessions with a turn in flight
+	asked    map[string]bool    // the CLI's requests to the application, awaiting its answer
 	own      *jsonrpc.Caller    // our own requests on the current tunnel (restore)
 }
 
@@ -38,7 +39,7 @@ type sdkCall struct {
 }
 
 func newContinuity(out io.Writer) *continuity {
-	return &continuity{out: out, pending: map[string]sdkCall{}, running: map[string]bool{}}
+	return &continuity{out: out, pending: map[string]sdkCall{}, running: map[string]bool{}, asked: map[string]bool{}}
 }
 
 func (c *continuity) write(msg []byte) error {
@@ -51,7 +52,16 @@ func (c *continuity) write(msg []byte) error {
 // fromSDK notes a message the application sends.
 func (c *continuity) fromSDK(body []byte) {
 	m, err := jsonrpc.ParseTrusted(body)
-	if err != nil || m.Kind != jsonrpc.Request {
+	if err != nil {
+		return
+	}
+	if m.Kind == jsonrpc.Response {
+		c.mu.Lock()
+		delete(c.asked, m.IDKey())
+		c.mu.Unlock()
+		return
+	}
+	if m.Kind != jsonrpc.Request {
 		return
 	}
 	c.mu.Lock()
@@ -92,6 +102,12 @@ func (c *continuity) fromEdge(body []byte) bool {
 			delete(c.running, m.SessionID)
 			c.mu.Unlock()
 		}
+	case jsonrpc.Request: // the CLI asks the application (a tool, a permission)
+		c.mu.Lock()
+		if len(c.asked) < maxQueued {
+			c.asked[m.IDKey()] = true
+		}
+		c.mu.Unlock()
 	}
 	return true
 }
@@ -101,7 +117,7 @@ func (c *continuity) fromEdge(body []byte) bool {
 func (c *continuity) idle() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending) == 0 && len(c.running) == 0
+	return len(c.pending) == 0 && len(c.running) == 0 && len(c.asked) == 0
 }
 
 // lost reports what the closed tunnel took with it: every unanswered request gets
@@ -109,7 +125,7 @@ func (c *continuity) idle() bool {
 func (c *continuity) lost(cause error) {
 	c.mu.Lock()
 	pending, running, own := c.pending, c.running, c.own
-	c.pending, c.running, c.own = map[string]sdkCall{}, map[string]bool{}, nil
+	c.pending, c.running, c.own, c.asked = map[string]sdkCall{}, map[string]bool{}, nil, map[string]bool{}
 	c.mu.Unlock()
 	if own != nil {
 		own.Close(errors.New("tunnel lost"))

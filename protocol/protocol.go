@@ -33,12 +33,14 @@ const (
 	MethodSessionEvent = "session.event"
 
 	// MethodMove is climesh's own notification, from a sidecar to a
-	// climesh-connect that announced FeatureMove: the tunnel's user now has
-	// another home (the fleet changed). Sent only between turns; the connector
-	// moves only if it, too, has nothing in flight — it closes the tunnel,
-	// reconnects without its pin (the ring decides) and resumes every session
-	// there, holding the application's calls meanwhile — and otherwise ignores
-	// it (the sidecar asks again later). Never forwarded to the application.
+	// climesh-connect that announced FeatureMove: the tunnel's key now has
+	// another home (the fleet changed), or its instance drains. The connector
+	// moves at its first moment with nothing in flight — no request of the
+	// application's unanswered, no turn it started running, no request of the
+	// CLI's awaiting the application — at once or when that ends: it closes
+	// the tunnel, reconnects without its pin (the ring decides) and resumes
+	// every session there, holding the application's calls meanwhile. Never
+	// forwarded to the application; never taken from a CLI (OwnMethod).
 	MethodMove = "climesh/move"
 )
 

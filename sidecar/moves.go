@@ -59,7 +59,7 @@ func (s *Server) newMoves(reg prometheus.Registerer) (*moves, error) {
 	mover.Ring = rebalance.RingConfig{Maglev: cfg.LBPolicy == string(config.Maglev), TableSize: cfg.MaglevTableSize,
 		EntriesPerHost: cfg.RingEntriesPerHost, MinSize: cfg.RingMinSize, MaxSize: cfg.RingMaxSize}
 	mover.Tunnels, mover.Ask, mover.Paused = rl.Tunnels, rl.AskToMove, s.draining.Load
-	rl.HashKey, rl.TunnelClosed = cfg.HashKey, mover.Closed
+	rl.HashKey, rl.TunnelOpened, rl.TunnelClosed = cfg.HashKey, mover.Opened, mover.Closed
 	return &moves{disc: disc, mover: mover, pool: cfg.Pool, log: log}, nil
 }
 

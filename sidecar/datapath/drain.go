@@ -143,11 +143,13 @@ func (rl *Relay) Drain(ctx context.Context, timeout time.Duration) int {
 	rl.metrics.drains.Inc()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var asks sync.WaitGroup // at once, so that a client that does not read delays none
 	for _, t := range rl.Tunnels() {
 		if t.Movable {
-			rl.AskToMove(t.ID)
+			asks.Go(func() { rl.AskToMove(t.ID) })
 		}
 	}
+	asks.Wait()
 	periodic.Every(ctx, 20*time.Millisecond, func() bool {
 		for _, t := range rl.Tunnels() {
 			if t.Movable {

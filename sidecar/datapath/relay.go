@@ -58,7 +58,9 @@ type Relay struct {
 	// HashKey is the identity the pool's ring hashes (config.HashKey: user,
 	// tenant or session): a tunnel's key for rebalancing (Tunnels).
 	HashKey string
-	// TunnelClosed, when set, hears of every tunnel that closes (the mover).
+	// TunnelOpened and TunnelClosed, when set, hear of every tunnel that
+	// opens (with its hash key) and closes (the mover).
+	TunnelOpened func(id uint64, key string)
 	TunnelClosed func(id uint64, at time.Time)
 
 	metrics  *relayMetrics
@@ -223,11 +225,14 @@ type openTunnel struct {
 
 func (rl *Relay) track(c *tunnel.Conn, ot *openTunnel) {
 	rl.mu.Lock()
-	defer rl.mu.Unlock()
 	rl.nextID++
 	ot.id = rl.nextID
 	rl.open[c] = ot
 	rl.metrics.tunnels.Inc()
+	rl.mu.Unlock()
+	if rl.TunnelOpened != nil {
+		rl.TunnelOpened(ot.id, ot.key)
+	}
 }
 
 func (rl *Relay) untrack(c *tunnel.Conn) {
@@ -280,8 +285,12 @@ func (rl *Relay) Tunnels() []rebalance.Tunnel {
 // moveNotice is protocol.MethodMove as the client gets it.
 var moveNotice = []byte(`{"jsonrpc":"2.0","method":"` + protocol.MethodMove + `","params":{}}`)
 
+// askTimeout bounds writing a move to a client: one that does not read holds
+// nobody else up.
+const askTimeout = time.Second
+
 // AskToMove sends tunnel id's client protocol.MethodMove; false when the
-// tunnel is gone (or its client cannot be written to).
+// tunnel is gone (or its client cannot be written to within askTimeout).
 func (rl *Relay) AskToMove(id uint64) bool {
 	rl.mu.Lock()
 	var conn *tunnel.Conn
@@ -294,7 +303,7 @@ func (rl *Relay) AskToMove(id uint64) bool {
 	if conn == nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
 	defer cancel()
 	return conn.Write(ctx, moveNotice) == nil
 }

@@ -7,11 +7,13 @@
 // open tunnel ties a user to an instance, so the sidecar asks such a tunnel's
 // client to move (protocol.MethodMove) when the ring — computed here exactly
 // as Envoy computes it (package ring), from the same Consul health the
-// xds-server reads — gives its key another home. The client moves only with
-// nothing in flight; the sidecar asks only between turns, at most Rate times a
-// second, and never again a tunnel whose key came back after a move under the
-// same ring (should the ring here and Envoy's ever disagree, that is one
-// wasted reconnect, not a loop).
+// xds-server reads — gives its key a home other than the one it had when the
+// tunnel opened. A tunnel is judged against where it was placed, not against
+// this instance: one that bounded load (hash_balance_factor) or panic mode put
+// here, or that came back after a move because Envoy placed it here again, is
+// not moved until its home changes again — no loop, whatever Envoy's reasons.
+// The client moves only with nothing in flight (between turns); the sidecar
+// starts at most Rate moves a second.
 //
 // Data flows one way: the fleet (SetFleet) and the relay's tunnels (Tunnels)
 // in, asks (Ask) out. Which tunnels are misplaced is a pure function
@@ -37,21 +39,20 @@ type Tunnel struct {
 	Key     string    // the value Envoy hashes for the pool (the user, by default)
 	Opened  time.Time // when it was accepted
 	Movable bool      // its client follows protocol.MethodMove
+	Placed  string    // its key's home when it opened (the mover's record)
 }
 
-// Misplaced lists, in order, the movable tunnels whose key's home on r is not
-// self — except those opened after a move of their key (movedAt) under this
-// ring: they came back, so Envoy sends the key here whatever r says.
-func Misplaced(self string, r ring.Placement, tunnels []Tunnel, movedAt map[string]time.Time) []Tunnel {
+// Misplaced lists, oldest first, the movable tunnels whose key's home on r is
+// neither self nor where the key's home was when the tunnel opened (Placed):
+// the ring moved their home since. A tunnel without a key (Envoy hashed
+// nothing, so placed it anywhere) is never misplaced.
+func Misplaced(self string, r ring.Placement, tunnels []Tunnel) []Tunnel {
 	var out []Tunnel
 	for _, t := range tunnels {
-		if !t.Movable {
+		if !t.Movable || t.Key == "" {
 			continue
 		}
-		if at, ok := movedAt[t.Key]; ok && t.Opened.After(at) {
-			continue
-		}
-		if home := r.Home(t.Key); home != "" && home != self {
+		if home := r.Home(t.Key); home != "" && home != self && home != t.Placed {
 			out = append(out, t)
 		}
 	}
@@ -103,7 +104,7 @@ type Mover struct {
 	ring      ring.Placement
 	changedAt time.Time            // the first ring change not yet balanced (zero: balanced)
 	setAt     time.Time            // the ring's last change
-	movedAt   map[string]time.Time // key -> last move asked under this ring
+	placed    map[uint64]string    // open tunnel -> its key's home when it opened
 	asked     map[uint64]time.Time // tunnel -> when a move was asked (until it closes or the ask expires)
 }
 
@@ -130,8 +131,8 @@ func NewMover(reg prometheus.Registerer) *Mover {
 			misplaced: f.NewGauge(prometheus.GaugeOpts{Name: "climesh_sidecar_misplaced_tunnels",
 				Help: "Open tunnels whose key's home is another instance (movable ones)."}),
 		},
-		movedAt: map[string]time.Time{},
-		asked:   map[uint64]time.Time{},
+		placed: map[uint64]string{},
+		asked:  map[uint64]time.Time{},
 	}
 }
 
@@ -151,7 +152,6 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 	first := m.ring == nil
 	m.hosts = healthy
 	m.ring = m.Ring.placement(healthy)
-	m.movedAt = map[string]time.Time{}
 	m.setAt = now
 	if !first && m.changedAt.IsZero() {
 		m.changedAt = now
@@ -161,10 +161,21 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 	}
 }
 
+// Opened tells the mover a tunnel opened: its key's home now is where it was
+// placed.
+func (m *Mover) Opened(id uint64, key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ring != nil {
+		m.placed[id] = m.ring.Home(key)
+	}
+}
+
 // Closed tells the mover a tunnel closed.
 func (m *Mover) Closed(id uint64, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	delete(m.placed, id)
 	if at, ok := m.asked[id]; ok {
 		delete(m.asked, id)
 		if now.Sub(at) <= askExpiry {
@@ -204,7 +215,15 @@ func (m *Mover) Step(now time.Time) {
 	}
 	tunnels := m.Tunnels()
 	m.mu.Lock()
-	misplaced := Misplaced(m.Self, r, tunnels, m.movedAt)
+	for i, t := range tunnels {
+		p, ok := m.placed[t.ID]
+		if !ok { // opened before there was a ring: placed as the ring says now
+			p = r.Home(t.Key)
+			m.placed[t.ID] = p
+		}
+		tunnels[i].Placed = p
+	}
+	misplaced := Misplaced(m.Self, r, tunnels)
 	m.metrics.misplaced.Set(float64(len(misplaced)))
 	if len(misplaced) == 0 {
 		if !m.changedAt.IsZero() {
@@ -225,14 +244,13 @@ func (m *Mover) Step(now time.Time) {
 	}
 	m.mu.Unlock()
 	for _, t := range candidates {
-		if !m.Ask(t.ID) {
-			continue // gone meanwhile
-		}
+		ok := m.Ask(t.ID)
 		m.mu.Lock()
-		m.asked[t.ID] = now
-		m.movedAt[t.Key] = now
+		m.asked[t.ID] = now // failed too: not asked again before the expiry
 		m.mu.Unlock()
-		m.metrics.started.Inc()
-		return
+		if ok {
+			m.metrics.started.Inc()
+			return
+		}
 	}
 }
