@@ -99,9 +99,13 @@ type Mover struct {
 
 	metrics moverMetrics
 
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+
 	mu        sync.Mutex
 	hosts     []string
 	ring      ring.Placement
+	prev      ring.Placement       // the ring before the last change
 	changedAt time.Time            // the first ring change not yet balanced (zero: balanced)
 	setAt     time.Time            // the ring's last change
 	placed    map[uint64]string    // open tunnel -> its key's home when it opened
@@ -151,7 +155,7 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 	}
 	first := m.ring == nil
 	m.hosts = healthy
-	m.ring = m.Ring.placement(healthy)
+	m.prev, m.ring = m.ring, m.Ring.placement(healthy)
 	m.setAt = now
 	if !first && m.changedAt.IsZero() {
 		m.changedAt = now
@@ -162,11 +166,22 @@ func (m *Mover) SetFleet(healthy []string, now time.Time) {
 }
 
 // Opened tells the mover a tunnel opened: its key's home now is where it was
-// placed.
+// placed — by the ring before the last change while that change is younger
+// than Settle, for Envoy may not have applied it yet when the tunnel came
+// (judged by the old ring, a tunnel Envoy placed by the new one is at its
+// home, and one it placed by the old one moves).
 func (m *Mover) Opened(id uint64, key string) {
+	now := time.Now()
+	if m.Now != nil {
+		now = m.Now()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.ring != nil {
+	switch {
+	case m.ring == nil:
+	case m.prev != nil && now.Sub(m.setAt) < m.Settle:
+		m.placed[id] = m.prev.Home(key)
+	default:
 		m.placed[id] = m.ring.Home(key)
 	}
 }

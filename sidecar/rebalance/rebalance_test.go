@@ -227,3 +227,30 @@ func TestMoverPacesAndMeasures(t *testing.T) {
 		t.Fatal("a draining instance asked a tunnel to move")
 	}
 }
+
+// A tunnel that opens just after the ring changed may have been placed by
+// Envoy on the old ring: it is judged by the old one until the change is
+// Settle old — moved if it sits at its old home, left alone at its new one.
+func TestTunnelOpenedAsTheRingChanges(t *testing.T) {
+	r3, r4 := ringOf("a", "b", "c"), ringOf("a", "b", "c", "d")
+	key := ""
+	for i := 0; key == ""; i++ {
+		if u := fmt.Sprintf("user-%d", i); r3.Home(u) == "a" && r4.Home(u) == "d" {
+			key = u
+		}
+	}
+	relay := &fakeRelay{open: map[uint64]Tunnel{}}
+	clock := t0
+	m := NewMover(prometheus.NewRegistry())
+	m.Self, m.Rate, m.Settle, m.Ring = "a", 5, time.Second, RingConfig{EntriesPerHost: entries, MaxSize: maxSize}
+	m.Tunnels, m.Ask, m.Now = relay.tunnels, relay.ask, func() time.Time { return clock }
+	m.SetFleet([]string{"a", "b", "c"}, t0)
+	m.SetFleet([]string{"a", "b", "c", "d"}, t0.Add(10*time.Second))
+	clock = t0.Add(10*time.Second + 300*time.Millisecond) // Envoy still on the old ring: it came here
+	relay.open[1] = Tunnel{ID: 1, Key: key, Opened: clock, Movable: true}
+	m.Opened(1, key)
+	m.Step(t0.Add(12 * time.Second))
+	if len(relay.asked) != 1 {
+		t.Fatalf("asked %v: a tunnel the old ring placed here must move to its new home", relay.asked)
+	}
+}
