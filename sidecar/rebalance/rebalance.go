@@ -217,7 +217,11 @@ func (m *Mover) Run(ctx context.Context) {
 // Step starts at most one move.
 func (m *Mover) Step(now time.Time) {
 	m.mu.Lock()
-	r, settling := m.ring, now.Sub(m.setAt) < m.Settle
+	// An instance out of its own ring (its check failing, as under load) starts
+	// no move: Envoy only stops sending it new tunnels, and a flap would
+	// otherwise send its users away and back. Removing a host changes no other
+	// key's home, so nobody else moves for it either.
+	r, settling := m.ring, now.Sub(m.setAt) < m.Settle || !slices.Contains(m.hosts, m.Self)
 	for id, at := range m.asked {
 		if now.Sub(at) > askExpiry {
 			delete(m.asked, id)

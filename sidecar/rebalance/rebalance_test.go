@@ -254,3 +254,27 @@ func TestTunnelOpenedAsTheRingChanges(t *testing.T) {
 		t.Fatalf("asked %v: a tunnel the old ring placed here must move to its new home", relay.asked)
 	}
 }
+
+// An instance whose own check fails (a flap under load) is out of its ring:
+// it moves none of its users away, and when it is back nobody moves at all.
+func TestNoMovesWhileOutOfItsOwnRing(t *testing.T) {
+	r3 := ringOf("a", "b", "c")
+	relay := &fakeRelay{open: map[uint64]Tunnel{}}
+	m := NewMover(prometheus.NewRegistry())
+	m.Self, m.Rate, m.Ring = "a", 5, RingConfig{EntriesPerHost: entries, MaxSize: maxSize}
+	m.Tunnels, m.Ask = relay.tunnels, relay.ask
+	m.SetFleet([]string{"a", "b", "c"}, t0)
+	for i, u := range usersHomedOn(r3, "a", 10) {
+		relay.open[uint64(i+1)] = Tunnel{ID: uint64(i + 1), Key: u, Opened: t0, Movable: true}
+		m.Opened(uint64(i+1), u)
+	}
+	m.SetFleet([]string{"b", "c"}, t0.Add(time.Second)) // a's check fails
+	for i := range 20 {
+		m.Step(t0.Add(2*time.Second + time.Duration(i)*200*time.Millisecond))
+	}
+	m.SetFleet([]string{"a", "b", "c"}, t0.Add(10*time.Second)) // and passes again
+	m.Step(t0.Add(11 * time.Second))
+	if len(relay.asked) != 0 {
+		t.Fatalf("asked %v: an instance out of its own ring moved its users", relay.asked)
+	}
+}

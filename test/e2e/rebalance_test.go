@@ -223,7 +223,7 @@ func TestRebalanceMovesTunnelsHome(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	pool := env.startPool(ctx, t, "rebalance", harness.PoolOptions{Instances: 3,
-		Extra: []string{"--rebalance", "--rebalance-rate", "5", "--rebalance-settle", "1s"}})
+		Extra: []string{"--rebalance", "--rebalance-rate", "5", "--rebalance-settle", "2s"}})
 	// 20 users of whom 5 — the fourth instance's share — have it for their
 	// home once it joins (the ring is Envoy's: TestRingPredictsEnvoy).
 	three := []string{"rebalance-0", "rebalance-1", "rebalance-2"}
