@@ -5,6 +5,7 @@
 package connector
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -161,6 +162,9 @@ func Serve(ctx context.Context, o Options, token string, in *jsonrpc.Reader, out
 		}
 	}
 }
+
+// moveMethod is protocol.MethodMove as a frame carries it.
+var moveMethod = []byte(`"` + protocol.MethodMove + `"`)
 
 // errMoving is the cause of a tunnel the connector closed to move.
 var errMoving = errors.New("moving to the user's home instance")
@@ -366,7 +370,12 @@ func refuse(in *jsonrpc.Reader, out io.Writer, first []byte, cause error) {
 }
 
 // isMove reports whether msg is the sidecar's protocol.MethodMove notification.
+// Most frames are not: they are read once more only if they name the method
+// as the sidecar writes it (a CLI's, in any encoding, never reaches here).
 func isMove(msg []byte) bool {
+	if !bytes.Contains(msg, moveMethod) {
+		return false
+	}
 	m, err := jsonrpc.ParseTrusted(msg)
 	return err == nil && m.Kind == jsonrpc.Notification && m.Method == protocol.MethodMove
 }
