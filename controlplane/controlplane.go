@@ -16,7 +16,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -293,26 +292,7 @@ func consulSource(cfg *config.Config) (discovery.Source, error) {
 	if !needed {
 		return discovery.Source{}, nil
 	}
-	c := api.DefaultConfig()
-	c.Address = cfg.Consul.Address
-	if cfg.Consul.Datacenter != "" {
-		c.Datacenter = cfg.Consul.Datacenter
-	}
-	// A blocking query returns within wait_time (plus Consul's jitter of up to
-	// wait_time/16) when nothing changes; a query that takes longer went to a
-	// server that stopped answering, or a connection that went dark. End it, so
-	// that the watch starts over (and backs off) instead of waiting forever.
-	httpClient, err := api.NewHttpClient(c.Transport, c.TLSConfig)
-	if err != nil {
-		return discovery.Source{}, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
-	}
-	httpClient.Timeout = cfg.Consul.WaitTime + cfg.Consul.WaitTime/16 + 10*time.Second
-	c.HttpClient = httpClient
-	client, err := api.NewClient(c)
-	if err != nil {
-		return discovery.Source{}, fmt.Errorf("consul client for %s: %w", cfg.Consul.Address, err)
-	}
-	return discovery.Source{Health: client.Health(), Catalog: client.Catalog(), KV: client.KV()}, nil
+	return discovery.ConsulSource(cfg.Consul)
 }
 
 // decisionSink is where policy.decision_logs sends decisions.

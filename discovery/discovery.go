@@ -64,6 +64,32 @@ type Source struct {
 	KV      KVAPI
 }
 
+// ConsulSource makes the Consul client discovery reads with (the CONSUL_*
+// environment variables — token, TLS — apply; c.Address wins over
+// CONSUL_HTTP_ADDR). A blocking query returns within c.WaitTime (plus
+// Consul's jitter of up to WaitTime/16) when nothing changes; one that takes
+// longer went to a server that stopped answering, or a connection that went
+// dark. The client ends it, so that the watch starts over (and backs off)
+// instead of waiting forever.
+func ConsulSource(c config.Consul) (Source, error) {
+	cc := api.DefaultConfig()
+	cc.Address = c.Address
+	if c.Datacenter != "" {
+		cc.Datacenter = c.Datacenter
+	}
+	httpClient, err := api.NewHttpClient(cc.Transport, cc.TLSConfig)
+	if err != nil {
+		return Source{}, fmt.Errorf("consul client for %s: %w", c.Address, err)
+	}
+	httpClient.Timeout = c.WaitTime + c.WaitTime/16 + 10*time.Second
+	cc.HttpClient = httpClient
+	client, err := api.NewClient(cc)
+	if err != nil {
+		return Source{}, fmt.Errorf("consul client for %s: %w", c.Address, err)
+	}
+	return Source{Health: client.Health(), Catalog: client.Catalog(), KV: client.KV()}, nil
+}
+
 // Discovery holds the current Fleet and tells a consumer when it changed.
 type Discovery struct {
 	log     *zap.Logger

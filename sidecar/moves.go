@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -30,27 +29,18 @@ type moves struct {
 
 func (s *Server) newMoves(reg prometheus.Registerer) (*moves, error) {
 	cfg, rl := s.cfg, s.Relay
-	ccfg := api.DefaultConfig()
-	ccfg.Address = cfg.Consul
-	// Blocking queries: this client waits up to poolWatchWait (plus Consul's
-	// jitter) by design; past that the answer is not coming.
-	httpClient, err := api.NewHttpClient(ccfg.Transport, ccfg.TLSConfig)
-	if err != nil {
-		return nil, fmt.Errorf("--consul: %w", err)
-	}
-	httpClient.Timeout = poolWatchWait + poolWatchWait/16 + 10*time.Second
-	ccfg.HttpClient = httpClient
-	client, err := api.NewClient(ccfg)
-	if err != nil {
-		return nil, fmt.Errorf("--consul: %w", err)
-	}
 	watch := &config.Config{
 		Consul: config.Consul{Address: cfg.Consul, WaitTime: poolWatchWait, RetryMin: config.DefaultConsulRetryMin, RetryMax: config.DefaultConsulRetryMax},
 		Pools:  []config.Pool{{Name: cfg.Pool, ConsulService: cfg.Pool}},
 	}
+	// Blocking queries: this client waits up to poolWatchWait (plus Consul's
+	// jitter) by design; past that the answer is not coming.
+	src, err := discovery.ConsulSource(watch.Consul)
+	if err != nil {
+		return nil, fmt.Errorf("--consul: %w", err)
+	}
 	log := s.log.Named("rebalance")
-	disc, err := discovery.New(watch, discovery.Source{Health: client.Health(), Catalog: client.Catalog(), KV: client.KV()},
-		model.Fleet{}, log, discovery.NewMetrics(prometheus.NewRegistry()))
+	disc, err := discovery.New(watch, src, model.Fleet{}, log, discovery.NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		return nil, err
 	}
